@@ -1,0 +1,66 @@
+/* wisp: the operator and user CLI.  One table maps each verb group to its entry point; each
+ * group lives in its own cli_<group>.c file. */
+#include "cli.h"
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct cli_command cli_commands[] = {
+    {"store", cli_store_main, "check and use an object store: ls, put, get, rm, stat"},
+};
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("wisp: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void cli_usage(FILE *out)
+{
+    fprintf(out, "Usage: wisp COMMAND [ARGS...]\n\nCommands:\n");
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", cli_commands[i].name, cli_commands[i].summary);
+    fprintf(out, "\nRun 'wisp COMMAND --help' for a command's options.\n"
+                 "Environment: WISP_STORE (default store URL), WISP_LOG_LEVEL, WISP_DEBUG.\n");
+}
+
+/* Library messages carry detail the CLI already reports in its own words, so show them only
+ * when asked for (WISP_LOG_LEVEL or WISP_DEBUG). */
+static void cli_log_sink(enum wisp_log_level level, const char *module, const char *msg)
+{
+    fprintf(stderr, "wisp: %s: %s: %s\n", wisp_log_level_to_string(level), module, msg);
+}
+
+int main(int argc, char **argv)
+{
+    wisp_log_set_sink(cli_log_sink);
+    if (!getenv("WISP_LOG_LEVEL"))
+        wisp_log_set_level(WISP_LOG_ERROR);
+    if (argc < 2) {
+        cli_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        cli_usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        if (!strcmp(argv[1], cli_commands[i].name))
+            return cli_commands[i].run(argc - 1, argv + 1);
+    cli_error("unknown command '%s'; run 'wisp --help' for the list", argv[1]);
+    return CLI_EXIT_USAGE;
+}
