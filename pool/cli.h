@@ -12,6 +12,9 @@ enum {
 /* `wisp store ...`: argv[0] is "store". */
 int cli_store_main(int argc, char **argv);
 
+/* `wisp disk ...`: argv[0] is "disk". */
+int cli_disk_main(int argc, char **argv);
+
 /* Prints "wisp: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

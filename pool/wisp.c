@@ -15,6 +15,7 @@ struct cli_command {
 };
 
 static const struct cli_command cli_commands[] = {
+    {"disk", cli_disk_main, "create, list, delete disks and show their statistics"},
     {"store", cli_store_main, "check and use an object store: ls, put, get, rm, stat"},
 };
 
@@ -35,7 +36,8 @@ static void cli_usage(FILE *out)
     for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
         fprintf(out, "  %-10s %s\n", cli_commands[i].name, cli_commands[i].summary);
     fprintf(out, "\nRun 'wisp COMMAND --help' for a command's options.\n"
-                 "Environment: WISP_STORE (default store URL), WISP_LOG_LEVEL, WISP_DEBUG.\n");
+                 "Environment: WISP_STORE, WISP_META, WISP_CONTROL (defaults for --store, --meta,\n"
+                 "--control), WISP_LOG_LEVEL, WISP_DEBUG.\n");
 }
 
 /* Library messages carry detail the CLI already reports in its own words, so show them only

@@ -1,0 +1,103 @@
+/* meta.h: the metadata of a storage server, in one SQLite database (DIR/wisp.db, WAL mode).
+ *
+ * Tables (schema versioned with PRAGMA user_version):
+ *   disks      (id, name UNIQUE, size, chunk_size, head_root, flush_gen, created)
+ *   map_pages  (hash PRIMARY KEY, data)       pages of every version's chunk map (chunk_map.h)
+ *   pending    (disk_id, idx, gen, file)      chunks flushed locally but not yet uploaded
+ *                                             (durability=local), one row per (disk_id, idx)
+ *
+ * Invariants kept here:
+ *   - a disk's head_root names a map whose pages are all in map_pages, and whose chunks were all
+ *     uploaded before the transaction that set head_root committed;
+ *   - pending rows name files in the cache directory that were fsynced before their row was
+ *     committed; the head as seen after a restart is head_root's map overlaid with pending rows.
+ *
+ * A struct meta is one connection; use it from one thread at a time (the owner locks).
+ * All functions return 0 or a negative errno, with the SQLite message logged under "meta". */
+#ifndef WISP_META_H
+#define WISP_META_H
+
+#include "chunk_map.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#define META_DISK_NAME_MAX 128
+#define META_CHUNK_SIZE_MIN (64 * 1024)
+#define META_CHUNK_SIZE_MAX (4 * 1024 * 1024)
+
+struct meta;
+
+struct meta_disk {
+    int64_t id;
+    char name[META_DISK_NAME_MAX + 1];
+    uint64_t size;       /* bytes, a multiple of chunk_size */
+    uint32_t chunk_size; /* power of two, 64 KiB to 4 MiB */
+    struct chunk_hash head_root;
+    uint64_t flush_gen;
+    time_t created;
+};
+
+/* Opens (creating if needed) DIR/wisp.db.  With exclusive, also takes an exclusive flock on
+ * DIR/lock (non-blocking): -EBUSY if another process holds it (a running server). */
+int meta_open(const char *dir, bool exclusive, struct meta **out);
+void meta_close(struct meta *m);
+
+/* Groups calls into one transaction (BEGIN IMMEDIATE ... COMMIT, fsynced: synchronous=FULL). */
+int meta_begin(struct meta *m);
+int meta_commit(struct meta *m);
+void meta_rollback(struct meta *m);
+
+/* Disk names: 1 to 128 bytes of [A-Za-z0-9._-], not starting with '.' or '-'; '@' is
+ * reserved for checkpoint exports.  Returns true, or false with *why set. */
+bool meta_disk_name_valid(const char *name, const char **why);
+
+/* size rounded up to whole chunks.  -EEXIST, -EINVAL (with the reason logged). */
+int meta_disk_create(struct meta *m, const char *name, uint64_t size, uint32_t chunk_size,
+                     struct meta_disk *out);
+int meta_disk_get(struct meta *m, const char *name, struct meta_disk *out); /* -ENOENT */
+int meta_disk_delete(struct meta *m, const char *name);                     /* -ENOENT */
+/* In name order; fn's non-zero return stops and is returned. */
+int meta_disk_list(struct meta *m, int (*fn)(const struct meta_disk *d, void *opaque),
+                   void *opaque);
+
+/* Loads a disk's head map (head_root's pages, without pending rows). */
+int meta_map_load(struct meta *m, const struct meta_disk *d, struct chunk_map **out);
+/* Stores the map's new pages and sets the disk's head_root and flush_gen to gen, deleting the
+ * disk's pending rows with gen <= that gen.  Call inside meta_begin/meta_commit (without one,
+ * it runs in a transaction of its own).  Only pages changed since the map's last encode are
+ * stored, so if the caller's transaction does not commit after this returned 0, the caller must
+ * call chunk_map_forget_pages(map) (on failure here, this function does it itself). */
+int meta_head_commit(struct meta *m, int64_t disk_id, struct chunk_map *map, uint64_t gen,
+                     struct chunk_hash *root_out);
+
+struct meta_pending {
+    uint64_t idx;
+    uint64_t gen;
+    const char *file; /* relative to the cache directory */
+};
+/* Upserts rows (one per idx, replacing an older row for the same idx). */
+int meta_pending_put(struct meta *m, int64_t disk_id, const struct meta_pending *rows, size_t n);
+int meta_pending_list(struct meta *m, int64_t disk_id,
+                      int (*fn)(const struct meta_pending *p, void *opaque), void *opaque);
+
+/* ---- the commit of an upload round, in pieces the data path can call without holding its
+ * locks across SQLite (encode pages under the lock, then store them). ---- */
+
+struct meta_page {
+    struct chunk_hash hash;
+    void *data;
+    size_t len;
+};
+/* Stores pages (INSERT OR IGNORE: pages are content-addressed).  Inside meta_begin/commit. */
+int meta_pages_put(struct meta *m, const struct meta_page *pages, size_t n);
+/* Sets a disk's head_root and flush_gen, and deletes its pending rows with gen <= gen.  Inside
+ * meta_begin/commit. */
+int meta_head_set(struct meta *m, int64_t disk_id, const struct chunk_hash *root, uint64_t gen);
+/* meta_pending_put, skipping rows whose gen is not above the disk's flush_gen (a round already
+ * committed them).  Inside meta_begin/commit. */
+int meta_pending_put_after_head(struct meta *m, int64_t disk_id, const struct meta_pending *rows,
+                                size_t n);
+
+#endif

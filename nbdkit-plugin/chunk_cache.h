@@ -1,0 +1,66 @@
+/* chunk_cache.h: clean chunks on local disk, in front of the object store.
+ *
+ * The cache holds immutable chunks by content hash, as files CACHE/chunks/<hh>/<hex>, and
+ * fetches what it lacks from the store (key "chunks/<hex>").  It is bounded: clean entries are
+ * evicted least recently used first once clean plus dirty bytes pass max_bytes.  Dirty bytes are
+ * the disks' unuploaded data (nbdkit-plugin/disk.c); they are pinned, only counted here.
+ *
+ * Verification: a chunk fetched from the store is hashed before it is used or cached.  A cache
+ * file found at start-up is hashed on its first use; if it does not match its name it is
+ * deleted and fetched again.  Wrong data is never returned.
+ *
+ * Thread safety: every function may be called from any thread. */
+#ifndef WISP_CHUNK_CACHE_H
+#define WISP_CHUNK_CACHE_H
+
+#include "chunk_map.h"
+#include "store.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct chunk_cache;
+
+struct chunk_cache_stats {
+    uint64_t hits, misses;     /* reads served from a cache file / needing a fetch */
+    uint64_t fetches;          /* GETs of chunks from the store */
+    uint64_t fetch_bytes;
+    uint64_t corrupt;          /* cache files or fetched bodies that failed verification */
+    uint64_t evictions;
+    uint64_t clean_bytes, dirty_bytes, max_bytes;
+    uint64_t entries;
+};
+
+/* Opens the cache in dir (creating dir/chunks), indexing the files already there. */
+int chunk_cache_open(const char *dir, uint64_t max_bytes, struct store *store,
+                     struct chunk_cache **out);
+void chunk_cache_close(struct chunk_cache *c);
+
+/* Store key of a chunk: "chunks/<hex>". */
+void chunk_cache_store_key(const struct chunk_hash *h, char key[80]);
+
+/* Reads count bytes at offset within the chunk h, whose full length is chunk_len, fetching and
+ * verifying the chunk if needed. */
+int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
+                     void *buf, size_t count, uint64_t offset);
+
+/* Copies the whole chunk into fd at offset 0 (for read-modify-write). */
+int chunk_cache_copy_to_fd(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
+                           int fd);
+
+/* Starts fetching h in the background if it is not cached (read-ahead, NBD_CMD_CACHE). */
+void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len);
+
+/* Uploads a chunk to the store unless it is already there (content addressing makes an
+ * existing object with that key the same bytes), then adds it to the cache by hard-linking
+ * path, whose content it is.  data is the content, already hashed to h. */
+int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                       size_t len, const char *path);
+
+/* Dirty bytes accounting (positive or negative delta). */
+void chunk_cache_add_dirty(struct chunk_cache *c, int64_t delta);
+
+void chunk_cache_get_stats(struct chunk_cache *c, struct chunk_cache_stats *out);
+
+#endif

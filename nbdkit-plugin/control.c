@@ -1,0 +1,361 @@
+/* control.c: the control socket (protocol in control.h).  One thread accepts and serves one
+ * client at a time: these are rare administrative requests. */
+#include "control.h"
+
+#include "log.h"
+#include "meta_json.h"
+
+#include <errno.h>
+#include <json-glib/json-glib.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CONTROL_LINE_MAX (64 * 1024)
+
+static char *control_path;
+
+static void control_error(JsonBuilder *b, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void control_error(JsonBuilder *b, int err, const char *fmt, ...)
+{
+    va_list ap;
+    char *msg;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    json_builder_set_member_name(b, "ok");
+    json_builder_add_boolean_value(b, FALSE);
+    json_builder_set_member_name(b, "errno");
+    json_builder_add_int_value(b, err);
+    json_builder_set_member_name(b, "error");
+    json_builder_add_string_value(b, msg);
+    g_free(msg);
+}
+
+static void control_ok(JsonBuilder *b)
+{
+    json_builder_set_member_name(b, "ok");
+    json_builder_add_boolean_value(b, TRUE);
+}
+
+static void control_disk_create(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    gint64 size = json_object_get_int_member_with_default(req, "size", 100LL << 30);
+    gint64 chunk = json_object_get_int_member_with_default(req, "chunk_size",
+                                                           s->config->chunk_size);
+    struct meta_disk d;
+    int r;
+
+    if (!name) {
+        control_error(b, EINVAL, "disk-create needs a name");
+        return;
+    }
+    if (size <= 0 || chunk <= 0 || chunk > UINT32_MAX) {
+        control_error(b, EINVAL, "size and chunk_size must be positive");
+        return;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_create(s->meta, name, (uint64_t)size, (uint32_t)chunk, &d);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r == -EEXIST)
+        control_error(b, EEXIST, "a disk named '%s' exists", name);
+    else if (r == -EINVAL)
+        control_error(b, EINVAL,
+                      "invalid disk: names are 1-128 of [A-Za-z0-9._-]; sizes up to 1 PiB; "
+                      "chunk sizes a power of two from 64K to 4M");
+    else if (r < 0)
+        control_error(b, -r, "create '%s': %s", name, strerror(-r));
+    else {
+        control_ok(b);
+        json_builder_set_member_name(b, "disk");
+        meta_json_add_disk(b, &d);
+    }
+}
+
+struct control_list {
+    struct plugin_state *s;
+    JsonBuilder *b;
+};
+
+static int control_list_one(const struct meta_disk *d, void *opaque)
+{
+    meta_json_add_disk(((struct control_list *)opaque)->b, d);
+    return 0;
+}
+
+static void control_disk_list(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    struct control_list l = {s, b};
+    int r;
+
+    control_ok(b);
+    json_builder_set_member_name(b, "disks");
+    json_builder_begin_array(b);
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_list(s->meta, control_list_one, &l);
+    pthread_mutex_unlock(&s->meta_lock);
+    json_builder_end_array(b);
+    if (r < 0)
+        log_error("control", "disk-list: %s", strerror(-r));
+}
+
+static void control_disk_delete(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    unsigned connections;
+    int r;
+
+    if (!name) {
+        control_error(b, EINVAL, "disk-delete needs a name");
+        return;
+    }
+    connections = plugin_disk_connections(s, name);
+    if (connections > 0) {
+        control_error(b, EBUSY, "disk '%s' has %u open connection%s: disconnect first", name,
+                      connections, connections == 1 ? "" : "s");
+        return;
+    }
+    r = plugin_disk_forget(s, name);
+    if (r == 0) {
+        pthread_mutex_lock(&s->meta_lock);
+        r = meta_disk_delete(s->meta, name);
+        pthread_mutex_unlock(&s->meta_lock);
+    }
+    if (r == -ENOENT)
+        control_error(b, ENOENT, "no disk named '%s'", name);
+    else if (r == -EBUSY)
+        control_error(b, EBUSY, "disk '%s' is in use: try again", name);
+    else if (r < 0)
+        control_error(b, -r, "delete '%s': %s", name, strerror(-r));
+    else
+        control_ok(b);
+}
+
+static void control_add_u64(JsonBuilder *b, const char *name, uint64_t v)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_int_value(b, (gint64)v);
+}
+
+static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    struct chunk_cache_stats cs;
+    struct disk_stats ds = {0};
+    struct store_stats ss;
+    struct meta_disk md;
+    int r;
+
+    if (!name) {
+        control_error(b, EINVAL, "disk-stats needs a name");
+        return;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, name, &md);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0) {
+        control_error(b, -r, r == -ENOENT ? "no disk named '%s'" : "disk '%s': error", name);
+        return;
+    }
+    bool open = plugin_disk_stats(s, name, &ds) == 0;
+    chunk_cache_get_stats(s->cache, &cs);
+    store_get_stats(s->store, &ss);
+    control_ok(b);
+    json_builder_set_member_name(b, "disk");
+    meta_json_add_disk(b, &md);
+    json_builder_set_member_name(b, "open");
+    json_builder_add_boolean_value(b, open);
+    json_builder_set_member_name(b, "connections");
+    json_builder_add_int_value(b, plugin_disk_connections(s, name));
+    json_builder_set_member_name(b, "stats");
+    json_builder_begin_object(b);
+    control_add_u64(b, "reads", ds.reads);
+    control_add_u64(b, "read_bytes", ds.read_bytes);
+    control_add_u64(b, "writes", ds.writes);
+    control_add_u64(b, "write_bytes", ds.write_bytes);
+    control_add_u64(b, "zeroes", ds.zeroes);
+    control_add_u64(b, "flushes", ds.flushes);
+    control_add_u64(b, "uploads", ds.uploads);
+    control_add_u64(b, "upload_bytes", ds.upload_bytes);
+    control_add_u64(b, "upload_rounds", ds.rounds);
+    control_add_u64(b, "upload_failures", ds.upload_failures);
+    control_add_u64(b, "dirty_bytes", ds.dirty_bytes);
+    control_add_u64(b, "pending_bytes", ds.pending_bytes);
+    control_add_u64(b, "chunks", ds.chunks);
+    control_add_u64(b, "flush_gen", ds.flush_gen);
+    control_add_u64(b, "committed_gen", ds.committed_gen);
+    json_builder_end_object(b);
+    /* The cache and store are shared by every disk of this server. */
+    json_builder_set_member_name(b, "cache");
+    json_builder_begin_object(b);
+    control_add_u64(b, "hits", cs.hits);
+    control_add_u64(b, "misses", cs.misses);
+    control_add_u64(b, "fetches", cs.fetches);
+    control_add_u64(b, "fetch_bytes", cs.fetch_bytes);
+    control_add_u64(b, "corrupt", cs.corrupt);
+    control_add_u64(b, "evictions", cs.evictions);
+    control_add_u64(b, "clean_bytes", cs.clean_bytes);
+    control_add_u64(b, "dirty_bytes", cs.dirty_bytes);
+    control_add_u64(b, "max_bytes", cs.max_bytes);
+    json_builder_end_object(b);
+    json_builder_set_member_name(b, "store");
+    json_builder_begin_object(b);
+    control_add_u64(b, "requests", ss.requests);
+    control_add_u64(b, "retries", ss.retries);
+    control_add_u64(b, "failures", ss.failures);
+    control_add_u64(b, "bytes_sent", ss.bytes_sent);
+    control_add_u64(b, "bytes_received", ss.bytes_received);
+    json_builder_end_object(b);
+}
+
+struct control_op {
+    const char *name;
+    void (*run)(struct plugin_state *s, JsonObject *req, JsonBuilder *b);
+};
+
+static const struct control_op control_ops[] = {
+    {"disk-create", control_disk_create},
+    {"disk-list", control_disk_list},
+    {"disk-delete", control_disk_delete},
+    {"disk-stats", control_disk_stats},
+};
+
+/* Answers one request line. */
+static char *control_answer(struct plugin_state *s, const char *line)
+{
+    JsonParser *parser = json_parser_new();
+    JsonBuilder *b = json_builder_new();
+    GError *error = NULL;
+    JsonNode *root;
+    char *out;
+
+    json_builder_begin_object(b);
+    if (!json_parser_load_from_data(parser, line, -1, &error)) {
+        control_error(b, EINVAL, "not JSON: %s", error->message);
+        g_error_free(error);
+    } else if (!(root = json_parser_get_root(parser)) || !JSON_NODE_HOLDS_OBJECT(root)) {
+        control_error(b, EINVAL, "a request is a JSON object");
+    } else {
+        JsonObject *req = json_node_get_object(root);
+        const char *op = json_object_get_string_member_with_default(req, "op", "");
+        size_t i;
+        for (i = 0; i < G_N_ELEMENTS(control_ops); i++) {
+            if (strcmp(op, control_ops[i].name) == 0) {
+                control_ops[i].run(s, req, b);
+                break;
+            }
+        }
+        if (i == G_N_ELEMENTS(control_ops))
+            control_error(b, EINVAL, "unknown op '%s'", op);
+    }
+    json_builder_end_object(b);
+    JsonNode *answer = json_builder_get_root(b);
+    out = json_to_string(answer, FALSE);
+    json_node_unref(answer);
+    g_object_unref(b);
+    g_object_unref(parser);
+    return out;
+}
+
+static void control_serve(struct plugin_state *s, int fd)
+{
+    GString *buf = g_string_new(NULL);
+    char chunk[4096];
+
+    for (;;) {
+        char *nl;
+        while (!(nl = memchr(buf->str, '\n', buf->len))) {
+            ssize_t n = read(fd, chunk, sizeof chunk);
+            if (n <= 0 || buf->len + (size_t)n > CONTROL_LINE_MAX)
+                goto out;
+            g_string_append_len(buf, chunk, n);
+        }
+        *nl = '\0';
+        char *answer = control_answer(s, buf->str);
+        g_string_erase(buf, 0, (gssize)(nl - buf->str) + 1);
+        size_t len = strlen(answer);
+        answer[len] = '\0';
+        bool ok = write(fd, answer, len) == (ssize_t)len && write(fd, "\n", 1) == 1;
+        g_free(answer);
+        if (!ok)
+            break;
+    }
+out:
+    g_string_free(buf, TRUE);
+}
+
+static void *control_thread(void *opaque)
+{
+    struct plugin_state *s = opaque;
+
+    while (!__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE)) {
+        struct pollfd p = {.fd = s->control_fd, .events = POLLIN};
+        if (poll(&p, 1, 200) <= 0)
+            continue;
+        int fd = accept4(s->control_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            continue;
+        /* A client that stalls must not wedge the socket for everyone. */
+        struct timeval tv = {.tv_sec = 10};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        control_serve(s, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+int control_start(struct plugin_state *s, const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    mode_t old_mask;
+
+    if (strlen(path) >= sizeof addr.sun_path) {
+        log_error("control", "control=%s: the path is too long for a unix socket", path);
+        return -1;
+    }
+    strcpy(addr.sun_path, path);
+    s->control_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->control_fd < 0) {
+        log_error("control", "socket: %m");
+        return -1;
+    }
+    unlink(path); /* a socket left by a server that died */
+    old_mask = umask(0177); /* the socket is created 0600 */
+    int r = bind(s->control_fd, (struct sockaddr *)&addr, sizeof addr);
+    umask(old_mask);
+    if (r < 0 || listen(s->control_fd, 16) < 0) {
+        log_error("control", "control=%s: %m", path);
+        close(s->control_fd);
+        return -1;
+    }
+    control_path = g_strdup(path);
+    if (pthread_create(&s->control_thread, NULL, control_thread, s) != 0) {
+        log_error("control", "cannot start the control thread");
+        return -1;
+    }
+    s->control_started = true;
+    return 0;
+}
+
+void control_stop(struct plugin_state *s)
+{
+    if (!s->control_started)
+        return;
+    pthread_join(s->control_thread, NULL);
+    close(s->control_fd);
+    if (control_path)
+        unlink(control_path);
+    g_free(control_path);
+    control_path = NULL;
+    s->control_started = false;
+}

@@ -1,0 +1,86 @@
+/* disk.h: one open disk: its chunk states, the data path, flush and upload.
+ *
+ * A chunk's content is the first of these that exists:
+ *   live    written since the last flush: a local file (or "zero" after a whole-chunk trim);
+ *   frozen  written before a flush and not yet committed to the store: an immutable local file;
+ *   head    the committed map (chunk hash, content in the chunk cache and the store);
+ *   zeros.
+ * A flush freezes every live chunk at once, under the write side of the disk's flush barrier,
+ * so the frozen set is always exactly the disk at some flush.  An upload round takes the frozen
+ * set of the latest flush, uploads it, and commits the new head in one SQLite transaction: so
+ * the store's state of a disk is always some flush's state, never a mix.
+ *
+ * durability=local: a flush fsyncs its frozen files and records them in the metadata's
+ * pending journal; a round follows within upload-delay.  durability=remote: a flush runs the
+ * round itself and returns once the head is committed. */
+#ifndef WISP_DISK_H
+#define WISP_DISK_H
+
+#include "chunk_cache.h"
+#include "meta.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+enum disk_durability {
+    DISK_DURABILITY_LOCAL,
+    DISK_DURABILITY_REMOTE,
+};
+
+const char *disk_durability_to_string(enum disk_durability d);
+
+/* What every open disk shares, owned by the plugin. */
+struct disk_env {
+    const char *cache_dir;
+    struct chunk_cache *cache;
+    struct meta *meta;
+    pthread_mutex_t *meta_lock; /* the meta connection is used by one thread at a time */
+    enum disk_durability durability;
+    unsigned upload_parallel;   /* chunks uploaded at once in a round */
+    uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
+};
+
+struct disk;
+
+struct disk_stats {
+    uint64_t reads, read_bytes, writes, write_bytes, zeroes, flushes;
+    uint64_t uploads, upload_bytes, rounds, upload_failures;
+    uint64_t dirty_bytes;   /* live and frozen chunk files */
+    uint64_t pending_bytes; /* frozen: flushed, waiting for upload */
+    uint64_t chunks;        /* chunks with data in the committed head */
+    uint64_t flush_gen, committed_gen;
+};
+
+/* Opens d: loads its head map and recovers its pending journal. */
+int disk_open(struct disk_env *env, const struct meta_disk *d, struct disk **out);
+/* Frees d without uploading anything (pending data stays journaled). */
+void disk_close(struct disk *d);
+
+const char *disk_name(const struct disk *d);
+int64_t disk_id(const struct disk *d);
+uint64_t disk_size(const struct disk *d);
+uint32_t disk_chunk_size(const struct disk *d);
+
+int disk_read(struct disk *d, void *buf, uint32_t count, uint64_t offset);
+int disk_write(struct disk *d, const void *buf, uint32_t count, uint64_t offset);
+/* Zero and trim are the same here: whole chunks are dropped, partial ones written with zeros. */
+int disk_zero(struct disk *d, uint32_t count, uint64_t offset);
+int disk_flush(struct disk *d);
+/* Prefetches [offset, offset + count) into the chunk cache. */
+void disk_prefetch(struct disk *d, uint32_t count, uint64_t offset);
+
+/* Calls fn for runs of data and of holes covering [offset, offset + count), neighbours merged.
+ * fn returns 0 to continue. */
+typedef int (*disk_extent_fn)(uint64_t offset, uint64_t length, bool hole, void *opaque);
+int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn,
+                 void *opaque);
+
+/* durability=local: uploads the latest flush if it has waited at least delay_s.  Returns 0 if
+ * nothing was due, 1 after a successful round, or a negative errno. */
+int disk_upload_due(struct disk *d, double delay_s);
+
+void disk_get_stats(struct disk *d, struct disk_stats *out);
+
+#endif

@@ -1,0 +1,269 @@
+/* plugin.c: the registry of open disks.
+ *
+ * A disk stays open after its last connection closes, so that data flushed with
+ * durability=local is still uploaded; it is closed at shut-down or when deleted.  `users`
+ * counts the threads using a registry entry outside registry_lock (the upload thread, stats),
+ * so that delete never frees a disk under them. */
+#include "plugin.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <string.h>
+
+struct plugin_disk {
+    struct disk *disk;
+    unsigned connections;
+    unsigned users;
+};
+
+bool plugin_export_name_valid(const char *name, const char **why)
+{
+    const char *at = strchr(name, '@');
+    char disk[META_DISK_NAME_MAX + 1];
+
+    if (strlen(name) > 2 * META_DISK_NAME_MAX + 1) {
+        *why = "longer than 257 bytes";
+        return false;
+    }
+    if (!at)
+        return meta_disk_name_valid(name, why);
+    if ((size_t)(at - name) > META_DISK_NAME_MAX) {
+        *why = "the disk name is longer than 128 bytes";
+        return false;
+    }
+    memcpy(disk, name, (size_t)(at - name));
+    disk[at - name] = '\0';
+    if (!meta_disk_name_valid(disk, why))
+        return false;
+    if (strchr(at + 1, '@')) {
+        *why = "more than one '@'";
+        return false;
+    }
+    return meta_disk_name_valid(at + 1, why);
+}
+
+static int plugin_disk_open_locked(struct plugin_state *s, const char *name,
+                                   struct plugin_disk **out)
+{
+    struct plugin_disk *pd = g_hash_table_lookup(s->disks, name);
+    struct meta_disk md;
+    int r;
+
+    if (pd) {
+        *out = pd;
+        return 0;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, name, &md);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0)
+        return r;
+    pd = g_new0(struct plugin_disk, 1);
+    r = disk_open(&s->env, &md, &pd->disk);
+    if (r < 0) {
+        g_free(pd);
+        return r;
+    }
+    g_hash_table_insert(s->disks, (gpointer)disk_name(pd->disk), pd);
+    *out = pd;
+    return 0;
+}
+
+int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **out)
+{
+    struct plugin_disk *pd;
+    int r;
+
+    pthread_mutex_lock(&s->registry_lock);
+    r = plugin_disk_open_locked(s, name, &pd);
+    if (r == 0) {
+        pd->connections++;
+        *out = pd->disk;
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+    return r;
+}
+
+void plugin_disk_release(struct plugin_state *s, struct disk *d)
+{
+    pthread_mutex_lock(&s->registry_lock);
+    struct plugin_disk *pd = g_hash_table_lookup(s->disks, disk_name(d));
+    if (pd && pd->connections > 0)
+        pd->connections--;
+    pthread_mutex_unlock(&s->registry_lock);
+}
+
+unsigned plugin_disk_connections(struct plugin_state *s, const char *name)
+{
+    pthread_mutex_lock(&s->registry_lock);
+    struct plugin_disk *pd = g_hash_table_lookup(s->disks, name);
+    unsigned n = pd ? pd->connections : 0;
+    pthread_mutex_unlock(&s->registry_lock);
+    return n;
+}
+
+int plugin_disk_forget(struct plugin_state *s, const char *name)
+{
+    struct plugin_disk *pd;
+
+    pthread_mutex_lock(&s->registry_lock);
+    pd = g_hash_table_lookup(s->disks, name);
+    if (pd && (pd->connections > 0 || pd->users > 0)) {
+        pthread_mutex_unlock(&s->registry_lock);
+        return -EBUSY;
+    }
+    if (pd) {
+        g_hash_table_remove(s->disks, name);
+        disk_close(pd->disk);
+        g_free(pd);
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+    return 0;
+}
+
+int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stats *out)
+{
+    int r = -ENOENT;
+
+    pthread_mutex_lock(&s->registry_lock);
+    struct plugin_disk *pd = g_hash_table_lookup(s->disks, name);
+    if (pd) {
+        disk_get_stats(pd->disk, out);
+        r = 0;
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+    return r;
+}
+
+static int plugin_has_pending_row(const struct meta_pending *p, void *opaque)
+{
+    return 1;
+}
+
+static int plugin_collect_disk(const struct meta_disk *d, void *opaque)
+{
+    g_ptr_array_add(opaque, g_strdup(d->name));
+    return 0;
+}
+
+int plugin_open_pending_disks(struct plugin_state *s)
+{
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    int r;
+
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_list(s->meta, plugin_collect_disk, names);
+    pthread_mutex_unlock(&s->meta_lock);
+    for (guint i = 0; r == 0 && i < names->len; i++) {
+        const char *name = g_ptr_array_index(names, i);
+        struct meta_disk md;
+        struct plugin_disk *pd;
+        pthread_mutex_lock(&s->meta_lock);
+        int has = meta_disk_get(s->meta, name, &md) == 0 &&
+                  meta_pending_list(s->meta, md.id, plugin_has_pending_row, NULL) == 1;
+        pthread_mutex_unlock(&s->meta_lock);
+        if (!has)
+            continue;
+        pthread_mutex_lock(&s->registry_lock);
+        r = plugin_disk_open_locked(s, name, &pd);
+        pthread_mutex_unlock(&s->registry_lock);
+        if (r < 0)
+            log_error("plugin", "disk %s: cannot recover its pending data: %s", name,
+                      strerror(-r));
+    }
+    g_ptr_array_unref(names);
+    return r;
+}
+
+/* Takes a `users` reference on every open disk. */
+static GPtrArray *plugin_use_all(struct plugin_state *s)
+{
+    GPtrArray *list = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer value;
+
+    pthread_mutex_lock(&s->registry_lock);
+    g_hash_table_iter_init(&it, s->disks);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct plugin_disk *pd = value;
+        pd->users++;
+        g_ptr_array_add(list, pd);
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+    return list;
+}
+
+static void plugin_unuse_all(struct plugin_state *s, GPtrArray *list)
+{
+    pthread_mutex_lock(&s->registry_lock);
+    for (guint i = 0; i < list->len; i++)
+        ((struct plugin_disk *)g_ptr_array_index(list, i))->users--;
+    pthread_mutex_unlock(&s->registry_lock);
+    g_ptr_array_unref(list);
+}
+
+void plugin_upload_due(struct plugin_state *s, double delay_s)
+{
+    GPtrArray *list = plugin_use_all(s);
+
+    for (guint i = 0; i < list->len; i++) {
+        struct plugin_disk *pd = g_ptr_array_index(list, i);
+        int r = disk_upload_due(pd->disk, delay_s);
+        if (r < 0)
+            log_warn("plugin", "disk %s: upload failed (%s); retrying after upload-delay",
+                     disk_name(pd->disk), strerror(-r));
+    }
+    plugin_unuse_all(s, list);
+}
+
+void plugin_log_stats(struct plugin_state *s)
+{
+    GPtrArray *list = plugin_use_all(s);
+    struct chunk_cache_stats cs;
+    struct store_stats ss;
+
+    for (guint i = 0; i < list->len; i++) {
+        struct plugin_disk *pd = g_ptr_array_index(list, i);
+        struct disk_stats ds;
+        disk_get_stats(pd->disk, &ds);
+        log_info("stats",
+                 "disk %s: %llu reads (%llu bytes), %llu writes (%llu bytes), %llu zeroes, "
+                 "%llu flushes, %llu uploads (%llu bytes), %llu bytes dirty, %llu bytes "
+                 "pending upload, %u connections",
+                 disk_name(pd->disk), (unsigned long long)ds.reads,
+                 (unsigned long long)ds.read_bytes, (unsigned long long)ds.writes,
+                 (unsigned long long)ds.write_bytes, (unsigned long long)ds.zeroes,
+                 (unsigned long long)ds.flushes, (unsigned long long)ds.uploads,
+                 (unsigned long long)ds.upload_bytes, (unsigned long long)ds.dirty_bytes,
+                 (unsigned long long)ds.pending_bytes, pd->connections);
+    }
+    plugin_unuse_all(s, list);
+    chunk_cache_get_stats(s->cache, &cs);
+    store_get_stats(s->store, &ss);
+    log_info("stats",
+             "cache: %llu hits, %llu misses, %llu fetches (%llu bytes), %llu corrupt, %llu "
+             "evictions, %llu/%llu bytes used; store: %llu requests, %llu retries, %llu failures",
+             (unsigned long long)cs.hits, (unsigned long long)cs.misses,
+             (unsigned long long)cs.fetches, (unsigned long long)cs.fetch_bytes,
+             (unsigned long long)cs.corrupt, (unsigned long long)cs.evictions,
+             (unsigned long long)(cs.clean_bytes + cs.dirty_bytes),
+             (unsigned long long)cs.max_bytes, (unsigned long long)ss.requests,
+             (unsigned long long)ss.retries, (unsigned long long)ss.failures);
+}
+
+void plugin_close_all_disks(struct plugin_state *s)
+{
+    GHashTableIter it;
+    gpointer value;
+
+    pthread_mutex_lock(&s->registry_lock);
+    g_hash_table_iter_init(&it, s->disks);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct plugin_disk *pd = value;
+        disk_close(pd->disk);
+        g_free(pd);
+    }
+    g_hash_table_remove_all(s->disks);
+    pthread_mutex_unlock(&s->registry_lock);
+}

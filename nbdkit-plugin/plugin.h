@@ -1,0 +1,71 @@
+/* plugin.h: the running server's state, shared by the NBD callbacks (wisp.c), the control
+ * socket (control.c) and the registry of open disks (plugin.c). */
+#ifndef WISP_PLUGIN_H
+#define WISP_PLUGIN_H
+
+#include "chunk_cache.h"
+#include "disk.h"
+#include "meta.h"
+#include "store.h"
+
+#include <glib.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct plugin_config {
+    char *store_url, *cache_dir, *meta_dir, *control_path, *credentials_file;
+    uint64_t cache_size;
+    uint32_t chunk_size; /* default for disks created through the control socket */
+    enum disk_durability durability;
+    double upload_delay, stats_interval, store_timeout;
+    unsigned upload_parallel, store_connections;
+    uint64_t readahead;
+    bool readonly;
+};
+
+struct plugin_state {
+    const struct plugin_config *config;
+    struct store *store;
+    struct meta *meta;
+    pthread_mutex_t meta_lock; /* one thread at a time on the meta connection */
+    struct chunk_cache *cache;
+    struct disk_env env;
+
+    pthread_mutex_t registry_lock; /* protects disks */
+    GHashTable *disks;             /* name -> struct plugin_disk */
+
+    pthread_t background;
+    bool background_started;
+    bool stopping;
+
+    int control_fd;
+    pthread_t control_thread;
+    bool control_started;
+};
+
+/* Export names: a disk name, or DISK@CHECKPOINT, each part valid as a disk name. */
+bool plugin_export_name_valid(const char *name, const char **why);
+
+/* Opens disk `name` (or finds it open) and counts a connection on it.  -ENOENT if no such
+ * disk. */
+int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **out);
+void plugin_disk_release(struct plugin_state *s, struct disk *d);
+/* Number of connections on an open disk, 0 if not open. */
+unsigned plugin_disk_connections(struct plugin_state *s, const char *name);
+/* Closes the disk if it is open without connections, so it can be deleted.  -EBUSY if it has
+ * connections. */
+int plugin_disk_forget(struct plugin_state *s, const char *name);
+/* Stats of an open disk: -ENOENT if it is not open. */
+int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stats *out);
+
+/* Opens every disk with a pending journal, so its data is uploaded without waiting for a
+ * client. */
+int plugin_open_pending_disks(struct plugin_state *s);
+/* Runs due upload rounds (durability=local). */
+void plugin_upload_due(struct plugin_state *s, double delay_s);
+/* Logs one statistics line per open disk and one for the cache. */
+void plugin_log_stats(struct plugin_state *s);
+void plugin_close_all_disks(struct plugin_state *s);
+
+#endif

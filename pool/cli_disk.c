@@ -1,0 +1,478 @@
+/* cli_disk.c: `wisp disk create|list|delete|stats`.
+ *
+ * With --control SOCK (or $WISP_CONTROL) the request goes to a running storage server's control
+ * socket.  Without it, the CLI opens the metadata itself (--meta DIR or $WISP_META) under an
+ * exclusive lock, which fails while a server holds it.  Both paths print the same JSON, built
+ * by meta_json.c. */
+#include "cli.h"
+#include "meta.h"
+#include "meta_json.h"
+
+#include <errno.h>
+#include <glib.h>
+#include <json-glib/json-glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct cli_disk_options {
+    char *control;
+    char *meta_dir;
+    char *store_url;
+    char *size;
+    char *chunk_size;
+    gboolean json;
+};
+
+/* ---- the two ways to reach the metadata ------------------------------------------------------ */
+
+/* Sends one request to the control socket and returns the parsed answer object (ok or not),
+ * or NULL after printing why the server could not be reached. */
+static JsonNode *cli_disk_control_call(const char *path, JsonBuilder *request)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    JsonNode *req = json_builder_get_root(request);
+    char *text = json_to_string(req, FALSE);
+    GString *answer = g_string_new(NULL);
+    JsonNode *result = NULL;
+    char buf[4096];
+    int fd = -1;
+
+    json_node_unref(req);
+    if (strlen(path) >= sizeof addr.sun_path) {
+        cli_error("control socket path too long: %s", path);
+        goto out;
+    }
+    strcpy(addr.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        cli_error("cannot reach the storage server at %s: %s (is nbdkit running with "
+                  "control=%s?)",
+                  path, g_strerror(errno), path);
+        goto out;
+    }
+    size_t len = strlen(text);
+    if (write(fd, text, len) != (ssize_t)len || write(fd, "\n", 1) != 1) {
+        cli_error("write to %s: %s", path, g_strerror(errno));
+        goto out;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        g_string_append_len(answer, buf, n);
+        if (memchr(buf, '\n', (size_t)n))
+            break;
+    }
+    JsonParser *parser = json_parser_new();
+    if (answer->len > 0 && json_parser_load_from_data(parser, answer->str, -1, NULL) &&
+        JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser)))
+        result = json_node_copy(json_parser_get_root(parser));
+    else
+        cli_error("the storage server at %s sent no valid answer", path);
+    g_object_unref(parser);
+out:
+    if (fd >= 0)
+        close(fd);
+    g_free(text);
+    g_string_free(answer, TRUE);
+    return result;
+}
+
+/* Checks an answer; prints its error and returns the exit code if it is not ok. */
+static int cli_disk_control_status(JsonNode *answer)
+{
+    JsonObject *o = json_node_get_object(answer);
+
+    if (json_object_get_boolean_member_with_default(o, "ok", FALSE))
+        return CLI_EXIT_OK;
+    cli_error("%s", json_object_get_string_member_with_default(o, "error", "failed"));
+    return CLI_EXIT_ERROR;
+}
+
+static int cli_disk_open_meta(struct cli_disk_options *o, struct meta **m)
+{
+    int r;
+
+    if (!o->meta_dir) {
+        cli_error("no storage server or metadata given: pass --control SOCK (or set "
+                  "WISP_CONTROL) for a running server, or --meta DIR (WISP_META)");
+        return CLI_EXIT_USAGE;
+    }
+    r = meta_open(o->meta_dir, true, m);
+    if (r == -EBUSY) {
+        cli_error("the metadata in %s is held by a running server: use --control SOCK",
+                  o->meta_dir);
+        return CLI_EXIT_ERROR;
+    }
+    if (r < 0) {
+        cli_error("cannot open the metadata in %s: %s", o->meta_dir, g_strerror(-r));
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
+static void cli_disk_print_json(JsonNode *node)
+{
+    char *text = json_to_string(node, TRUE);
+    printf("%s\n", text);
+    g_free(text);
+}
+
+static void cli_disk_print_human(JsonObject *disk)
+{
+    printf("%-32s %10.1f GiB  %5lld KiB chunks  flush %lld\n",
+           json_object_get_string_member(disk, "name"),
+           (double)json_object_get_int_member(disk, "size") / (1 << 30),
+           (long long)json_object_get_int_member(disk, "chunk_size") / 1024,
+           (long long)json_object_get_int_member(disk, "flush_gen"));
+}
+
+/* ---- verbs ------------------------------------------------------------------------------------ */
+
+static int cli_disk_parse_size(const char *what, const char *text, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = g_ascii_strtod(text, &end);
+    uint64_t mult = 1;
+
+    if (errno || end == text || v <= 0)
+        goto bad;
+    switch (*end) {
+    case 'k': case 'K': mult = 1ULL << 10; end++; break;
+    case 'm': case 'M': mult = 1ULL << 20; end++; break;
+    case 'g': case 'G': mult = 1ULL << 30; end++; break;
+    case 't': case 'T': mult = 1ULL << 40; end++; break;
+    case '\0': break;
+    default: goto bad;
+    }
+    if (*end == 'i' && end[1] == 'B')
+        end += 2;
+    else if (*end == 'B')
+        end++;
+    if (*end || v * (double)mult > (double)(1ULL << 50))
+        goto bad;
+    *out = (uint64_t)(v * (double)mult);
+    return 0;
+bad:
+    cli_error("%s '%s': expected a size such as 100G, 1M or 65536", what, text);
+    return -EINVAL;
+}
+
+static int cli_disk_create(struct cli_disk_options *o, int argc, char **argv)
+{
+    uint64_t size = 100ULL << 30, chunk = 0;
+    struct meta_disk d;
+    struct meta *m;
+    int status;
+
+    if (argc != 1) {
+        cli_error("usage: wisp disk create NAME [--size 100G] [--chunk-size 1M]");
+        return CLI_EXIT_USAGE;
+    }
+    if ((o->size && cli_disk_parse_size("--size", o->size, &size) < 0) ||
+        (o->chunk_size && cli_disk_parse_size("--chunk-size", o->chunk_size, &chunk) < 0))
+        return CLI_EXIT_USAGE;
+
+    if (o->control) {
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "op");
+        json_builder_add_string_value(b, "disk-create");
+        json_builder_set_member_name(b, "name");
+        json_builder_add_string_value(b, argv[0]);
+        json_builder_set_member_name(b, "size");
+        json_builder_add_int_value(b, (gint64)size);
+        if (chunk) {
+            json_builder_set_member_name(b, "chunk_size");
+            json_builder_add_int_value(b, (gint64)chunk);
+        }
+        json_builder_end_object(b);
+        JsonNode *answer = cli_disk_control_call(o->control, b);
+        g_object_unref(b);
+        if (!answer)
+            return CLI_EXIT_ERROR;
+        status = cli_disk_control_status(answer);
+        if (status == CLI_EXIT_OK) {
+            JsonNode *disk = json_object_get_member(json_node_get_object(answer), "disk");
+            if (o->json)
+                cli_disk_print_json(disk);
+            else
+                cli_disk_print_human(json_node_get_object(disk));
+        }
+        json_node_unref(answer);
+        return status;
+    }
+
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    int r = meta_disk_create(m, argv[0], size, chunk ? (uint32_t)chunk : 1 << 20, &d);
+    meta_close(m);
+    if (r == -EEXIST) {
+        cli_error("a disk named '%s' exists", argv[0]);
+        return CLI_EXIT_ERROR;
+    }
+    if (r < 0) {
+        cli_error("cannot create '%s': %s (names are 1-128 of [A-Za-z0-9._-]; chunk sizes a "
+                  "power of two from 64K to 4M)",
+                  argv[0], g_strerror(-r));
+        return CLI_EXIT_ERROR;
+    }
+    JsonBuilder *b = json_builder_new();
+    meta_json_add_disk(b, &d);
+    JsonNode *node = json_builder_get_root(b);
+    if (o->json)
+        cli_disk_print_json(node);
+    else
+        cli_disk_print_human(json_node_get_object(node));
+    json_node_unref(node);
+    g_object_unref(b);
+    return CLI_EXIT_OK;
+}
+
+static int cli_disk_list_one(const struct meta_disk *d, void *opaque)
+{
+    meta_json_add_disk(opaque, d);
+    return 0;
+}
+
+static int cli_disk_list(struct cli_disk_options *o, int argc, char **argv)
+{
+    JsonNode *disks = NULL, *answer = NULL;
+    int status = CLI_EXIT_OK;
+
+    if (argc != 0) {
+        cli_error("usage: wisp disk list [--json]");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "op");
+        json_builder_add_string_value(b, "disk-list");
+        json_builder_end_object(b);
+        answer = cli_disk_control_call(o->control, b);
+        g_object_unref(b);
+        if (!answer)
+            return CLI_EXIT_ERROR;
+        status = cli_disk_control_status(answer);
+        if (status == CLI_EXIT_OK)
+            disks = json_node_copy(
+                json_object_get_member(json_node_get_object(answer), "disks"));
+        json_node_unref(answer);
+    } else {
+        struct meta *m;
+        status = cli_disk_open_meta(o, &m);
+        if (status != CLI_EXIT_OK)
+            return status;
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_array(b);
+        int r = meta_disk_list(m, cli_disk_list_one, b);
+        json_builder_end_array(b);
+        meta_close(m);
+        disks = json_builder_get_root(b);
+        g_object_unref(b);
+        if (r < 0) {
+            cli_error("cannot list disks: %s", g_strerror(-r));
+            status = CLI_EXIT_ERROR;
+        }
+    }
+    if (status == CLI_EXIT_OK) {
+        if (o->json) {
+            cli_disk_print_json(disks);
+        } else {
+            JsonArray *a = json_node_get_array(disks);
+            for (guint i = 0; i < json_array_get_length(a); i++)
+                cli_disk_print_human(json_array_get_object_element(a, i));
+        }
+    }
+    if (disks)
+        json_node_unref(disks);
+    return status;
+}
+
+static int cli_disk_delete(struct cli_disk_options *o, int argc, char **argv)
+{
+    if (argc != 1) {
+        cli_error("usage: wisp disk delete NAME");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "op");
+        json_builder_add_string_value(b, "disk-delete");
+        json_builder_set_member_name(b, "name");
+        json_builder_add_string_value(b, argv[0]);
+        json_builder_end_object(b);
+        JsonNode *answer = cli_disk_control_call(o->control, b);
+        g_object_unref(b);
+        if (!answer)
+            return CLI_EXIT_ERROR;
+        int status = cli_disk_control_status(answer);
+        json_node_unref(answer);
+        return status;
+    }
+    struct meta *m;
+    int status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    int r = meta_disk_delete(m, argv[0]);
+    meta_close(m);
+    if (r == -ENOENT) {
+        cli_error("no disk named '%s' (wisp disk list shows them)", argv[0]);
+        return CLI_EXIT_ERROR;
+    }
+    if (r < 0) {
+        cli_error("cannot delete '%s': %s", argv[0], g_strerror(-r));
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
+static void cli_disk_print_members(JsonObject *o, const char *title)
+{
+    GList *names = json_object_get_members(o);
+
+    printf("%s:\n", title);
+    for (GList *l = names; l; l = l->next) {
+        JsonNode *v = json_object_get_member(o, l->data);
+        if (JSON_NODE_TYPE(v) == JSON_NODE_VALUE && json_node_get_value_type(v) == G_TYPE_INT64)
+            printf("  %-16s %lld\n", (const char *)l->data, (long long)json_node_get_int(v));
+    }
+    g_list_free(names);
+}
+
+static int cli_disk_stats(struct cli_disk_options *o, int argc, char **argv)
+{
+    if (argc != 1) {
+        cli_error("usage: wisp disk stats NAME [--json]");
+        return CLI_EXIT_USAGE;
+    }
+    if (!o->control) {
+        cli_error("disk stats come from a running server: pass --control SOCK (or set "
+                  "WISP_CONTROL)");
+        return CLI_EXIT_USAGE;
+    }
+    JsonBuilder *b = json_builder_new();
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "op");
+    json_builder_add_string_value(b, "disk-stats");
+    json_builder_set_member_name(b, "name");
+    json_builder_add_string_value(b, argv[0]);
+    json_builder_end_object(b);
+    JsonNode *answer = cli_disk_control_call(o->control, b);
+    g_object_unref(b);
+    if (!answer)
+        return CLI_EXIT_ERROR;
+    int status = cli_disk_control_status(answer);
+    if (status == CLI_EXIT_OK) {
+        JsonObject *a = json_node_get_object(answer);
+        if (o->json) {
+            json_object_remove_member(a, "ok");
+            cli_disk_print_json(answer);
+        } else {
+            cli_disk_print_human(json_object_get_object_member(a, "disk"));
+            printf("open: %s, %lld connections\n",
+                   json_object_get_boolean_member(a, "open") ? "yes" : "no",
+                   (long long)json_object_get_int_member(a, "connections"));
+            cli_disk_print_members(json_object_get_object_member(a, "stats"), "disk");
+            cli_disk_print_members(json_object_get_object_member(a, "cache"), "cache (shared)");
+            cli_disk_print_members(json_object_get_object_member(a, "store"), "store (shared)");
+        }
+    }
+    json_node_unref(answer);
+    return status;
+}
+
+struct cli_disk_verb {
+    const char *name;
+    int (*run)(struct cli_disk_options *o, int argc, char **argv);
+    const char *args;
+    const char *summary;
+};
+
+static const struct cli_disk_verb cli_disk_verbs[] = {
+    {"create", cli_disk_create, "NAME [--size 100G] [--chunk-size 1M]", "create an empty disk"},
+    {"list", cli_disk_list, "[--json]", "list disks"},
+    {"delete", cli_disk_delete, "NAME", "delete a disk"},
+    {"stats", cli_disk_stats, "NAME [--json]", "a served disk's I/O, cache and upload counters"},
+};
+
+static void cli_disk_usage(FILE *out)
+{
+    fprintf(out, "Usage: wisp disk VERB [OPTIONS] ARGS...\n\nVerbs:\n");
+    for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
+        fprintf(out, "  %-7s %-38s %s\n", cli_disk_verbs[i].name, cli_disk_verbs[i].args,
+                cli_disk_verbs[i].summary);
+    fprintf(out, "\nA running server is reached with --control SOCK ($WISP_CONTROL); otherwise "
+                 "--meta DIR ($WISP_META)\nopens the metadata directly.  Run 'wisp disk VERB "
+                 "--help' for the options.\n");
+}
+
+int cli_disk_main(int argc, char **argv)
+{
+    struct cli_disk_options o = {0};
+    const struct cli_disk_verb *verb = NULL;
+    GError *error = NULL;
+    GOptionEntry entries[] = {
+        {"control", 'c', 0, G_OPTION_ARG_FILENAME, &o.control,
+         "Control socket of a running server (default $WISP_CONTROL)", "SOCK"},
+        {"meta", 'm', 0, G_OPTION_ARG_FILENAME, &o.meta_dir,
+         "Metadata directory, when no server runs (default $WISP_META)", "DIR"},
+        {"store", 's', 0, G_OPTION_ARG_STRING, &o.store_url, "Store URL (default $WISP_STORE)",
+         "URL"},
+        {"size", 0, 0, G_OPTION_ARG_STRING, &o.size, "create: disk size (default 100G)", "SIZE"},
+        {"chunk-size", 0, 0, G_OPTION_ARG_STRING, &o.chunk_size,
+         "create: chunk size, a power of two from 64K to 4M (default 1M)", "SIZE"},
+        {"json", 0, 0, G_OPTION_ARG_NONE, &o.json, "Print JSON", NULL},
+        {NULL},
+    };
+    int status;
+
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        cli_disk_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
+        if (!strcmp(argv[1], cli_disk_verbs[i].name))
+            verb = &cli_disk_verbs[i];
+    if (!verb) {
+        cli_error("unknown disk verb '%s'; run 'wisp disk --help'", argv[1]);
+        return CLI_EXIT_USAGE;
+    }
+    char *param = g_strdup_printf("%s - %s", verb->args, verb->summary);
+    GOptionContext *ctx = g_option_context_new(param);
+    g_free(param);
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    argv[1] = g_strdup_printf("wisp disk %s", verb->name);
+    argc--;
+    argv++;
+    bool parsed = g_option_context_parse(ctx, &argc, &argv, &error);
+    g_free(argv[0]);
+    g_option_context_free(ctx);
+    if (!parsed) {
+        cli_error("%s", error->message);
+        g_error_free(error);
+        return CLI_EXIT_USAGE;
+    }
+    if (!o.control && getenv("WISP_CONTROL") && !o.meta_dir)
+        o.control = g_strdup(getenv("WISP_CONTROL"));
+    if (!o.meta_dir && getenv("WISP_META"))
+        o.meta_dir = g_strdup(getenv("WISP_META"));
+    if (!o.store_url && getenv("WISP_STORE"))
+        o.store_url = g_strdup(getenv("WISP_STORE"));
+
+    status = verb->run(&o, argc - 1, argv + 1);
+    g_free(o.control);
+    g_free(o.meta_dir);
+    g_free(o.store_url);
+    g_free(o.size);
+    g_free(o.chunk_size);
+    return status;
+}
