@@ -386,6 +386,8 @@ int aws_credentials_load(const char *file, const char *profile, struct aws_crede
     int r;
 
     memset(out, 0, sizeof *out);
+    /* A profile asked for by name wins over the environment's keys, as with aws --profile. */
+    bool named_profile = profile != NULL;
     if (profile == NULL)
         profile = credentials_getenv("AWS_PROFILE");
     if (profile == NULL)
@@ -394,7 +396,7 @@ int aws_credentials_load(const char *file, const char *profile, struct aws_crede
     if (file != NULL)
         return credentials_load_file(file, profile, out, err, err_size);
 
-    r = credentials_from_env(out, err, err_size);
+    r = named_profile ? 0 : credentials_from_env(out, err, err_size);
     if (r != 0)
         return r < 0 ? r : 0;
 

@@ -21,7 +21,7 @@ struct s3_list_page {
     char *next_token; /* <NextContinuationToken>; NULL if absent */
 };
 
-/* Returns 0, or -EBADMSG with *why set to a static explanation when the body is not a
+/* Returns 0, -ENOMEM, or -EBADMSG with *why set to a static explanation when the body is not a
  * well-formed ListBucketResult (including: truncated without a continuation token, a Contents
  * without Key, a Size that is not a non-negative integer). */
 int s3_xml_parse_list(const char *body, size_t len, struct s3_list_page *out, const char **why);

@@ -102,7 +102,7 @@ static bool store_url_endpoint_valid(const char *e)
     if (*host == '\0' || *host == ':' || *host == '/')
         return false;
     for (const char *c = host; *c; c++) {
-        if (*c == '/' && c[1] != '\0')
+        if (*c == '/')
             return false; /* no path in an endpoint */
         if ((unsigned char)*c <= ' ' || *c == '?' || *c == '#' || *c == '@')
             return false;
@@ -255,8 +255,8 @@ static int store_url_parse_s3(const char *rest, struct store_url *out, const cha
             out->virtual_style = true;
     } else {
         size_t n = strlen(out->endpoint);
-        if (n > 0 && out->endpoint[n - 1] == '/')
-            out->endpoint[n - 1] = '\0';
+        while (n > 0 && out->endpoint[n - 1] == '/')
+            out->endpoint[--n] = '\0';
         if (!store_url_endpoint_valid(out->endpoint)) {
             *why = "endpoint= is http[s]://host[:port], with no path, user or query";
             return -EINVAL;

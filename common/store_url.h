@@ -25,7 +25,7 @@ struct store_url {
     bool virtual_style; /* s3: bucket in the host name rather than the path */
 };
 
-/* Returns 0, or -EINVAL with *why pointing to a static explanation. */
+/* Returns 0, -ENOMEM, or -EINVAL with *why pointing to a static explanation. */
 int store_url_parse(const char *url, struct store_url *out, const char **why);
 void store_url_free(struct store_url *u);
 

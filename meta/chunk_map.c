@@ -10,7 +10,8 @@
  * A leaf is one allocation: a small header, then `cap` u16 positions (sorted), then `cap` hashes
  * in the same order.  That is 34 bytes per entry plus growth slack plus the leaf's share of its
  * header (~46 bytes with malloc's) and of its slot in the array (16 bytes).  Leaves made by
- * chunk_map_decode and chunk_map_copy are sized exactly.
+ * chunk_map_decode and chunk_map_copy are sized exactly.  Measured (test_chunk_map): 35-49
+ * bytes per entry for 10k-100k entries on a 100 GiB disk of 64 KiB chunks.
  *
  * Incremental encoding
  * --------------------
@@ -517,8 +518,7 @@ void chunk_map_remove(struct chunk_map *m, uint64_t idx)
         return;
     chunk_map_mark_dirty(m, l, no);
     memmove(&leaf_pos(l)[i], &leaf_pos(l)[i + 1], (l->count - i - 1) * sizeof(uint16_t));
-    memmove(&leaf_hash(l)[i], &leaf_hash(l)[i + 1],
-            (l->count - i - 1) * sizeof(struct chunk_hash));
+    memmove(&leaf_hash(l)[i], &leaf_hash(l)[i + 1], (l->count - i - 1) * sizeof(struct chunk_hash));
     l->count--;
     m->count--;
     /* Give memory back when a leaf shrinks a lot; failure to shrink is harmless. */
@@ -656,8 +656,8 @@ static int chunk_map_level_put(struct cm_level *lv, uint64_t no, const struct ch
 /* Encodes interior page `no` at level k >= 1 from its current children at level k-1.  *present
  * is false (and nothing emitted) when every child is empty: empty subtrees are absent. */
 static int chunk_map_encode_interior(struct chunk_map *m, unsigned k, uint64_t no, uint8_t *buf,
-                                     chunk_map_page_sink sink, void *opaque,
-                                     struct chunk_hash *out, bool *present)
+                                     chunk_map_page_sink sink, void *opaque, struct chunk_hash *out,
+                                     bool *present)
 {
     uint64_t child_first = no << CM_SHIFT; /* children's numbers at level k-1 */
     uint8_t *p = buf + CM_HEADER_LEN;
@@ -685,8 +685,8 @@ static int chunk_map_encode_interior(struct chunk_map *m, unsigned k, uint64_t n
     *present = count > 0;
     if (count == 0)
         return 0;
-    chunk_map_page_header(buf, CM_KIND_INNER, (uint8_t)k,
-                          chunk_map_shl(no, CM_SHIFT * (k + 1)), count);
+    chunk_map_page_header(buf, CM_KIND_INNER, (uint8_t)k, chunk_map_shl(no, CM_SHIFT * (k + 1)),
+                          count);
     return chunk_map_emit(buf, (size_t)(p - buf), sink, opaque, out);
 }
 
@@ -744,8 +744,9 @@ int chunk_map_encode(struct chunk_map *m, chunk_map_page_sink sink, void *opaque
             goto out;
     }
 
-    /* Level by level, the pages above the dirty ones.  `parents` reuses a scratch array: the
-     * dirty numbers at level k-1 map (sorted, deduplicated) onto their parents at level k. */
+    /* Level by level, the pages above the dirty leaves.  cur holds the numbers of the pages to
+     * redo at level k (sorted, deduplicated); while level k is done, their parents at level
+     * k+1 are written over its front. */
     if (m->depth > 0 && n > 0) {
         uint64_t *cur = malloc(n * sizeof *cur);
         size_t nc = 0;
@@ -821,8 +822,8 @@ static int chunk_map_page_check(const uint8_t *p, size_t len, struct chunk_map_p
     count = get_le32(p + 16);
     if (get_le16(p + 6) != 0)
         return -EBADMSG;
-    if (kind == CM_KIND_LEAF ? level != 0 : (kind != CM_KIND_INNER || level < 1 ||
-                                             level > CM_MAX_LEVEL))
+    if (kind == CM_KIND_LEAF ? level != 0
+                             : (kind != CM_KIND_INNER || level < 1 || level > CM_MAX_LEVEL))
         return -EBADMSG;
     /* A page starts where its level's pages start. */
     if (chunk_map_shl(chunk_map_shr(first, CM_SHIFT * (level + 1u)), CM_SHIFT * (level + 1u)) !=
@@ -892,8 +893,7 @@ static int chunk_map_push_leaf(struct chunk_map *m, uint64_t no, const struct ch
 {
     struct cm_leaf *l;
 
-    if (chunk_map_grow((void **)&m->leaves, &m->cap_leaves, m->n_leaves + 1, sizeof *m->leaves) <
-        0)
+    if (chunk_map_grow((void **)&m->leaves, &m->cap_leaves, m->n_leaves + 1, sizeof *m->leaves) < 0)
         return -ENOMEM;
     l = leaf_new((uint16_t)count);
     if (l == NULL)
@@ -916,8 +916,8 @@ static int chunk_map_push_leaf(struct chunk_map *m, uint64_t no, const struct ch
  * visited depth first in index order, so leaves and interior pages are appended already sorted;
  * since a page's level and first are fixed by its position, no page can appear twice and the
  * walk is bounded by the index space. */
-static int chunk_map_decode_page(struct cm_decode *d, const struct chunk_hash *name,
-                                 unsigned level, uint64_t first)
+static int chunk_map_decode_page(struct cm_decode *d, const struct chunk_hash *name, unsigned level,
+                                 uint64_t first)
 {
     struct chunk_map *m = d->m;
     struct chunk_map_page_info info;
@@ -990,8 +990,8 @@ out:
     return r;
 }
 
-int chunk_map_decode(const struct chunk_hash *root, uint64_t n_chunks,
-                     chunk_map_page_source source, void *opaque, struct chunk_map **out)
+int chunk_map_decode(const struct chunk_hash *root, uint64_t n_chunks, chunk_map_page_source source,
+                     void *opaque, struct chunk_map **out)
 {
     struct cm_decode d = {.source = source, .opaque = opaque};
     int r;

@@ -277,8 +277,9 @@ static int meta_lock(struct meta *m)
         int e = errno;
         close(fd);
         if (e == EWOULDBLOCK) {
-            log_error("meta", "%s is locked: another process (a running server?) holds the "
-                              "metadata in %s",
+            log_error("meta",
+                      "%s is locked: another process (a running server?) holds the "
+                      "metadata in %s",
                       path, m->dir);
             return -EBUSY;
         }
@@ -310,8 +311,9 @@ static int meta_pragma_int(struct meta *m, const char *sql, int64_t *out)
 static int meta_check_version(struct meta *m, int64_t version)
 {
     if (version > META_SCHEMA_VERSION) {
-        log_error("meta", "%s/wisp.db has schema version %lld, newer than this build's %d: it was "
-                          "written by a newer Wisp; refusing to open it",
+        log_error("meta",
+                  "%s/wisp.db has schema version %lld, newer than this build's %d: it was "
+                  "written by a newer Wisp; refusing to open it",
                   m->dir, (long long)version, META_SCHEMA_VERSION);
         return -EPROTONOSUPPORT;
     }
@@ -632,8 +634,7 @@ int meta_disk_delete(struct meta *m, const char *name)
     return meta_auto_end(m, owned, r);
 }
 
-int meta_disk_list(struct meta *m, int (*fn)(const struct meta_disk *d, void *opaque),
-                   void *opaque)
+int meta_disk_list(struct meta *m, int (*fn)(const struct meta_disk *d, void *opaque), void *opaque)
 {
     struct meta_disk *disks = NULL;
     size_t n = 0, cap = 0;

@@ -1,8 +1,8 @@
 /* disk.c: one open disk (see disk.h for the model).
  *
  * Locks, in the order they are taken:
- *   journal_lock  serialises durability=local journaling (fsync + pending rows)
  *   round_lock    serialises upload rounds
+ *   journal_lock  serialises durability=local journaling (fsync + pending rows)
  *   barrier       rwlock: writers hold it shared for a whole request, a flush takes it
  *                 exclusive only to freeze, which is a few pointer moves per dirty chunk
  *   stripes[]     serialise writers of the same chunk (read-modify-write)
@@ -573,21 +573,24 @@ static int disk_journal(struct disk *d, uint64_t gen)
     d->journal = g_array_new(FALSE, FALSE, sizeof(struct journal_item));
     pthread_mutex_unlock(&d->lock);
 
-    for (guint i = 0; i < items->len && r == 0; i++) {
-        struct journal_item *it = &g_array_index(items, struct journal_item, i);
-        if (it->file && fdatasync(it->file->fd) < 0) {
-            r = -errno;
-            log_error("disk", "%s: fdatasync %s: %s", d->meta.name, it->file->name,
-                      strerror(-r));
-        }
-    }
-    /* The directory entries of new files must be durable too. */
-    if (r == 0 && items->len > 0) {
+    /* Make the frozen files and their directory entries durable.  Past a few files, one
+     * syncfs of the cache's file system beats an fsync per file. */
+    if (items->len > 0) {
         int dfd = open(d->dirty_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0 || fsync(dfd) < 0)
+        if (dfd < 0)
+            r = -errno;
+        for (guint i = 0; r == 0 && items->len <= 16 && i < items->len; i++) {
+            struct journal_item *it = &g_array_index(items, struct journal_item, i);
+            if (it->file && fdatasync(it->file->fd) < 0)
+                r = -errno;
+        }
+        if (r == 0 && (items->len > 16 ? syncfs(dfd) : fsync(dfd)) < 0)
             r = -errno;
         if (dfd >= 0)
             close(dfd);
+        if (r < 0)
+            log_error("disk", "%s: cannot make flushed data durable in %s: %s", d->meta.name,
+                      d->dirty_dir, strerror(-r));
     }
     if (r == 0 && items->len > 0) {
         struct meta_pending *rows = g_new(struct meta_pending, items->len);
@@ -845,6 +848,7 @@ static int disk_round(struct disk *d)
         /* The in-memory head is ahead of the database now; the pending journal still holds
          * everything, so a restart recovers.  Until then, refuse to acknowledge flushes. */
         d->failed = true;
+        chunk_map_forget_pages(d->head); /* the pages went with the rolled-back transaction */
         log_error("disk", "%s: cannot commit flush %llu to the metadata: %s; the disk is "
                           "read-only until a restart",
                   d->meta.name, (unsigned long long)gen, strerror(-r));

@@ -553,8 +553,11 @@ static int wisp_extents(void *handle, uint32_t count, uint64_t offset, uint32_t 
     struct wisp_handle *h = handle;
     struct wisp_extents x = {extents, (flags & NBDKIT_FLAG_REQ_ONE) != 0};
     uint64_t size = disk_size(h->disk);
-    /* Describe as far as the end of the disk: a client asking for a little learns a lot. */
-    uint64_t span = size - offset;
+    /* Describe beyond the request, so a client asking for a little learns a lot (qemu asks
+     * one extent at a time), but bounded: data runs are walked chunk by chunk. */
+    uint64_t span = count > (UINT64_C(1) << 30) ? count : UINT64_C(1) << 30;
+    if (span > size - offset)
+        span = size - offset;
     int r = disk_extents(h->disk, span, offset, wisp_add_extent, &x);
 
     return r < 0 ? wisp_result(r) : 0;
@@ -610,4 +613,6 @@ static struct nbdkit_plugin plugin = {
     .errno_is_preserved = 0,
 };
 
+/* NBDKIT_REGISTER_PLUGIN defines plugin_init; declaring it keeps -Wmissing-prototypes quiet. */
+struct nbdkit_plugin *plugin_init(void);
 NBDKIT_REGISTER_PLUGIN(plugin)

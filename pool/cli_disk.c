@@ -431,7 +431,7 @@ int cli_disk_main(int argc, char **argv)
         {"chunk-size", 0, 0, G_OPTION_ARG_STRING, &o.chunk_size,
          "create: chunk size, a power of two from 64K to 4M (default 1M)", "SIZE"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o.json, "Print JSON", NULL},
-        {NULL},
+        G_OPTION_ENTRY_NULL,
     };
     int status;
 

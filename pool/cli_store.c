@@ -321,7 +321,7 @@ int cli_store_main(int argc, char **argv)
         {"timeout", 0, 0, G_OPTION_ARG_INT, &o.request_timeout_ms,
          "Request timeout per attempt (ms)", "MS"},
         {"attempts", 0, 0, G_OPTION_ARG_INT, &o.attempts, "Attempts per request", "N"},
-        {NULL},
+        G_OPTION_ENTRY_NULL,
     };
     GOptionContext *ctx;
     struct store *st;
