@@ -361,7 +361,8 @@ static int file_store_list_dir(struct store *st, int dirfd, char *path, size_t p
         }
         n++;
     }
-    qsort(entries, n, sizeof *entries, file_store_entry_compare);
+    if (n > 1)
+        qsort(entries, n, sizeof *entries, file_store_entry_compare);
 
     for (size_t i = 0; i < n && r == 0; i++) {
         size_t name_len = strlen(entries[i].name);

@@ -99,6 +99,8 @@ struct s3_request {
     struct s3_buffer body_out; /* whole GET, list, and error bodies */
     size_t range_got;
     uint64_t body_seen; /* bytes of a 2xx body delivered so far */
+    bool chunked;       /* Transfer-Encoding: chunked (curl checks its framing) */
+    struct s3_list_page *list_page; /* a listing: parsed as part of checking the body */
     time_t last_modified;
     bool body_overflow;
     char curl_error[CURL_ERROR_SIZE]; /* curl's detail for a transport failure */
@@ -307,6 +309,7 @@ static size_t s3_read_header(char *line, size_t size, size_t nmemb, void *opaque
         const char *sp = memchr(line, ' ', len);
         rq->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         rq->content_length = -1;
+        rq->chunked = false;
         rq->has_content_range = false;
         rq->etag[0] = rq->meta_sha256[0] = '\0';
     } else if (s3_header_is(line, len, "content-length", &v, &vlen)) {
@@ -324,6 +327,9 @@ static size_t s3_read_header(char *line, size_t size, size_t nmemb, void *opaque
             rq->cr_last = b;
             rq->cr_total = t;
         }
+    } else if (s3_header_is(line, len, "transfer-encoding", &v, &vlen)) {
+        s3_copy_header_value(tmp, sizeof tmp, v, vlen);
+        rq->chunked = strcasestr(tmp, "chunked") != NULL;
     } else if (s3_header_is(line, len, "last-modified", &v, &vlen)) {
         s3_copy_header_value(tmp, sizeof tmp, v, vlen);
         time_t t = curl_getdate(tmp, NULL);
@@ -349,6 +355,7 @@ static void s3_request_reset(struct s3_request *rq)
     rq->status = 0;
     rq->upload_pos = 0;
     rq->content_length = -1;
+    rq->chunked = false;
     rq->has_content_range = false;
     rq->etag[0] = rq->meta_sha256[0] = '\0';
     rq->body_out.len = 0;
@@ -373,6 +380,9 @@ static bool s3_is_hex(const char *s, size_t n)
  * is sound, or what is wrong with it. */
 static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_size)
 {
+    /* A HEAD is only worth its headers: without the size, ask again. */
+    if (strcmp(rq->method, "HEAD") == 0)
+        return rq->content_length < 0 ? "no Content-Length in the answer" : NULL;
     if (strcmp(rq->method, "GET") != 0)
         return NULL;
     if (rq->body_overflow)
@@ -398,13 +408,28 @@ static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_
     }
     if (rq->content_length == -2)
         return "a malformed Content-Length";
+    /* S3 always sends the length of an object or listing.  Without it the body ends where the
+     * connection did, which may be anywhere. */
+    if (rq->content_length < 0 && !rq->chunked)
+        return "no Content-Length in the answer";
     if (rq->content_length >= 0 && (uint64_t)rq->content_length != rq->body_out.len) {
         snprintf(why, why_size, "body of %zu bytes where Content-Length said %lld",
                  rq->body_out.len, (long long)rq->content_length);
         return why;
     }
+    if (rq->list_page) {
+        /* A listing has no checksum: a body that does not parse is the sign of damage. */
+        const char *bad;
+        s3_list_page_free(rq->list_page);
+        if (s3_xml_parse_list(rq->body_out.data, rq->body_out.len, rq->list_page, &bad) < 0) {
+            memset(rq->list_page, 0, sizeof *rq->list_page);
+            snprintf(why, why_size, "a listing that does not parse: %s", bad);
+            return why;
+        }
+        return NULL;
+    }
     if (!rq->key)
-        return NULL; /* a listing: no checksum */
+        return NULL;
     if (s3_is_hex(rq->meta_sha256, 64)) {
         char got[HASH_SHA256_HEX_LEN + 1];
         if (hash_sha256_hex(rq->body_out.data, rq->body_out.len, got) < 0)
@@ -418,6 +443,8 @@ static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_
             return "out of memory while hashing";
         if (strcasecmp(got, rq->etag) != 0)
             return "the body does not match its ETag (MD5)";
+    } else if (!rq->etag[0]) {
+        return "no ETag or checksum in the answer"; /* S3 always sends an ETag */
     }
     return NULL;
 }
@@ -737,6 +764,9 @@ static int s3_probe_conditional(struct store *st)
     r = hash_sha256_hex(key, strlen(key), sha);
     if (r == 0)
         r = s3_put_once(st, key, key, strlen(key), sha, true);
+    /* The key is ours alone, so "exists" means a retry met our own first attempt. */
+    if (r == -EEXIST)
+        r = 0;
     if (r == 0) {
         r = s3_put_once(st, key, key, strlen(key), sha, true);
         if (r == -EEXIST) {
@@ -905,7 +935,6 @@ static int s3_list(struct store *st, const char *prefix, store_list_fn fn, void 
         struct s3_list_page page;
         char *enc_token = token ? s3_uri_encode(token) : NULL;
         char *query;
-        const char *why;
 
         /* Canonical order: continuation-token, list-type, prefix. */
         if ((token && !enc_token) ||
@@ -917,19 +946,17 @@ static int s3_list(struct store *st, const char *prefix, store_list_fn fn, void 
         }
         free(enc_token);
         rq.query = query;
+        rq.list_page = &page;
+        memset(&page, 0, sizeof page);
         r = s3_perform(st, &rq);
         if (r == 0 && rq.status != 200)
             r = s3_status_error(st, &rq);
-        if (r == 0) {
-            r = s3_xml_parse_list(rq.body_out.data, rq.body_out.len, &page, &why);
-            if (r < 0)
-                r = store_fail(st, -EBADMSG, "%s at %s: bad answer: %s", what, s3->url.endpoint,
-                               why);
-        }
         free(rq.body_out.data);
         free(query);
-        if (r < 0)
+        if (r < 0) {
+            s3_list_page_free(&page);
             break;
+        }
         for (size_t i = 0; i < page.n_entries && r == 0; i++) {
             const char *k = page.entries[i].key;
             if (strncmp(k, s3->url.prefix, strip) != 0)
