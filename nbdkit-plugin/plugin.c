@@ -17,32 +17,6 @@ struct plugin_disk {
     unsigned users;
 };
 
-bool plugin_export_name_valid(const char *name, const char **why)
-{
-    const char *at = strchr(name, '@');
-    char disk[META_DISK_NAME_MAX + 1];
-
-    if (strlen(name) > 2 * META_DISK_NAME_MAX + 1) {
-        *why = "longer than 257 bytes";
-        return false;
-    }
-    if (!at)
-        return meta_disk_name_valid(name, why);
-    if ((size_t)(at - name) > META_DISK_NAME_MAX) {
-        *why = "the disk name is longer than 128 bytes";
-        return false;
-    }
-    memcpy(disk, name, (size_t)(at - name));
-    disk[at - name] = '\0';
-    if (!meta_disk_name_valid(disk, why))
-        return false;
-    if (strchr(at + 1, '@')) {
-        *why = "more than one '@'";
-        return false;
-    }
-    return meta_disk_name_valid(at + 1, why);
-}
-
 static int plugin_disk_open_locked(struct plugin_state *s, const char *name,
                                    struct plugin_disk **out)
 {

@@ -44,9 +44,6 @@ struct plugin_state {
     bool control_started;
 };
 
-/* Export names: a disk name, or DISK@CHECKPOINT, each part valid as a disk name. */
-bool plugin_export_name_valid(const char *name, const char **why);
-
 /* Opens disk `name` (or finds it open) and counts a connection on it.  -ENOENT if no such
  * disk. */
 int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **out);

@@ -9,6 +9,7 @@
  * which translates errors to NBD once, here at the edge. */
 #include "control.h"
 #include "disk.h"
+#include "export_name.h"
 #include "log.h"
 #include "meta.h"
 #include "plugin.h"
@@ -389,6 +390,7 @@ struct wisp_handle {
 static void *wisp_open(int readonly)
 {
     const char *name = nbdkit_export_name();
+    struct export_name parsed;
     struct wisp_handle *h;
     const char *why;
     int r;
@@ -398,12 +400,12 @@ static void *wisp_open(int readonly)
         errno = ENOENT;
         return NULL;
     }
-    if (!plugin_export_name_valid(name, &why)) {
+    if (export_name_parse(name, &parsed, &why) < 0) {
         nbdkit_error("export name '%.64s': %s", name, why);
         errno = EINVAL;
         return NULL;
     }
-    if (strchr(name, '@')) {
+    if (parsed.checkpoint[0]) {
         nbdkit_error("export '%s': checkpoint exports are not available yet", name);
         errno = ENOTSUP;
         return NULL;
