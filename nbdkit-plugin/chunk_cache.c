@@ -484,6 +484,21 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
         r = store_head(c->store, key, &sb);
         if (r == -ENOENT)
             r = store_put(c->store, key, data, len);
+        else if (r == 0)
+            r = -EEXIST;
+    }
+    if (r == -EEXIST) {
+        /* Another writer stored this content first.  Check what is there rather than trust
+         * the name: a damaged object must be reported, never silently kept. */
+        char hex[2 * CHUNK_HASH_LEN + 1];
+        chunk_hash_to_hex(h, hex);
+        r = store_head(c->store, key, &sb);
+        if (r == 0 && (sb.size != len || (sb.sha256[0] && strcmp(sb.sha256, hex) != 0))) {
+            log_error("cache", "%s exists in the store with other content (%llu bytes): the "
+                               "object is damaged",
+                      key, (unsigned long long)sb.size);
+            r = -EIO;
+        }
     }
     if (r < 0)
         return r;

@@ -1,19 +1,7 @@
-/* disk.c: one open disk (see disk.h for the model).
- *
- * Locks, in the order they are taken:
- *   round_lock    serialises upload rounds
- *   journal_lock  serialises durability=local journaling (fsync + pending rows)
- *   barrier       rwlock: writers hold it shared for a whole request, a flush takes it
- *                 exclusive only to freeze, which is a few pointer moves per dirty chunk
- *   stripes[]     serialise writers of the same chunk (read-modify-write)
- *   lock          the chunk tables and file references; never held across I/O
- *
- * Chunk files (struct chunk_file) are reference-counted under `lock`.  A file is unlinked when
- * its last reference goes.  References are held by the chunk's live or frozen slot, by
- * requests reading or writing it, by the journal list and by an upload round.  A frozen file
- * superseded by a later flush is kept until that flush is journaled, so that the pending
- * journal never names a file that is gone. */
-#include "disk.h"
+/* disk.c: one open disk's data path: read, write with copy-on-write, zero, extents, open and
+ * close.  The model is in disk.h; locks and references in disk_internal.h; flush and upload
+ * in disk_flush.c. */
+#include "disk_internal.h"
 
 #include "hash.h"
 #include "log.h"
@@ -28,64 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define DISK_STRIPES 64
-
-struct chunk_file {
-    char name[96]; /* relative to the cache directory: dirty/<disk id>/<idx>.<nonce> */
-    int fd;
-    unsigned refs;
-};
-
-enum slot_kind {
-    SLOT_NONE, /* nothing at this level: look further down */
-    SLOT_FILE,
-    SLOT_ZERO, /* the chunk is zeros (trimmed) */
-};
-
-struct dirty_chunk {
-    uint64_t idx;
-    enum slot_kind live_kind;
-    struct chunk_file *live;
-    enum slot_kind frozen_kind;
-    struct chunk_file *frozen;
-    uint64_t frozen_gen;
-};
-
-/* A frozen chunk waiting for its fsync and journal row (durability=local). */
-struct journal_item {
-    uint64_t idx, gen;
-    enum slot_kind kind;
-    struct chunk_file *file;       /* ref held; NULL for zero */
-    struct chunk_file *superseded; /* the frozen file this replaced; ref held until journaled */
-};
-
-struct disk {
-    struct disk_env *env;
-    struct meta_disk meta;
-    uint64_t n_chunks;
-    char dirty_dir[PATH_MAX]; /* absolute */
-
-    pthread_mutex_t journal_lock;
-    pthread_mutex_t round_lock;
-    pthread_rwlock_t barrier;
-    pthread_mutex_t stripes[DISK_STRIPES];
-
-    pthread_mutex_t lock; /* protects everything below */
-    pthread_cond_t progress;
-    struct chunk_map *head; /* committed */
-    GTree *dirty;           /* idx -> struct dirty_chunk */
-    GArray *journal;        /* struct journal_item, in gen order */
-    uint64_t flush_gen;     /* the latest freeze */
-    uint64_t journal_gen;   /* durability=local: journaled up to here */
-    uint64_t committed_gen; /* the head is this flush's state */
-    double first_unuploaded; /* monotonic time of the oldest flush not yet uploaded; 0 if none */
-    bool failed;            /* metadata commit failed: refuse further flushes */
-    uint64_t next_read;     /* end of the last read, for sequential read-ahead */
-    uint64_t prefetched_to; /* chunk index read-ahead has reached */
-    struct disk_stats stats;
-};
-
-static double disk_now(void)
+double disk_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -125,7 +56,7 @@ static gint disk_idx_compare(gconstpointer a, gconstpointer b, gpointer unused)
 
 /* ---- chunk files --------------------------------------------------------------------------- */
 
-static void chunk_file_unref_locked(struct disk *d, struct chunk_file *f)
+void chunk_file_unref_locked(struct disk *d, struct chunk_file *f)
 {
     char path[PATH_MAX];
 
@@ -140,7 +71,7 @@ static void chunk_file_unref_locked(struct disk *d, struct chunk_file *f)
     g_free(f);
 }
 
-static void chunk_file_unref(struct disk *d, struct chunk_file *f)
+void chunk_file_unref(struct disk *d, struct chunk_file *f)
 {
     if (!f)
         return;
@@ -181,7 +112,7 @@ static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **o
     return 0;
 }
 
-static int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset)
+int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset)
 {
     size_t done = 0;
 
@@ -215,7 +146,7 @@ static int disk_pwrite_all(int fd, const void *buf, size_t count, uint64_t offse
     return 0;
 }
 
-static struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx)
+struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx)
 {
     return g_tree_lookup(d->dirty, (gpointer)(uintptr_t)idx);
 }
@@ -232,7 +163,7 @@ static struct dirty_chunk *disk_dirty_get_or_add_locked(struct disk *d, uint64_t
     return dc;
 }
 
-static void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc)
+void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc)
 {
     if (dc->live_kind == SLOT_NONE && dc->frozen_kind == SLOT_NONE)
         g_tree_remove(d->dirty, (gpointer)(uintptr_t)dc->idx); /* frees dc */
@@ -349,7 +280,7 @@ int disk_read(struct disk *d, void *buf, uint32_t count, uint64_t offset)
 
 /* ---- write --------------------------------------------------------------------------------- */
 
-static bool disk_is_zero(const void *buf, size_t len)
+bool disk_is_zero(const void *buf, size_t len)
 {
     const unsigned char *p = buf;
 
@@ -491,431 +422,6 @@ int disk_zero(struct disk *d, uint32_t count, uint64_t offset)
     d->stats.zeroes++;
     pthread_mutex_unlock(&d->lock);
     return disk_modify(d, NULL, count, offset);
-}
-
-/* ---- flush: freeze, journal, upload ---------------------------------------------------------- */
-
-struct disk_freeze {
-    struct disk *d;
-    uint64_t gen;
-};
-
-static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
-{
-    struct disk_freeze *fz = opaque;
-    struct disk *d = fz->d;
-    struct dirty_chunk *dc = value;
-    struct journal_item item = {.idx = dc->idx, .gen = fz->gen, .kind = dc->live_kind};
-
-    if (dc->live_kind == SLOT_NONE)
-        return FALSE;
-    if (dc->frozen_kind != SLOT_NONE)
-        d->stats.pending_bytes -= d->meta.chunk_size;
-    d->stats.pending_bytes += d->meta.chunk_size;
-    item.superseded = dc->frozen_kind == SLOT_FILE ? dc->frozen : NULL;
-    dc->frozen_kind = dc->live_kind;
-    dc->frozen = dc->live;
-    dc->frozen_gen = fz->gen;
-    dc->live_kind = SLOT_NONE;
-    dc->live = NULL;
-    if (d->env->durability == DISK_DURABILITY_LOCAL) {
-        item.file = dc->frozen;
-        if (item.file)
-            item.file->refs++;
-        g_array_append_val(d->journal, item);
-    } else {
-        chunk_file_unref_locked(d, item.superseded);
-    }
-    return FALSE;
-}
-
-/* Freezes every live chunk as the state of a new flush and returns the flush's generation
- * (or the latest one, if nothing was written since). */
-static uint64_t disk_freeze(struct disk *d)
-{
-    struct disk_freeze fz = {.d = d};
-    bool any = false;
-
-    pthread_rwlock_wrlock(&d->barrier);
-    pthread_mutex_lock(&d->lock);
-    /* Only a new generation if something is live. */
-    GTreeNode *node = g_tree_node_first(d->dirty);
-    for (; node && !any; node = g_tree_node_next(node))
-        any = ((struct dirty_chunk *)g_tree_node_value(node))->live_kind != SLOT_NONE;
-    if (any) {
-        fz.gen = ++d->flush_gen;
-        g_tree_foreach(d->dirty, disk_freeze_one, &fz);
-        if (d->first_unuploaded == 0)
-            d->first_unuploaded = disk_now();
-    }
-    fz.gen = d->flush_gen;
-    d->stats.flushes++;
-    pthread_mutex_unlock(&d->lock);
-    pthread_rwlock_unlock(&d->barrier);
-    return fz.gen;
-}
-
-/* durability=local: fsyncs the frozen files of every flush up to gen and records them in the
- * pending journal. */
-static int disk_journal(struct disk *d, uint64_t gen)
-{
-    GArray *items;
-    int r = 0;
-
-    pthread_mutex_lock(&d->journal_lock);
-    pthread_mutex_lock(&d->lock);
-    if (d->journal_gen >= gen) {
-        pthread_mutex_unlock(&d->lock);
-        pthread_mutex_unlock(&d->journal_lock);
-        return 0;
-    }
-    items = d->journal;
-    d->journal = g_array_new(FALSE, FALSE, sizeof(struct journal_item));
-    pthread_mutex_unlock(&d->lock);
-
-    /* Make the frozen files and their directory entries durable.  Past a few files, one
-     * syncfs of the cache's file system beats an fsync per file. */
-    if (items->len > 0) {
-        int dfd = open(d->dirty_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            r = -errno;
-        for (guint i = 0; r == 0 && items->len <= 16 && i < items->len; i++) {
-            struct journal_item *it = &g_array_index(items, struct journal_item, i);
-            if (it->file && fdatasync(it->file->fd) < 0)
-                r = -errno;
-        }
-        if (r == 0 && (items->len > 16 ? syncfs(dfd) : fsync(dfd)) < 0)
-            r = -errno;
-        if (dfd >= 0)
-            close(dfd);
-        if (r < 0)
-            log_error("disk", "%s: cannot make flushed data durable in %s: %s", d->meta.name,
-                      d->dirty_dir, strerror(-r));
-    }
-    if (r == 0 && items->len > 0) {
-        struct meta_pending *rows = g_new(struct meta_pending, items->len);
-        for (guint i = 0; i < items->len; i++) {
-            struct journal_item *it = &g_array_index(items, struct journal_item, i);
-            rows[i] = (struct meta_pending){it->idx, it->gen, it->file ? it->file->name : ""};
-        }
-        pthread_mutex_lock(d->env->meta_lock);
-        r = meta_begin(d->env->meta);
-        if (r == 0)
-            r = meta_pending_put_after_head(d->env->meta, d->meta.id, rows, items->len);
-        if (r == 0)
-            r = meta_commit(d->env->meta);
-        else
-            meta_rollback(d->env->meta);
-        pthread_mutex_unlock(d->env->meta_lock);
-        g_free(rows);
-    }
-
-    pthread_mutex_lock(&d->lock);
-    for (guint i = 0; i < items->len; i++) {
-        struct journal_item *it = &g_array_index(items, struct journal_item, i);
-        if (r < 0) {
-            /* Keep the items so that a later flush retries them. */
-            g_array_append_val(d->journal, *it);
-            continue;
-        }
-        chunk_file_unref_locked(d, it->file);
-        chunk_file_unref_locked(d, it->superseded);
-    }
-    if (r < 0) {
-        /* Keep gen order: the retried items go before any added meanwhile. */
-        GArray *merged = g_array_new(FALSE, FALSE, sizeof(struct journal_item));
-        g_array_append_vals(merged, d->journal->data, d->journal->len);
-        g_array_free(d->journal, TRUE);
-        d->journal = merged;
-    } else if (gen > d->journal_gen) {
-        d->journal_gen = gen;
-    }
-    pthread_mutex_unlock(&d->lock);
-    g_array_free(items, TRUE);
-    pthread_mutex_unlock(&d->journal_lock);
-    return r;
-}
-
-/* One chunk of an upload round. */
-struct round_item {
-    uint64_t idx;
-    enum slot_kind kind;
-    struct chunk_file *file; /* ref held */
-    struct chunk_hash hash;
-    bool zero;
-    int result;
-};
-
-struct round {
-    struct disk *d;
-    struct round_item *items;
-    size_t n;
-    size_t next; /* next item to take; under d->lock */
-    pthread_mutex_t lock;
-    pthread_cond_t done;
-    unsigned running;
-};
-
-static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
-{
-    const uint32_t cs = d->meta.chunk_size;
-    char path[PATH_MAX];
-    int r;
-
-    if (it->kind == SLOT_ZERO) {
-        it->zero = true;
-        return 0;
-    }
-    r = disk_pread_all(it->file->fd, buf, cs, 0);
-    if (r < 0)
-        return r;
-    if (disk_is_zero(buf, cs)) {
-        it->zero = true; /* all-zero chunks are never stored */
-        return 0;
-    }
-    r = hash_sha256(buf, cs, it->hash.b);
-    if (r < 0)
-        return r;
-    snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, it->file->name);
-    r = chunk_cache_upload(d->env->cache, &it->hash, buf, cs, path);
-    if (r == 0) {
-        pthread_mutex_lock(&d->lock);
-        d->stats.uploads++;
-        d->stats.upload_bytes += cs;
-        pthread_mutex_unlock(&d->lock);
-    }
-    return r;
-}
-
-static void *round_worker(void *opaque)
-{
-    struct round *rd = opaque;
-    struct disk *d = rd->d;
-    void *buf = g_try_malloc(d->meta.chunk_size);
-
-    for (;;) {
-        pthread_mutex_lock(&rd->lock);
-        size_t i = rd->next < rd->n ? rd->next++ : rd->n;
-        pthread_mutex_unlock(&rd->lock);
-        if (i == rd->n)
-            break;
-        rd->items[i].result = buf ? round_upload_item(d, &rd->items[i], buf) : -ENOMEM;
-    }
-    g_free(buf);
-    pthread_mutex_lock(&rd->lock);
-    rd->running--;
-    pthread_cond_signal(&rd->done);
-    pthread_mutex_unlock(&rd->lock);
-    return NULL;
-}
-
-struct meta_page_list {
-    GArray *pages; /* struct meta_page */
-};
-
-static int disk_collect_page(const struct chunk_hash *hash, const void *page, size_t len,
-                             void *opaque)
-{
-    struct meta_page_list *l = opaque;
-    struct meta_page p = {.hash = *hash, .data = g_memdup2(page, len), .len = len};
-
-    g_array_append_val(l->pages, p);
-    return 0;
-}
-
-/* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
- * round_lock. */
-static int disk_round(struct disk *d)
-{
-    struct round rd = {.d = d};
-    struct meta_page_list pages = {0};
-    struct chunk_hash root;
-    uint64_t gen;
-    int r = 0;
-
-    if (d->env->durability == DISK_DURABILITY_LOCAL) {
-        /* Journal first, so that what we commit was recoverable locally all along. */
-        pthread_mutex_lock(&d->lock);
-        gen = d->flush_gen;
-        pthread_mutex_unlock(&d->lock);
-        r = disk_journal(d, gen);
-        if (r < 0)
-            return r;
-    }
-
-    pthread_mutex_lock(&d->lock);
-    gen = d->flush_gen;
-    if (d->committed_gen >= gen) {
-        pthread_mutex_unlock(&d->lock);
-        return 0;
-    }
-    rd.items = g_new0(struct round_item, g_tree_nnodes(d->dirty));
-    for (GTreeNode *node = g_tree_node_first(d->dirty); node; node = g_tree_node_next(node)) {
-        struct dirty_chunk *dc = g_tree_node_value(node);
-        if (dc->frozen_kind == SLOT_NONE)
-            continue;
-        struct round_item *it = &rd.items[rd.n++];
-        it->idx = dc->idx;
-        it->kind = dc->frozen_kind;
-        it->file = dc->frozen;
-        if (it->file)
-            it->file->refs++;
-    }
-    pthread_mutex_unlock(&d->lock);
-
-    /* Upload in parallel. */
-    pthread_mutex_init(&rd.lock, NULL);
-    pthread_cond_init(&rd.done, NULL);
-    unsigned workers = d->env->upload_parallel < rd.n ? d->env->upload_parallel : (unsigned)rd.n;
-    for (unsigned i = 0; i < workers; i++) {
-        pthread_t t;
-        pthread_mutex_lock(&rd.lock);
-        rd.running++;
-        pthread_mutex_unlock(&rd.lock);
-        if (pthread_create(&t, NULL, round_worker, &rd) != 0) {
-            pthread_mutex_lock(&rd.lock);
-            rd.running--;
-            pthread_mutex_unlock(&rd.lock);
-            break;
-        }
-        pthread_detach(t);
-    }
-    pthread_mutex_lock(&rd.lock);
-    if (rd.running == 0 && rd.next < rd.n) {
-        /* No thread could start: do it here. */
-        rd.running++;
-        pthread_mutex_unlock(&rd.lock);
-        round_worker(&rd);
-        pthread_mutex_lock(&rd.lock);
-    }
-    while (rd.running > 0)
-        pthread_cond_wait(&rd.done, &rd.lock);
-    pthread_mutex_unlock(&rd.lock);
-    pthread_mutex_destroy(&rd.lock);
-    pthread_cond_destroy(&rd.done);
-
-    for (size_t i = 0; i < rd.n && r == 0; i++)
-        if (rd.items[i].result < 0)
-            r = rd.items[i].result;
-    if (r < 0) {
-        log_error("disk", "%s: upload of flush %llu failed: %s", d->meta.name,
-                  (unsigned long long)gen, strerror(-r));
-        pthread_mutex_lock(&d->lock);
-        d->stats.upload_failures++;
-        goto out_unref_locked;
-    }
-
-    /* Commit: the head becomes the frozen state of flush `gen`. */
-    pages.pages = g_array_new(FALSE, FALSE, sizeof(struct meta_page));
-    pthread_mutex_lock(&d->lock);
-    for (size_t i = 0; i < rd.n; i++) {
-        struct round_item *it = &rd.items[i];
-        struct dirty_chunk *dc = disk_dirty_get_locked(d, it->idx);
-        if (it->zero)
-            chunk_map_remove(d->head, it->idx);
-        else if ((r = chunk_map_set(d->head, it->idx, &it->hash)) < 0)
-            break;
-        if (dc && dc->frozen_gen <= gen && dc->frozen == it->file &&
-            dc->frozen_kind == it->kind) {
-            chunk_file_unref_locked(d, dc->frozen);
-            dc->frozen = NULL;
-            dc->frozen_kind = SLOT_NONE;
-            d->stats.pending_bytes -= d->meta.chunk_size;
-            disk_dirty_drop_if_empty_locked(d, dc);
-        }
-    }
-    if (r == 0)
-        r = chunk_map_encode(d->head, disk_collect_page, &pages, &root);
-    pthread_mutex_unlock(&d->lock);
-
-    if (r == 0) {
-        pthread_mutex_lock(d->env->meta_lock);
-        r = meta_begin(d->env->meta);
-        if (r == 0)
-            r = meta_pages_put(d->env->meta, (struct meta_page *)pages.pages->data,
-                               pages.pages->len);
-        if (r == 0)
-            r = meta_head_set(d->env->meta, d->meta.id, &root, gen);
-        if (r == 0)
-            r = meta_commit(d->env->meta);
-        else
-            meta_rollback(d->env->meta);
-        pthread_mutex_unlock(d->env->meta_lock);
-    }
-
-    pthread_mutex_lock(&d->lock);
-    if (r < 0) {
-        /* The in-memory head is ahead of the database now; the pending journal still holds
-         * everything, so a restart recovers.  Until then, refuse to acknowledge flushes. */
-        d->failed = true;
-        chunk_map_forget_pages(d->head); /* the pages went with the rolled-back transaction */
-        log_error("disk", "%s: cannot commit flush %llu to the metadata: %s; the disk is "
-                          "read-only until a restart",
-                  d->meta.name, (unsigned long long)gen, strerror(-r));
-    } else {
-        d->committed_gen = gen;
-        d->meta.head_root = root;
-        d->stats.rounds++;
-        d->first_unuploaded = d->committed_gen >= d->flush_gen ? 0 : disk_now();
-        pthread_cond_broadcast(&d->progress);
-    }
-out_unref_locked:
-    for (size_t i = 0; i < rd.n; i++)
-        chunk_file_unref_locked(d, rd.items[i].file);
-    pthread_mutex_unlock(&d->lock);
-    if (pages.pages) {
-        for (guint i = 0; i < pages.pages->len; i++)
-            g_free(g_array_index(pages.pages, struct meta_page, i).data);
-        g_array_free(pages.pages, TRUE);
-    }
-    g_free(rd.items);
-    return r;
-}
-
-int disk_flush(struct disk *d)
-{
-    uint64_t gen = disk_freeze(d);
-    int r;
-
-    pthread_mutex_lock(&d->lock);
-    bool failed = d->failed;
-    pthread_mutex_unlock(&d->lock);
-    if (failed)
-        return -EIO;
-
-    if (d->env->durability == DISK_DURABILITY_LOCAL)
-        return disk_journal(d, gen);
-
-    pthread_mutex_lock(&d->round_lock);
-    pthread_mutex_lock(&d->lock);
-    bool done = d->committed_gen >= gen;
-    pthread_mutex_unlock(&d->lock);
-    r = done ? 0 : disk_round(d);
-    pthread_mutex_unlock(&d->round_lock);
-    return r;
-}
-
-int disk_upload_due(struct disk *d, double delay_s)
-{
-    int r;
-
-    pthread_mutex_lock(&d->lock);
-    bool due = d->first_unuploaded > 0 && disk_now() - d->first_unuploaded >= delay_s &&
-               d->committed_gen < d->flush_gen && !d->failed;
-    pthread_mutex_unlock(&d->lock);
-    if (!due)
-        return 0;
-    pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d);
-    pthread_mutex_unlock(&d->round_lock);
-    if (r < 0) {
-        /* Try again after another delay rather than in a tight loop. */
-        pthread_mutex_lock(&d->lock);
-        d->first_unuploaded = disk_now();
-        pthread_mutex_unlock(&d->lock);
-        return r;
-    }
-    return 1;
 }
 
 /* ---- prefetch and extents -------------------------------------------------------------- */

@@ -1,0 +1,92 @@
+/* disk_internal.h: what disk.c (the data path) and disk_flush.c (freeze, journal, upload
+ * rounds) share.  Not for other files: they use disk.h.
+ *
+ * Locks, in the order they are taken:
+ *   round_lock    serialises upload rounds
+ *   journal_lock  serialises durability=local journaling (fsync + pending rows)
+ *   barrier       rwlock: writers hold it shared for a whole request, a flush takes it
+ *                 exclusive only to freeze, which is a few pointer moves per dirty chunk
+ *   stripes[]     serialise writers of the same chunk (read-modify-write)
+ *   lock          the chunk tables and file references; never held across I/O
+ *
+ * Chunk files (struct chunk_file) are reference-counted under `lock`.  A file is unlinked when
+ * its last reference goes.  References are held by the chunk's live or frozen slot, by
+ * requests reading or writing it, by the journal list and by an upload round.  A frozen file
+ * superseded by a later flush is kept until that flush is journaled, so that the pending
+ * journal never names a file that is gone. */
+#ifndef WISP_DISK_INTERNAL_H
+#define WISP_DISK_INTERNAL_H
+
+#include "disk.h"
+
+#include <glib.h>
+
+#define DISK_STRIPES 64
+
+struct chunk_file {
+    char name[96]; /* relative to the cache directory: dirty/<disk id>/<idx>.<nonce> */
+    int fd;
+    unsigned refs;
+};
+
+enum slot_kind {
+    SLOT_NONE, /* nothing at this level: look further down */
+    SLOT_FILE,
+    SLOT_ZERO, /* the chunk is zeros (trimmed) */
+};
+
+struct dirty_chunk {
+    uint64_t idx;
+    enum slot_kind live_kind;
+    struct chunk_file *live;
+    enum slot_kind frozen_kind;
+    struct chunk_file *frozen;
+    uint64_t frozen_gen;
+};
+
+/* A frozen chunk waiting for its fsync and journal row (durability=local). */
+struct journal_item {
+    uint64_t idx, gen;
+    enum slot_kind kind;
+    struct chunk_file *file;       /* ref held; NULL for zero */
+    struct chunk_file *superseded; /* the frozen file this replaced; ref held until journaled */
+};
+
+struct disk {
+    struct disk_env *env;
+    struct meta_disk meta;
+    uint64_t n_chunks;
+    char dirty_dir[PATH_MAX]; /* absolute */
+
+    pthread_mutex_t journal_lock;
+    pthread_mutex_t round_lock;
+    pthread_rwlock_t barrier;
+    pthread_mutex_t stripes[DISK_STRIPES];
+
+    pthread_mutex_t lock; /* protects everything below */
+    pthread_cond_t progress;
+    struct chunk_map *head; /* committed */
+    GTree *dirty;           /* idx -> struct dirty_chunk */
+    GArray *journal;        /* struct journal_item, in gen order */
+    uint64_t flush_gen;     /* the latest freeze */
+    uint64_t journal_gen;   /* durability=local: journaled up to here */
+    uint64_t committed_gen; /* the head is this flush's state */
+    double first_unuploaded; /* monotonic time of the oldest flush not yet uploaded; 0 if none */
+    bool failed;            /* metadata commit failed: refuse further flushes */
+    uint64_t next_read;     /* end of the last read, for sequential read-ahead */
+    uint64_t prefetched_to; /* chunk index read-ahead has reached */
+    struct disk_stats stats;
+};
+
+double disk_now(void);
+/* Drops a reference; the last one closes and unlinks the file.  Caller holds d->lock. */
+void chunk_file_unref_locked(struct disk *d, struct chunk_file *f);
+void chunk_file_unref(struct disk *d, struct chunk_file *f);
+/* Reads count bytes at offset; a sparse tail reads as zeros. */
+int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset);
+bool disk_is_zero(const void *buf, size_t len);
+/* Caller holds d->lock. */
+struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);
+void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc);
+
+#endif
