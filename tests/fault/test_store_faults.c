@@ -64,14 +64,14 @@
 /* ---- the run's state, for cleanup from any exit path ---- */
 
 static const char *test_proxy_bin;
-static char test_upstream[256];    /* host:port of radosgw */
+static char test_upstream[256]; /* host:port of radosgw */
 static char test_bucket[64];
 static char test_region[64];
 static char test_prefix[96];       /* fault-<pid>-<rand> */
 static char test_logdir[PATH_MAX]; /* proxy logs, kept on failure */
 static struct store *test_direct;  /* straight to radosgw, for checks and cleanup */
 static volatile pid_t test_proxy_pid;
-static unsigned test_failures;     /* wrong answers, bounds exceeded, too many give-ups */
+static unsigned test_failures; /* wrong answers, bounds exceeded, too many give-ups */
 
 static void test_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void test_say(const char *fmt, ...)
@@ -343,9 +343,13 @@ struct scenario {
     const char *args[16]; /* proxy fault options */
     const char *fault;    /* the proxy counter that must be non-zero, or NULL */
     unsigned objects;
-    bool corrupt;         /* ranged GET and LIST content cannot be checked */
-    double max_give_up;   /* fraction of calls that may give up */
+    bool corrupt;       /* ranged GET and LIST content cannot be checked */
+    double max_give_up; /* fraction of calls that may give up */
 };
+
+#define MIXED_ARGS                                                                                 \
+    "--error-rate", "0.1", "--delay-rate", "0.1", "--reset-rate", "0.1", "--truncate-rate", "0.1", \
+        "--bad-length-rate", "0.1", "--corrupt-rate", "0.1"
 
 static const struct scenario scenarios[] = {
     {"none", 1, {NULL}, NULL, 4, false, 0},
@@ -355,19 +359,16 @@ static const struct scenario scenarios[] = {
     {"truncate", 14, {"--truncate-rate", "0.3", NULL}, "truncate", 8, false, 0},
     {"bad-length", 15, {"--bad-length-rate", "0.3", NULL}, "bad-length", 8, false, 0},
     {"corrupt", 16, {"--corrupt-rate", "0.3", NULL}, "corrupt", 8, true, 0},
-    {"mixed", 17,
-     {"--error-rate", "0.1", "--delay-rate", "0.1", "--reset-rate", "0.1", "--truncate-rate",
-      "0.1", "--bad-length-rate", "0.1", "--corrupt-rate", "0.1", NULL},
-     NULL, 8, true, 0.05},
+    {"mixed", 17, {MIXED_ARGS, NULL}, NULL, 8, true, 0.05},
 };
 
 static const size_t test_sizes[] = {0, 1, 4096, 1024 * 1024};
 
 struct run {
     const struct scenario *sc;
-    struct store *ps;    /* through the proxy */
-    char sub[128];       /* the scenario's prefix under test_prefix, for direct keys */
-    bool create_probed;  /* the client probes conditional support on its first create */
+    struct store *ps;   /* through the proxy */
+    char sub[128];      /* the scenario's prefix under test_prefix, for direct keys */
+    bool create_probed; /* the client probes conditional support on its first create */
     unsigned calls[OP__COUNT], ok[OP__COUNT], gave_up[OP__COUNT], expected_err[OP__COUNT];
     unsigned total_calls, total_gave_up;
     struct {
@@ -437,8 +438,8 @@ static bool test_outcome(struct run *run, enum op op, const char *key, size_t si
                   op_to_string(op), key, size, strerror(-rc), rc, ms, store_last_error());
     run->gave_up[op]++;
     run->total_gave_up++;
-    printf("  [%s] gave up: %s %s (%zu B): %s after %ld ms: %s\n", run->sc->name,
-           op_to_string(op), key, size, strerror(-rc), ms, store_last_error());
+    printf("  [%s] gave up: %s %s (%zu B): %s after %ld ms: %s\n", run->sc->name, op_to_string(op),
+           key, size, strerror(-rc), ms, store_last_error());
     return false;
 }
 
@@ -448,7 +449,7 @@ static bool test_outcome(struct run *run, enum op op, const char *key, size_t si
         struct timespec t0_;                                                                       \
         clock_gettime(CLOCK_MONOTONIC, &t0_);                                                      \
         rc_var = (expr);                                                                           \
-        test_outcome(run, op, key, size, rc_var, expect, test_ms_since(&t0_),                     \
+        test_outcome(run, op, key, size, rc_var, expect, test_ms_since(&t0_),                      \
                      test_bound_ms(requests));                                                     \
     } while (0)
 
@@ -538,8 +539,8 @@ static void test_list(struct run *run)
     unsigned n = 0;
     int rc;
 
-    TEST_CALL(run, OP_LIST, "obj-*", (size_t)0, 0, 1, rc, store_list(run->ps, "obj-", test_collect,
-                                                                     &l));
+    TEST_CALL(run, OP_LIST, "obj-*", (size_t)0, 0, 1, rc,
+              store_list(run->ps, "obj-", test_collect, &l));
     if (rc < 0 || run->sc->corrupt)
         return;
     for (unsigned i = 0; i < MAX_OBJECTS; i++) {
@@ -566,7 +567,10 @@ static void test_ranges(struct run *run, const char *key, const unsigned char *d
         uint64_t offset;
         size_t len;
     } cases[] = {
-        {0, len ? len : 8}, {len / 3, len / 2 + 1}, {len ? len - 1 : 0, 16}, {len, 8},
+        {0, len ? len : 8},
+        {len / 3, len / 2 + 1},
+        {len ? len - 1 : 0, 16},
+        {len, 8},
     };
     unsigned char *buf = malloc(len + 64);
 
@@ -638,8 +642,8 @@ static void test_object(struct run *run, unsigned i)
 
     TEST_CALL(run, OP_HEAD, key, len, 0, 1, rc, store_head(run->ps, key, &sb));
     if (rc == 0 && sb.size != len)
-        test_fail("[%s] head %s: WRONG SIZE %" PRIu64 ", expected %zu", run->sc->name, key,
-                  sb.size, len);
+        test_fail("[%s] head %s: WRONG SIZE %" PRIu64 ", expected %zu", run->sc->name, key, sb.size,
+                  len);
     else if (rc == 0 && strcmp(sb.sha256, sha) != 0)
         test_fail("[%s] head %s: sha256 '%s', expected the recorded %s", run->sc->name, key,
                   sb.sha256, sha);
@@ -706,8 +710,8 @@ static struct store *test_open_proxied(const char *sub, unsigned port)
     opts.max_attempts = MAX_ATTEMPTS;
     opts.backoff_base_ms = BACKOFF_BASE_MS;
     opts.backoff_max_ms = BACKOFF_MAX_MS;
-    snprintf(url, sizeof url, "s3://%s/%s/%s/?endpoint=http://127.0.0.1:%u&region=%s",
-             test_bucket, test_prefix, sub, port, test_region);
+    snprintf(url, sizeof url, "s3://%s/%s/%s/?endpoint=http://127.0.0.1:%u&region=%s", test_bucket,
+             test_prefix, sub, port, test_region);
     rc = store_open(url, &opts, &st);
     if (rc < 0) {
         test_fail("store_open %s: %s", url, store_last_error());
@@ -858,8 +862,8 @@ static void test_all_ops(struct run *run, bool down, const char *endpoint)
             test_fail("[down] %s: the message does not name the endpoint %s: '%s'",
                       op_to_string((enum op)op), endpoint, store_last_error());
         run->expected_err[op]++;
-        printf("  [down] %s: %s after %ld ms: %s\n", op_to_string((enum op)op), strerror(-rc),
-               ms, store_last_error());
+        printf("  [down] %s: %s after %ld ms: %s\n", op_to_string((enum op)op), strerror(-rc), ms,
+               store_last_error());
     }
 }
 

@@ -8,7 +8,9 @@
  * Content-Length or chunked), forwarded on a fresh upstream connection with its Connection
  * header replaced by "Connection: close" and every other header byte left as it was (Host and
  * the x-amz-* headers are signed by SigV4), and the upstream's whole response is read until
- * EOF.  The response is then delivered to the client, possibly faulted.
+ * EOF.  The response is then delivered to the client, possibly faulted, with the upstream's
+ * headers in their order and its framing: Content-Length where it was, or chunked (the body is
+ * decoded so that faults hit the data, then sent again as one chunk).
  *
  * The fault of a request is decided when the request arrives, from a PRNG (splitmix64) keyed by
  * (--seed, request number), so a run is reproducible when its requests arrive in the same
@@ -26,18 +28,22 @@
  *   truncate    send the head with the true Content-Length and only part of the body, then
  *               close normally; one time in four (and always when there is no body) the head
  *               itself is cut at a random byte instead
- *   bad-length  send the body with a wrong Content-Length (larger or smaller), then close; not
- *               applied to HEAD, 1xx, 204 and 304 answers, which carry no body
+ *   bad-length  send the body with a wrong Content-Length (larger or smaller), or a chunked
+ *               body with a wrong chunk size, then close; not applied to HEAD, 1xx, 204 and
+ *               304 answers, which carry no body
  *   corrupt     flip one byte of the body, lengths unchanged; not applied to an empty body
  *
  * After any fault other than an early error the client connection is closed.  A fault that
- * does not apply to a response is logged as "none (bad-length n/a)" and not counted.
+ * does not apply to a response is logged as "none (bad-length n/a: ...)" and not
+ * counted.
  *
  * Limitations: the whole request and the whole response are held in memory (up to --max-body
  * each); only http:// upstreams; one thread per client connection, at most --max-conns. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+
+#include "http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -65,9 +71,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_HEAD_BYTES    (64 * 1024)
-#define MAX_CHUNK_LINE    1024
-#define ERROR_BODY_BYTES  512
+#define ERROR_BODY_BYTES 512
 
 enum fault {
     FAULT_NONE = 0,
@@ -224,177 +228,6 @@ static enum fault fault_pick(struct rng *r)
     return FAULT_NONE;
 }
 
-/* ---- growable buffers ---- */
-
-struct buf {
-    char *data;
-    size_t len;
-    size_t cap;
-};
-
-static int buf_reserve(struct buf *b, size_t extra)
-{
-    size_t want, cap;
-    char *p;
-
-    if (extra > SIZE_MAX - b->len - 1) {
-        errno = ENOMEM;
-        return -1;
-    }
-    want = b->len + extra + 1; /* room for a NUL, for parsing */
-    if (want <= b->cap)
-        return 0;
-    cap = b->cap ? b->cap : 4096;
-    while (cap < want)
-        cap = cap > SIZE_MAX / 2 ? want : cap * 2;
-    p = realloc(b->data, cap);
-    if (!p)
-        return -1;
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_append(struct buf *b, const void *p, size_t n)
-{
-    if (buf_reserve(b, n) < 0)
-        return -1;
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-    return 0;
-}
-
-static int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int buf_printf(struct buf *b, const char *fmt, ...)
-{
-    char tmp[512];
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof tmp) {
-        errno = EOVERFLOW;
-        return -1;
-    }
-    return buf_append(b, tmp, (size_t)n);
-}
-
-/* Drops the first n bytes. */
-static void buf_consume(struct buf *b, size_t n)
-{
-    if (n >= b->len) {
-        b->len = 0;
-    } else {
-        memmove(b->data, b->data + n, b->len - n);
-        b->len -= n;
-    }
-    if (b->data)
-        b->data[b->len] = '\0';
-}
-
-static void buf_free(struct buf *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
-/* ---- socket helpers ---- */
-
-static void set_timeouts(int fd, unsigned ms)
-{
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    int one = 1;
-
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-/* Sends every byte of iov[0..n), never raising SIGPIPE.  Returns 0, or -1 with errno. */
-static int send_iov(int fd, struct iovec *iov, int n)
-{
-    while (n > 0) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        size_t done;
-
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        done = (size_t)r;
-        while (n > 0 && done >= iov->iov_len) {
-            done -= iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + done;
-            iov->iov_len -= done;
-        }
-    }
-    return 0;
-}
-
-static int send_all(int fd, const void *p, size_t len)
-{
-    struct iovec iov = {.iov_base = (void *)p, .iov_len = len};
-
-    return len ? send_iov(fd, &iov, 1) : 0;
-}
-
-/* Reads what is available (at least one byte) into b.  Returns the count, 0 at EOF, -1 on error
- * (EAGAIN when the socket timeout expired). */
-static ssize_t recv_some(int fd, struct buf *b, size_t limit)
-{
-    size_t room = 256 * 1024;
-    ssize_t r;
-
-    if (b->len >= limit) {
-        errno = EFBIG;
-        return -1;
-    }
-    if (room > limit - b->len)
-        room = limit - b->len;
-    if (buf_reserve(b, room) < 0)
-        return -1;
-    do {
-        r = recv(fd, b->data + b->len, room, 0);
-    } while (r < 0 && errno == EINTR);
-    if (r > 0) {
-        b->len += (size_t)r;
-        b->data[b->len] = '\0';
-    }
-    return r;
-}
-
-/* True when the peer has closed (or reset) its side: a readable socket that yields no data. */
-static bool peer_gone(int fd)
-{
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    char c;
-
-    if (poll(&p, 1, 0) <= 0)
-        return false;
-    if (p.revents & (POLLERR | POLLHUP))
-        return true;
-    return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
-}
-
-/* Closes fd so that the peer sees a reset (RST) rather than an orderly end. */
-static void close_with_reset(int fd)
-{
-    struct linger lg = {.l_onoff = 1, .l_linger = 0};
-
-    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    close(fd);
-}
-
 /* Sleeps ms milliseconds, or less if the proxy is stopping. */
 static void sleep_ms(unsigned ms)
 {
@@ -423,164 +256,7 @@ static long elapsed_ms(const struct timespec *since)
     return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
-/* ---- HTTP parsing ---- */
-
-/* Finds the next "\r\n" in p[0..len); returns its offset or -1. */
-static ssize_t find_crlf(const char *p, size_t len)
-{
-    const char *e = memmem(p, len, "\r\n", 2);
-
-    return e ? e - p : -1;
-}
-
-/* True when the header line p[0..len) has the given name (case-insensitive); *value and *vlen
- * are then set to the value without surrounding blanks. */
-static bool header_is(const char *p, size_t len, const char *name, const char **value,
-                      size_t *vlen)
-{
-    size_t n = strlen(name);
-    const char *v, *e;
-
-    if (len <= n || p[n] != ':' || strncasecmp(p, name, n) != 0)
-        return false;
-    v = p + n + 1;
-    e = p + len;
-    while (v < e && (*v == ' ' || *v == '\t'))
-        v++;
-    while (e > v && (e[-1] == ' ' || e[-1] == '\t'))
-        e--;
-    *value = v;
-    *vlen = (size_t)(e - v);
-    return true;
-}
-
-/* Parses a decimal Content-Length.  Returns 0 or -1. */
-static int parse_length(const char *v, size_t vlen, uint64_t *out)
-{
-    uint64_t x = 0;
-
-    if (vlen == 0 || vlen > 19)
-        return -1;
-    for (size_t i = 0; i < vlen; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return -1;
-        x = x * 10 + (uint64_t)(v[i] - '0');
-    }
-    *out = x;
-    return 0;
-}
-
-/* True when the comma-separated token list v[0..vlen) holds token (case-insensitive). */
-static bool has_token(const char *v, size_t vlen, const char *token)
-{
-    size_t tl = strlen(token);
-    const char *p = v, *e = v + vlen;
-
-    while (p < e) {
-        const char *q = memchr(p, ',', (size_t)(e - p));
-        const char *te = q ? q : e;
-
-        while (p < te && (*p == ' ' || *p == '\t'))
-            p++;
-        while (te > p && (te[-1] == ' ' || te[-1] == '\t'))
-            te--;
-        if ((size_t)(te - p) == tl && strncasecmp(p, token, tl) == 0)
-            return true;
-        p = q ? q + 1 : e;
-    }
-    return false;
-}
-
-/* Parses a chunked body in data[*pos..len), from the start of a chunk-size line.  Decoded bytes
- * are appended to out when it is not NULL.  Returns 1 when the body is complete (*pos is then
- * just past it), 0 when more bytes are needed (*pos is past the complete chunks), and -1 when
- * the framing is malformed or the body exceeds max. */
-static int chunked_parse(const char *data, size_t len, size_t *pos, uint64_t *total,
-                         struct buf *out, size_t max)
-{
-    for (;;) {
-        size_t p = *pos;
-        ssize_t eol = find_crlf(data + p, len - p);
-        uint64_t size = 0;
-        size_t i, digits = 0;
-
-        if (eol < 0)
-            return len - p > MAX_CHUNK_LINE ? -1 : 0;
-        for (i = p; i < p + (size_t)eol; i++) {
-            char c = data[i];
-            int d;
-
-            if (c >= '0' && c <= '9')
-                d = c - '0';
-            else if (c >= 'a' && c <= 'f')
-                d = c - 'a' + 10;
-            else if (c >= 'A' && c <= 'F')
-                d = c - 'A' + 10;
-            else
-                break;
-            if (++digits > 15)
-                return -1;
-            size = size * 16 + (uint64_t)d;
-        }
-        if (digits == 0 || (i < p + (size_t)eol && data[i] != ';' && data[i] != ' '))
-            return -1;
-        p += (size_t)eol + 2;
-        if (size == 0) { /* the last chunk, then trailers up to an empty line */
-            const char *end;
-
-            if (len - p >= 2 && data[p] == '\r' && data[p + 1] == '\n') {
-                *pos = p + 2;
-                return 1;
-            }
-            end = memmem(data + p, len - p, "\r\n\r\n", 4);
-            if (!end)
-                return len - p > MAX_HEAD_BYTES ? -1 : 0;
-            *pos = (size_t)(end - data) + 4;
-            return 1;
-        }
-        if (*total + size > max)
-            return -1;
-        if (len - p < size + 2)
-            return 0;
-        if (data[p + size] != '\r' || data[p + size + 1] != '\n')
-            return -1;
-        if (out && buf_append(out, data + p, size) < 0)
-            return -1;
-        *total += size;
-        *pos = p + size + 2;
-    }
-}
-
-/* ---- one request ---- */
-
-struct request {
-    struct buf upstream; /* what is sent upstream: the rewritten head, then the body */
-    char method[16];
-    char target[512];    /* for the log; cut if longer */
-    bool is_head;
-    bool close_after;    /* HTTP/1.0, or the client asked for Connection: close */
-    size_t body_len;
-};
-
-/* The response that will be delivered to the client. */
-struct response {
-    int status;
-    struct buf head;     /* status line and headers, without framing headers and final CRLF */
-    bool has_length;     /* send a Content-Length header */
-    uint64_t length;     /* its value (the object's size for HEAD) */
-    char *body;
-    size_t body_len;
-    bool upstream_short; /* upstream closed before its Content-Length: pass on, then close */
-    struct buf raw;      /* what the upstream sent */
-    struct buf decoded;  /* the body, when the upstream sent it chunked */
-};
-
-static void response_free(struct response *r)
-{
-    buf_free(&r->head);
-    buf_free(&r->raw);
-    buf_free(&r->decoded);
-}
+/* ---- connections ---- */
 
 struct conn {
     int fd;
@@ -611,180 +287,7 @@ static void send_simple(struct conn *c, int status, const char *reason, const ch
                     status, reason, reqno, blen, close_after ? "Connection: close\r\n" : "");
     iov[0] = (struct iovec){head, (size_t)hlen};
     iov[1] = (struct iovec){body, (size_t)blen};
-    (void)send_iov(c->fd, iov, is_head ? 1 : 2);
-}
-
-enum read_result { READ_OK, READ_EOF, READ_FAILED };
-
-/* Reads one request from the client into req.  On READ_FAILED an answer may have been sent and
- * the connection must be closed. */
-static enum read_result read_request(struct conn *c, struct request *req, uint64_t *reqno)
-{
-    const char *end, *p, *line_end, *head_end;
-    size_t head_len, pos;
-    bool have_length = false, chunked = false, expect = false, conn_header_done = false;
-    uint64_t length = 0;
-    int minor;
-    ssize_t r;
-
-    /* The head: up to the empty line. */
-    for (;;) {
-        /* Tolerate empty lines before a request line (RFC 9112 2.2). */
-        while (c->in.len >= 2 && c->in.data[0] == '\r' && c->in.data[1] == '\n')
-            buf_consume(&c->in, 2);
-        end = c->in.len ? memmem(c->in.data, c->in.len, "\r\n\r\n", 4) : NULL;
-        if (end)
-            break;
-        if (c->in.len > MAX_HEAD_BYTES) {
-            *reqno = atomic_fetch_add(&stat_requests, 1) + 1;
-            atomic_fetch_add(&stat_bad_requests, 1);
-            send_simple(c, 431, "Request Header Fields Too Large", "RequestHeaderSectionTooLarge",
-                        "The request head is too large.", false, true, *reqno);
-            return READ_FAILED;
-        }
-        r = recv_some(c->fd, &c->in, MAX_HEAD_BYTES + 4);
-        if (r == 0 && c->in.len == 0)
-            return READ_EOF;
-        if (r <= 0)
-            return READ_FAILED;
-    }
-    head_len = (size_t)(end - c->in.data) + 4;
-    head_end = c->in.data + head_len - 2; /* at the final CRLF */
-    *reqno = atomic_fetch_add(&stat_requests, 1) + 1;
-
-    /* The request line: METHOD SP TARGET SP HTTP/1.x */
-    p = c->in.data;
-    line_end = p + find_crlf(p, head_len);
-    {
-        const char *sp1 = memchr(p, ' ', (size_t)(line_end - p));
-        const char *sp2 = sp1 ? memrchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;
-        size_t mlen, tlen;
-
-        if (!sp1 || !sp2 || sp2 == sp1 + 1 || line_end - sp2 != 9 ||
-            memcmp(sp2 + 1, "HTTP/1.", 7) != 0 || sp2[8] < '0' || sp2[8] > '9') {
-            atomic_fetch_add(&stat_bad_requests, 1);
-            send_simple(c, 400, "Bad Request", "BadRequest", "Malformed request line.", false,
-                        true, *reqno);
-            return READ_FAILED;
-        }
-        mlen = (size_t)(sp1 - p);
-        if (mlen >= sizeof req->method)
-            mlen = sizeof req->method - 1;
-        memcpy(req->method, p, mlen);
-        req->method[mlen] = '\0';
-        tlen = (size_t)(sp2 - sp1 - 1);
-        if (tlen >= sizeof req->target)
-            tlen = sizeof req->target - 1;
-        memcpy(req->target, sp1 + 1, tlen);
-        req->target[tlen] = '\0';
-        minor = sp2[8] - '0';
-        req->is_head = strcmp(req->method, "HEAD") == 0;
-        req->close_after = minor == 0;
-    }
-    if (buf_append(&req->upstream, p, (size_t)(line_end - p) + 2) < 0)
-        return READ_FAILED;
-
-    /* The headers: copied byte for byte, except that Connection becomes "Connection: close". */
-    for (p = line_end + 2; p < head_end; p = line_end + 2) {
-        const char *v;
-        size_t vlen;
-
-        line_end = p + find_crlf(p, (size_t)(head_end + 2 - p));
-        if (header_is(p, (size_t)(line_end - p), "Connection", &v, &vlen)) {
-            if (has_token(v, vlen, "close"))
-                req->close_after = true;
-            else if (has_token(v, vlen, "keep-alive"))
-                req->close_after = false;
-            if (!conn_header_done && buf_append(&req->upstream, "Connection: close\r\n", 19) < 0)
-                return READ_FAILED;
-            conn_header_done = true;
-            continue;
-        }
-        if (header_is(p, (size_t)(line_end - p), "Content-Length", &v, &vlen)) {
-            uint64_t x;
-
-            if (parse_length(v, vlen, &x) < 0 || (have_length && x != length)) {
-                atomic_fetch_add(&stat_bad_requests, 1);
-                send_simple(c, 400, "Bad Request", "BadRequest", "Bad Content-Length.", false,
-                            true, *reqno);
-                return READ_FAILED;
-            }
-            have_length = true;
-            length = x;
-        } else if (header_is(p, (size_t)(line_end - p), "Transfer-Encoding", &v, &vlen)) {
-            if (!has_token(v, vlen, "chunked")) {
-                send_simple(c, 501, "Not Implemented", "NotImplemented",
-                            "Only the chunked transfer coding is supported.", false, true,
-                            *reqno);
-                return READ_FAILED;
-            }
-            chunked = true;
-        } else if (header_is(p, (size_t)(line_end - p), "Expect", &v, &vlen)) {
-            expect = has_token(v, vlen, "100-continue");
-        }
-        if (buf_append(&req->upstream, p, (size_t)(line_end - p) + 2) < 0)
-            return READ_FAILED;
-    }
-    if (!conn_header_done && buf_append(&req->upstream, "Connection: close\r\n", 19) < 0)
-        return READ_FAILED;
-    if (buf_append(&req->upstream, "\r\n", 2) < 0)
-        return READ_FAILED;
-    if (chunked && have_length) {
-        atomic_fetch_add(&stat_bad_requests, 1);
-        send_simple(c, 400, "Bad Request", "BadRequest",
-                    "Both Content-Length and Transfer-Encoding.", false, true, *reqno);
-        return READ_FAILED;
-    }
-    if (have_length && length > cfg.max_body) {
-        atomic_fetch_add(&stat_bad_requests, 1);
-        send_simple(c, 413, "Payload Too Large", "EntityTooLarge", "The body is too large.",
-                    false, true, *reqno);
-        return READ_FAILED;
-    }
-    buf_consume(&c->in, head_len);
-
-    /* Answer "Expect: 100-continue" ourselves; the upstream's own 100 is dropped later. */
-    if (expect && (chunked || length > 0) && c->in.len == 0) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-
-        if (send_all(c->fd, cont, sizeof cont - 1) < 0)
-            return READ_FAILED;
-    }
-
-    /* The body, forwarded as it came (a chunked body keeps its framing). */
-    if (have_length) {
-        while (c->in.len < length) {
-            r = recv_some(c->fd, &c->in, (size_t)length);
-            if (r <= 0)
-                return READ_FAILED;
-        }
-        if (buf_append(&req->upstream, c->in.data, (size_t)length) < 0)
-            return READ_FAILED;
-        req->body_len = (size_t)length;
-        buf_consume(&c->in, (size_t)length);
-    } else if (chunked) {
-        uint64_t total = 0;
-        int done;
-
-        pos = 0;
-        while ((done = chunked_parse(c->in.data ? c->in.data : "", c->in.len, &pos, &total, NULL,
-                                     cfg.max_body)) == 0) {
-            r = recv_some(c->fd, &c->in, cfg.max_body + MAX_HEAD_BYTES);
-            if (r <= 0)
-                return READ_FAILED;
-        }
-        if (done < 0) {
-            atomic_fetch_add(&stat_bad_requests, 1);
-            send_simple(c, 400, "Bad Request", "BadRequest", "Malformed chunked body.", false,
-                        true, *reqno);
-            return READ_FAILED;
-        }
-        if (buf_append(&req->upstream, c->in.data, pos) < 0)
-            return READ_FAILED;
-        req->body_len = (size_t)total;
-        buf_consume(&c->in, pos);
-    }
-    return READ_OK;
+    (void)sock_send_iov(c->fd, iov, is_head ? 1 : 2);
 }
 
 static void slot_set_upstream(unsigned slot, int fd)
@@ -822,7 +325,7 @@ static int upstream_connect(void)
     flags = fcntl(fd, F_GETFL);
     if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
         goto fail;
-    set_timeouts(fd, cfg.upstream_timeout_ms);
+    sock_set_timeouts(fd, cfg.upstream_timeout_ms);
     return fd;
 
 fail:
@@ -832,87 +335,9 @@ fail:
     return -1;
 }
 
-/* Parses the raw upstream answer for a request into resp (skipping 1xx interim answers).
- * Returns 0, or -1 when it is not a valid HTTP response. */
-static int response_parse(struct response *resp, bool is_head)
-{
-    const char *data = resp->raw.data, *end, *p, *line_end, *head_end;
-    size_t len = resp->raw.len, off = 0, head_len;
-    bool have_length = false, chunked = false;
-    uint64_t length = 0;
-
-    for (;;) {
-        if (len - off < 12 || memcmp(data + off, "HTTP/1.", 7) != 0)
-            return -1;
-        end = memmem(data + off, len - off, "\r\n\r\n", 4);
-        if (!end)
-            return -1;
-        resp->status = atoi(data + off + 9);
-        head_len = (size_t)(end - (data + off)) + 4;
-        if (resp->status >= 200 || resp->status < 100)
-            break;
-        off += head_len; /* 100 Continue and friends */
-    }
-    if (resp->status < 100 || resp->status > 999)
-        return -1;
-    p = data + off;
-    head_end = p + head_len - 2;
-    line_end = p + find_crlf(p, head_len);
-    if (buf_append(&resp->head, p, (size_t)(line_end - p) + 2) < 0)
-        return -1;
-    for (p = line_end + 2; p < head_end; p = line_end + 2) {
-        const char *v;
-        size_t vlen;
-
-        line_end = p + find_crlf(p, (size_t)(head_end + 2 - p));
-        if (header_is(p, (size_t)(line_end - p), "Content-Length", &v, &vlen)) {
-            if (parse_length(v, vlen, &length) < 0)
-                return -1;
-            have_length = true;
-            continue;
-        }
-        if (header_is(p, (size_t)(line_end - p), "Transfer-Encoding", &v, &vlen)) {
-            chunked = has_token(v, vlen, "chunked");
-            continue;
-        }
-        if (header_is(p, (size_t)(line_end - p), "Connection", &v, &vlen) ||
-            header_is(p, (size_t)(line_end - p), "Keep-Alive", &v, &vlen))
-            continue;
-        if (buf_append(&resp->head, p, (size_t)(line_end - p) + 2) < 0)
-            return -1;
-    }
-    off += head_len;
-
-    resp->body = resp->raw.data + off;
-    if (is_head || resp->status == 204 || resp->status == 304) {
-        resp->has_length = have_length;
-        resp->length = length;
-        resp->body_len = 0;
-    } else if (chunked) {
-        size_t pos = off;
-        uint64_t total = 0;
-
-        if (chunked_parse(data, len, &pos, &total, &resp->decoded, cfg.max_body) != 1)
-            return -1;
-        resp->body = resp->decoded.data ? resp->decoded.data : resp->raw.data + len;
-        resp->body_len = resp->decoded.len;
-        resp->has_length = true;
-        resp->length = resp->body_len;
-    } else if (have_length) {
-        resp->has_length = true;
-        resp->length = length;
-        resp->body_len = len - off < length ? len - off : (size_t)length;
-        resp->upstream_short = resp->body_len < length;
-    } else {
-        resp->body_len = len - off;
-        resp->has_length = true;
-        resp->length = resp->body_len;
-    }
-    return 0;
-}
-
 /* Sends the request upstream and reads the whole answer.  Returns 0, or -1 after logging. */
-static int forward(struct conn *c, struct request *req, struct response *resp, uint64_t reqno)
+static int forward(struct conn *c, struct http_request *req, struct http_response *resp,
+                   uint64_t reqno)
 {
     int fd = upstream_connect();
     ssize_t r;
@@ -922,10 +347,10 @@ static int forward(struct conn *c, struct request *req, struct response *resp, u
         return -1;
     }
     slot_set_upstream(c->slot, fd);
-    if (send_all(fd, req->upstream.data, req->upstream.len) < 0)
+    if (sock_send_all(fd, req->upstream.data, req->upstream.len) < 0)
         /* The upstream may have answered early and closed: read what it said. */
         proxy_log("req=%" PRIu64 " upstream send: %s", reqno, strerror(errno));
-    while ((r = recv_some(fd, &resp->raw, cfg.max_body + MAX_HEAD_BYTES)) > 0)
+    while ((r = sock_recv_some(fd, &resp->raw, cfg.max_body + HTTP_MAX_HEAD_BYTES)) > 0)
         ;
     slot_set_upstream(c->slot, -1);
     close(fd);
@@ -933,7 +358,7 @@ static int forward(struct conn *c, struct request *req, struct response *resp, u
         proxy_log("req=%" PRIu64 " upstream recv: %s", reqno, strerror(errno));
         return -1;
     }
-    if (response_parse(resp, req->is_head) < 0) {
+    if (http_parse_response(resp, req->is_head, cfg.max_body) < 0) {
         proxy_log("req=%" PRIu64 " upstream sent a malformed response (%zu bytes)", reqno,
                   resp->raw.len);
         return -1;
@@ -942,88 +367,99 @@ static int forward(struct conn *c, struct request *req, struct response *resp, u
     return 0;
 }
 
-/* Builds the head to send: status line, headers, framing, an empty line. */
-static int response_head(const struct response *resp, struct buf *out, bool has_length,
-                         uint64_t length, bool close_after)
-{
-    if (buf_append(out, resp->head.data, resp->head.len) < 0)
-        return -1;
-    if (has_length && buf_printf(out, "Content-Length: %" PRIu64 "\r\n", length) < 0)
-        return -1;
-    if (close_after && buf_append(out, "Connection: close\r\n", 19) < 0)
-        return -1;
-    return buf_append(out, "\r\n", 2);
-}
-
 /* Delivers resp to the client with the given fault (reset, truncate, bad-length, corrupt or
- * none).  *fault is set to FAULT_NONE when the fault does not apply to this response, and
- * *note then says why.  Returns true when the client fd has been closed here (after a reset). */
-static bool deliver(struct conn *c, struct response *resp, bool is_head, enum fault *fault,
-                    struct rng *rng, bool close_after, const char **note)
+ * none).  *fault is set to FAULT_NONE when the fault does not apply to this response.  note
+ * receives, for the log, what was done or why nothing was.  Returns true when the client fd has
+ * been closed here (after a reset). */
+static bool deliver(struct conn *c, struct http_response *resp, enum fault *fault, struct rng *rng,
+                    bool close_after, char *note, size_t note_size)
 {
-    struct buf head = {0};
+    struct buf head = {0}, wire = {0}; /* wire: a chunked body as it goes out */
+    const char *body = resp->body;
+    size_t body_len = resp->has_body ? resp->body_len : 0;
+    char length_value[32], *length_override = NULL;
     struct iovec iov[2];
-    bool has_body = !is_head && resp->status != 204 && resp->status != 304;
-    uint64_t length = resp->length;
-    size_t send_body = resp->body_len;
     size_t cut;
+    bool ok = false;
 
-    *note = "";
-    if (*fault == FAULT_BAD_LENGTH && !has_body) {
-        *note = " (bad-length n/a)";
+    note[0] = '\0';
+    if (*fault == FAULT_BAD_LENGTH && !resp->has_body) {
+        snprintf(note, note_size, " (bad-length n/a: no body)");
         *fault = FAULT_NONE;
     }
-    if (*fault == FAULT_CORRUPT && resp->body_len == 0) {
-        *note = " (corrupt n/a: empty body)";
+    if (*fault == FAULT_CORRUPT && body_len == 0) {
+        snprintf(note, note_size, " (corrupt n/a: empty body)");
         *fault = FAULT_NONE;
-    }
-    if (*fault == FAULT_BAD_LENGTH) {
-        /* Larger or smaller than the body, never equal. */
-        if (resp->body_len > 0 && rng_below(rng, 2) == 0)
-            length = rng_below(rng, resp->body_len);
-        else
-            length = resp->body_len + 1 + rng_below(rng, resp->body_len > 16 ? resp->body_len : 16);
     }
     if (*fault == FAULT_CORRUPT) {
-        size_t at = (size_t)rng_below(rng, resp->body_len);
+        size_t at = (size_t)rng_below(rng, body_len);
 
         resp->body[at] ^= (char)(1 + rng_below(rng, 255));
+        snprintf(note, note_size, " (byte %zu of %zu)", at, body_len);
     }
-    if (response_head(resp, &head, resp->has_length || *fault == FAULT_BAD_LENGTH, length,
-                      close_after) < 0) {
-        buf_free(&head);
-        return false;
+    if (*fault == FAULT_BAD_LENGTH) {
+        /* Larger or smaller than the body, never equal: in Content-Length, or in the size of
+         * the one chunk when the answer is chunked. */
+        uint64_t wrong;
+
+        if (body_len > 0 && rng_below(rng, 2) == 0)
+            wrong = rng_below(rng, body_len);
+        else
+            wrong = body_len + 1 + rng_below(rng, body_len > 16 ? body_len : 16);
+        if (resp->chunked) {
+            if (http_chunk_encode(&wire, body, body_len, wrong) < 0)
+                goto out;
+            snprintf(note, note_size, " (chunk size %" PRIu64 " for %zu)", wrong, body_len);
+        } else {
+            snprintf(length_value, sizeof length_value, "%" PRIu64, wrong);
+            length_override = length_value;
+            snprintf(note, note_size, " (Content-Length %" PRIu64 " for %zu)", wrong, body_len);
+        }
+    } else if (resp->chunked && http_chunk_encode(&wire, body, body_len, body_len) < 0) {
+        goto out;
     }
+    if (resp->chunked) {
+        body = wire.data;
+        body_len = wire.len;
+    }
+    if (http_response_head(resp, &head, length_override, close_after) < 0)
+        goto out;
 
     switch (*fault) {
     case FAULT_RESET:
     case FAULT_TRUNCATE:
         /* A truncate cuts the head itself one time in four, as a connection lost at any
          * point would: the client then sees a status line and only some of the headers. */
-        if (resp->body_len > 0 && (*fault == FAULT_RESET || rng_below(rng, 4) != 0)) {
-            cut = *fault == FAULT_RESET ? resp->body_len / 2
-                                        : (size_t)rng_below(rng, resp->body_len);
+        if (body_len > 0 && (*fault == FAULT_RESET || rng_below(rng, 4) != 0)) {
+            cut = *fault == FAULT_RESET ? body_len / 2 : (size_t)rng_below(rng, body_len);
             iov[0] = (struct iovec){head.data, head.len};
-            iov[1] = (struct iovec){resp->body, cut};
-            (void)send_iov(c->fd, iov, 2);
+            iov[1] = (struct iovec){(void *)body, cut};
+            (void)sock_send_iov(c->fd, iov, 2);
+            snprintf(note, note_size, " (body cut at %zu of %zu%s)", cut, body_len,
+                     resp->chunked ? ", chunked" : "");
         } else {
-            /* No body: cut the head (half of it for a reset, anywhere for a truncate). */
             cut = *fault == FAULT_RESET ? head.len / 2 : 1 + (size_t)rng_below(rng, head.len - 2);
-            (void)send_all(c->fd, head.data, cut);
+            (void)sock_send_all(c->fd, head.data, cut);
+            snprintf(note, note_size, " (head cut at %zu of %zu)", cut, head.len);
         }
         break;
     default:
         iov[0] = (struct iovec){head.data, head.len};
-        iov[1] = (struct iovec){resp->body, send_body};
-        (void)send_iov(c->fd, iov, has_body ? 2 : 1);
+        iov[1] = (struct iovec){(void *)body, body_len};
+        (void)sock_send_iov(c->fd, iov, body_len ? 2 : 1);
         break;
     }
+    ok = true;
+out:
+    if (!ok)
+        snprintf(note, note_size, " (out of memory)");
     buf_free(&head);
-    if (*fault == FAULT_RESET) {
+    buf_free(&wire);
+    if (*fault == FAULT_RESET || !ok) {
         pthread_mutex_lock(&reg_lock);
         slots[c->slot].client_fd = -1;
         pthread_mutex_unlock(&reg_lock);
-        close_with_reset(c->fd);
+        sock_close_with_reset(c->fd);
         c->fd = -1;
         return true;
     }
@@ -1031,7 +467,7 @@ static bool deliver(struct conn *c, struct response *resp, bool is_head, enum fa
 }
 
 /* Sends the injected error answer, 500 and 503 alternately. */
-static void send_error_fault(struct conn *c, struct request *req, bool close_after,
+static void send_error_fault(struct conn *c, struct http_request *req, bool close_after,
                              uint64_t reqno, int *status)
 {
     if (atomic_fetch_add(&error_faults_sent, 1) % 2 == 0) {
@@ -1050,24 +486,34 @@ static void send_error_fault(struct conn *c, struct request *req, bool close_aft
 static void conn_serve(struct conn *c)
 {
     for (;;) {
-        struct request req = {0};
-        struct response resp = {0};
+        struct http_request req = {0};
+        struct http_response resp = {0};
         struct timespec t0;
         struct rng rng;
         enum fault fault;
-        enum read_result rr;
+        enum http_read_result rr;
         uint64_t reqno = 0;
         const char *variant = "", *note = "";
+        char detail[96] = "";
         bool close_after, closed = false, delay_after = false;
         int status = 0, up_status = 0;
         char upstream_note[32] = "";
 
-        rr = read_request(c, &req, &reqno);
-        if (rr != READ_OK) {
-            if (rr == READ_FAILED && reqno)
-                proxy_log("req=%" PRIu64 " conn=%" PRIu64 " %s %s bad request", reqno, c->id,
-                          req.method, req.target);
-            buf_free(&req.upstream);
+        rr = http_read_request(c->fd, &c->in, &req, cfg.max_body);
+        if (req.have_head)
+            reqno = atomic_fetch_add(&stat_requests, 1) + 1;
+        if (rr == HTTP_READ_BAD) {
+            atomic_fetch_add(&stat_bad_requests, 1);
+            send_simple(c, req.bad_status, req.bad_reason, req.bad_code, req.bad_message, false,
+                        true, reqno);
+            proxy_log("req=%" PRIu64 " conn=%" PRIu64 " %s %s -> %d bad request: %s", reqno, c->id,
+                      req.method, req.target, req.bad_status, req.bad_message);
+        } else if (rr == HTTP_READ_FAILED && req.have_head) {
+            proxy_log("req=%" PRIu64 " conn=%" PRIu64 " %s %s: the client went away mid-request",
+                      reqno, c->id, req.method, req.target);
+        }
+        if (rr != HTTP_READ_OK) {
+            http_request_free(&req);
             return;
         }
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1087,7 +533,7 @@ static void conn_serve(struct conn *c)
         if (fault == FAULT_DELAY && rng_below(&rng, 2) == 0) {
             variant = " (before)";
             sleep_ms(cfg.delay_ms);
-            if (peer_gone(c->fd)) {
+            if (sock_peer_gone(c->fd)) {
                 /* Do not run a stale request after the client gave up on it. */
                 atomic_fetch_add(&stat_client_gone, 1);
                 note = " (client gone, not forwarded)";
@@ -1124,7 +570,8 @@ static void conn_serve(struct conn *c)
         if (delay_after)
             sleep_ms(cfg.delay_ms);
         /* A fault that turns out not to apply still closes: the head says so already. */
-        closed = deliver(c, &resp, req.is_head, &fault, &rng, close_after, &note);
+        closed = deliver(c, &resp, &fault, &rng, close_after, detail, sizeof detail);
+        note = detail;
 
     done:
         if (fault != FAULT_NONE)
@@ -1136,8 +583,8 @@ static void conn_serve(struct conn *c)
                   reqno, c->id, req.method, req.target, status, upstream_note,
                   fault_to_string(fault), variant, note, req.body_len, resp.body_len,
                   elapsed_ms(&t0));
-        buf_free(&req.upstream);
-        response_free(&resp);
+        http_request_free(&req);
+        http_response_free(&resp);
         if (closed || close_after || atomic_load(&stopping))
             return;
     }
@@ -1166,18 +613,22 @@ static void *conn_thread(void *arg)
 static void parse_hostport(const char *s, const char *what, struct sockaddr_storage *ss,
                            socklen_t *len)
 {
-    char host[256];
-    const char *colon, *h = s;
-    size_t hl;
+    char host[256], port[16];
+    const char *colon, *h = s, *end;
+    size_t hl, pl;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
     struct addrinfo *ai;
     int e;
 
     if (strncmp(s, "http://", 7) == 0)
         h = s + 7;
-    colon = strrchr(h, ':');
-    if (!colon || colon == h || !colon[1])
+    end = h + strcspn(h, "/"); /* "http://host:port/" works too */
+    colon = memrchr(h, ':', (size_t)(end - h));
+    pl = colon ? (size_t)(end - colon - 1) : 0;
+    if (!colon || colon == h || pl == 0 || pl >= sizeof port)
         die("%s: expected HOST:PORT, got '%s'", what, s);
+    memcpy(port, colon + 1, pl);
+    port[pl] = '\0';
     hl = (size_t)(colon - h);
     if (h[0] == '[' && colon[-1] == ']') {
         h++;
@@ -1187,7 +638,7 @@ static void parse_hostport(const char *s, const char *what, struct sockaddr_stor
         die("%s: host too long", what);
     memcpy(host, h, hl);
     host[hl] = '\0';
-    e = getaddrinfo(host, colon + 1, &hints, &ai);
+    e = getaddrinfo(host, port, &hints, &ai);
     if (e)
         die("%s: %s: %s", what, s, gai_strerror(e));
     memcpy(ss, ai->ai_addr, ai->ai_addrlen);
@@ -1260,8 +711,8 @@ static void usage(FILE *f)
           "  --delay-rate R          sleep --delay-ms before or after forwarding\n"
           "  --delay-ms MS           length of a delay (default 5000)\n"
           "  --reset-rate R          send part of the response, then RST\n"
-          "  --truncate-rate R       send part of the body (true Content-Length), then close\n"
-          "  --bad-length-rate R     send a wrong Content-Length, then close\n"
+          "  --truncate-rate R       send part of the body (or of the head), then close\n"
+          "  --bad-length-rate R     send a wrong Content-Length or chunk size, then close\n"
           "  --corrupt-rate R        flip one byte of a non-empty body\n"
           "  --log FILE              one line per request (default stderr)\n"
           "  --max-conns N           client connections at once (default 256)\n"
@@ -1382,7 +833,8 @@ static void parse_args(int argc, char **argv)
     parse_hostport(upstream, "--upstream", &cfg.upstream_addr, &cfg.upstream_len);
 }
 
-static int listen_socket(unsigned *port)
+/* Listens on --listen.  Returns the fd; *port and host[] say where it listens. */
+static int listen_socket(unsigned *port, char *host, size_t host_size)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -1400,6 +852,9 @@ static int listen_socket(unsigned *port)
         die("getsockname: %s", strerror(errno));
     *port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                            : ((struct sockaddr_in *)&ss)->sin_port);
+    if (getnameinfo((struct sockaddr *)&ss, len, host, (socklen_t)host_size, NULL, 0,
+                    NI_NUMERICHOST) != 0)
+        snprintf(host, host_size, "?");
     return fd;
 }
 
@@ -1422,7 +877,7 @@ static void accept_one(int lfd, uint64_t id)
         return;
     }
     atomic_fetch_add(&stat_connections, 1);
-    set_timeouts(fd, cfg.idle_timeout_ms);
+    sock_set_timeouts(fd, cfg.idle_timeout_ms);
     pthread_mutex_lock(&reg_lock);
     if (active >= cfg.max_conns) {
         pthread_mutex_unlock(&reg_lock);
@@ -1494,10 +949,9 @@ static void print_counters(FILE *f)
             "wisp-faultproxy: requests=%" PRIuFAST64 " connections=%" PRIuFAST64
             " refused=%" PRIuFAST64 " forwarded=%" PRIuFAST64 " upstream_errors=%" PRIuFAST64
             " bad_requests=%" PRIuFAST64 " client_gone=%" PRIuFAST64,
-            atomic_load(&stat_requests), atomic_load(&stat_connections),
-            atomic_load(&stat_refused), atomic_load(&stat_forwarded),
-            atomic_load(&stat_upstream_errors), atomic_load(&stat_bad_requests),
-            atomic_load(&stat_client_gone));
+            atomic_load(&stat_requests), atomic_load(&stat_connections), atomic_load(&stat_refused),
+            atomic_load(&stat_forwarded), atomic_load(&stat_upstream_errors),
+            atomic_load(&stat_bad_requests), atomic_load(&stat_client_gone));
     for (int i = FAULT_ERROR; i < FAULT__COUNT; i++)
         fprintf(f, " %s=%" PRIuFAST64, fault_to_string((enum fault)i),
                 atomic_load(&stat_faults[i]));
@@ -1510,6 +964,7 @@ int main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     struct pollfd pfd[2];
     uint64_t next_id = 1;
+    char host[64];
     unsigned port;
     int lfd;
 
@@ -1530,10 +985,13 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
-    lfd = listen_socket(&port);
+    lfd = listen_socket(&port, host, sizeof host);
     if (cfg.port_file)
         write_port_file(cfg.port_file, port);
-    printf("listening on 127.0.0.1:%u\n", port);
+    if (strchr(host, ':'))
+        printf("listening on [%s]:%u\n", host, port);
+    else
+        printf("listening on %s:%u\n", host, port);
     fflush(stdout);
     proxy_log("listening on port %u, seed %" PRIu64 ", rates error=%g delay=%g (%u ms) reset=%g "
               "truncate=%g bad-length=%g corrupt=%g",
