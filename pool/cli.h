@@ -15,6 +15,14 @@ int cli_store_main(int argc, char **argv);
 /* `wisp disk ...`: argv[0] is "disk". */
 int cli_disk_main(int argc, char **argv);
 
+/* Parses the options of `wisp GROUP VERB ...` (argv[0] is GROUP, argv[1] is VERB).  On success
+ * *argc and *argv are left holding the positional arguments after the verb (argv[0] is the
+ * first of them) and CLI_EXIT_OK is returned; otherwise the message is printed and
+ * CLI_EXIT_USAGE returned.  --help prints the options and exits the program (GOption's way). */
+struct _GOptionEntry;
+int cli_parse_options(const char *group, const char *verb, const char *args, const char *summary,
+                      const struct _GOptionEntry *entries, int *argc, char ***argv);
+
 /* Prints "wisp: <message>" to stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

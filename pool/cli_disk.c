@@ -82,6 +82,31 @@ out:
     return result;
 }
 
+/* Starts a request object {"op": op, "name": name (if not NULL)}; the caller may add members,
+ * then sends it with cli_disk_control_send. */
+static JsonBuilder *cli_disk_request(const char *op, const char *name)
+{
+    JsonBuilder *b = json_builder_new();
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "op");
+    json_builder_add_string_value(b, op);
+    if (name) {
+        json_builder_set_member_name(b, "name");
+        json_builder_add_string_value(b, name);
+    }
+    return b;
+}
+
+/* Ends and sends the request, and frees the builder.  The answer, or NULL (reported). */
+static JsonNode *cli_disk_control_send(const char *path, JsonBuilder *b)
+{
+    json_builder_end_object(b);
+    JsonNode *answer = cli_disk_control_call(path, b);
+    g_object_unref(b);
+    return answer;
+}
+
 /* Checks an answer; prints its error and returns the exit code if it is not ok. */
 static int cli_disk_control_status(JsonNode *answer)
 {
@@ -179,21 +204,14 @@ static int cli_disk_create(struct cli_disk_options *o, int argc, char **argv)
         return CLI_EXIT_USAGE;
 
     if (o->control) {
-        JsonBuilder *b = json_builder_new();
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "op");
-        json_builder_add_string_value(b, "disk-create");
-        json_builder_set_member_name(b, "name");
-        json_builder_add_string_value(b, argv[0]);
+        JsonBuilder *b = cli_disk_request("disk-create", argv[0]);
         json_builder_set_member_name(b, "size");
         json_builder_add_int_value(b, (gint64)size);
         if (chunk) {
             json_builder_set_member_name(b, "chunk_size");
             json_builder_add_int_value(b, (gint64)chunk);
         }
-        json_builder_end_object(b);
-        JsonNode *answer = cli_disk_control_call(o->control, b);
-        g_object_unref(b);
+        JsonNode *answer = cli_disk_control_send(o->control, b);
         if (!answer)
             return CLI_EXIT_ERROR;
         status = cli_disk_control_status(answer);
@@ -251,13 +269,7 @@ static int cli_disk_list(struct cli_disk_options *o, int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     if (o->control) {
-        JsonBuilder *b = json_builder_new();
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "op");
-        json_builder_add_string_value(b, "disk-list");
-        json_builder_end_object(b);
-        answer = cli_disk_control_call(o->control, b);
-        g_object_unref(b);
+        answer = cli_disk_control_send(o->control, cli_disk_request("disk-list", NULL));
         if (!answer)
             return CLI_EXIT_ERROR;
         status = cli_disk_control_status(answer);
@@ -303,15 +315,8 @@ static int cli_disk_delete(struct cli_disk_options *o, int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     if (o->control) {
-        JsonBuilder *b = json_builder_new();
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "op");
-        json_builder_add_string_value(b, "disk-delete");
-        json_builder_set_member_name(b, "name");
-        json_builder_add_string_value(b, argv[0]);
-        json_builder_end_object(b);
-        JsonNode *answer = cli_disk_control_call(o->control, b);
-        g_object_unref(b);
+        JsonNode *answer =
+            cli_disk_control_send(o->control, cli_disk_request("disk-delete", argv[0]));
         if (!answer)
             return CLI_EXIT_ERROR;
         int status = cli_disk_control_status(answer);
@@ -359,15 +364,7 @@ static int cli_disk_stats(struct cli_disk_options *o, int argc, char **argv)
                   "WISP_CONTROL)");
         return CLI_EXIT_USAGE;
     }
-    JsonBuilder *b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "op");
-    json_builder_add_string_value(b, "disk-stats");
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, argv[0]);
-    json_builder_end_object(b);
-    JsonNode *answer = cli_disk_control_call(o->control, b);
-    g_object_unref(b);
+    JsonNode *answer = cli_disk_control_send(o->control, cli_disk_request("disk-stats", argv[0]));
     if (!answer)
         return CLI_EXIT_ERROR;
     int status = cli_disk_control_status(answer);
@@ -419,7 +416,6 @@ int cli_disk_main(int argc, char **argv)
 {
     struct cli_disk_options o = {0};
     const struct cli_disk_verb *verb = NULL;
-    GError *error = NULL;
     GOptionEntry entries[] = {
         {"control", 'c', 0, G_OPTION_ARG_FILENAME, &o.control,
          "Control socket of a running server (default $WISP_CONTROL)", "SOCK"},
@@ -446,21 +442,9 @@ int cli_disk_main(int argc, char **argv)
         cli_error("unknown disk verb '%s'; run 'wisp disk --help'", argv[1]);
         return CLI_EXIT_USAGE;
     }
-    char *param = g_strdup_printf("%s - %s", verb->args, verb->summary);
-    GOptionContext *ctx = g_option_context_new(param);
-    g_free(param);
-    g_option_context_add_main_entries(ctx, entries, NULL);
-    argv[1] = g_strdup_printf("wisp disk %s", verb->name);
-    argc--;
-    argv++;
-    bool parsed = g_option_context_parse(ctx, &argc, &argv, &error);
-    g_free(argv[0]);
-    g_option_context_free(ctx);
-    if (!parsed) {
-        cli_error("%s", error->message);
-        g_error_free(error);
+    if (cli_parse_options("disk", verb->name, verb->args, verb->summary, entries, &argc,
+                          &argv) != CLI_EXIT_OK)
         return CLI_EXIT_USAGE;
-    }
     if (!o.control && getenv("WISP_CONTROL") && !o.meta_dir)
         o.control = g_strdup(getenv("WISP_CONTROL"));
     if (!o.meta_dir && getenv("WISP_META"))
@@ -468,7 +452,7 @@ int cli_disk_main(int argc, char **argv)
     if (!o.store_url && getenv("WISP_STORE"))
         o.store_url = g_strdup(getenv("WISP_STORE"));
 
-    status = verb->run(&o, argc - 1, argv + 1);
+    status = verb->run(&o, argc, argv);
     g_free(o.control);
     g_free(o.meta_dir);
     g_free(o.store_url);

@@ -305,7 +305,6 @@ int cli_store_main(int argc, char **argv)
 {
     struct cli_store_options o = {0};
     const struct cli_store_verb *verb = NULL;
-    g_autoptr(GError) error = NULL;
     GOptionEntry entries[] = {
         {"store", 's', 0, G_OPTION_ARG_STRING, &o.store_url, "Store URL (default $WISP_STORE)",
          "URL"},
@@ -323,7 +322,6 @@ int cli_store_main(int argc, char **argv)
         {"attempts", 0, 0, G_OPTION_ARG_INT, &o.attempts, "Attempts per request", "N"},
         G_OPTION_ENTRY_NULL,
     };
-    GOptionContext *ctx;
     struct store *st;
     int status;
 
@@ -339,23 +337,9 @@ int cli_store_main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
 
-    char *param = g_strdup_printf("%s - %s", verb->args, verb->summary);
-    ctx = g_option_context_new(param);
-    g_free(param);
-    g_option_context_set_summary(ctx, "wisp store: check and use an object store.");
-    g_option_context_add_main_entries(ctx, entries, NULL);
-    argv[1] = g_strdup_printf("wisp store %s", verb->name);
-    argc--;
-    argv++;
-    bool parsed = g_option_context_parse(ctx, &argc, &argv, &error);
-    g_free(argv[0]);
-    g_option_context_free(ctx);
-    if (!parsed) {
-        cli_error("%s", error->message);
+    if (cli_parse_options("store", verb->name, verb->args, verb->summary, entries, &argc,
+                          &argv) != CLI_EXIT_OK)
         return CLI_EXIT_USAGE;
-    }
-    argc--;
-    argv++;
 
     /* The first positional is the store when it looks like a URL. */
     if (argc > 0 && strstr(argv[0], "://")) {

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "log.h"
 
+#include <glib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,34 @@ void cli_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+}
+
+int cli_parse_options(const char *group, const char *verb, const char *args, const char *summary,
+                      const GOptionEntry *entries, int *argc, char ***argv)
+{
+    char *param = g_strdup_printf("%s - %s", args, summary);
+    GOptionContext *ctx = g_option_context_new(param);
+    GError *error = NULL;
+    char *prog = g_strdup_printf("wisp %s %s", group, verb);
+    char **args_in = *argv + 1;
+    int n = *argc - 1;
+    bool parsed;
+
+    g_free(param);
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    /* GOption takes the first argument as the program name: make it "wisp GROUP VERB". */
+    args_in[0] = prog;
+    parsed = g_option_context_parse(ctx, &n, &args_in, &error);
+    g_option_context_free(ctx);
+    g_free(prog);
+    if (!parsed) {
+        cli_error("%s", error->message);
+        g_error_free(error);
+        return CLI_EXIT_USAGE;
+    }
+    *argc = n - 1;
+    *argv = args_in + 1;
+    return CLI_EXIT_OK;
 }
 
 static void cli_usage(FILE *out)
