@@ -100,6 +100,7 @@ struct s3_request {
     size_t range_got;
     uint64_t body_seen; /* bytes of a 2xx body delivered so far */
     bool chunked;       /* Transfer-Encoding: chunked (curl checks its framing) */
+    bool head_complete; /* the blank line ending the headers arrived */
     struct s3_list_page *list_page; /* a listing: parsed as part of checking the body */
     time_t last_modified;
     bool body_overflow;
@@ -310,8 +311,11 @@ static size_t s3_read_header(char *line, size_t size, size_t nmemb, void *opaque
         rq->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         rq->content_length = -1;
         rq->chunked = false;
+        rq->head_complete = false;
         rq->has_content_range = false;
         rq->etag[0] = rq->meta_sha256[0] = '\0';
+    } else if ((len == 2 && line[0] == '\r' && line[1] == '\n') || (len == 1 && line[0] == '\n')) {
+        rq->head_complete = true;
     } else if (s3_header_is(line, len, "content-length", &v, &vlen)) {
         s3_copy_header_value(tmp, sizeof tmp, v, vlen);
         char *end;
@@ -363,6 +367,7 @@ static void s3_request_reset(struct s3_request *rq)
     rq->upload_pos = 0;
     rq->content_length = -1;
     rq->chunked = false;
+    rq->head_complete = false;
     rq->has_content_range = false;
     rq->etag[0] = rq->meta_sha256[0] = '\0';
     rq->body_out.len = 0;
@@ -387,6 +392,10 @@ static bool s3_is_hex(const char *s, size_t n)
  * is sound, or what is wrong with it. */
 static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_size)
 {
+    /* libcurl takes a connection closed inside the headers for their end: then any header may
+     * be missing, so nothing they say can be trusted. */
+    if (!rq->head_complete)
+        return "the answer's headers were cut short";
     /* A HEAD is only worth its headers: without the size, ask again. */
     if (strcmp(rq->method, "HEAD") == 0)
         return rq->content_length < 0 ? "no Content-Length in the answer" : NULL;
