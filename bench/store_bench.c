@@ -56,11 +56,11 @@ struct bench {
     unsigned count;
     const char *prefix;
 
-    void **data;   /* put: the contents to write; get: what came back */
-    size_t *lens;  /* get: the length of each answer */
+    void **data;  /* put: the contents to write; get: what came back */
+    size_t *lens; /* get: the length of each answer */
 
-    unsigned next;   /* the next object to take, shared by the threads (atomic) */
-    int failed;      /* set once any request failed (atomic) */
+    unsigned next; /* the next object to take, shared by the threads (atomic) */
+    int failed;    /* set once any request failed (atomic) */
 };
 
 /* ---- deterministic content ---------------------------------------------------------------- */
@@ -193,15 +193,17 @@ static unsigned bench_verify(struct bench *b)
     for (unsigned i = 0; i < b->count; i++) {
         bench_key(b, i, key, sizeof key);
         if (b->lens[i] != b->size) {
-            fprintf(stderr, "wisp-store-bench: get %s: %zu bytes, expected %zu\n", key,
-                    b->lens[i], b->size);
+            fprintf(stderr, "wisp-store-bench: get %s: %zu bytes, expected %zu\n", key, b->lens[i],
+                    b->size);
             bad++;
             continue;
         }
         bench_fill(key, want, b->size);
         if (memcmp(b->data[i], want, b->size) != 0) {
-            fprintf(stderr, "wisp-store-bench: get %s: the content differs from what put "
-                    "wrote\n", key);
+            fprintf(stderr,
+                    "wisp-store-bench: get %s: the content differs from what put "
+                    "wrote\n",
+                    key);
             bad++;
         }
     }
@@ -213,25 +215,25 @@ static unsigned bench_verify(struct bench *b)
 
 static void bench_usage(FILE *f)
 {
-    fprintf(f,
-            "Usage: wisp-store-bench --store URL --op put|get|delete --size BYTES --count N\n"
-            "                        --parallel P [--prefix PREFIX]\n"
-            "\n"
-            "Measures object store client throughput: P threads share one store (opened with\n"
-            "max_connections = P) and put, get or delete the N objects PREFIX/obj-%%06d of BYTES\n"
-            "bytes each.  Contents are deterministic per key, so get verifies every byte that\n"
-            "put wrote.  Run put before get.\n"
-            "\n"
-            "  --store URL      file:///dir or s3://bucket[/prefix]?endpoint=URL&region=R\n"
-            "  --op OP          put, get or delete\n"
-            "  --size BYTES     object size (put and get); a K, M or G suffix multiplies by 1024^n\n"
-            "  --count N        number of objects\n"
-            "  --parallel P     threads and connections (default 1)\n"
-            "  --prefix PREFIX  key prefix (default \"bench\")\n"
-            "\n"
-            "Prints: op=OP size=BYTES count=N parallel=P seconds=S objects_per_s=X mib_per_s=Y\n"
-            "        requests=R retries=T connections=C\n"
-            "Exits 0 on success, 1 on a failed request or wrong content, 2 on a usage error.\n");
+    fprintf(
+        f, "Usage: wisp-store-bench --store URL --op put|get|delete --size BYTES --count N\n"
+           "                        --parallel P [--prefix PREFIX]\n"
+           "\n"
+           "Measures object store client throughput: P threads share one store (opened with\n"
+           "max_connections = P) and put, get or delete the N objects PREFIX/obj-%%06d of BYTES\n"
+           "bytes each.  Contents are deterministic per key, so get verifies every byte that\n"
+           "put wrote.  Run put before get.\n"
+           "\n"
+           "  --store URL      file:///dir or s3://bucket[/prefix]?endpoint=URL&region=R\n"
+           "  --op OP          put, get or delete\n"
+           "  --size BYTES     object size (put and get); a K, M or G suffix multiplies by 1024^n\n"
+           "  --count N        number of objects\n"
+           "  --parallel P     threads and connections (default 1)\n"
+           "  --prefix PREFIX  key prefix (default \"bench\")\n"
+           "\n"
+           "Prints: op=OP size=BYTES count=N parallel=P seconds=S objects_per_s=X mib_per_s=Y\n"
+           "        requests=R retries=T connections=C\n"
+           "Exits 0 on success, 1 on a failed request or wrong content, 2 on a usage error.\n");
 }
 
 static int bench_parse_size(const char *s, size_t *out)
@@ -244,13 +246,16 @@ static int bench_parse_size(const char *s, size_t *out)
     if (errno || end == s || *s == '-')
         return -1;
     switch (*end) {
-    case 'G': case 'g':
+    case 'G':
+    case 'g':
         v *= 1024;
         /* fall through */
-    case 'M': case 'm':
+    case 'M':
+    case 'm':
         v *= 1024;
         /* fall through */
-    case 'K': case 'k':
+    case 'K':
+    case 'k':
         v *= 1024;
         end++;
         break;
@@ -277,14 +282,10 @@ static int bench_parse_uint(const char *s, unsigned *out, unsigned min)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"store", required_argument, NULL, 's'},
-        {"op", required_argument, NULL, 'o'},
-        {"size", required_argument, NULL, 'z'},
-        {"count", required_argument, NULL, 'n'},
-        {"parallel", required_argument, NULL, 'p'},
-        {"prefix", required_argument, NULL, 'x'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"store", required_argument, NULL, 's'},    {"op", required_argument, NULL, 'o'},
+        {"size", required_argument, NULL, 'z'},     {"count", required_argument, NULL, 'n'},
+        {"parallel", required_argument, NULL, 'p'}, {"prefix", required_argument, NULL, 'x'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     struct bench b = {.prefix = "bench"};
     const char *url = NULL, *op = NULL;
@@ -408,9 +409,9 @@ int main(int argc, char **argv)
     double bytes = b.op == BENCH_DELETE ? 0 : (double)b.size * b.count;
     printf("op=%s size=%zu count=%u parallel=%u seconds=%.3f objects_per_s=%.1f mib_per_s=%.1f "
            "requests=%" PRIu64 " retries=%" PRIu64 " connections=%" PRIu64 "\n",
-           bench_op_to_string(b.op), b.op == BENCH_DELETE ? 0 : b.size, b.count, parallel,
-           seconds, b.count / seconds, bytes / seconds / (1024.0 * 1024.0), stats.requests,
-           stats.retries, stats.connections);
+           bench_op_to_string(b.op), b.op == BENCH_DELETE ? 0 : b.size, b.count, parallel, seconds,
+           b.count / seconds, bytes / seconds / (1024.0 * 1024.0), stats.requests, stats.retries,
+           stats.connections);
     status = fflush(stdout) == 0 ? 0 : 1;
 
 out:

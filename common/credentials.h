@@ -2,7 +2,8 @@
  *
  * Order: an explicit credentials file; else, unless a profile is named, AWS_ACCESS_KEY_ID +
  * AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN) from the environment; else
- * $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials.  Files are AWS-style ini (GKeyFile underneath):
+ * $AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials.  Files are AWS-style ini (GKeyFile
+ * underneath):
  *
  *   [default]
  *   aws_access_key_id = AKIA...

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HASH_SHA256_LEN 32
+#define HASH_SHA256_LEN     32
 #define HASH_SHA256_HEX_LEN 64
 
 int hash_sha256(const void *data, size_t len, uint8_t out[HASH_SHA256_LEN]);

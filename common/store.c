@@ -218,7 +218,7 @@ int store_delete(struct store *st, const char *key)
 {
     int r = store_check_key(st, "delete", key);
 
-    return r < 0 ? r : st->ops->delete(st, key);
+    return r < 0 ? r : st->ops->delete (st, key);
 }
 
 int store_list(struct store *st, const char *prefix, store_list_fn fn, void *opaque)

@@ -8,12 +8,11 @@
  *
  * Every call returns 0 (or a count) on success and a negative errno on failure:
  *   -ENOENT    no such object (or bucket)          -EACCES    the store refused the credentials
- *   -EEXIST    conditional create found an object  -ENOTSUP   the store cannot do conditional create
- *   -EINVAL    bad key or argument                 -ETIMEDOUT every attempt timed out
- *   -EBADMSG   a body failed its length or checksum check on every attempt
- *   -EIO       any other failure, after retries
- * The message that explains a failure (what, where, HTTP status) is logged through log.h and
- * kept for the calling thread in store_last_error(). */
+ *   -EEXIST    conditional create found an object  -ENOTSUP   the store cannot do conditional
+ * create -EINVAL    bad key or argument                 -ETIMEDOUT every attempt timed out -EBADMSG
+ * a body failed its length or checksum check on every attempt -EIO       any other failure, after
+ * retries The message that explains a failure (what, where, HTTP status) is logged through log.h
+ * and kept for the calling thread in store_last_error(). */
 #ifndef WISP_STORE_H
 #define WISP_STORE_H
 
@@ -25,14 +24,14 @@
 struct store;
 
 struct store_options {
-    long connect_timeout_ms; /* TCP+TLS connect, per attempt; default 5000 */
-    long request_timeout_ms; /* whole request, per attempt; default 30000 */
-    unsigned max_attempts;   /* first try included; default 6 */
-    unsigned backoff_base_ms;/* first retry waits up to this; doubles each time; default 100 */
-    unsigned backoff_max_ms; /* cap on one wait; default 5000 */
-    unsigned max_connections;/* connections kept open and reused; default 16 */
+    long connect_timeout_ms;      /* TCP+TLS connect, per attempt; default 5000 */
+    long request_timeout_ms;      /* whole request, per attempt; default 30000 */
+    unsigned max_attempts;        /* first try included; default 6 */
+    unsigned backoff_base_ms;     /* first retry waits up to this; doubles each time; default 100 */
+    unsigned backoff_max_ms;      /* cap on one wait; default 5000 */
+    unsigned max_connections;     /* connections kept open and reused; default 16 */
     const char *credentials_file; /* AWS-style ini file; NULL: environment, then ~/.aws */
-    const char *profile;          /* section in the credentials file; NULL: $AWS_PROFILE or default */
+    const char *profile; /* section in the credentials file; NULL: $AWS_PROFILE or default */
 };
 
 /* Fills *opts with the defaults above. */
@@ -84,9 +83,9 @@ int store_list(struct store *st, const char *prefix, store_list_fn fn, void *opa
 
 /* Counters since store_open, for logs and `wisp disk stats`. */
 struct store_stats {
-    uint64_t requests;   /* HTTP requests or file operations attempted */
-    uint64_t retries;    /* attempts after the first */
-    uint64_t failures;   /* calls that returned an error */
+    uint64_t requests; /* HTTP requests or file operations attempted */
+    uint64_t retries;  /* attempts after the first */
+    uint64_t failures; /* calls that returned an error */
     uint64_t bytes_sent;
     uint64_t bytes_received;
     uint64_t connections; /* connections opened (S3); reuse keeps this low */

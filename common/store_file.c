@@ -321,8 +321,8 @@ static int file_store_list_dir(struct store *st, int dirfd, char *path, size_t p
     rewinddir(dir);
     while ((de = readdir(dir))) {
         struct stat sb;
-        if (de->d_name[0] == '.' &&
-            (!de->d_name[1] || !strcmp(de->d_name, "..") || (path_len == 0 && !strcmp(de->d_name, ".tmp"))))
+        if (de->d_name[0] == '.' && (!de->d_name[1] || !strcmp(de->d_name, "..") ||
+                                     (path_len == 0 && !strcmp(de->d_name, ".tmp"))))
             continue;
         if (fstatat(dirfd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) < 0)
             continue; /* deleted meanwhile */
@@ -448,8 +448,8 @@ int store_file_open(struct store *st, const struct store_url *url)
     if (mkdir(fs->root, 0755) < 0 && errno != EEXIST) {
         int err = -errno;
         file_store_close(st);
-        return store_fail(NULL, err, "file store %s: cannot create the directory: %s",
-                          url->path, strerror(-err));
+        return store_fail(NULL, err, "file store %s: cannot create the directory: %s", url->path,
+                          strerror(-err));
     }
     fs->root_fd = open(fs->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fs->root_fd < 0) {

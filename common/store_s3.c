@@ -31,7 +31,7 @@
 #include <sys/random.h>
 
 #define S3_ERROR_BODY_MAX (64 * 1024)
-#define S3_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#define S3_EMPTY_SHA256   "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3_store {
     struct store_url url;
@@ -98,9 +98,9 @@ struct s3_request {
     char meta_sha256[72];
     struct s3_buffer body_out; /* whole GET, list, and error bodies */
     size_t range_got;
-    uint64_t body_seen; /* bytes of a 2xx body delivered so far */
-    bool chunked;       /* Transfer-Encoding: chunked (curl checks its framing) */
-    bool head_complete; /* the blank line ending the headers arrived */
+    uint64_t body_seen;             /* bytes of a 2xx body delivered so far */
+    bool chunked;                   /* Transfer-Encoding: chunked (curl checks its framing) */
+    bool head_complete;             /* the blank line ending the headers arrived */
     struct s3_list_page *list_page; /* a listing: parsed as part of checking the body */
     time_t last_modified;
     bool body_overflow;
@@ -199,8 +199,8 @@ static char *s3_build_url(const struct s3_store *s3, const char *key, const char
         n = asprintf(&url, "%.*s%s.%s/%s%s%s", (int)scheme_len, u->endpoint, u->bucket, host,
                      key ? key : "", query ? "?" : "", query ? query : "");
     else
-        n = asprintf(&url, "%s/%s/%s%s%s", u->endpoint, u->bucket, key ? key : "",
-                     query ? "?" : "", query ? query : "");
+        n = asprintf(&url, "%s/%s/%s%s%s", u->endpoint, u->bucket, key ? key : "", query ? "?" : "",
+                     query ? query : "");
     return n < 0 ? NULL : url;
 }
 
@@ -684,8 +684,8 @@ static int s3_perform(struct store *st, struct s3_request *rq)
         int err = c == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : problem ? -EBADMSG : -EIO;
         r = store_fail(st, err, "%s at %s: %s%s%s (%u attempt%s)", rq->what, s3->url.endpoint,
                        rq->curl_error[0] ? rq->curl_error : curl_easy_strerror(c),
-                       problem ? ": " : "", problem ? problem : "",
-                       attempt, attempt == 1 ? "" : "s");
+                       problem ? ": " : "", problem ? problem : "", attempt,
+                       attempt == 1 ? "" : "s");
     } else if (problem) {
         r = store_fail(st, -EBADMSG, "%s at %s: %s (%u attempts)", rq->what, s3->url.endpoint,
                        problem, attempt);
@@ -942,8 +942,7 @@ static int s3_list(struct store *st, const char *prefix, store_list_fn fn, void 
 
     full_prefix = s3_full_key(s3, prefix);
     enc_prefix = full_prefix ? s3_uri_encode(full_prefix) : NULL;
-    if (!enc_prefix ||
-        asprintf(&what, "LIST s3://%s/%s", s3->url.bucket, full_prefix) < 0) {
+    if (!enc_prefix || asprintf(&what, "LIST s3://%s/%s", s3->url.bucket, full_prefix) < 0) {
         what = NULL;
         r = store_fail(st, -ENOMEM, "list: out of memory");
         goto out;
@@ -1068,8 +1067,8 @@ int store_s3_open(struct store *st, const struct store_url *url)
     s3->share = curl_share_init();
     if (!s3->url.bucket || !s3->url.prefix || !s3->url.endpoint || !s3->url.region || !s3->idle ||
         !s3->share ||
-        asprintf(&st->description, "s3://%s/%s at %s", url->bucket, url->prefix,
-                 url->endpoint) < 0) {
+        asprintf(&st->description, "s3://%s/%s at %s", url->bucket, url->prefix, url->endpoint) <
+            0) {
         st->description = NULL;
         s3_close(st);
         return store_fail(NULL, -ENOMEM, "s3 store: out of memory");

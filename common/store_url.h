@@ -17,11 +17,11 @@ enum store_url_scheme {
 
 struct store_url {
     enum store_url_scheme scheme;
-    char *path;     /* file: the directory, absolute, without trailing '/' (except "/") */
-    char *bucket;   /* s3: bucket name */
-    char *prefix;   /* s3: "" or a key prefix ending in '/' */
-    char *endpoint; /* s3: "http[s]://host[:port]" without trailing '/' */
-    char *region;   /* s3: default "us-east-1" */
+    char *path;         /* file: the directory, absolute, without trailing '/' (except "/") */
+    char *bucket;       /* s3: bucket name */
+    char *prefix;       /* s3: "" or a key prefix ending in '/' */
+    char *endpoint;     /* s3: "http[s]://host[:port]" without trailing '/' */
+    char *region;       /* s3: default "us-east-1" */
     bool virtual_style; /* s3: bucket in the host name rather than the path */
 };
 

@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHUNK_HASH_LEN 32
+#define CHUNK_HASH_LEN   32
 #define CHUNK_MAP_FANOUT 1024
 
 struct chunk_hash {
@@ -64,8 +64,8 @@ int chunk_map_foreach(const struct chunk_map *m,
 
 /* Receives each page of a map as it is encoded, children before parents.  Returns 0 or a
  * negative errno, which stops the encoding. */
-typedef int (*chunk_map_page_sink)(const struct chunk_hash *page_hash, const void *page,
-                                   size_t len, void *opaque);
+typedef int (*chunk_map_page_sink)(const struct chunk_hash *page_hash, const void *page, size_t len,
+                                   void *opaque);
 /* Fetches a page by hash into a malloc'd buffer.  Returns 0, -ENOENT or another -errno. */
 typedef int (*chunk_map_page_source)(const struct chunk_hash *page_hash, void **page, size_t *len,
                                      void *opaque);
@@ -83,8 +83,8 @@ void chunk_map_forget_pages(struct chunk_map *m);
 
 /* Builds the map of n_chunks whose root is root, reading pages through source, and verifying
  * that each page's SHA-256 is its name.  -EBADMSG names a corrupt page. */
-int chunk_map_decode(const struct chunk_hash *root, uint64_t n_chunks,
-                     chunk_map_page_source source, void *opaque, struct chunk_map **out);
+int chunk_map_decode(const struct chunk_hash *root, uint64_t n_chunks, chunk_map_page_source source,
+                     void *opaque, struct chunk_map **out);
 
 /* Decodes one page's header and entries (for fuzzing and for GC walks).  Returns 0 or
  * -EBADMSG.  On success the entries are in entries[0..*count), which the caller frees. */

@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <time.h>
 
-#define META_DISK_NAME_MAX 128
+#define META_DISK_NAME_MAX  128
 #define META_CHUNK_SIZE_MIN (64 * 1024)
 #define META_CHUNK_SIZE_MAX (4 * 1024 * 1024)
 

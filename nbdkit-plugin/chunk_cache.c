@@ -193,8 +193,8 @@ static int cache_write_file(struct chunk_cache *c, const struct chunk_hash *h, c
 /* Fills entry e (FILLING, not locked by the caller): verifies the file left from an earlier run
  * if had_file, else or if that fails fetches from the store.  On success, *data holds the
  * chunk (malloc'd) unless the verified file can serve it (*data NULL). */
-static int cache_fill(struct chunk_cache *c, struct cache_entry *e, size_t chunk_len,
-                      bool had_file, void **data)
+static int cache_fill(struct chunk_cache *c, struct cache_entry *e, size_t chunk_len, bool had_file,
+                      void **data)
 {
     struct chunk_hash got_hash;
     char key[80], path[PATH_MAX];
@@ -324,8 +324,8 @@ static void cache_forget(struct chunk_cache *c, struct cache_entry *e)
     pthread_mutex_unlock(&c->lock);
 }
 
-int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
-                     void *buf, size_t count, uint64_t offset)
+int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len, void *buf,
+                     size_t count, uint64_t offset)
 {
     char path[PATH_MAX];
     struct cache_entry *e;
@@ -494,8 +494,9 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
         chunk_hash_to_hex(h, hex);
         r = store_head(c->store, key, &sb);
         if (r == 0 && (sb.size != len || (sb.sha256[0] && strcmp(sb.sha256, hex) != 0))) {
-            log_error("cache", "%s exists in the store with other content (%llu bytes): the "
-                               "object is damaged",
+            log_error("cache",
+                      "%s exists in the store with other content (%llu bytes): the "
+                      "object is damaged",
                       key, (unsigned long long)sb.size);
             r = -EIO;
         }

@@ -23,10 +23,10 @@
 struct chunk_cache;
 
 struct chunk_cache_stats {
-    uint64_t hits, misses;     /* reads served from a cache file / needing a fetch */
-    uint64_t fetches;          /* GETs of chunks from the store */
+    uint64_t hits, misses; /* reads served from a cache file / needing a fetch */
+    uint64_t fetches;      /* GETs of chunks from the store */
     uint64_t fetch_bytes;
-    uint64_t corrupt;          /* cache files or fetched bodies that failed verification */
+    uint64_t corrupt; /* cache files or fetched bodies that failed verification */
     uint64_t evictions;
     uint64_t clean_bytes, dirty_bytes, max_bytes;
     uint64_t entries;
@@ -42,8 +42,8 @@ void chunk_cache_store_key(const struct chunk_hash *h, char key[80]);
 
 /* Reads count bytes at offset within the chunk h, whose full length is chunk_len, fetching and
  * verifying the chunk if needed. */
-int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
-                     void *buf, size_t count, uint64_t offset);
+int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len, void *buf,
+                     size_t count, uint64_t offset);
 
 /* Copies the whole chunk into fd at offset 0 (for read-modify-write). */
 int chunk_cache_copy_to_fd(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,

@@ -50,8 +50,8 @@ static void control_disk_create(struct plugin_state *s, JsonObject *req, JsonBui
 {
     const char *name = json_object_get_string_member_with_default(req, "name", NULL);
     gint64 size = json_object_get_int_member_with_default(req, "size", 100LL << 30);
-    gint64 chunk = json_object_get_int_member_with_default(req, "chunk_size",
-                                                           s->config->chunk_size);
+    gint64 chunk =
+        json_object_get_int_member_with_default(req, "chunk_size", s->config->chunk_size);
     struct meta_disk d;
     int r;
 
@@ -329,7 +329,7 @@ int control_start(struct plugin_state *s, const char *path)
         log_error("control", "socket: %m");
         return -1;
     }
-    unlink(path); /* a socket left by a server that died */
+    unlink(path);           /* a socket left by a server that died */
     old_mask = umask(0177); /* the socket is created 0600 */
     int r = bind(s->control_fd, (struct sockaddr *)&addr, sizeof addr);
     umask(old_mask);

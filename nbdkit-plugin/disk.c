@@ -304,8 +304,7 @@ static void disk_set_live_zero(struct disk *d, uint64_t idx)
 
 /* Writes n bytes at in within chunk idx.  data NULL means zeros.  Caller holds the chunk's
  * stripe and the barrier (shared). */
-static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const void *data,
-                            uint32_t n)
+static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const void *data, uint32_t n)
 {
     const uint32_t cs = d->meta.chunk_size;
     struct chunk_file *live = NULL, *base_file = NULL;
@@ -336,8 +335,8 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
                 loff_t src_off = 0, dst_off = 0;
                 size_t done = 0;
                 while (done < cs && r == 0) {
-                    ssize_t k = copy_file_range(base_file->fd, &src_off, live->fd, &dst_off,
-                                                cs - done, 0);
+                    ssize_t k =
+                        copy_file_range(base_file->fd, &src_off, live->fd, &dst_off, cs - done, 0);
                     if (k < 0 && errno != EINTR)
                         r = -errno;
                     else if (k == 0)
@@ -473,8 +472,7 @@ static bool disk_chunk_has_data_locked(struct disk *d, uint64_t idx, uint64_t *n
     return false;
 }
 
-int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn,
-                 void *opaque)
+int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn, void *opaque)
 {
     const uint64_t cs = d->meta.chunk_size;
     uint64_t end = offset + count, pos = offset;
@@ -523,8 +521,9 @@ static int disk_recover_pending(const struct meta_pending *p, void *opaque)
         f->fd = open(path, O_RDONLY | O_CLOEXEC);
         if (f->fd < 0) {
             int err = -errno;
-            log_error("disk", "%s: pending chunk %llu: open %s: %s (the local journal names a "
-                              "file that is gone)",
+            log_error("disk",
+                      "%s: pending chunk %llu: open %s: %s (the local journal names a "
+                      "file that is gone)",
                       d->meta.name, (unsigned long long)p->idx, path, strerror(-err));
             g_free(f);
             return err;
@@ -625,8 +624,8 @@ int disk_open(struct disk_env *env, const struct meta_disk *m, struct disk **out
     d->journal_gen = d->flush_gen;
     if (d->flush_gen > d->committed_gen) {
         d->first_unuploaded = disk_now();
-        log_info("disk", "%s: recovered %llu bytes flushed locally but not yet uploaded",
-                 m->name, (unsigned long long)d->stats.pending_bytes);
+        log_info("disk", "%s: recovered %llu bytes flushed locally but not yet uploaded", m->name,
+                 (unsigned long long)d->stats.pending_bytes);
     }
     disk_remove_orphans(d);
     *out = d;

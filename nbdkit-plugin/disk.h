@@ -38,8 +38,8 @@ struct disk_env {
     struct meta *meta;
     pthread_mutex_t *meta_lock; /* the meta connection is used by one thread at a time */
     enum disk_durability durability;
-    unsigned upload_parallel;   /* chunks uploaded at once in a round */
-    uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
+    unsigned upload_parallel; /* chunks uploaded at once in a round */
+    uint64_t readahead_bytes; /* prefetched ahead of a sequential reader */
 };
 
 struct disk;
@@ -74,8 +74,7 @@ void disk_prefetch(struct disk *d, uint32_t count, uint64_t offset);
 /* Calls fn for runs of data and of holes covering [offset, offset + count), neighbours merged.
  * fn returns 0 to continue. */
 typedef int (*disk_extent_fn)(uint64_t offset, uint64_t length, bool hole, void *opaque);
-int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn,
-                 void *opaque);
+int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn, void *opaque);
 
 /* durability=local: uploads the latest flush if it has waited at least delay_s.  Returns 0 if
  * nothing was due, 1 after a successful round, or a negative errno. */

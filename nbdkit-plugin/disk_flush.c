@@ -336,8 +336,7 @@ static int disk_round(struct disk *d)
             chunk_map_remove(d->head, it->idx);
         else if ((r = chunk_map_set(d->head, it->idx, &it->hash)) < 0)
             break;
-        if (dc && dc->frozen_gen <= gen && dc->frozen == it->file &&
-            dc->frozen_kind == it->kind) {
+        if (dc && dc->frozen_gen <= gen && dc->frozen == it->file && dc->frozen_kind == it->kind) {
             chunk_file_unref_locked(d, dc->frozen);
             dc->frozen = NULL;
             dc->frozen_kind = SLOT_NONE;
@@ -370,8 +369,9 @@ static int disk_round(struct disk *d)
          * everything, so a restart recovers.  Until then, refuse to acknowledge flushes. */
         d->failed = true;
         chunk_map_forget_pages(d->head); /* the pages went with the rolled-back transaction */
-        log_error("disk", "%s: cannot commit flush %llu to the metadata: %s; the disk is "
-                          "read-only until a restart",
+        log_error("disk",
+                  "%s: cannot commit flush %llu to the metadata: %s; the disk is "
+                  "read-only until a restart",
                   d->meta.name, (unsigned long long)gen, strerror(-r));
     } else {
         d->committed_gen = gen;

@@ -65,16 +65,16 @@ struct disk {
 
     pthread_mutex_t lock; /* protects everything below */
     pthread_cond_t progress;
-    struct chunk_map *head; /* committed */
-    GTree *dirty;           /* idx -> struct dirty_chunk */
-    GArray *journal;        /* struct journal_item, in gen order */
-    uint64_t flush_gen;     /* the latest freeze */
-    uint64_t journal_gen;   /* durability=local: journaled up to here */
-    uint64_t committed_gen; /* the head is this flush's state */
+    struct chunk_map *head;  /* committed */
+    GTree *dirty;            /* idx -> struct dirty_chunk */
+    GArray *journal;         /* struct journal_item, in gen order */
+    uint64_t flush_gen;      /* the latest freeze */
+    uint64_t journal_gen;    /* durability=local: journaled up to here */
+    uint64_t committed_gen;  /* the head is this flush's state */
     double first_unuploaded; /* monotonic time of the oldest flush not yet uploaded; 0 if none */
-    bool failed;            /* metadata commit failed: refuse further flushes */
-    uint64_t next_read;     /* end of the last read, for sequential read-ahead */
-    uint64_t prefetched_to; /* chunk index read-ahead has reached */
+    bool failed;             /* metadata commit failed: refuse further flushes */
+    uint64_t next_read;      /* end of the last read, for sequential read-ahead */
+    uint64_t prefetched_to;  /* chunk index read-ahead has reached */
     struct disk_stats stats;
 };
 

@@ -143,8 +143,7 @@ int plugin_open_pending_disks(struct plugin_state *s)
         r = plugin_disk_open_locked(s, name, &pd);
         pthread_mutex_unlock(&s->registry_lock);
         if (r < 0)
-            log_error("plugin", "disk %s: cannot recover its pending data: %s", name,
-                      strerror(-r));
+            log_error("plugin", "disk %s: cannot recover its pending data: %s", name, strerror(-r));
     }
     g_ptr_array_unref(names);
     return r;

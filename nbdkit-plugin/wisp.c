@@ -188,9 +188,10 @@ static int wisp_config(const char *key, const char *value)
 
 static int wisp_config_complete(void)
 {
-    const char *missing = !cfg.store_url ? "store" : !cfg.cache_dir ? "cache"
-                        : !cfg.meta_dir  ? "meta"
-                                         : NULL;
+    const char *missing = !cfg.store_url   ? "store"
+                          : !cfg.cache_dir ? "cache"
+                          : !cfg.meta_dir  ? "meta"
+                                           : NULL;
     struct store_url parsed;
     const char *why;
 
@@ -211,16 +212,16 @@ static int wisp_config_complete(void)
 }
 
 #define wisp_config_help                                                                           \
-    "store=URL            (required) file:///DIR or s3://BUCKET[/PREFIX]?endpoint=URL&region=R\n" \
+    "store=URL            (required) file:///DIR or s3://BUCKET[/PREFIX]?endpoint=URL&region=R\n"  \
     "cache=DIR            (required) local chunk cache and unuploaded data\n"                      \
     "meta=DIR             (required) metadata (SQLite) directory\n"                                \
     "cache-size=SIZE      bound on the cache, dirty data included (default 10G)\n"                 \
     "chunk-size=SIZE      default chunk size of disks created here (default 1M)\n"                 \
-    "durability=local|remote  when a flush returns (default local)\n"                             \
-    "upload-delay=SECONDS durability=local: upload within this delay (default 1)\n"               \
+    "durability=local|remote  when a flush returns (default local)\n"                              \
+    "upload-delay=SECONDS durability=local: upload within this delay (default 1)\n"                \
     "control=SOCK         unix socket for 'wisp disk' commands\n"                                  \
     "readonly=true        serve every export read-only\n"                                          \
-    "credentials=FILE     AWS-style credentials file (default: AWS_* environment)\n"              \
+    "credentials=FILE     AWS-style credentials file (default: AWS_* environment)\n"               \
     "upload-parallel=N    chunks uploaded at once (default 16)\n"                                  \
     "store-connections=N  connections to the store (default 32)\n"                                 \
     "store-timeout=SECONDS  per-request timeout (default 30)\n"                                    \
@@ -419,8 +420,7 @@ static void *wisp_open(int readonly)
     r = plugin_disk_acquire(&state, name, &h->disk);
     if (r < 0) {
         if (r == -ENOENT)
-            nbdkit_error("no disk named '%s' (create it with 'wisp disk create %s')", name,
-                         name);
+            nbdkit_error("no disk named '%s' (create it with 'wisp disk create %s')", name, name);
         else
             nbdkit_error("disk '%s': %s", name, strerror(-r));
         free(h);
@@ -452,8 +452,7 @@ static int64_t wisp_get_size(void *handle)
     return (int64_t)disk_size(h->disk);
 }
 
-static int wisp_block_size(void *handle, uint32_t *minimum, uint32_t *preferred,
-                           uint32_t *maximum)
+static int wisp_block_size(void *handle, uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
     *minimum = 1;
     *preferred = 4096;

@@ -156,7 +156,8 @@ static void cli_disk_print_human(JsonObject *disk)
            (long long)json_object_get_int_member(disk, "flush_gen"));
 }
 
-/* ---- verbs ------------------------------------------------------------------------------------ */
+/* ---- verbs ------------------------------------------------------------------------------------
+ */
 
 static int cli_disk_parse_size(const char *what, const char *text, uint64_t *out)
 {
@@ -168,12 +169,30 @@ static int cli_disk_parse_size(const char *what, const char *text, uint64_t *out
     if (errno || end == text || v <= 0)
         goto bad;
     switch (*end) {
-    case 'k': case 'K': mult = 1ULL << 10; end++; break;
-    case 'm': case 'M': mult = 1ULL << 20; end++; break;
-    case 'g': case 'G': mult = 1ULL << 30; end++; break;
-    case 't': case 'T': mult = 1ULL << 40; end++; break;
-    case '\0': break;
-    default: goto bad;
+    case 'k':
+    case 'K':
+        mult = 1ULL << 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mult = 1ULL << 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mult = 1ULL << 30;
+        end++;
+        break;
+    case 't':
+    case 'T':
+        mult = 1ULL << 40;
+        end++;
+        break;
+    case '\0':
+        break;
+    default:
+        goto bad;
     }
     if (*end == 'i' && end[1] == 'B')
         end += 2;
@@ -274,8 +293,7 @@ static int cli_disk_list(struct cli_disk_options *o, int argc, char **argv)
             return CLI_EXIT_ERROR;
         status = cli_disk_control_status(answer);
         if (status == CLI_EXIT_OK)
-            disks = json_node_copy(
-                json_object_get_member(json_node_get_object(answer), "disks"));
+            disks = json_node_copy(json_object_get_member(json_node_get_object(answer), "disks"));
         json_node_unref(answer);
     } else {
         struct meta *m;
@@ -442,8 +460,8 @@ int cli_disk_main(int argc, char **argv)
         cli_error("unknown disk verb '%s'; run 'wisp disk --help'", argv[1]);
         return CLI_EXIT_USAGE;
     }
-    if (cli_parse_options("disk", verb->name, verb->args, verb->summary, entries, &argc,
-                          &argv) != CLI_EXIT_OK)
+    if (cli_parse_options("disk", verb->name, verb->args, verb->summary, entries, &argc, &argv) !=
+        CLI_EXIT_OK)
         return CLI_EXIT_USAGE;
     if (!o.control && getenv("WISP_CONTROL") && !o.meta_dir)
         o.control = g_strdup(getenv("WISP_CONTROL"));

@@ -308,8 +308,8 @@ int cli_store_main(int argc, char **argv)
     GOptionEntry entries[] = {
         {"store", 's', 0, G_OPTION_ARG_STRING, &o.store_url, "Store URL (default $WISP_STORE)",
          "URL"},
-        {"credentials", 0, 0, G_OPTION_ARG_FILENAME, &o.credentials,
-         "AWS-style credentials file", "FILE"},
+        {"credentials", 0, 0, G_OPTION_ARG_FILENAME, &o.credentials, "AWS-style credentials file",
+         "FILE"},
         {"profile", 0, 0, G_OPTION_ARG_STRING, &o.profile, "Profile in the credentials file",
          "NAME"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o.json, "Print JSON (ls, stat)", NULL},
@@ -337,8 +337,8 @@ int cli_store_main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
 
-    if (cli_parse_options("store", verb->name, verb->args, verb->summary, entries, &argc,
-                          &argv) != CLI_EXIT_OK)
+    if (cli_parse_options("store", verb->name, verb->args, verb->summary, entries, &argc, &argv) !=
+        CLI_EXIT_OK)
         return CLI_EXIT_USAGE;
 
     /* The first positional is the store when it looks like a URL. */

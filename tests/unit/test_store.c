@@ -114,7 +114,7 @@ static void test_ranges(void)
         uint64_t offset;
         size_t len, expect;
     } cases[] = {
-        {0, 1, 1},     {999, 1, 1},   {999, 10, 1}, {1000, 10, 0}, {5000, 1, 0},
+        {0, 1, 1},       {999, 1, 1},     {999, 10, 1},    {1000, 10, 0}, {5000, 1, 0},
         {0, 1000, 1000}, {0, 2048, 1000}, {500, 250, 250}, {1, 998, 998},
     };
     size_t got;
@@ -286,8 +286,8 @@ static void test_delete_and_missing(void)
 
 static void test_bad_keys(void)
 {
-    const char *bad[] = {"", "/x", "x/", "a//b", "a/../b", "..", ".", "a b", "a\nb", "%2F",
-                         ".tmp/x", "caf\xc3\xa9"};
+    const char *bad[] = {"",  "/x",  "x/",   "a//b", "a/../b", "..",
+                         ".", "a b", "a\nb", "%2F",  ".tmp/x", "caf\xc3\xa9"};
     char long_key[1100];
     void *back;
     size_t len;
