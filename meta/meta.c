@@ -5,12 +5,14 @@
  * (meta_stmt) and reset after each use; the list functions copy their rows out before calling
  * back, so a callback may use the same connection freely.
  *
- * Schema, version 1 (PRAGMA user_version):
+ * Schema, version 2 (PRAGMA user_version; version 1 lacked checkpoints and is upgraded):
  *   disks      one row per disk; head_root is a 32-byte BLOB (all zero for the empty map)
  *   map_pages  content-addressed chunk map pages: a row is never changed once written, so
  *              inserting is INSERT OR IGNORE and two versions share their common pages
  *   pending    (disk_id, idx) -> (gen, file); deleted with the disk (explicitly, and by the
- *              foreign key as a second line) */
+ *              foreign key as a second line)
+ *   checkpoints (disk_id, name) -> (root, created, comment): a named version of a disk is just
+ *              the root of its map, so creating, restoring and cloning copy 32 bytes */
 #include "meta.h"
 
 #include <errno.h>
@@ -26,7 +28,7 @@
 
 #include "log.h"
 
-#define META_SCHEMA_VERSION 1
+#define META_SCHEMA_VERSION 2
 #define META_DISK_SIZE_MAX  (UINT64_C(1) << 50) /* 1 PiB */
 
 enum meta_stmt_id {
@@ -45,6 +47,10 @@ enum meta_stmt_id {
     STMT_PENDING_DELETE_DISK,
     STMT_PENDING_DELETE_UPTO,
     STMT_PENDING_PUT_AFTER_HEAD,
+    STMT_CHECKPOINT_INSERT,
+    STMT_CHECKPOINT_GET,
+    STMT_CHECKPOINT_LIST,
+    STMT_CHECKPOINT_DELETE,
     STMT_COUNT
 };
 
@@ -71,6 +77,13 @@ static const char *const meta_sql[STMT_COUNT] = {
     [STMT_PENDING_PUT_AFTER_HEAD] = "INSERT OR REPLACE INTO pending (disk_id, idx, gen, file)"
                                     " SELECT ?1, ?2, ?3, ?4"
                                     " WHERE ?3 > (SELECT flush_gen FROM disks WHERE id = ?1)",
+    [STMT_CHECKPOINT_INSERT] = "INSERT INTO checkpoints (disk_id, name, root, created, comment)"
+                               " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [STMT_CHECKPOINT_GET] = "SELECT name, root, created, comment FROM checkpoints"
+                            " WHERE disk_id = ?1 AND name = ?2",
+    [STMT_CHECKPOINT_LIST] = "SELECT name, root, created, comment FROM checkpoints"
+                             " WHERE disk_id = ?1 ORDER BY created, name",
+    [STMT_CHECKPOINT_DELETE] = "DELETE FROM checkpoints WHERE disk_id = ?1 AND name = ?2",
 };
 
 static const char meta_schema[] =
@@ -92,7 +105,14 @@ static const char meta_schema[] =
     "  gen INTEGER NOT NULL,"
     "  file TEXT NOT NULL,"
     "  PRIMARY KEY (disk_id, idx)) WITHOUT ROWID;"
-    "PRAGMA user_version = 1;";
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    "  disk_id INTEGER NOT NULL REFERENCES disks(id) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  root BLOB NOT NULL,"
+    "  created INTEGER NOT NULL,"
+    "  comment TEXT NOT NULL DEFAULT '',"
+    "  PRIMARY KEY (disk_id, name)) WITHOUT ROWID;"
+    "PRAGMA user_version = 2;";
 
 struct meta {
     sqlite3 *db;
@@ -335,15 +355,16 @@ static int meta_schema_init(struct meta *m)
         r = meta_check_version(m, version);
     if (r < 0 || version == META_SCHEMA_VERSION)
         return r;
-    /* Version 0: a new database.  Check again under the write lock, since another process may
-     * be creating it at the same time. */
+    /* A new database (version 0) or an older one.  Check again under the write lock, since
+     * another process may be creating or upgrading it at the same time. */
     r = meta_begin(m);
     if (r < 0)
         return r;
     r = meta_pragma_int(m, "PRAGMA user_version", &version);
     if (r == 0)
         r = meta_check_version(m, version);
-    if (r == 0 && version == 0)
+    /* Every statement of the schema is idempotent, so it also upgrades version 1. */
+    if (r == 0 && version < META_SCHEMA_VERSION)
         r = meta_exec_sql(m, meta_schema);
     if (r < 0) {
         meta_rollback(m);
@@ -919,4 +940,130 @@ int meta_pending_put_after_head(struct meta *m, int64_t disk_id, const struct me
         r = meta_exec_stmt(m, st, "put pending row");
     }
     return r;
+}
+
+/* ---- checkpoints (meta.h) ---------------------------------------------------------------- */
+
+static int meta_checkpoint_from_row(sqlite3_stmt *st, struct meta_checkpoint *c)
+{
+    const unsigned char *name = sqlite3_column_text(st, 0);
+    const unsigned char *comment = sqlite3_column_text(st, 3);
+
+    memset(c, 0, sizeof *c);
+    if (!name || sqlite3_column_bytes(st, 1) != CHUNK_HASH_LEN)
+        return -EBADMSG;
+    snprintf(c->name, sizeof c->name, "%s", name);
+    memcpy(c->root.b, sqlite3_column_blob(st, 1), CHUNK_HASH_LEN);
+    c->created = (time_t)sqlite3_column_int64(st, 2);
+    snprintf(c->comment, sizeof c->comment, "%s", comment ? (const char *)comment : "");
+    return 0;
+}
+
+int meta_checkpoint_create(struct meta *m, int64_t disk_id, const char *name,
+                           const struct chunk_hash *root, const char *comment)
+{
+    const char *why;
+    sqlite3_stmt *st;
+    int r = 0;
+
+    if (!meta_disk_name_valid(name, &why)) {
+        log_error("meta", "checkpoint '%s': %s", name, why);
+        return -EINVAL;
+    }
+    if (comment && strlen(comment) > META_COMMENT_MAX) {
+        log_error("meta", "checkpoint '%s': the comment is longer than %d bytes", name,
+                  META_COMMENT_MAX);
+        return -EINVAL;
+    }
+    if ((st = meta_stmt(m, STMT_CHECKPOINT_INSERT, &r)) == NULL)
+        return r;
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, root->b, CHUNK_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)time(NULL));
+    sqlite3_bind_text(st, 5, comment ? comment : "", -1, SQLITE_STATIC);
+    return meta_exec_stmt(m, st, "create checkpoint"); /* a duplicate gives -EEXIST */
+}
+
+int meta_checkpoint_get(struct meta *m, int64_t disk_id, const char *name,
+                        struct meta_checkpoint *out)
+{
+    sqlite3_stmt *st;
+    int r = 0, rc;
+
+    if ((st = meta_stmt(m, STMT_CHECKPOINT_GET, &r)) == NULL)
+        return r;
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        r = meta_checkpoint_from_row(st, out);
+    else if (rc == SQLITE_DONE)
+        r = -ENOENT;
+    else
+        r = meta_fail(m, rc, "get checkpoint");
+    meta_stmt_done(st);
+    return r;
+}
+
+int meta_checkpoint_list(struct meta *m, int64_t disk_id,
+                         int (*fn)(const struct meta_checkpoint *c, void *opaque), void *opaque)
+{
+    struct meta_checkpoint *rows = NULL;
+    size_t n = 0, cap = 0;
+    sqlite3_stmt *st;
+    int r = 0, rc;
+
+    if ((st = meta_stmt(m, STMT_CHECKPOINT_LIST, &r)) == NULL)
+        return r;
+    sqlite3_bind_int64(st, 1, disk_id);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct meta_checkpoint *nr = realloc(rows, ncap * sizeof *nr);
+            if (!nr) {
+                r = -ENOMEM;
+                break;
+            }
+            rows = nr;
+            cap = ncap;
+        }
+        r = meta_checkpoint_from_row(st, &rows[n]);
+        if (r < 0)
+            break;
+        n++;
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = meta_fail(m, rc, "list checkpoints");
+    meta_stmt_done(st);
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = fn(&rows[i], opaque);
+    free(rows);
+    return r;
+}
+
+int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name)
+{
+    sqlite3_stmt *st;
+    int r = 0;
+
+    if ((st = meta_stmt(m, STMT_CHECKPOINT_DELETE, &r)) == NULL)
+        return r;
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    r = meta_exec_stmt(m, st, "delete checkpoint");
+    if (r == 0 && sqlite3_changes(m->db) == 0)
+        r = -ENOENT;
+    return r;
+}
+
+int meta_pending_clear(struct meta *m, int64_t disk_id)
+{
+    sqlite3_stmt *st;
+    int r = 0;
+
+    if ((st = meta_stmt(m, STMT_PENDING_DELETE_DISK, &r)) == NULL)
+        return r;
+    sqlite3_bind_int64(st, 1, disk_id);
+    return meta_exec_stmt(m, st, "clear pending rows");
 }

@@ -100,4 +100,27 @@ int meta_head_set(struct meta *m, int64_t disk_id, const struct chunk_hash *root
 int meta_pending_put_after_head(struct meta *m, int64_t disk_id, const struct meta_pending *rows,
                                 size_t n);
 
+/* ---- checkpoints: named versions of a disk ---- */
+
+#define META_COMMENT_MAX 1024
+
+struct meta_checkpoint {
+    char name[META_DISK_NAME_MAX + 1];
+    struct chunk_hash root;
+    time_t created;
+    char comment[META_COMMENT_MAX + 1];
+};
+
+/* Names obey meta_disk_name_valid.  -EEXIST if the disk has one of that name. */
+int meta_checkpoint_create(struct meta *m, int64_t disk_id, const char *name,
+                           const struct chunk_hash *root, const char *comment);
+int meta_checkpoint_get(struct meta *m, int64_t disk_id, const char *name,
+                        struct meta_checkpoint *out); /* -ENOENT */
+/* Oldest first. */
+int meta_checkpoint_list(struct meta *m, int64_t disk_id,
+                         int (*fn)(const struct meta_checkpoint *c, void *opaque), void *opaque);
+int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name); /* -ENOENT */
+/* Deletes every pending row of a disk (restore discards unuploaded data). */
+int meta_pending_clear(struct meta *m, int64_t disk_id);
+
 #endif

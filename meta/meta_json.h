@@ -10,4 +10,7 @@
 /* {"name", "size", "chunk_size", "head", "flush_gen", "created"} */
 void meta_json_add_disk(JsonBuilder *b, const struct meta_disk *d);
 
+/* {"name", "root", "created", "comment"} */
+void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c);
+
 #endif

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CONTROL_LINE_MAX (64 * 1024)
@@ -119,6 +120,8 @@ static void control_disk_delete(struct plugin_state *s, JsonObject *req, JsonBui
         return;
     }
     connections = plugin_disk_connections(s, name);
+    if (connections == 0 && plugin_disk_versions_open(s, name, NULL))
+        connections = 1; /* a checkpoint export of it */
     if (connections > 0) {
         control_error(b, EBUSY, "disk '%s' has %u open connection%s: disconnect first", name,
                       connections, connections == 1 ? "" : "s");
@@ -136,6 +139,219 @@ static void control_disk_delete(struct plugin_state *s, JsonObject *req, JsonBui
         control_error(b, EBUSY, "disk '%s' is in use: try again", name);
     else if (r < 0)
         control_error(b, -r, "delete '%s': %s", name, strerror(-r));
+    else
+        control_ok(b);
+}
+
+static double control_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void control_add_ms(JsonBuilder *b, double start)
+{
+    json_builder_set_member_name(b, "ms");
+    json_builder_add_double_value(b, control_now_ms() - start);
+}
+
+/* Reports a version operation's failure in words the user can act on. */
+static void control_version_error(JsonBuilder *b, int r, const char *what, const char *name)
+{
+    if (r == -ENOENT)
+        control_error(b, ENOENT, "%s: no such disk or checkpoint '%s'", what, name);
+    else if (r == -EEXIST)
+        control_error(b, EEXIST, "%s: '%s' exists", what, name);
+    else if (r == -EINVAL)
+        control_error(b, EINVAL, "%s: invalid name '%s' (1-128 of [A-Za-z0-9._-])", what, name);
+    else
+        control_error(b, -r, "%s '%s': %s", what, name, strerror(-r));
+}
+
+static void control_disk_clone(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *source = json_object_get_string_member_with_default(req, "source", NULL);
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    double start = control_now_ms();
+    struct meta_disk src, made;
+    struct chunk_hash root;
+    int r;
+
+    if (!source || !name) {
+        control_error(b, EINVAL, "disk-clone needs a source (DISK or DISK@CHECKPOINT) and a name");
+        return;
+    }
+    r = plugin_disk_version_root(s, source, &src, &root);
+    if (r < 0) {
+        control_version_error(b, r, "clone", source);
+        return;
+    }
+    /* The new disk shares every map page and chunk with its source: nothing is copied. */
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_begin(s->meta);
+    if (r == 0)
+        r = meta_disk_create(s->meta, name, src.size, src.chunk_size, &made);
+    if (r == 0)
+        r = meta_head_set(s->meta, made.id, &root, 0);
+    if (r == 0)
+        r = meta_commit(s->meta);
+    else
+        meta_rollback(s->meta);
+    if (r == 0)
+        r = meta_disk_get(s->meta, name, &made);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0) {
+        control_version_error(b, r, "clone", name);
+        return;
+    }
+    control_ok(b);
+    json_builder_set_member_name(b, "disk");
+    meta_json_add_disk(b, &made);
+    control_add_ms(b, start);
+}
+
+static void control_disk_checkpoint(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    const char *ckpt = json_object_get_string_member_with_default(req, "checkpoint", NULL);
+    const char *comment = json_object_get_string_member_with_default(req, "comment", "");
+    double start = control_now_ms();
+    struct meta_checkpoint made;
+    struct chunk_hash root;
+    struct meta_disk d;
+    const char *why;
+    int r;
+
+    if (!name || !ckpt || !meta_disk_name_valid(ckpt, &why) || strchr(name, '@')) {
+        control_error(b, EINVAL,
+                      "disk-checkpoint needs a disk name and a valid checkpoint name "
+                      "(1-128 of [A-Za-z0-9._-])");
+        return;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, name, &d);
+    if (r == 0 && meta_checkpoint_get(s->meta, d.id, ckpt, &made) == 0)
+        r = -EEXIST;
+    pthread_mutex_unlock(&s->meta_lock);
+    /* Every acknowledged write goes into the checkpoint: flush and upload first. */
+    if (r == 0)
+        r = plugin_disk_commit_now(s, name, &root);
+    if (r == 0) {
+        pthread_mutex_lock(&s->meta_lock);
+        r = meta_checkpoint_create(s->meta, d.id, ckpt, &root, comment);
+        if (r == 0)
+            r = meta_checkpoint_get(s->meta, d.id, ckpt, &made);
+        pthread_mutex_unlock(&s->meta_lock);
+    }
+    if (r < 0) {
+        control_version_error(b, r, "checkpoint", r == -EEXIST ? ckpt : name);
+        return;
+    }
+    control_ok(b);
+    json_builder_set_member_name(b, "checkpoint");
+    meta_json_add_checkpoint(b, &made);
+    control_add_ms(b, start);
+}
+
+static int control_checkpoint_one(const struct meta_checkpoint *c, void *opaque)
+{
+    meta_json_add_checkpoint(opaque, c);
+    return 0;
+}
+
+static void control_disk_checkpoints(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    struct meta_disk d;
+    int r;
+
+    pthread_mutex_lock(&s->meta_lock);
+    r = name ? meta_disk_get(s->meta, name, &d) : -EINVAL;
+    if (r == 0) {
+        control_ok(b);
+        json_builder_set_member_name(b, "checkpoints");
+        json_builder_begin_array(b);
+        r = meta_checkpoint_list(s->meta, d.id, control_checkpoint_one, b);
+        json_builder_end_array(b);
+    }
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0 && !name)
+        control_error(b, EINVAL, "disk-checkpoints needs a disk name");
+    else if (r == -ENOENT)
+        control_error(b, ENOENT, "no disk named '%s'", name);
+}
+
+static void control_disk_restore(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    const char *ckpt = json_object_get_string_member_with_default(req, "checkpoint", NULL);
+    bool force = json_object_get_boolean_member_with_default(req, "force", FALSE);
+    double start = control_now_ms();
+    struct meta_checkpoint c;
+    struct meta_disk d;
+    unsigned connections;
+    int r;
+
+    if (!name || !ckpt) {
+        control_error(b, EINVAL, "disk-restore needs a disk name and a checkpoint");
+        return;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, name, &d);
+    if (r == 0)
+        r = meta_checkpoint_get(s->meta, d.id, ckpt, &c);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0) {
+        control_version_error(b, r, "restore", r == -ENOENT ? ckpt : name);
+        return;
+    }
+    connections = plugin_disk_connections(s, name);
+    if (connections > 0 && !force) {
+        control_error(b, EBUSY,
+                      "disk '%s' has %u open connection%s: their data would change under them; "
+                      "disconnect them, or restore with --force",
+                      name, connections, connections == 1 ? "" : "s");
+        return;
+    }
+    r = plugin_disk_restore(s, name, &c.root);
+    if (r < 0) {
+        control_version_error(b, r, "restore", name);
+        return;
+    }
+    control_ok(b);
+    json_builder_set_member_name(b, "checkpoint");
+    meta_json_add_checkpoint(b, &c);
+    control_add_ms(b, start);
+}
+
+static void control_checkpoint_delete(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    const char *ckpt = json_object_get_string_member_with_default(req, "checkpoint", NULL);
+    struct meta_disk d;
+    char *export_name;
+    int r;
+
+    if (!name || !ckpt) {
+        control_error(b, EINVAL, "checkpoint-delete needs a disk name and a checkpoint");
+        return;
+    }
+    export_name = g_strdup_printf("%s@%s", name, ckpt);
+    r = plugin_disk_forget(s, export_name);
+    g_free(export_name);
+    if (r == -EBUSY) {
+        control_error(b, EBUSY, "checkpoint '%s@%s' is exported to a client: disconnect first",
+                      name, ckpt);
+        return;
+    }
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, name, &d);
+    if (r == 0)
+        r = meta_checkpoint_delete(s->meta, d.id, ckpt);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0)
+        control_version_error(b, r, "checkpoint-delete", r == -ENOENT ? ckpt : name);
     else
         control_ok(b);
 }
@@ -227,6 +443,11 @@ static const struct control_op control_ops[] = {
     {"disk-list", control_disk_list},
     {"disk-delete", control_disk_delete},
     {"disk-stats", control_disk_stats},
+    {"disk-clone", control_disk_clone},
+    {"disk-checkpoint", control_disk_checkpoint},
+    {"disk-checkpoints", control_disk_checkpoints},
+    {"disk-restore", control_disk_restore},
+    {"checkpoint-delete", control_checkpoint_delete},
 };
 
 /* Answers one request line. */

@@ -30,7 +30,7 @@ const char *disk_durability_to_string(enum disk_durability d)
 
 const char *disk_name(const struct disk *d)
 {
-    return d->meta.name;
+    return d->version ? d->version_name : d->meta.name;
 }
 
 int64_t disk_id(const struct disk *d)
@@ -48,7 +48,7 @@ uint32_t disk_chunk_size(const struct disk *d)
     return d->meta.chunk_size;
 }
 
-static gint disk_idx_compare(gconstpointer a, gconstpointer b, gpointer unused)
+gint disk_idx_compare(gconstpointer a, gconstpointer b, gpointer unused)
 {
     uint64_t x = (uint64_t)(uintptr_t)a, y = (uint64_t)(uintptr_t)b;
     return x < y ? -1 : x > y ? 1 : 0;
@@ -408,6 +408,8 @@ static int disk_modify(struct disk *d, const void *buf, uint32_t count, uint64_t
 
 int disk_write(struct disk *d, const void *buf, uint32_t count, uint64_t offset)
 {
+    if (d->version)
+        return -EPERM;
     pthread_mutex_lock(&d->lock);
     d->stats.writes++;
     d->stats.write_bytes += count;
@@ -417,6 +419,8 @@ int disk_write(struct disk *d, const void *buf, uint32_t count, uint64_t offset)
 
 int disk_zero(struct disk *d, uint32_t count, uint64_t offset)
 {
+    if (d->version)
+        return -EPERM;
     pthread_mutex_lock(&d->lock);
     d->stats.zeroes++;
     pthread_mutex_unlock(&d->lock);
@@ -565,7 +569,8 @@ static void disk_remove_orphans(struct disk *d)
     g_hash_table_destroy(keep);
 }
 
-int disk_open(struct disk_env *env, const struct meta_disk *m, struct disk **out)
+int disk_open(struct disk_env *env, const struct meta_disk *m,
+              const struct meta_checkpoint *version, struct disk **out)
 {
     struct disk *d = g_new0(struct disk, 1);
     pthread_rwlockattr_t attr;
@@ -589,6 +594,21 @@ int disk_open(struct disk_env *env, const struct meta_disk *m, struct disk **out
     d->dirty = g_tree_new_full(disk_idx_compare, NULL, NULL, g_free);
     d->journal = g_array_new(FALSE, FALSE, sizeof(struct journal_item));
     d->flush_gen = d->journal_gen = d->committed_gen = m->flush_gen;
+    if (version) {
+        /* A checkpoint, read-only: its map, and none of the head's local state. */
+        d->version = true;
+        d->meta.head_root = version->root;
+        snprintf(d->version_name, sizeof d->version_name, "%s@%s", m->name, version->name);
+        pthread_mutex_lock(env->meta_lock);
+        r = meta_map_load(env->meta, &d->meta, &d->head);
+        pthread_mutex_unlock(env->meta_lock);
+        if (r < 0) {
+            log_error("disk", "%s: cannot load its chunk map: %s", d->version_name, strerror(-r));
+            goto fail;
+        }
+        *out = d;
+        return 0;
+    }
 
     if (snprintf(parent, sizeof parent, "%s/dirty", env->cache_dir) >= (int)sizeof parent - 24) {
         log_error("disk", "%s: the cache path is too long", m->name);

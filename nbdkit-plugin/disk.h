@@ -53,8 +53,10 @@ struct disk_stats {
     uint64_t flush_gen, committed_gen;
 };
 
-/* Opens d: loads its head map and recovers its pending journal. */
-int disk_open(struct disk_env *env, const struct meta_disk *d, struct disk **out);
+/* Opens disk m: loads its head map and recovers its pending journal.  With version, opens that
+ * checkpoint of m instead, read-only (writes give -EPERM), leaving the head's state alone. */
+int disk_open(struct disk_env *env, const struct meta_disk *m,
+              const struct meta_checkpoint *version, struct disk **out);
 /* Frees d without uploading anything (pending data stays journaled). */
 void disk_close(struct disk *d);
 
@@ -75,6 +77,15 @@ void disk_prefetch(struct disk *d, uint32_t count, uint64_t offset);
  * fn returns 0 to continue. */
 typedef int (*disk_extent_fn)(uint64_t offset, uint64_t length, bool hole, void *opaque);
 int disk_extents(struct disk *d, uint64_t count, uint64_t offset, disk_extent_fn fn, void *opaque);
+
+/* Makes every write acknowledged so far part of the store's state, whatever the durability:
+ * freezes and runs an upload round now.  *root receives the committed head (for checkpoint and
+ * clone). */
+int disk_commit_now(struct disk *d, struct chunk_hash *root);
+
+/* Makes version root the disk's head, discarding data written since (live, frozen and
+ * journaled).  Requests after it see the new content. */
+int disk_restore(struct disk *d, const struct chunk_hash *root);
 
 /* durability=local: uploads the latest flush if it has waited at least delay_s.  Returns 0 if
  * nothing was due, 1 after a successful round, or a negative errno. */

@@ -416,6 +416,106 @@ int disk_flush(struct disk *d)
     return r;
 }
 
+int disk_commit_now(struct disk *d, struct chunk_hash *root)
+{
+    int r;
+
+    if (d->version) {
+        *root = d->meta.head_root;
+        return 0;
+    }
+    disk_freeze(d);
+    pthread_mutex_lock(&d->lock);
+    bool failed = d->failed;
+    pthread_mutex_unlock(&d->lock);
+    if (failed)
+        return -EIO;
+    pthread_mutex_lock(&d->round_lock);
+    r = disk_round(d);
+    pthread_mutex_lock(&d->lock);
+    if (r == 0 && d->committed_gen < d->flush_gen)
+        r = -EAGAIN; /* cannot happen: the round took the latest flush under round_lock */
+    *root = d->meta.head_root;
+    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_unlock(&d->round_lock);
+    return r;
+}
+
+static gboolean disk_restore_collect(gpointer key, gpointer value, gpointer opaque)
+{
+    struct dirty_chunk *dc = value;
+    GPtrArray *files = opaque;
+
+    if (dc->live)
+        g_ptr_array_add(files, dc->live);
+    if (dc->frozen)
+        g_ptr_array_add(files, dc->frozen);
+    return FALSE;
+}
+
+int disk_restore(struct disk *d, const struct chunk_hash *root)
+{
+    struct meta_disk version = d->meta;
+    struct chunk_map *map;
+    int r;
+
+    if (d->version)
+        return -EPERM;
+    version.head_root = *root;
+    pthread_mutex_lock(&d->round_lock);
+    pthread_mutex_lock(&d->journal_lock);
+    pthread_rwlock_wrlock(&d->barrier);
+
+    pthread_mutex_lock(d->env->meta_lock);
+    r = meta_map_load(d->env->meta, &version, &map);
+    if (r == 0) {
+        r = meta_begin(d->env->meta);
+        if (r == 0)
+            r = meta_pending_clear(d->env->meta, d->meta.id);
+        if (r == 0)
+            r = meta_head_set(d->env->meta, d->meta.id, root, d->flush_gen);
+        if (r == 0)
+            r = meta_commit(d->env->meta);
+        else
+            meta_rollback(d->env->meta);
+        if (r < 0)
+            chunk_map_free(map);
+    }
+    pthread_mutex_unlock(d->env->meta_lock);
+
+    if (r == 0) {
+        GPtrArray *files = g_ptr_array_new();
+        pthread_mutex_lock(&d->lock);
+        /* Everything written since the version is dropped: slots, journal and their files. */
+        g_tree_foreach(d->dirty, disk_restore_collect, files);
+        for (guint i = 0; i < d->journal->len; i++) {
+            struct journal_item *it = &g_array_index(d->journal, struct journal_item, i);
+            g_ptr_array_add(files, it->file);
+            g_ptr_array_add(files, it->superseded);
+        }
+        g_array_set_size(d->journal, 0);
+        g_tree_destroy(d->dirty);
+        d->dirty = g_tree_new_full(disk_idx_compare, NULL, NULL, g_free);
+        for (guint i = 0; i < files->len; i++)
+            chunk_file_unref_locked(d, g_ptr_array_index(files, i));
+        chunk_map_free(d->head);
+        d->head = map;
+        d->meta.head_root = *root;
+        d->journal_gen = d->committed_gen = d->flush_gen;
+        d->stats.pending_bytes = 0;
+        d->first_unuploaded = 0;
+        d->prefetched_to = 0;
+        pthread_mutex_unlock(&d->lock);
+        g_ptr_array_unref(files);
+    }
+    pthread_rwlock_unlock(&d->barrier);
+    pthread_mutex_unlock(&d->journal_lock);
+    pthread_mutex_unlock(&d->round_lock);
+    if (r < 0)
+        log_error("disk", "%s: restore failed: %s", d->meta.name, strerror(-r));
+    return r;
+}
+
 int disk_upload_due(struct disk *d, double delay_s)
 {
     int r;

@@ -73,12 +73,16 @@ struct disk {
     uint64_t committed_gen;  /* the head is this flush's state */
     double first_unuploaded; /* monotonic time of the oldest flush not yet uploaded; 0 if none */
     bool failed;             /* metadata commit failed: refuse further flushes */
-    uint64_t next_read;      /* end of the last read, for sequential read-ahead */
-    uint64_t prefetched_to;  /* chunk index read-ahead has reached */
+    bool version;            /* a read-only checkpoint, "NAME@CHECKPOINT" */
+    char version_name[2 * META_DISK_NAME_MAX + 2];
+    uint64_t next_read;     /* end of the last read, for sequential read-ahead */
+    uint64_t prefetched_to; /* chunk index read-ahead has reached */
     struct disk_stats stats;
 };
 
 double disk_now(void);
+/* Orders the dirty tree by chunk index. */
+gint disk_idx_compare(gconstpointer a, gconstpointer b, gpointer unused);
 /* Drops a reference; the last one closes and unlinks the file.  Caller holds d->lock. */
 void chunk_file_unref_locked(struct disk *d, struct chunk_file *f);
 void chunk_file_unref(struct disk *d, struct chunk_file *f);

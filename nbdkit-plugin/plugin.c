@@ -6,6 +6,7 @@
  * so that delete never frees a disk under them. */
 #include "plugin.h"
 
+#include "export_name.h"
 #include "log.h"
 
 #include <errno.h>
@@ -17,24 +18,32 @@ struct plugin_disk {
     unsigned users;
 };
 
+/* Finds or opens the disk or checkpoint named by an export name.  Caller holds registry_lock. */
 static int plugin_disk_open_locked(struct plugin_state *s, const char *name,
                                    struct plugin_disk **out)
 {
     struct plugin_disk *pd = g_hash_table_lookup(s->disks, name);
+    struct meta_checkpoint ckpt;
+    struct export_name parsed;
     struct meta_disk md;
+    const char *why;
     int r;
 
     if (pd) {
         *out = pd;
         return 0;
     }
+    if (export_name_parse(name, &parsed, &why) < 0)
+        return -EINVAL;
     pthread_mutex_lock(&s->meta_lock);
-    r = meta_disk_get(s->meta, name, &md);
+    r = meta_disk_get(s->meta, parsed.disk, &md);
+    if (r == 0 && parsed.checkpoint[0])
+        r = meta_checkpoint_get(s->meta, md.id, parsed.checkpoint, &ckpt);
     pthread_mutex_unlock(&s->meta_lock);
     if (r < 0)
         return r;
     pd = g_new0(struct plugin_disk, 1);
-    r = disk_open(&s->env, &md, &pd->disk);
+    r = disk_open(&s->env, &md, parsed.checkpoint[0] ? &ckpt : NULL, &pd->disk);
     if (r < 0) {
         g_free(pd);
         return r;
@@ -79,21 +88,33 @@ unsigned plugin_disk_connections(struct plugin_state *s, const char *name)
 
 int plugin_disk_forget(struct plugin_state *s, const char *name)
 {
-    struct plugin_disk *pd;
+    size_t n = strlen(name);
+    GHashTableIter it;
+    gpointer key, value;
+    GPtrArray *gone = g_ptr_array_new();
+    int r = 0;
 
+    /* The disk's head and its checkpoint exports ("name@..."), all or none. */
     pthread_mutex_lock(&s->registry_lock);
-    pd = g_hash_table_lookup(s->disks, name);
-    if (pd && (pd->connections > 0 || pd->users > 0)) {
-        pthread_mutex_unlock(&s->registry_lock);
-        return -EBUSY;
+    g_hash_table_iter_init(&it, s->disks);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        const char *k = key;
+        struct plugin_disk *pd = value;
+        if (strncmp(k, name, n) != 0 || (k[n] != '\0' && (k[n] != '@' || strchr(name, '@'))))
+            continue;
+        if (pd->connections > 0 || pd->users > 0)
+            r = -EBUSY;
+        g_ptr_array_add(gone, pd);
     }
-    if (pd) {
-        g_hash_table_remove(s->disks, name);
+    for (guint i = 0; r == 0 && i < gone->len; i++) {
+        struct plugin_disk *pd = g_ptr_array_index(gone, i);
+        g_hash_table_remove(s->disks, disk_name(pd->disk));
         disk_close(pd->disk);
         g_free(pd);
     }
     pthread_mutex_unlock(&s->registry_lock);
-    return 0;
+    g_ptr_array_unref(gone);
+    return r;
 }
 
 int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stats *out)
@@ -108,6 +129,92 @@ int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stat
     }
     pthread_mutex_unlock(&s->registry_lock);
     return r;
+}
+
+/* Opens a disk's head (if needed) and holds it as a user while fn runs. */
+static int plugin_with_disk(struct plugin_state *s, const char *name,
+                            int (*fn)(struct disk *d, void *opaque), void *opaque)
+{
+    struct plugin_disk *pd;
+    int r;
+
+    pthread_mutex_lock(&s->registry_lock);
+    r = plugin_disk_open_locked(s, name, &pd);
+    if (r == 0)
+        pd->users++;
+    pthread_mutex_unlock(&s->registry_lock);
+    if (r < 0)
+        return r;
+    r = fn(pd->disk, opaque);
+    pthread_mutex_lock(&s->registry_lock);
+    pd->users--;
+    pthread_mutex_unlock(&s->registry_lock);
+    return r;
+}
+
+static int plugin_commit_now(struct disk *d, void *opaque)
+{
+    return disk_commit_now(d, opaque);
+}
+
+int plugin_disk_commit_now(struct plugin_state *s, const char *name, struct chunk_hash *root)
+{
+    return plugin_with_disk(s, name, plugin_commit_now, root);
+}
+
+int plugin_disk_version_root(struct plugin_state *s, const char *export_name,
+                             struct meta_disk *disk, struct chunk_hash *root)
+{
+    struct export_name parsed;
+    struct meta_checkpoint ckpt;
+    const char *why;
+    int r;
+
+    if (export_name_parse(export_name, &parsed, &why) < 0)
+        return -EINVAL;
+    pthread_mutex_lock(&s->meta_lock);
+    r = meta_disk_get(s->meta, parsed.disk, disk);
+    if (r == 0 && parsed.checkpoint[0])
+        r = meta_checkpoint_get(s->meta, disk->id, parsed.checkpoint, &ckpt);
+    pthread_mutex_unlock(&s->meta_lock);
+    if (r < 0)
+        return r;
+    if (parsed.checkpoint[0]) {
+        *root = ckpt.root;
+        return 0;
+    }
+    /* The head, with every acknowledged write in it. */
+    return plugin_disk_commit_now(s, parsed.disk, root);
+}
+
+static int plugin_restore(struct disk *d, void *opaque)
+{
+    return disk_restore(d, opaque);
+}
+
+int plugin_disk_restore(struct plugin_state *s, const char *name, const struct chunk_hash *root)
+{
+    return plugin_with_disk(s, name, plugin_restore, (void *)root);
+}
+
+bool plugin_disk_versions_open(struct plugin_state *s, const char *name, const char *checkpoint)
+{
+    GHashTableIter it;
+    gpointer key, value;
+    size_t n = strlen(name);
+    bool open = false;
+
+    pthread_mutex_lock(&s->registry_lock);
+    g_hash_table_iter_init(&it, s->disks);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        const char *k = key;
+        struct plugin_disk *pd = value;
+        if (strncmp(k, name, n) == 0 && k[n] == '@' &&
+            (!checkpoint || strcmp(k + n + 1, checkpoint) == 0) && pd->connections > 0)
+            open = true;
+    }
+    pthread_mutex_unlock(&s->registry_lock);
+    return open;
 }
 
 static int plugin_has_pending_row(const struct meta_pending *p, void *opaque)

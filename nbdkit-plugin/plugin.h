@@ -50,11 +50,23 @@ int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **
 void plugin_disk_release(struct plugin_state *s, struct disk *d);
 /* Number of connections on an open disk, 0 if not open. */
 unsigned plugin_disk_connections(struct plugin_state *s, const char *name);
-/* Closes the disk if it is open without connections, so it can be deleted.  -EBUSY if it has
- * connections. */
+/* Closes the disk (or checkpoint export "DISK@CKPT") if it is open without connections, so it
+ * can be deleted; a disk's checkpoint exports go with it.  -EBUSY if any has connections. */
 int plugin_disk_forget(struct plugin_state *s, const char *name);
 /* Stats of an open disk: -ENOENT if it is not open. */
 int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stats *out);
+
+/* Runs an upload round on disk `name` now, whatever the durability, and gives its committed
+ * head: every write acknowledged before the call is in it. */
+int plugin_disk_commit_now(struct plugin_state *s, const char *name, struct chunk_hash *root);
+/* The version an export name stands for: a checkpoint's root, or the committed head after
+ * plugin_disk_commit_now.  *disk receives the disk's record. */
+int plugin_disk_version_root(struct plugin_state *s, const char *export_name,
+                             struct meta_disk *disk, struct chunk_hash *root);
+/* disk_restore on disk `name`, opening it if needed. */
+int plugin_disk_restore(struct plugin_state *s, const char *name, const struct chunk_hash *root);
+/* Whether a checkpoint export of the disk (any, or the one named) has connections. */
+bool plugin_disk_versions_open(struct plugin_state *s, const char *name, const char *checkpoint);
 
 /* Opens every disk with a pending journal, so its data is uploaded without waiting for a
  * client. */

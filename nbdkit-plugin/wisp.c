@@ -406,20 +406,19 @@ static void *wisp_open(int readonly)
         errno = EINVAL;
         return NULL;
     }
-    if (parsed.checkpoint[0]) {
-        nbdkit_error("export '%s': checkpoint exports are not available yet", name);
-        errno = ENOTSUP;
-        return NULL;
-    }
     h = calloc(1, sizeof *h);
     if (!h) {
         nbdkit_error("calloc: %m");
         return NULL;
     }
-    h->readonly = readonly || cfg.readonly;
+    /* A checkpoint is immutable: its export is read-only, and writes fail with EPERM. */
+    h->readonly = readonly || cfg.readonly || parsed.checkpoint[0];
     r = plugin_disk_acquire(&state, name, &h->disk);
     if (r < 0) {
-        if (r == -ENOENT)
+        if (r == -ENOENT && parsed.checkpoint[0])
+            nbdkit_error("no checkpoint '%s' of disk '%s' (wisp disk checkpoints %s lists them)",
+                         parsed.checkpoint, parsed.disk, parsed.disk);
+        else if (r == -ENOENT)
             nbdkit_error("no disk named '%s' (create it with 'wisp disk create %s')", name, name);
         else
             nbdkit_error("disk '%s': %s", name, strerror(-r));

@@ -5,6 +5,7 @@
  * exclusive lock, which fails while a server holds it.  Both paths print the same JSON, built
  * by meta_json.c. */
 #include "cli.h"
+#include "export_name.h"
 #include "meta.h"
 #include "meta_json.h"
 
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 struct cli_disk_options {
@@ -24,7 +26,9 @@ struct cli_disk_options {
     char *store_url;
     char *size;
     char *chunk_size;
+    char *comment;
     gboolean json;
+    gboolean force;
 };
 
 /* ---- the two ways to reach the metadata ------------------------------------------------------ */
@@ -405,6 +409,303 @@ static int cli_disk_stats(struct cli_disk_options *o, int argc, char **argv)
     return status;
 }
 
+/* ---- versions: clone, checkpoint, restore ------------------------------------------------------
+ */
+
+static int cli_disk_has_pending(const struct meta_pending *p, void *opaque)
+{
+    return 1;
+}
+
+/* Offline, the head is only a version if everything flushed was uploaded. */
+static int cli_disk_offline_head(struct meta *m, const char *name, struct meta_disk *d)
+{
+    int r = meta_disk_get(m, name, d);
+
+    if (r == -ENOENT) {
+        cli_error("no disk named '%s' (wisp disk list shows them)", name);
+        return CLI_EXIT_ERROR;
+    }
+    if (r < 0) {
+        cli_error("disk '%s': %s", name, g_strerror(-r));
+        return CLI_EXIT_ERROR;
+    }
+    if (meta_pending_list(m, d->id, cli_disk_has_pending, NULL) == 1) {
+        cli_error("disk '%s' has data flushed but not yet uploaded: start the storage server "
+                  "(it uploads within upload-delay) and use --control",
+                  name);
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Prints a control answer's member (a disk or checkpoint) and its time. */
+static int cli_disk_print_answer(struct cli_disk_options *o, JsonNode *answer, const char *member)
+{
+    int status = cli_disk_control_status(answer);
+
+    if (status == CLI_EXIT_OK) {
+        JsonObject *a = json_node_get_object(answer);
+        JsonNode *node = json_object_get_member(a, member);
+        if (o->json) {
+            json_object_remove_member(a, "ok");
+            cli_disk_print_json(answer);
+        } else if (node && strcmp(member, "disk") == 0) {
+            cli_disk_print_human(json_node_get_object(node));
+        } else if (node) {
+            printf("%s  %s  (%.1f ms)\n",
+                   json_object_get_string_member(json_node_get_object(node), "name"),
+                   json_object_get_string_member(json_node_get_object(node), "root"),
+                   json_object_get_double_member_with_default(a, "ms", 0));
+        }
+    }
+    json_node_unref(answer);
+    return status;
+}
+
+static int cli_disk_clone(struct cli_disk_options *o, int argc, char **argv)
+{
+    struct export_name src;
+    struct meta_checkpoint c;
+    struct meta_disk d, made;
+    struct meta *m;
+    const char *why;
+    int status, r;
+
+    if (argc != 2) {
+        cli_error("usage: wisp disk clone SRC[@CHECKPOINT] NEW");
+        return CLI_EXIT_USAGE;
+    }
+    if (export_name_parse(argv[0], &src, &why) < 0) {
+        cli_error("'%s': %s", argv[0], why);
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = cli_disk_request("disk-clone", argv[1]);
+        json_builder_set_member_name(b, "source");
+        json_builder_add_string_value(b, argv[0]);
+        JsonNode *answer = cli_disk_control_send(o->control, b);
+        return answer ? cli_disk_print_answer(o, answer, "disk") : CLI_EXIT_ERROR;
+    }
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    status = src.checkpoint[0] ? CLI_EXIT_OK : cli_disk_offline_head(m, src.disk, &d);
+    r = 0;
+    if (status == CLI_EXIT_OK && src.checkpoint[0]) {
+        r = meta_disk_get(m, src.disk, &d);
+        if (r == 0)
+            r = meta_checkpoint_get(m, d.id, src.checkpoint, &c);
+        if (r == 0)
+            d.head_root = c.root;
+    }
+    if (status == CLI_EXIT_OK && r == 0) {
+        r = meta_begin(m);
+        if (r == 0)
+            r = meta_disk_create(m, argv[1], d.size, d.chunk_size, &made);
+        if (r == 0)
+            r = meta_head_set(m, made.id, &d.head_root, 0);
+        if (r == 0)
+            r = meta_commit(m);
+        else
+            meta_rollback(m);
+    }
+    if (status == CLI_EXIT_OK && r < 0) {
+        cli_error("clone %s to %s: %s", argv[0], argv[1],
+                  r == -ENOENT   ? "no such disk or checkpoint"
+                  : r == -EEXIST ? "a disk of that name exists"
+                                 : g_strerror(-r));
+        status = CLI_EXIT_ERROR;
+    }
+    meta_close(m);
+    return status;
+}
+
+static int cli_disk_checkpoint(struct cli_disk_options *o, int argc, char **argv)
+{
+    struct meta_disk d;
+    struct meta *m;
+    int status, r;
+
+    if (argc != 2) {
+        cli_error("usage: wisp disk checkpoint NAME CHECKPOINT [--comment TEXT]");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = cli_disk_request("disk-checkpoint", argv[0]);
+        json_builder_set_member_name(b, "checkpoint");
+        json_builder_add_string_value(b, argv[1]);
+        json_builder_set_member_name(b, "comment");
+        json_builder_add_string_value(b, o->comment ? o->comment : "");
+        JsonNode *answer = cli_disk_control_send(o->control, b);
+        return answer ? cli_disk_print_answer(o, answer, "checkpoint") : CLI_EXIT_ERROR;
+    }
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    status = cli_disk_offline_head(m, argv[0], &d);
+    if (status == CLI_EXIT_OK) {
+        r = meta_checkpoint_create(m, d.id, argv[1], &d.head_root, o->comment);
+        if (r < 0) {
+            cli_error("checkpoint %s of %s: %s", argv[1], argv[0],
+                      r == -EEXIST   ? "a checkpoint of that name exists"
+                      : r == -EINVAL ? "invalid name (1-128 of [A-Za-z0-9._-])"
+                                     : g_strerror(-r));
+            status = CLI_EXIT_ERROR;
+        }
+    }
+    meta_close(m);
+    return status;
+}
+
+static int cli_disk_checkpoint_one(const struct meta_checkpoint *c, void *opaque)
+{
+    meta_json_add_checkpoint(opaque, c);
+    return 0;
+}
+
+static int cli_disk_checkpoints(struct cli_disk_options *o, int argc, char **argv)
+{
+    JsonNode *list = NULL;
+    int status = CLI_EXIT_OK;
+
+    if (argc != 1) {
+        cli_error("usage: wisp disk checkpoints NAME [--json]");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonNode *answer =
+            cli_disk_control_send(o->control, cli_disk_request("disk-checkpoints", argv[0]));
+        if (!answer)
+            return CLI_EXIT_ERROR;
+        status = cli_disk_control_status(answer);
+        if (status == CLI_EXIT_OK)
+            list =
+                json_node_copy(json_object_get_member(json_node_get_object(answer), "checkpoints"));
+        json_node_unref(answer);
+    } else {
+        struct meta_disk d;
+        struct meta *m;
+        status = cli_disk_open_meta(o, &m);
+        if (status != CLI_EXIT_OK)
+            return status;
+        int r = meta_disk_get(m, argv[0], &d);
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_array(b);
+        if (r == 0)
+            r = meta_checkpoint_list(m, d.id, cli_disk_checkpoint_one, b);
+        json_builder_end_array(b);
+        list = json_builder_get_root(b);
+        g_object_unref(b);
+        meta_close(m);
+        if (r < 0) {
+            cli_error("checkpoints of %s: %s", argv[0],
+                      r == -ENOENT ? "no such disk" : g_strerror(-r));
+            status = CLI_EXIT_ERROR;
+        }
+    }
+    if (status == CLI_EXIT_OK && o->json) {
+        cli_disk_print_json(list);
+    } else if (status == CLI_EXIT_OK) {
+        JsonArray *a = json_node_get_array(list);
+        for (guint i = 0; i < json_array_get_length(a); i++) {
+            JsonObject *c = json_array_get_object_element(a, i);
+            time_t t = (time_t)json_object_get_int_member(c, "created");
+            char when[32];
+            strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+            printf("%-24s %s  %s\n", json_object_get_string_member(c, "name"), when,
+                   json_object_get_string_member(c, "comment"));
+        }
+    }
+    if (list)
+        json_node_unref(list);
+    return status;
+}
+
+static int cli_disk_restore(struct cli_disk_options *o, int argc, char **argv)
+{
+    struct meta_checkpoint c;
+    struct meta_disk d;
+    struct meta *m;
+    int status, r;
+
+    if (argc != 2) {
+        cli_error("usage: wisp disk restore NAME CHECKPOINT [--force]");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = cli_disk_request("disk-restore", argv[0]);
+        json_builder_set_member_name(b, "checkpoint");
+        json_builder_add_string_value(b, argv[1]);
+        json_builder_set_member_name(b, "force");
+        json_builder_add_boolean_value(b, o->force);
+        JsonNode *answer = cli_disk_control_send(o->control, b);
+        return answer ? cli_disk_print_answer(o, answer, "checkpoint") : CLI_EXIT_ERROR;
+    }
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    r = meta_disk_get(m, argv[0], &d);
+    if (r == 0)
+        r = meta_checkpoint_get(m, d.id, argv[1], &c);
+    /* Offline, unuploaded data is discarded with the rest of what came after the checkpoint;
+     * its files are removed as orphans when the server next opens the disk. */
+    if (r == 0)
+        r = meta_begin(m);
+    if (r == 0) {
+        r = meta_pending_clear(m, d.id);
+        if (r == 0)
+            r = meta_head_set(m, d.id, &c.root, d.flush_gen);
+        if (r == 0)
+            r = meta_commit(m);
+        else
+            meta_rollback(m);
+    }
+    if (r < 0) {
+        cli_error("restore %s to %s: %s", argv[0], argv[1],
+                  r == -ENOENT ? "no such disk or checkpoint" : g_strerror(-r));
+        status = CLI_EXIT_ERROR;
+    }
+    meta_close(m);
+    return status;
+}
+
+static int cli_disk_checkpoint_delete(struct cli_disk_options *o, int argc, char **argv)
+{
+    struct meta_disk d;
+    struct meta *m;
+    int status, r;
+
+    if (argc != 2) {
+        cli_error("usage: wisp disk checkpoint-delete NAME CHECKPOINT");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->control) {
+        JsonBuilder *b = cli_disk_request("checkpoint-delete", argv[0]);
+        json_builder_set_member_name(b, "checkpoint");
+        json_builder_add_string_value(b, argv[1]);
+        JsonNode *answer = cli_disk_control_send(o->control, b);
+        if (!answer)
+            return CLI_EXIT_ERROR;
+        status = cli_disk_control_status(answer);
+        json_node_unref(answer);
+        return status;
+    }
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    r = meta_disk_get(m, argv[0], &d);
+    if (r == 0)
+        r = meta_checkpoint_delete(m, d.id, argv[1]);
+    if (r < 0) {
+        cli_error("delete checkpoint %s of %s: %s", argv[1], argv[0],
+                  r == -ENOENT ? "no such disk or checkpoint" : g_strerror(-r));
+        status = CLI_EXIT_ERROR;
+    }
+    meta_close(m);
+    return status;
+}
+
 struct cli_disk_verb {
     const char *name;
     int (*run)(struct cli_disk_options *o, int argc, char **argv);
@@ -417,13 +718,18 @@ static const struct cli_disk_verb cli_disk_verbs[] = {
     {"list", cli_disk_list, "[--json]", "list disks"},
     {"delete", cli_disk_delete, "NAME", "delete a disk"},
     {"stats", cli_disk_stats, "NAME [--json]", "a served disk's I/O, cache and upload counters"},
+    {"clone", cli_disk_clone, "SRC[@CKPT] NEW", "a new disk from a disk or checkpoint, no copy"},
+    {"checkpoint", cli_disk_checkpoint, "NAME CKPT [--comment TEXT]", "name the current version"},
+    {"checkpoints", cli_disk_checkpoints, "NAME [--json]", "list a disk's checkpoints"},
+    {"restore", cli_disk_restore, "NAME CKPT [--force]", "make a checkpoint the disk's content"},
+    {"checkpoint-delete", cli_disk_checkpoint_delete, "NAME CKPT", "delete a checkpoint"},
 };
 
 static void cli_disk_usage(FILE *out)
 {
     fprintf(out, "Usage: wisp disk VERB [OPTIONS] ARGS...\n\nVerbs:\n");
     for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
-        fprintf(out, "  %-7s %-38s %s\n", cli_disk_verbs[i].name, cli_disk_verbs[i].args,
+        fprintf(out, "  %-18s %-30s %s\n", cli_disk_verbs[i].name, cli_disk_verbs[i].args,
                 cli_disk_verbs[i].summary);
     fprintf(out, "\nA running server is reached with --control SOCK ($WISP_CONTROL); otherwise "
                  "--meta DIR ($WISP_META)\nopens the metadata directly.  Run 'wisp disk VERB "
@@ -444,6 +750,9 @@ int cli_disk_main(int argc, char **argv)
         {"size", 0, 0, G_OPTION_ARG_STRING, &o.size, "create: disk size (default 100G)", "SIZE"},
         {"chunk-size", 0, 0, G_OPTION_ARG_STRING, &o.chunk_size,
          "create: chunk size, a power of two from 64K to 4M (default 1M)", "SIZE"},
+        {"comment", 0, 0, G_OPTION_ARG_STRING, &o.comment, "checkpoint: a comment", "TEXT"},
+        {"force", 0, 0, G_OPTION_ARG_NONE, &o.force,
+         "restore: even while clients are connected (they see the checkpoint next)", NULL},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o.json, "Print JSON", NULL},
         G_OPTION_ENTRY_NULL,
     };
@@ -476,5 +785,6 @@ int cli_disk_main(int argc, char **argv)
     g_free(o.store_url);
     g_free(o.size);
     g_free(o.chunk_size);
+    g_free(o.comment);
     return status;
 }
