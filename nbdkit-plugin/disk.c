@@ -62,7 +62,6 @@ void chunk_file_unref_locked(struct disk *d, struct chunk_file *f)
 
     if (!f || --f->refs > 0)
         return;
-    close(f->fd);
     snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, f->name);
     if (unlink(path) < 0 && errno != ENOENT)
         log_warn("disk", "unlink %s: %m", path);
@@ -80,6 +79,22 @@ void chunk_file_unref(struct disk *d, struct chunk_file *f)
     pthread_mutex_unlock(&d->lock);
 }
 
+/* Opens a chunk file for one operation.  Files are not kept open: a disk may hold more dirty
+ * chunks than a process may have descriptors.  Returns the fd or a negative errno. */
+int chunk_file_open(struct disk *d, const struct chunk_file *f, int flags)
+{
+    char path[PATH_MAX];
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, f->name);
+    fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0) {
+        fd = -errno;
+        log_error("disk", "%s: open %s: %s", d->meta.name, path, strerror(-fd));
+    }
+    return fd;
+}
+
 /* Creates an empty (sparse, all-zero) chunk file for idx, with one reference. */
 static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **out)
 {
@@ -92,17 +107,18 @@ static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **o
     snprintf(f->name, sizeof f->name, "dirty/%lld/%llu.%016llx", (long long)d->meta.id,
              (unsigned long long)idx, (unsigned long long)nonce);
     snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, f->name);
-    f->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (f->fd < 0 || ftruncate(f->fd, d->meta.chunk_size) < 0) {
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || ftruncate(fd, d->meta.chunk_size) < 0) {
         int err = -errno;
         log_error("disk", "%s: create %s: %s", d->meta.name, path, strerror(-err));
-        if (f->fd >= 0) {
-            close(f->fd);
+        if (fd >= 0) {
+            close(fd);
             unlink(path);
         }
         g_free(f);
         return err;
     }
+    close(fd);
     f->refs = 1;
     pthread_mutex_lock(&d->lock);
     d->stats.dirty_bytes += d->meta.chunk_size;
@@ -261,12 +277,16 @@ int disk_read(struct disk *d, void *buf, uint32_t count, uint64_t offset)
         case SOURCE_ZERO:
             memset(p, 0, n);
             break;
-        case SOURCE_FILE:
-            r = disk_pread_all(f->fd, p, n, in);
+        case SOURCE_FILE: {
+            int fd = chunk_file_open(d, f, O_RDONLY);
+            r = fd < 0 ? fd : disk_pread_all(fd, p, n, in);
+            if (fd >= 0)
+                close(fd);
             if (r < 0)
                 log_error("disk", "%s: read %s: %s", d->meta.name, f->name, strerror(-r));
             chunk_file_unref(d, f);
             break;
+        }
         case SOURCE_HEAD:
             r = chunk_cache_read(d->env->cache, &h, cs, p, n, in);
             break;
@@ -326,17 +346,23 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     base = live ? SOURCE_FILE : disk_chunk_source_locked(d, idx, &base_file, &base_hash);
     pthread_mutex_unlock(&d->lock);
 
+    int fd = -1;
     if (!live) {
         /* Copy-on-write: a new live file, holding the old content when the write is partial.
          * Frozen and cached files are never written. */
         r = chunk_file_create(d, idx, &live);
-        if (r == 0 && n < cs) {
+        if (r == 0)
+            r = fd = chunk_file_open(d, live, O_RDWR);
+        if (r >= 0 && n < cs) {
+            r = 0;
             if (base == SOURCE_FILE) {
                 loff_t src_off = 0, dst_off = 0;
                 size_t done = 0;
-                while (done < cs && r == 0) {
-                    ssize_t k =
-                        copy_file_range(base_file->fd, &src_off, live->fd, &dst_off, cs - done, 0);
+                int src = chunk_file_open(d, base_file, O_RDONLY);
+                if (src < 0)
+                    r = src;
+                while (src >= 0 && done < cs && r == 0) {
+                    ssize_t k = copy_file_range(src, &src_off, fd, &dst_off, cs - done, 0);
                     if (k < 0 && errno != EINTR)
                         r = -errno;
                     else if (k == 0)
@@ -344,8 +370,10 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
                     else if (k > 0)
                         done += (size_t)k;
                 }
+                if (src >= 0)
+                    close(src);
             } else if (base == SOURCE_HEAD) {
-                r = chunk_cache_copy_to_fd(d->env->cache, &base_hash, cs, live->fd);
+                r = chunk_cache_copy_to_fd(d->env->cache, &base_hash, cs, fd);
             }
             if (r < 0)
                 log_error("disk", "%s: chunk %llu: cannot load it for a partial write: %s",
@@ -353,6 +381,8 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
         }
         chunk_file_unref(d, base_file);
         if (r < 0) {
+            if (fd >= 0)
+                close(fd);
             chunk_file_unref(d, live);
             return r;
         }
@@ -364,18 +394,23 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
         pthread_mutex_unlock(&d->lock);
     }
 
-    if (data) {
-        r = disk_pwrite_all(live->fd, data, n, in);
+    if (fd < 0)
+        fd = chunk_file_open(d, live, O_RDWR);
+    if (fd < 0) {
+        r = fd;
+    } else if (data) {
+        r = disk_pwrite_all(fd, data, n, in);
     } else {
-        r = fallocate(live->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)in, n) < 0
-                ? -errno
-                : 0;
+        r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)in, n) < 0 ? -errno
+                                                                                        : 0;
         if (r == -EOPNOTSUPP) {
             void *zeros = g_malloc0(n);
-            r = disk_pwrite_all(live->fd, zeros, n, in);
+            r = disk_pwrite_all(fd, zeros, n, in);
             g_free(zeros);
         }
     }
+    if (fd >= 0)
+        close(fd);
     if (r < 0)
         log_error("disk", "%s: write %s: %s", d->meta.name, live->name, strerror(-r));
     chunk_file_unref(d, live);
@@ -522,8 +557,7 @@ static int disk_recover_pending(const struct meta_pending *p, void *opaque)
         struct chunk_file *f = g_new0(struct chunk_file, 1);
         snprintf(f->name, sizeof f->name, "%s", p->file);
         snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, p->file);
-        f->fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (f->fd < 0) {
+        if (access(path, R_OK) < 0) {
             int err = -errno;
             log_error("disk",
                       "%s: pending chunk %llu: open %s: %s (the local journal names a "
@@ -690,7 +724,6 @@ void disk_close(struct disk *d)
     }
     g_hash_table_iter_init(&it, files);
     while (g_hash_table_iter_next(&it, &f, NULL)) {
-        close(((struct chunk_file *)f)->fd);
         g_free(f);
         chunk_cache_add_dirty(d->env->cache, -(int64_t)d->meta.chunk_size);
     }

@@ -102,8 +102,11 @@ static int disk_journal(struct disk *d, uint64_t gen)
             r = -errno;
         for (guint i = 0; r == 0 && items->len <= 16 && i < items->len; i++) {
             struct journal_item *it = &g_array_index(items, struct journal_item, i);
-            if (it->file && fdatasync(it->file->fd) < 0)
-                r = -errno;
+            int fd = it->file ? chunk_file_open(d, it->file, O_RDONLY) : -1;
+            if (it->file && (fd < 0 || fdatasync(fd) < 0))
+                r = fd < 0 ? fd : -errno;
+            if (fd >= 0)
+                close(fd);
         }
         if (r == 0 && (items->len > 16 ? syncfs(dfd) : fsync(dfd)) < 0)
             r = -errno;
@@ -187,7 +190,11 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
         it->zero = true;
         return 0;
     }
-    r = disk_pread_all(it->file->fd, buf, cs, 0);
+    int fd = chunk_file_open(d, it->file, O_RDONLY);
+    if (fd < 0)
+        return fd;
+    r = disk_pread_all(fd, buf, cs, 0);
+    close(fd);
     if (r < 0)
         return r;
     if (disk_is_zero(buf, cs)) {

@@ -25,7 +25,6 @@
 
 struct chunk_file {
     char name[96]; /* relative to the cache directory: dirty/<disk id>/<idx>.<nonce> */
-    int fd;
     unsigned refs;
 };
 
@@ -86,6 +85,8 @@ gint disk_idx_compare(gconstpointer a, gconstpointer b, gpointer unused);
 /* Drops a reference; the last one closes and unlinks the file.  Caller holds d->lock. */
 void chunk_file_unref_locked(struct disk *d, struct chunk_file *f);
 void chunk_file_unref(struct disk *d, struct chunk_file *f);
+/* Opens a chunk file for one operation (files are not kept open).  The fd, or -errno. */
+int chunk_file_open(struct disk *d, const struct chunk_file *f, int flags);
 /* Reads count bytes at offset; a sparse tail reads as zeros. */
 int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset);
 bool disk_is_zero(const void *buf, size_t len);

@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -277,14 +276,7 @@ static void *wisp_background(void *opaque)
 static int wisp_after_fork(void)
 {
     struct store_options so;
-    struct rlimit rl;
     int r;
-
-    /* Each dirty chunk keeps a file open. */
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 
     store_options_init(&so);
     so.max_connections = cfg.store_connections;

@@ -5,6 +5,7 @@
 
 #include <glib.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,18 +70,20 @@ static void cli_usage(FILE *out)
                  "--control), WISP_LOG_LEVEL, WISP_DEBUG.\n");
 }
 
-/* Library messages carry detail the CLI already reports in its own words, so show them only
- * when asked for (WISP_LOG_LEVEL or WISP_DEBUG). */
+/* Library messages carry detail the CLI already reports in its own words, so they are shown
+ * only when asked for, with WISP_LOG_LEVEL or WISP_DEBUG. */
+static bool cli_show_library_logs;
+
 static void cli_log_sink(enum wisp_log_level level, const char *module, const char *msg)
 {
-    fprintf(stderr, "wisp: %s: %s: %s\n", wisp_log_level_to_string(level), module, msg);
+    if (cli_show_library_logs)
+        fprintf(stderr, "wisp: %s: %s: %s\n", wisp_log_level_to_string(level), module, msg);
 }
 
 int main(int argc, char **argv)
 {
+    cli_show_library_logs = getenv("WISP_LOG_LEVEL") || getenv("WISP_DEBUG");
     wisp_log_set_sink(cli_log_sink);
-    if (!getenv("WISP_LOG_LEVEL"))
-        wisp_log_set_level(WISP_LOG_ERROR);
     if (argc < 2) {
         cli_usage(stderr);
         return CLI_EXIT_USAGE;
