@@ -77,12 +77,14 @@ static const char *const meta_sql[STMT_COUNT] = {
     [STMT_PENDING_PUT_AFTER_HEAD] = "INSERT OR REPLACE INTO pending (disk_id, idx, gen, file)"
                                     " SELECT ?1, ?2, ?3, ?4"
                                     " WHERE ?3 > (SELECT flush_gen FROM disks WHERE id = ?1)",
-    [STMT_CHECKPOINT_INSERT] = "INSERT INTO checkpoints (disk_id, name, root, created, comment)"
-                               " VALUES (?1, ?2, ?3, ?4, ?5)",
+    [STMT_CHECKPOINT_INSERT] =
+        "INSERT INTO checkpoints (disk_id, name, root, created, comment, seq)"
+        " VALUES (?1, ?2, ?3, ?4, ?5,"
+        " (SELECT coalesce(max(seq), 0) + 1 FROM checkpoints WHERE disk_id = ?1))",
     [STMT_CHECKPOINT_GET] = "SELECT name, root, created, comment FROM checkpoints"
                             " WHERE disk_id = ?1 AND name = ?2",
     [STMT_CHECKPOINT_LIST] = "SELECT name, root, created, comment FROM checkpoints"
-                             " WHERE disk_id = ?1 ORDER BY created, name",
+                             " WHERE disk_id = ?1 ORDER BY seq",
     [STMT_CHECKPOINT_DELETE] = "DELETE FROM checkpoints WHERE disk_id = ?1 AND name = ?2",
 };
 
@@ -111,6 +113,7 @@ static const char meta_schema[] =
     "  root BLOB NOT NULL,"
     "  created INTEGER NOT NULL,"
     "  comment TEXT NOT NULL DEFAULT '',"
+    "  seq INTEGER NOT NULL DEFAULT 0," /* creation order, even within one second */
     "  PRIMARY KEY (disk_id, name)) WITHOUT ROWID;"
     "PRAGMA user_version = 2;";
 
@@ -136,7 +139,8 @@ static int meta_errno(int rc)
     case SQLITE_NOMEM:
         return -ENOMEM;
     case SQLITE_CONSTRAINT:
-        return -EEXIST;
+        /* A missing parent row is "no such thing"; any other constraint is a duplicate. */
+        return rc == SQLITE_CONSTRAINT_FOREIGNKEY ? -ENOENT : -EEXIST;
     case SQLITE_FULL:
         return -ENOSPC;
     case SQLITE_READONLY:
