@@ -5,7 +5,8 @@
  * (meta_stmt) and reset after each use; the list functions copy their rows out before calling
  * back, so a callback may use the same connection freely.
  *
- * Schema, version 2 (PRAGMA user_version; version 1 lacked checkpoints and is upgraded):
+ * Schema, version 3 (PRAGMA user_version).  Older versions are upgraded in place: version 1
+ * lacked checkpoints, version 2 their seq column.
  *   disks      one row per disk; head_root is a 32-byte BLOB (all zero for the empty map)
  *   map_pages  content-addressed chunk map pages: a row is never changed once written, so
  *              inserting is INSERT OR IGNORE and two versions share their common pages
@@ -28,7 +29,7 @@
 
 #include "log.h"
 
-#define META_SCHEMA_VERSION 2
+#define META_SCHEMA_VERSION 3
 #define META_DISK_SIZE_MAX  (UINT64_C(1) << 50) /* 1 PiB */
 
 enum meta_stmt_id {
@@ -84,7 +85,7 @@ static const char *const meta_sql[STMT_COUNT] = {
     [STMT_CHECKPOINT_GET] = "SELECT name, root, created, comment FROM checkpoints"
                             " WHERE disk_id = ?1 AND name = ?2",
     [STMT_CHECKPOINT_LIST] = "SELECT name, root, created, comment FROM checkpoints"
-                             " WHERE disk_id = ?1 ORDER BY seq",
+                             " WHERE disk_id = ?1 ORDER BY seq, created, name",
     [STMT_CHECKPOINT_DELETE] = "DELETE FROM checkpoints WHERE disk_id = ?1 AND name = ?2",
 };
 
@@ -115,7 +116,7 @@ static const char meta_schema[] =
     "  comment TEXT NOT NULL DEFAULT '',"
     "  seq INTEGER NOT NULL DEFAULT 0," /* creation order, even within one second */
     "  PRIMARY KEY (disk_id, name)) WITHOUT ROWID;"
-    "PRAGMA user_version = 2;";
+    "PRAGMA user_version = 3;";
 
 struct meta {
     sqlite3 *db;
@@ -367,7 +368,10 @@ static int meta_schema_init(struct meta *m)
     r = meta_pragma_int(m, "PRAGMA user_version", &version);
     if (r == 0)
         r = meta_check_version(m, version);
-    /* Every statement of the schema is idempotent, so it also upgrades version 1. */
+    /* Version 2 made checkpoints without seq; CREATE TABLE IF NOT EXISTS will not add it. */
+    if (r == 0 && version == 2)
+        r = meta_exec_sql(m, "ALTER TABLE checkpoints ADD COLUMN seq INTEGER NOT NULL DEFAULT 0");
+    /* Every other statement of the schema is idempotent, so it upgrades versions 1 and 2. */
     if (r == 0 && version < META_SCHEMA_VERSION)
         r = meta_exec_sql(m, meta_schema);
     if (r < 0) {

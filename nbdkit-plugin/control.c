@@ -223,6 +223,10 @@ static void control_disk_checkpoint(struct plugin_state *s, JsonObject *req, Jso
     const char *why;
     int r;
 
+    if (strlen(comment) > META_COMMENT_MAX) {
+        control_error(b, EINVAL, "the comment is longer than %d bytes", META_COMMENT_MAX);
+        return;
+    }
     if (!name || !ckpt || !meta_disk_name_valid(ckpt, &why) || strchr(name, '@')) {
         control_error(b, EINVAL,
                       "disk-checkpoint needs a disk name and a valid checkpoint name "
@@ -263,23 +267,33 @@ static int control_checkpoint_one(const struct meta_checkpoint *c, void *opaque)
 static void control_disk_checkpoints(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
 {
     const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    JsonBuilder *list = json_builder_new();
     struct meta_disk d;
     int r;
 
+    if (!name) {
+        g_object_unref(list);
+        control_error(b, EINVAL, "disk-checkpoints needs a disk name");
+        return;
+    }
+    /* Build the list apart, so that a failure midway answers an error, not half a list. */
+    json_builder_begin_array(list);
     pthread_mutex_lock(&s->meta_lock);
-    r = name ? meta_disk_get(s->meta, name, &d) : -EINVAL;
+    r = meta_disk_get(s->meta, name, &d);
+    if (r == 0)
+        r = meta_checkpoint_list(s->meta, d.id, control_checkpoint_one, list);
+    pthread_mutex_unlock(&s->meta_lock);
+    json_builder_end_array(list);
     if (r == 0) {
         control_ok(b);
         json_builder_set_member_name(b, "checkpoints");
-        json_builder_begin_array(b);
-        r = meta_checkpoint_list(s->meta, d.id, control_checkpoint_one, b);
-        json_builder_end_array(b);
+        json_builder_add_value(b, json_builder_get_root(list));
+    } else if (r == -ENOENT || r == -EINVAL) {
+        control_error(b, -r, "no disk named '%s'", name);
+    } else {
+        control_error(b, -r, "checkpoints of '%s': %s", name, strerror(-r));
     }
-    pthread_mutex_unlock(&s->meta_lock);
-    if (r < 0 && !name)
-        control_error(b, EINVAL, "disk-checkpoints needs a disk name");
-    else if (r == -ENOENT)
-        control_error(b, ENOENT, "no disk named '%s'", name);
+    g_object_unref(list);
 }
 
 static void control_disk_restore(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
@@ -299,11 +313,12 @@ static void control_disk_restore(struct plugin_state *s, JsonObject *req, JsonBu
     }
     pthread_mutex_lock(&s->meta_lock);
     r = meta_disk_get(s->meta, name, &d);
+    bool d_found = r == 0;
     if (r == 0)
         r = meta_checkpoint_get(s->meta, d.id, ckpt, &c);
     pthread_mutex_unlock(&s->meta_lock);
     if (r < 0) {
-        control_version_error(b, r, "restore", r == -ENOENT ? ckpt : name);
+        control_version_error(b, r, "restore", r == -ENOENT && d_found ? ckpt : name);
         return;
     }
     connections = plugin_disk_connections(s, name);
@@ -347,11 +362,12 @@ static void control_checkpoint_delete(struct plugin_state *s, JsonObject *req, J
     }
     pthread_mutex_lock(&s->meta_lock);
     r = meta_disk_get(s->meta, name, &d);
+    bool d_found = r == 0;
     if (r == 0)
         r = meta_checkpoint_delete(s->meta, d.id, ckpt);
     pthread_mutex_unlock(&s->meta_lock);
     if (r < 0)
-        control_version_error(b, r, "checkpoint-delete", r == -ENOENT ? ckpt : name);
+        control_version_error(b, r, "checkpoint-delete", r == -ENOENT && d_found ? ckpt : name);
     else
         control_ok(b);
 }
@@ -460,7 +476,10 @@ static char *control_answer(struct plugin_state *s, const char *line)
     char *out;
 
     json_builder_begin_object(b);
-    if (!json_parser_load_from_data(parser, line, -1, &error)) {
+    /* Names are C strings: an escaped NUL would silently cut one short. */
+    if (strstr(line, "\\u0000")) {
+        control_error(b, EINVAL, "a request may not hold a NUL character (\\u0000)");
+    } else if (!json_parser_load_from_data(parser, line, -1, &error)) {
         control_error(b, EINVAL, "not JSON: %s", error->message);
         g_error_free(error);
     } else if (!(root = json_parser_get_root(parser)) || !JSON_NODE_HOLDS_OBJECT(root)) {

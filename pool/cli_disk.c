@@ -540,6 +540,10 @@ static int cli_disk_checkpoint(struct cli_disk_options *o, int argc, char **argv
         JsonNode *answer = cli_disk_control_send(o->control, b);
         return answer ? cli_disk_print_answer(o, answer, "checkpoint") : CLI_EXIT_ERROR;
     }
+    if (o->comment && strlen(o->comment) > META_COMMENT_MAX) {
+        cli_error("the comment is longer than %d bytes", META_COMMENT_MAX);
+        return CLI_EXIT_USAGE;
+    }
     status = cli_disk_open_meta(o, &m);
     if (status != CLI_EXIT_OK)
         return status;

@@ -499,15 +499,15 @@ static void test_schema_version(void)
     path_in(dir, sizeof dir, "newer");
     REQUIRE(meta_open(dir, false, &m) == 0);
     meta_close(m);
-    CHECK(raw_sql(dir, "PRAGMA user_version") == 2);
+    CHECK(raw_sql(dir, "PRAGMA user_version") == 3);
     CHECK(raw_sql(dir, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1);
-    raw_sql(dir, "PRAGMA user_version = 3");
+    raw_sql(dir, "PRAGMA user_version = 4");
     m = NULL;
     test_last_log[0] = '\0';
     CHECK(meta_open(dir, true, &m) == -EPROTONOSUPPORT && m == NULL);
     CHECK(strstr(test_last_log, "newer") != NULL);
     /* The refused open released its lock. */
-    raw_sql(dir, "PRAGMA user_version = 2");
+    raw_sql(dir, "PRAGMA user_version = 3");
     CHECK(meta_open(dir, true, &m) == 0);
     meta_close(m);
 
@@ -544,7 +544,7 @@ int main(void)
     snprintf(test_meta_dir, sizeof test_meta_dir, "%s", dir);
     REQUIRE(meta_open(dir, true, &m) == 0);
     CHECK(stat(dir, &stt) == 0 && (stt.st_mode & 0777) == 0700);
-    CHECK(raw_sql(dir, "PRAGMA user_version") == 2);
+    CHECK(raw_sql(dir, "PRAGMA user_version") == 3);
     test_disks(m);
     test_head(m);
     test_pending(m);
