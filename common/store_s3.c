@@ -48,6 +48,11 @@ struct s3_store {
     /* Conditional create support, probed once: 0 unknown, 1 honoured, -1 not. */
     int conditional_support;
     pthread_mutex_t probe_lock;
+    /* A probe that failed (store unreachable) is not repeated for the callers that were
+     * already waiting for it: they get its error at once instead of each waiting out their own
+     * timeouts.  A caller arriving after the failure probes again. */
+    int probe_error;
+    struct timespec probe_failed_at;
 };
 
 /* A growable byte buffer for bodies of unknown length. */
@@ -770,11 +775,26 @@ static int s3_probe_conditional(struct store *st)
     uint64_t nonce = 0;
     int r;
 
+    struct timespec arrived;
+    clock_gettime(CLOCK_MONOTONIC, &arrived);
     pthread_mutex_lock(&s3->probe_lock);
     if (s3->conditional_support != 0) {
         r = s3->conditional_support;
         pthread_mutex_unlock(&s3->probe_lock);
         return r;
+    }
+    if (s3->probe_error < 0) {
+        bool failed_while_waiting = s3->probe_failed_at.tv_sec > arrived.tv_sec ||
+                                    (s3->probe_failed_at.tv_sec == arrived.tv_sec &&
+                                     s3->probe_failed_at.tv_nsec >= arrived.tv_nsec);
+        if (failed_while_waiting) {
+            r = s3->probe_error;
+            pthread_mutex_unlock(&s3->probe_lock);
+            return store_fail(st, r,
+                              "PUT on %s: the store did not answer the probe this request "
+                              "waited for",
+                              st->description);
+        }
     }
     if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
         nonce = (uint64_t)time(NULL);
@@ -807,6 +827,9 @@ static int s3_probe_conditional(struct store *st)
         s3->conditional_support = -1;
         r = -1;
     }
+    s3->probe_error = r < -1 ? r : 0;
+    if (r < -1)
+        clock_gettime(CLOCK_MONOTONIC, &s3->probe_failed_at);
     pthread_mutex_unlock(&s3->probe_lock);
     return r;
 }

@@ -174,10 +174,9 @@ struct round {
     struct disk *d;
     struct round_item *items;
     size_t n;
-    size_t next; /* next item to take; under d->lock */
-    pthread_mutex_t lock;
-    pthread_cond_t done;
-    unsigned running;
+    pthread_mutex_t lock; /* protects next and failed */
+    size_t next;          /* the next item to take */
+    bool failed;          /* an item failed: the round fails, so take no more */
 };
 
 static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
@@ -223,17 +222,20 @@ static void *round_worker(void *opaque)
 
     for (;;) {
         pthread_mutex_lock(&rd->lock);
-        size_t i = rd->next < rd->n ? rd->next++ : rd->n;
+        size_t i = rd->next < rd->n && !rd->failed ? rd->next++ : rd->n;
         pthread_mutex_unlock(&rd->lock);
         if (i == rd->n)
             break;
         rd->items[i].result = buf ? round_upload_item(d, &rd->items[i], buf) : -ENOMEM;
+        if (rd->items[i].result < 0) {
+            /* One failure fails the flush: with the store down, the rest would only make the
+             * caller wait for their timeouts too. */
+            pthread_mutex_lock(&rd->lock);
+            rd->failed = true;
+            pthread_mutex_unlock(&rd->lock);
+        }
     }
     g_free(buf);
-    pthread_mutex_lock(&rd->lock);
-    rd->running--;
-    pthread_cond_signal(&rd->done);
-    pthread_mutex_unlock(&rd->lock);
     return NULL;
 }
 
@@ -291,36 +293,22 @@ static int disk_round(struct disk *d)
     }
     pthread_mutex_unlock(&d->lock);
 
-    /* Upload in parallel. */
+    /* Upload in parallel: helpers plus this thread, all joined before the round goes on, so no
+     * worker outlives the round (or the plugin). */
     pthread_mutex_init(&rd.lock, NULL);
-    pthread_cond_init(&rd.done, NULL);
     unsigned workers = d->env->upload_parallel < rd.n ? d->env->upload_parallel : (unsigned)rd.n;
-    for (unsigned i = 0; i < workers; i++) {
-        pthread_t t;
-        pthread_mutex_lock(&rd.lock);
-        rd.running++;
-        pthread_mutex_unlock(&rd.lock);
-        if (pthread_create(&t, NULL, round_worker, &rd) != 0) {
-            pthread_mutex_lock(&rd.lock);
-            rd.running--;
-            pthread_mutex_unlock(&rd.lock);
-            break;
-        }
-        pthread_detach(t);
+    pthread_t *threads = g_new0(pthread_t, workers > 0 ? workers : 1);
+    unsigned started = 0;
+    for (unsigned i = 1; i < workers; i++) {
+        if (pthread_create(&threads[started], NULL, round_worker, &rd) != 0)
+            break; /* fewer helpers: the work still gets done */
+        started++;
     }
-    pthread_mutex_lock(&rd.lock);
-    if (rd.running == 0 && rd.next < rd.n) {
-        /* No thread could start: do it here. */
-        rd.running++;
-        pthread_mutex_unlock(&rd.lock);
-        round_worker(&rd);
-        pthread_mutex_lock(&rd.lock);
-    }
-    while (rd.running > 0)
-        pthread_cond_wait(&rd.done, &rd.lock);
-    pthread_mutex_unlock(&rd.lock);
+    round_worker(&rd);
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    g_free(threads);
     pthread_mutex_destroy(&rd.lock);
-    pthread_cond_destroy(&rd.done);
 
     for (size_t i = 0; i < rd.n && r == 0; i++)
         if (rd.items[i].result < 0)
