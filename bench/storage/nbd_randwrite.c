@@ -26,6 +26,13 @@ struct state {
     int error;
 };
 
+/* One write buffer; busy from the write's issue to its completion. */
+struct slot {
+    struct state *st;
+    char *buf;
+    int busy;
+};
+
 struct flush_ctx {
     struct state *st;
     double t0;
@@ -40,11 +47,12 @@ static double now(void)
 
 static int write_done(void *opaque, int *error)
 {
-    struct state *st = opaque;
+    struct slot *sl = opaque;
     if (*error)
-        st->error = *error;
-    st->writes_done++;
-    st->in_flight--;
+        sl->st->error = *error;
+    sl->st->writes_done++;
+    sl->st->in_flight--;
+    sl->busy = 0;
     return 1; /* retire the command */
 }
 
@@ -94,15 +102,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", argv[0], nbd_get_error());
         return 1;
     }
-    /* One buffer per slot, random content refilled before each write (no two writes alike). */
+    /* One buffer per request in flight, its first bytes refilled before each write (no two
+     * writes alike). */
     char *bufs = malloc((size_t)block * depth);
-    if (!bufs)
+    struct slot *slots = calloc(depth, sizeof *slots);
+    if (!bufs || !slots)
         return 1;
     for (size_t i = 0; i < (size_t)block * depth / 8; i++)
         ((uint64_t *)bufs)[i] = rnd(&seed);
+    for (unsigned i = 0; i < depth; i++)
+        slots[i] = (struct slot){.st = &st, .buf = bufs + (size_t)block * i};
 
     double t0 = now(), end = t0 + seconds;
-    unsigned slot = 0;
     while (!st.error) {
         double t = now();
         while (t < end && st.in_flight < depth) {
@@ -123,12 +134,18 @@ int main(int argc, char **argv)
                 st.in_flight++;
                 continue;
             }
-            char *b = bufs + (size_t)block * (slot++ % depth);
-            ((uint64_t *)b)[0] = rnd(&seed);
-            ((uint64_t *)b)[1] = rnd(&seed);
+            struct slot *sl = NULL;
+            for (unsigned i = 0; i < depth && !sl; i++)
+                if (!slots[i].busy)
+                    sl = &slots[i];
+            if (!sl)
+                break; /* every buffer in flight: wait for a completion */
+            sl->busy = 1;
+            ((uint64_t *)sl->buf)[0] = rnd(&seed);
+            ((uint64_t *)sl->buf)[1] = rnd(&seed);
             uint64_t off = (rnd(&seed) % blocks) * block;
-            if (nbd_aio_pwrite(h, b, block, off,
-                               (nbd_completion_callback){.callback = write_done, .user_data = &st},
+            if (nbd_aio_pwrite(h, sl->buf, block, off,
+                               (nbd_completion_callback){.callback = write_done, .user_data = sl},
                                0) == -1) {
                 fprintf(stderr, "%s: write: %s\n", argv[0], nbd_get_error());
                 return 1;
@@ -154,5 +171,6 @@ int main(int argc, char **argv)
            st.writes_done, st.flushes_done, elapsed, (double)st.writes_done / elapsed,
            st.flushes_done ? st.flush_time * 1000 / (double)st.flushes_done : 0.0);
     free(bufs);
+    free(slots);
     return 0;
 }
