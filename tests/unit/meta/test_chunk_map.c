@@ -15,25 +15,12 @@
 
 #include "hash.h"
 #include "log.h"
+#include "meta_test.h"
 
-static int check_failures;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            check_failures++;                                                                      \
-        }                                                                                          \
-    } while (0)
-
-/* The failure is fatal when carrying on would only cascade (a NULL map, ...). */
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
-            exit(EXIT_FAILURE);                                                                    \
-        }                                                                                          \
-    } while (0)
+/* Nothing on disk to remove. */
+static void test_cleanup(void)
+{
+}
 
 #define PAGE_HEADER_LEN 20
 #define PAGE_ENTRY_LEN  36

@@ -13,29 +13,10 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "meta_test.h"
 
-static int check_failures;
 static char test_dir[256];
 static char test_meta_dir[512]; /* the database of the main tests, test_dir/meta */
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            check_failures++;                                                                      \
-        }                                                                                          \
-    } while (0)
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
-            test_cleanup();                                                                        \
-            exit(EXIT_FAILURE);                                                                    \
-        }                                                                                          \
-    } while (0)
-
-#define GiB (UINT64_C(1) << 30)
 
 static void test_cleanup(void)
 {
