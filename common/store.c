@@ -174,14 +174,22 @@ int store_put(struct store *st, const char *key, const void *data, size_t len)
 {
     int r = store_check_key(st, "put", key);
 
-    return r < 0 ? r : st->ops->put(st, key, data, len, false);
+    return r < 0 ? r : st->ops->put(st, key, data, len, NULL, false);
 }
 
 int store_put_if_absent(struct store *st, const char *key, const void *data, size_t len)
 {
     int r = store_check_key(st, "put", key);
 
-    return r < 0 ? r : st->ops->put(st, key, data, len, true);
+    return r < 0 ? r : st->ops->put(st, key, data, len, NULL, true);
+}
+
+int store_put_hashed(struct store *st, const char *key, const void *data, size_t len,
+                     const uint8_t sha256[32], bool if_absent)
+{
+    int r = store_check_key(st, "put", key);
+
+    return r < 0 ? r : st->ops->put(st, key, data, len, sha256, if_absent);
 }
 
 int store_get(struct store *st, const char *key, void **data, size_t *len)
@@ -190,7 +198,17 @@ int store_get(struct store *st, const char *key, void **data, size_t *len)
 
     *data = NULL;
     *len = 0;
-    return r < 0 ? r : st->ops->get(st, key, data, len);
+    return r < 0 ? r : st->ops->get(st, key, data, len, NULL);
+}
+
+int store_get_hashed(struct store *st, const char *key, void **data, size_t *len,
+                     uint8_t sha256[32])
+{
+    int r = store_check_key(st, "get", key);
+
+    *data = NULL;
+    *len = 0;
+    return r < 0 ? r : st->ops->get(st, key, data, len, sha256);
 }
 
 int store_get_range(struct store *st, const char *key, uint64_t offset, void *buf, size_t len,

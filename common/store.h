@@ -60,6 +60,16 @@ int store_put_if_absent(struct store *st, const char *key, const void *data, siz
  * length and, when the store gives one, its checksum. */
 int store_get(struct store *st, const char *key, void **data, size_t *len);
 
+/* The same two for callers that hash the content anyway (chunks are named by their SHA-256):
+ * the hash is computed once, not once by the caller and again by the client.
+ * store_put_hashed takes the body's SHA-256 (32 bytes), which must be right: the S3 backend
+ * signs the request with it and the server checks it.  store_get_hashed also returns the
+ * SHA-256 of the body it checked. */
+int store_put_hashed(struct store *st, const char *key, const void *data, size_t len,
+                     const uint8_t sha256[32], bool if_absent);
+int store_get_hashed(struct store *st, const char *key, void **data, size_t *len,
+                     uint8_t sha256[32]);
+
 /* Reads up to len bytes from offset into buf; *got is the number read, short only at the end of
  * the object (0 when offset is at or past the end). */
 int store_get_range(struct store *st, const char *key, uint64_t offset, void *buf, size_t len,

@@ -9,6 +9,7 @@
  * Limitation: one key cannot be both an object and a prefix of another ("a" and "a/b"), since a
  * path cannot be both a file and a directory.  Such a put fails with -ENOTSUP.  Wisp's own key
  * layout never does this. */
+#include "hash.h"
 #include "log.h"
 #include "store_impl.h"
 
@@ -99,13 +100,14 @@ static int file_store_write_all(int fd, const void *data, size_t len)
 }
 
 static int file_store_put(struct store *st, const char *key, const void *data, size_t len,
-                          bool if_absent)
+                          const uint8_t *sha256, bool if_absent)
 {
     struct file_store *fs = file_store_of(st);
     char tmp_name[] = "put-XXXXXX";
     char parent[PATH_MAX];
     int fd, r;
 
+    (void)sha256; /* nothing here to sign or check with it */
     store_count(&st->stats.requests, 1);
     for (int tries = 0;; tries++) {
         uint32_t rnd;
@@ -199,7 +201,8 @@ static int file_store_pread_all(int fd, void *buf, size_t len, uint64_t offset, 
     return 0;
 }
 
-static int file_store_get(struct store *st, const char *key, void **data, size_t *len)
+static int file_store_get(struct store *st, const char *key, void **data, size_t *len,
+                          uint8_t *sha256)
 {
     struct file_store *fs = file_store_of(st);
     struct stat sb;
@@ -224,6 +227,10 @@ static int file_store_get(struct store *st, const char *key, void **data, size_t
     if (r < 0) {
         free(buf);
         return store_fail(st, r, "read %s/%s: %s", fs->root, key, strerror(-r));
+    }
+    if (sha256 && hash_sha256(buf, got, sha256) < 0) {
+        free(buf);
+        return store_fail(st, -ENOMEM, "get %s/%s: out of memory while hashing", fs->root, key);
     }
     store_count(&st->stats.bytes_received, got);
     *data = buf;

@@ -9,11 +9,13 @@
 #include <stdarg.h>
 
 /* Each member has the contract of the store.h function of the same name, with the key already
- * validated.  put with if_absent set is store_put_if_absent. */
+ * validated.  put with if_absent set is store_put_if_absent; its sha256 is the body's (NULL:
+ * the backend hashes it if it needs to).  get fills sha256 when it is not NULL. */
 struct store_backend_ops {
     const char *name;
-    int (*put)(struct store *st, const char *key, const void *data, size_t len, bool if_absent);
-    int (*get)(struct store *st, const char *key, void **data, size_t *len);
+    int (*put)(struct store *st, const char *key, const void *data, size_t len,
+               const uint8_t *sha256, bool if_absent);
+    int (*get)(struct store *st, const char *key, void **data, size_t *len, uint8_t *sha256);
     int (*get_range)(struct store *st, const char *key, uint64_t offset, void *buf, size_t len,
                      size_t *got);
     int (*head)(struct store *st, const char *key, struct store_stat *out);

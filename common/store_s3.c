@@ -88,6 +88,8 @@ struct s3_request {
     const char *body_sha256; /* hex */
     bool if_none_match;
 
+    uint8_t *body_sha256_out; /* a whole GET: receives the checked body's SHA-256 */
+
     bool ranged; /* GET of [range_offset, range_offset + range_len) into range_buf */
     uint64_t range_offset;
     size_t range_len;
@@ -451,10 +453,17 @@ static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_
     }
     if (!rq->key)
         return NULL;
+    /* The SHA-256 is computed at most once, for the check and for a caller that wants it. */
+    uint8_t sha[HASH_SHA256_LEN];
+    bool have_sha = false;
+    if (s3_is_hex(rq->meta_sha256, 64) || rq->body_sha256_out) {
+        if (hash_sha256(rq->body_out.data, rq->body_out.len, sha) < 0)
+            return "out of memory while hashing";
+        have_sha = true;
+    }
     if (s3_is_hex(rq->meta_sha256, 64)) {
         char got[HASH_SHA256_HEX_LEN + 1];
-        if (hash_sha256_hex(rq->body_out.data, rq->body_out.len, got) < 0)
-            return "out of memory while hashing";
+        hash_to_hex(sha, sizeof sha, got);
         if (strcasecmp(got, rq->meta_sha256) != 0)
             return "the body does not match its recorded SHA-256";
     } else if (s3_is_hex(rq->etag, 32)) {
@@ -467,6 +476,8 @@ static const char *s3_body_problem(struct s3_request *rq, char *why, size_t why_
     } else if (!rq->etag[0]) {
         return "no ETag or checksum in the answer"; /* S3 always sends an ETag */
     }
+    if (have_sha && rq->body_sha256_out)
+        memcpy(rq->body_sha256_out, sha, sizeof sha);
     return NULL;
 }
 
@@ -834,12 +845,15 @@ static int s3_probe_conditional(struct store *st)
     return r;
 }
 
-static int s3_put(struct store *st, const char *key, const void *data, size_t len, bool if_absent)
+static int s3_put(struct store *st, const char *key, const void *data, size_t len,
+                  const uint8_t *sha256, bool if_absent)
 {
     char sha[HASH_SHA256_HEX_LEN + 1];
     int r;
 
-    if (hash_sha256_hex(data, len, sha) < 0)
+    if (sha256)
+        hash_to_hex(sha256, HASH_SHA256_LEN, sha);
+    else if (hash_sha256_hex(data, len, sha) < 0)
         return store_fail(st, -ENOMEM, "PUT %s: out of memory while hashing", key);
     if (!if_absent)
         return s3_put_once(st, key, data, len, sha, false);
@@ -865,7 +879,7 @@ static int s3_put(struct store *st, const char *key, const void *data, size_t le
     return r;
 }
 
-static int s3_get(struct store *st, const char *key, void **data, size_t *len)
+static int s3_get(struct store *st, const char *key, void **data, size_t *len, uint8_t *sha256)
 {
     struct s3_request rq;
     char *full_key, *what;
@@ -873,6 +887,7 @@ static int s3_get(struct store *st, const char *key, void **data, size_t *len)
 
     if (r < 0)
         return r;
+    rq.body_sha256_out = sha256;
     r = s3_perform(st, &rq);
     if (r == 0 && rq.status != 200)
         r = s3_status_error(st, &rq);
