@@ -5,13 +5,15 @@
  * (meta_stmt) and reset after each use; the list functions copy their rows out before calling
  * back, so a callback may use the same connection freely.
  *
- * Schema, version 3 (PRAGMA user_version).  Older versions are upgraded in place: version 1
- * lacked checkpoints, version 2 their seq column.
+ * Schema, version 4 (PRAGMA user_version).  Older versions are upgraded in place: version 1
+ * lacked checkpoints, version 2 their seq column, version 3 the pending base and written.
  *   disks      one row per disk; head_root is a 32-byte BLOB (all zero for the empty map)
  *   map_pages  content-addressed chunk map pages: a row is never changed once written, so
  *              inserting is INSERT OR IGNORE and two versions share their common pages
- *   pending    (disk_id, idx) -> (gen, file); deleted with the disk (explicitly, and by the
- *              foreign key as a second line)
+ *   pending    (disk_id, idx) -> (gen, file, base, written); deleted with the disk (explicitly,
+ *              and by the foreign key as a second line).  written NULL: the file holds the
+ *              whole chunk; else a bitmap of the 4 KiB blocks it holds, the others being the
+ *              chunk base (a 32-byte hash), or zeros when base is NULL
  *   checkpoints (disk_id, name) -> (root, created, comment): a named version of a disk is just
  *              the root of its map, so creating, restoring and cloning copy 32 bytes */
 #include "meta.h"
@@ -29,7 +31,7 @@
 
 #include "log.h"
 
-#define META_SCHEMA_VERSION 3
+#define META_SCHEMA_VERSION 4
 #define META_DISK_SIZE_MAX  (UINT64_C(1) << 50) /* 1 PiB */
 
 enum meta_stmt_id {
@@ -69,14 +71,16 @@ static const char *const meta_sql[STMT_COUNT] = {
     [STMT_DISK_SET_HEAD] = "UPDATE disks SET head_root = ?2, flush_gen = ?3 WHERE id = ?1",
     [STMT_PAGE_PUT] = "INSERT OR IGNORE INTO map_pages (hash, data) VALUES (?1, ?2)",
     [STMT_PAGE_GET] = "SELECT data FROM map_pages WHERE hash = ?1",
-    [STMT_PENDING_PUT] = "INSERT OR REPLACE INTO pending (disk_id, idx, gen, file)"
-                         " VALUES (?1, ?2, ?3, ?4)",
-    [STMT_PENDING_LIST] = "SELECT idx, gen, file FROM pending WHERE disk_id = ?1 ORDER BY idx",
+    [STMT_PENDING_PUT] = "INSERT OR REPLACE INTO pending (disk_id, idx, gen, file, base, written)"
+                         " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [STMT_PENDING_LIST] = "SELECT idx, gen, file, base, written FROM pending WHERE disk_id = ?1"
+                          " ORDER BY idx",
     [STMT_PENDING_DELETE_DISK] = "DELETE FROM pending WHERE disk_id = ?1",
     [STMT_PENDING_DELETE_UPTO] = "DELETE FROM pending WHERE disk_id = ?1 AND gen <= ?2",
     /* A row at or below the head's generation describes data a round already committed. */
-    [STMT_PENDING_PUT_AFTER_HEAD] = "INSERT OR REPLACE INTO pending (disk_id, idx, gen, file)"
-                                    " SELECT ?1, ?2, ?3, ?4"
+    [STMT_PENDING_PUT_AFTER_HEAD] = "INSERT OR REPLACE INTO pending"
+                                    " (disk_id, idx, gen, file, base, written)"
+                                    " SELECT ?1, ?2, ?3, ?4, ?5, ?6"
                                     " WHERE ?3 > (SELECT flush_gen FROM disks WHERE id = ?1)",
     [STMT_CHECKPOINT_INSERT] =
         "INSERT INTO checkpoints (disk_id, name, root, created, comment, seq)"
@@ -107,6 +111,8 @@ static const char meta_schema[] =
     "  idx INTEGER NOT NULL,"
     "  gen INTEGER NOT NULL,"
     "  file TEXT NOT NULL,"
+    "  base BLOB,"
+    "  written BLOB,"
     "  PRIMARY KEY (disk_id, idx)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS checkpoints ("
     "  disk_id INTEGER NOT NULL REFERENCES disks(id) ON DELETE CASCADE,"
@@ -116,7 +122,7 @@ static const char meta_schema[] =
     "  comment TEXT NOT NULL DEFAULT '',"
     "  seq INTEGER NOT NULL DEFAULT 0," /* creation order, even within one second */
     "  PRIMARY KEY (disk_id, name)) WITHOUT ROWID;"
-    "PRAGMA user_version = 3;";
+    "PRAGMA user_version = 4;";
 
 struct meta {
     sqlite3 *db;
@@ -371,7 +377,11 @@ static int meta_schema_init(struct meta *m)
     /* Version 2 made checkpoints without seq; CREATE TABLE IF NOT EXISTS will not add it. */
     if (r == 0 && version == 2)
         r = meta_exec_sql(m, "ALTER TABLE checkpoints ADD COLUMN seq INTEGER NOT NULL DEFAULT 0");
-    /* Every other statement of the schema is idempotent, so it upgrades versions 1 and 2. */
+    /* Versions 1 to 3 made pending rows for whole-chunk files only: NULL written says so. */
+    if (r == 0 && version >= 1 && version <= 3)
+        r = meta_exec_sql(m, "ALTER TABLE pending ADD COLUMN base BLOB;"
+                             "ALTER TABLE pending ADD COLUMN written BLOB");
+    /* Every other statement of the schema is idempotent, so it upgrades versions 1 to 3. */
     if (r == 0 && version < META_SCHEMA_VERSION)
         r = meta_exec_sql(m, meta_schema);
     if (r < 0) {
@@ -814,6 +824,29 @@ int meta_head_commit(struct meta *m, int64_t disk_id, struct chunk_map *map, uin
 
 /* ---- pending rows --------------------------------------------------------------------------- */
 
+static bool meta_pending_valid(const struct meta_pending *p)
+{
+    return p->idx <= INT64_MAX && p->gen <= INT64_MAX && p->file != NULL &&
+           p->written_len <= META_PENDING_WRITTEN_MAX &&
+           (p->written != NULL || p->written_len == 0);
+}
+
+static void meta_pending_bind(sqlite3_stmt *st, int64_t disk_id, const struct meta_pending *p)
+{
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)p->idx);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)p->gen);
+    sqlite3_bind_text(st, 4, p->file, -1, SQLITE_STATIC);
+    if (p->base)
+        sqlite3_bind_blob(st, 5, p->base->b, CHUNK_HASH_LEN, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
+    if (p->written)
+        sqlite3_bind_blob(st, 6, p->written, (int)p->written_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
+}
+
 int meta_pending_put(struct meta *m, int64_t disk_id, const struct meta_pending *rows, size_t n)
 {
     sqlite3_stmt *st;
@@ -825,16 +858,13 @@ int meta_pending_put(struct meta *m, int64_t disk_id, const struct meta_pending 
         return r;
     st = meta_stmt(m, STMT_PENDING_PUT, &r);
     for (size_t i = 0; i < n && st != NULL && r == 0; i++) {
-        if (rows[i].idx > INT64_MAX || rows[i].gen > INT64_MAX || rows[i].file == NULL) {
+        if (!meta_pending_valid(&rows[i])) {
             log_error("meta", "pending row for index %llu is out of range",
                       (unsigned long long)rows[i].idx);
             r = -EINVAL;
             break;
         }
-        sqlite3_bind_int64(st, 1, disk_id);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)rows[i].idx);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)rows[i].gen);
-        sqlite3_bind_text(st, 4, rows[i].file, -1, SQLITE_STATIC);
+        meta_pending_bind(st, disk_id, &rows[i]);
         r = meta_exec_stmt(m, st, "put pending row");
         /* The foreign key turns a wrong disk_id into a constraint error. */
         if (r == -EEXIST)
@@ -847,6 +877,11 @@ struct meta_pending_row {
     uint64_t idx;
     uint64_t gen;
     char *file;
+    bool has_base;
+    struct chunk_hash base;
+    bool has_written;
+    uint8_t written[META_PENDING_WRITTEN_MAX];
+    size_t written_len;
 };
 
 int meta_pending_list(struct meta *m, int64_t disk_id,
@@ -873,10 +908,30 @@ int meta_pending_list(struct meta *m, int64_t disk_id,
             rows = nr;
             cap = ncap;
         }
-        rows[n].idx = (uint64_t)sqlite3_column_int64(st, 0);
-        rows[n].gen = (uint64_t)sqlite3_column_int64(st, 1);
-        rows[n].file = strdup(file ? (const char *)file : "");
-        if (rows[n].file == NULL) {
+        struct meta_pending_row *row = &rows[n];
+        memset(row, 0, sizeof *row);
+        row->idx = (uint64_t)sqlite3_column_int64(st, 0);
+        row->gen = (uint64_t)sqlite3_column_int64(st, 1);
+        int base_len = sqlite3_column_bytes(st, 3), written_len = sqlite3_column_bytes(st, 4);
+        row->has_base = sqlite3_column_type(st, 3) != SQLITE_NULL;
+        row->has_written = sqlite3_column_type(st, 4) != SQLITE_NULL;
+        if ((row->has_base && base_len != CHUNK_HASH_LEN) ||
+            (row->has_written && (written_len < 1 || written_len > META_PENDING_WRITTEN_MAX))) {
+            log_error("meta",
+                      "%s/wisp.db: the pending row for chunk %llu is damaged (a %d-byte base, "
+                      "a %d-byte bitmap)",
+                      m->dir, (unsigned long long)row->idx, base_len, written_len);
+            r = -EBADMSG;
+            break;
+        }
+        if (row->has_base)
+            memcpy(row->base.b, sqlite3_column_blob(st, 3), CHUNK_HASH_LEN);
+        if (row->has_written) {
+            memcpy(row->written, sqlite3_column_blob(st, 4), (size_t)written_len);
+            row->written_len = (size_t)written_len;
+        }
+        row->file = strdup(file ? (const char *)file : "");
+        if (row->file == NULL) {
             r = -ENOMEM;
             break;
         }
@@ -886,7 +941,12 @@ int meta_pending_list(struct meta *m, int64_t disk_id,
         r = meta_fail(m, rc, "list pending rows");
     meta_stmt_done(st);
     for (size_t i = 0; i < n && r == 0; i++) {
-        struct meta_pending p = {.idx = rows[i].idx, .gen = rows[i].gen, .file = rows[i].file};
+        struct meta_pending p = {.idx = rows[i].idx,
+                                 .gen = rows[i].gen,
+                                 .file = rows[i].file,
+                                 .base = rows[i].has_base ? &rows[i].base : NULL,
+                                 .written = rows[i].has_written ? rows[i].written : NULL,
+                                 .written_len = rows[i].written_len};
         r = fn(&p, opaque);
     }
     for (size_t i = 0; i < n; i++)
@@ -939,12 +999,9 @@ int meta_pending_put_after_head(struct meta *m, int64_t disk_id, const struct me
 
     st = meta_stmt(m, STMT_PENDING_PUT_AFTER_HEAD, &r);
     for (size_t i = 0; i < n && st != NULL && r == 0; i++) {
-        if (rows[i].idx > INT64_MAX || rows[i].gen > INT64_MAX || rows[i].file == NULL)
+        if (!meta_pending_valid(&rows[i]))
             return -EINVAL;
-        sqlite3_bind_int64(st, 1, disk_id);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64)rows[i].idx);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)rows[i].gen);
-        sqlite3_bind_text(st, 4, rows[i].file, -1, SQLITE_STATIC);
+        meta_pending_bind(st, disk_id, &rows[i]);
         r = meta_exec_stmt(m, st, "put pending row");
     }
     return r;

@@ -72,10 +72,20 @@ int meta_map_load(struct meta *m, const struct meta_disk *d, struct chunk_map **
 int meta_head_commit(struct meta *m, int64_t disk_id, struct chunk_map *map, uint64_t gen,
                      struct chunk_hash *root_out);
 
+/* Bitmap of 4 KiB blocks, enough for the largest chunk (4 MiB). */
+#define META_PENDING_WRITTEN_MAX 128
+
+/* A chunk flushed locally, waiting for its upload.  The file may hold only some of the chunk's
+ * 4 KiB blocks: then written is their bitmap (bit i is byte i / 8, bit i % 8), and the other
+ * blocks are the chunk base, or zeros when base is NULL.  written NULL: the file is the
+ * whole chunk. */
 struct meta_pending {
     uint64_t idx;
     uint64_t gen;
-    const char *file; /* relative to the cache directory */
+    const char *file; /* relative to the cache directory; "" for a zero chunk */
+    const struct chunk_hash *base;
+    const uint8_t *written;
+    size_t written_len;
 };
 /* Upserts rows (one per idx, replacing an older row for the same idx). */
 int meta_pending_put(struct meta *m, int64_t disk_id, const struct meta_pending *rows, size_t n);

@@ -364,66 +364,6 @@ int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t c
     return -EIO;
 }
 
-int chunk_cache_copy_to_fd(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
-                           int fd)
-{
-    char path[PATH_MAX];
-    struct cache_entry *e;
-    void *data;
-    int r;
-
-    for (int attempt = 0; attempt < 3; attempt++) {
-        r = cache_acquire(c, h, chunk_len, &e, &data);
-        if (r < 0)
-            return r;
-        if (data) {
-            size_t done = 0;
-            while (done < chunk_len) {
-                ssize_t n = pwrite(fd, (char *)data + done, chunk_len - done, (off_t)done);
-                if (n < 0 && errno == EINTR)
-                    continue;
-                if (n < 0) {
-                    r = -errno;
-                    break;
-                }
-                done += (size_t)n;
-            }
-            free(data);
-            return r;
-        }
-        cache_path(c, h, path, sizeof path);
-        int src = open(path, O_RDONLY | O_CLOEXEC);
-        if (src < 0) {
-            cache_forget(c, e);
-            continue;
-        }
-        loff_t in = 0, out = 0;
-        size_t done = 0;
-        r = 0;
-        while (done < chunk_len) {
-            ssize_t n = copy_file_range(src, &in, fd, &out, chunk_len - done, 0);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                r = -errno;
-                break;
-            }
-            if (n == 0)
-                break;
-            done += (size_t)n;
-        }
-        close(src);
-        if (r == 0 && done == chunk_len) {
-            cache_release(c, e);
-            return 0;
-        }
-        cache_forget(c, e);
-        if (r < 0)
-            return r;
-    }
-    return -EIO;
-}
-
 /* ---- prefetch ----------------------------------------------------------------------------- */
 
 struct cache_prefetch {
@@ -503,17 +443,25 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
 
     cache_path(c, h, dest, sizeof dest);
     pthread_mutex_lock(&c->lock);
-    e = g_hash_table_lookup(c->entries, h);
-    if (!e) {
-        if (link(path, dest) == 0 || errno == EEXIST) {
-            e = g_new0(struct cache_entry, 1);
-            e->hash = *h;
-            e->lru_link.data = e;
-            g_hash_table_insert(c->entries, &e->hash, e);
-            cache_entry_filled_locked(c, e, len);
-        } else {
-            log_warn("cache", "link %s to %s: %m", path, dest);
-        }
+    bool cached = g_hash_table_contains(c->entries, h);
+    pthread_mutex_unlock(&c->lock);
+    if (cached)
+        return 0;
+    /* Link or write the file outside the lock: readers must not wait for a 1 MiB write.  A
+     * fetch of the same chunk meanwhile writes the same bytes, so either file will do. */
+    r = path ? (link(path, dest) == 0 || errno == EEXIST ? 0 : -errno)
+             : cache_write_file(c, h, data, len);
+    if (r < 0) {
+        log_warn("cache", "cannot add %s to the cache: %s", dest, strerror(-r));
+        return 0; /* the upload succeeded; the cache is only a copy */
+    }
+    pthread_mutex_lock(&c->lock);
+    if (!g_hash_table_contains(c->entries, h)) {
+        e = g_new0(struct cache_entry, 1);
+        e->hash = *h;
+        e->lru_link.data = e;
+        g_hash_table_insert(c->entries, &e->hash, e);
+        cache_entry_filled_locked(c, e, len);
     }
     pthread_mutex_unlock(&c->lock);
     return 0;

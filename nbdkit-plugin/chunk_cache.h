@@ -45,16 +45,13 @@ void chunk_cache_store_key(const struct chunk_hash *h, char key[80]);
 int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len, void *buf,
                      size_t count, uint64_t offset);
 
-/* Copies the whole chunk into fd at offset 0 (for read-modify-write). */
-int chunk_cache_copy_to_fd(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len,
-                           int fd);
-
 /* Starts fetching h in the background if it is not cached (read-ahead, NBD_CMD_CACHE). */
 void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len);
 
 /* Uploads a chunk to the store unless it is already there (content addressing makes an
  * existing object with that key the same bytes), then adds it to the cache by hard-linking
- * path, whose content it is.  data is the content, already hashed to h. */
+ * path, whose content it is, or by writing data when path is NULL.  data is the content,
+ * already hashed to h. */
 int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
                        size_t len, const char *path);
 

@@ -95,8 +95,14 @@ int chunk_file_open(struct disk *d, const struct chunk_file *f, int flags)
     return fd;
 }
 
-/* Creates an empty (sparse, all-zero) chunk file for idx, with one reference. */
-static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **out)
+uint32_t disk_chunk_blocks(const struct disk *d)
+{
+    return d->meta.chunk_size / CHUNK_BLOCK_SIZE;
+}
+
+/* Creates an empty (sparse, all-zero) chunk file for idx, with one reference and an empty
+ * layout, and returns it open for writing in *fd_out. */
+static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **out, int *fd_out)
 {
     struct chunk_file *f = g_new0(struct chunk_file, 1);
     char path[PATH_MAX];
@@ -118,8 +124,8 @@ static int chunk_file_create(struct disk *d, uint64_t idx, struct chunk_file **o
         g_free(f);
         return err;
     }
-    close(fd);
     f->refs = 1;
+    *fd_out = fd;
     pthread_mutex_lock(&d->lock);
     d->stats.dirty_bytes += d->meta.chunk_size;
     pthread_mutex_unlock(&d->lock);
@@ -145,6 +151,32 @@ int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset)
         done += (size_t)n;
     }
     return 0;
+}
+
+int disk_layout_read(struct disk *d, const struct chunk_layout *l, int fd, void *buf,
+                     uint64_t count, uint64_t offset)
+{
+    const uint32_t n_blocks = disk_chunk_blocks(d);
+    uint64_t pos = offset, end = offset + count;
+    int r = 0;
+
+    while (pos < end && r == 0) {
+        uint32_t block = (uint32_t)(pos / CHUNK_BLOCK_SIZE);
+        uint64_t run_end = (uint64_t)chunk_layout_run_end(l, block, n_blocks) * CHUNK_BLOCK_SIZE;
+        char *p = (char *)buf + (pos - offset);
+
+        if (run_end > end)
+            run_end = end;
+        if (chunk_layout_written(l, block))
+            r = disk_pread_all(fd, p, run_end - pos, pos);
+        else if (l->has_base)
+            r = chunk_cache_read(d->env->cache, &l->base, d->meta.chunk_size, p, run_end - pos,
+                                 pos);
+        else
+            memset(p, 0, run_end - pos);
+        pos = run_end;
+    }
+    return r;
 }
 
 static int disk_pwrite_all(int fd, const void *buf, size_t count, uint64_t offset)
@@ -193,10 +225,11 @@ enum chunk_source {
     SOURCE_HEAD,
 };
 
-/* Finds where chunk idx's current content is.  For SOURCE_FILE a reference is taken.  Caller
- * holds d->lock. */
+/* Finds where chunk idx's current content is.  For SOURCE_FILE a reference is taken and, if
+ * layout is not NULL, the file's layout copied.  Caller holds d->lock. */
 static enum chunk_source disk_chunk_source_locked(struct disk *d, uint64_t idx,
-                                                  struct chunk_file **file, struct chunk_hash *h)
+                                                  struct chunk_file **file, struct chunk_hash *h,
+                                                  struct chunk_layout *layout)
 {
     struct dirty_chunk *dc = disk_dirty_get_locked(d, idx);
     enum slot_kind kind = SLOT_NONE;
@@ -214,6 +247,8 @@ static enum chunk_source disk_chunk_source_locked(struct disk *d, uint64_t idx,
     if (kind == SLOT_FILE) {
         f->refs++;
         *file = f;
+        if (layout)
+            *layout = f->layout;
         return SOURCE_FILE;
     }
     return chunk_map_get(d->head, idx, h) ? SOURCE_HEAD : SOURCE_ZERO;
@@ -236,7 +271,7 @@ static void disk_readahead(struct disk *d, uint64_t next_idx)
     uint64_t to = next_idx + ahead < d->n_chunks ? next_idx + ahead : d->n_chunks;
     for (uint64_t i = from; i < to; i++) {
         struct chunk_file *f = NULL;
-        if (disk_chunk_source_locked(d, i, &f, &hashes[n]) == SOURCE_HEAD)
+        if (disk_chunk_source_locked(d, i, &f, &hashes[n], NULL) == SOURCE_HEAD)
             n++;
         else if (f)
             chunk_file_unref_locked(d, f);
@@ -268,10 +303,11 @@ int disk_read(struct disk *d, void *buf, uint32_t count, uint64_t offset)
         uint64_t idx = offset / cs, in = offset % cs;
         uint32_t n = (uint32_t)(cs - in < count ? cs - in : count);
         struct chunk_file *f = NULL;
+        struct chunk_layout layout;
         struct chunk_hash h;
 
         pthread_mutex_lock(&d->lock);
-        enum chunk_source src = disk_chunk_source_locked(d, idx, &f, &h);
+        enum chunk_source src = disk_chunk_source_locked(d, idx, &f, &h, &layout);
         pthread_mutex_unlock(&d->lock);
         switch (src) {
         case SOURCE_ZERO:
@@ -279,7 +315,7 @@ int disk_read(struct disk *d, void *buf, uint32_t count, uint64_t offset)
             break;
         case SOURCE_FILE: {
             int fd = chunk_file_open(d, f, O_RDONLY);
-            r = fd < 0 ? fd : disk_pread_all(fd, p, n, in);
+            r = fd < 0 ? fd : disk_layout_read(d, &layout, fd, p, n, in);
             if (fd >= 0)
                 close(fd);
             if (r < 0)
@@ -322,15 +358,154 @@ static void disk_set_live_zero(struct disk *d, uint64_t idx)
     pthread_mutex_unlock(&d->lock);
 }
 
+/* Copies the written blocks of file `from` (layout l) into fd, leaving the rest as holes. */
+static int disk_copy_written(struct disk *d, const struct chunk_file *from,
+                             const struct chunk_layout *l, int fd)
+{
+    const uint32_t n_blocks = disk_chunk_blocks(d);
+    int src = chunk_file_open(d, from, O_RDONLY);
+    int r = src < 0 ? src : 0;
+
+    for (uint32_t b = 0; b < n_blocks && r == 0;) {
+        uint32_t e = chunk_layout_run_end(l, b, n_blocks);
+        if (chunk_layout_written(l, b)) {
+            loff_t in = (loff_t)b * CHUNK_BLOCK_SIZE, out = in;
+            size_t left = (size_t)(e - b) * CHUNK_BLOCK_SIZE;
+            while (left > 0 && r == 0) {
+                ssize_t k = copy_file_range(src, &in, fd, &out, left, 0);
+                if (k < 0 && errno != EINTR)
+                    r = -errno;
+                else if (k == 0)
+                    break; /* a sparse tail: the rest reads as zeros in both */
+                else if (k > 0)
+                    left -= (size_t)k;
+            }
+        }
+        b = e;
+    }
+    if (src >= 0)
+        close(src);
+    return r;
+}
+
+/* Makes a new file for chunk idx, holding what the chunk holds now without copying it: over a
+ * committed chunk it is empty with that chunk as its base; over a frozen file (flushed, not yet
+ * uploaded) it gets that file's written blocks and base.  A write of the whole chunk needs
+ * none of that (whole).  Returns the file, one reference, and an fd open for writing. */
+static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk_file **out,
+                          int *fd_out)
+{
+    struct chunk_file *below = NULL, *f = NULL;
+    struct chunk_layout below_layout;
+    struct chunk_hash h;
+    enum chunk_source src = SOURCE_ZERO;
+    int fd = -1, r;
+
+    if (!whole) {
+        pthread_mutex_lock(&d->lock);
+        src = disk_chunk_source_locked(d, idx, &below, &h, &below_layout);
+        pthread_mutex_unlock(&d->lock);
+    }
+    r = chunk_file_create(d, idx, &f, &fd);
+    if (r == 0 && src == SOURCE_HEAD) {
+        f->layout.has_base = true;
+        f->layout.base = h;
+    } else if (r == 0 && src == SOURCE_FILE) {
+        r = disk_copy_written(d, below, &below_layout, fd);
+        f->layout = below_layout;
+        if (r < 0)
+            log_error("disk", "%s: chunk %llu: cannot copy %s: %s", d->meta.name,
+                      (unsigned long long)idx, below->name, strerror(-r));
+    }
+    chunk_file_unref(d, below);
+    if (r < 0) {
+        if (fd >= 0)
+            close(fd);
+        chunk_file_unref(d, f);
+        return r;
+    }
+    *out = f;
+    *fd_out = fd;
+    return 0;
+}
+
+/* Writes len bytes (data, or zeros if NULL) at off within one block of a chunk file, keeping
+ * the rest of the block: the block is written whole, so it can be marked written. */
+static int disk_block_update(struct disk *d, const struct chunk_layout *l, int fd, uint32_t block,
+                             uint32_t off, const void *data, uint32_t len)
+{
+    uint64_t at = (uint64_t)block * CHUNK_BLOCK_SIZE;
+    char buf[CHUNK_BLOCK_SIZE];
+    int r = disk_layout_read(d, l, fd, buf, CHUNK_BLOCK_SIZE, at);
+
+    if (r < 0)
+        return r;
+    if (data)
+        memcpy(buf + off, data, len);
+    else
+        memset(buf + off, 0, len);
+    return disk_pwrite_all(fd, buf, CHUNK_BLOCK_SIZE, at);
+}
+
+/* Writes whole blocks: data, or zeros as a hole. */
+static int disk_blocks_write(int fd, const void *data, uint64_t len, uint64_t at)
+{
+    int r;
+
+    if (data)
+        return disk_pwrite_all(fd, data, len, at);
+    r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)at, (off_t)len) < 0
+            ? -errno
+            : 0;
+    if (r == -EOPNOTSUPP) {
+        void *zeros = g_malloc0(len);
+        r = disk_pwrite_all(fd, zeros, len, at);
+        g_free(zeros);
+    }
+    return r;
+}
+
+/* Writes n bytes at in within a chunk file whose layout is l, a block at a time at the edges
+ * (read-modify-write of 4 KiB, never of the chunk), and returns the blocks it covered in
+ * [*first, *end). */
+static int disk_file_write(struct disk *d, const struct chunk_layout *l, int fd, uint64_t in,
+                           const void *data, uint32_t n, uint32_t *first, uint32_t *end)
+{
+    const uint32_t B = CHUNK_BLOCK_SIZE;
+    const char *p = data;
+    uint64_t stop = in + n;
+    uint32_t head = (uint32_t)(in % B), tail = (uint32_t)(stop % B);
+    uint32_t fb = (uint32_t)(in / B), lb = (uint32_t)((stop - 1) / B); /* first, last block */
+    uint32_t mid_first = head ? fb + 1 : fb, mid_end = tail ? lb : lb + 1;
+    int r = 0;
+
+    *first = fb;
+    *end = lb + 1;
+    if (head) {
+        uint32_t len = fb == lb ? n : B - head;
+        r = disk_block_update(d, l, fd, fb, head, p, len);
+    }
+    if (r == 0 && tail && (lb != fb || !head))
+        r = disk_block_update(d, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL, tail);
+    if (r == 0 && mid_first < mid_end) {
+        uint64_t at = (uint64_t)mid_first * B;
+        r = disk_blocks_write(fd, p ? p + (at - in) : NULL, (uint64_t)(mid_end - mid_first) * B,
+                              at);
+    }
+    return r;
+}
+
 /* Writes n bytes at in within chunk idx.  data NULL means zeros.  Caller holds the chunk's
- * stripe and the barrier (shared). */
+ * stripe and the barrier (shared).  A chunk without a live file gets a new one (copy on write:
+ * frozen and cached files are never written); the write goes into the file and only then are
+ * its blocks marked written, so a reader sees either the old blocks or the new. */
 static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const void *data, uint32_t n)
 {
     const uint32_t cs = d->meta.chunk_size;
-    struct chunk_file *live = NULL, *base_file = NULL;
-    struct chunk_hash base_hash;
-    enum chunk_source base;
-    int r;
+    struct chunk_file *live = NULL;
+    struct chunk_layout layout;
+    uint32_t first, end;
+    int fd = -1, r;
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
         disk_set_live_zero(d, idx);
@@ -342,79 +517,43 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     if (dc && dc->live_kind == SLOT_FILE) {
         live = dc->live;
         live->refs++;
+        layout = live->layout;
     }
-    base = live ? SOURCE_FILE : disk_chunk_source_locked(d, idx, &base_file, &base_hash);
     pthread_mutex_unlock(&d->lock);
 
-    int fd = -1;
-    if (!live) {
-        /* Copy-on-write: a new live file, holding the old content when the write is partial.
-         * Frozen and cached files are never written. */
-        r = chunk_file_create(d, idx, &live);
-        if (r == 0)
-            r = fd = chunk_file_open(d, live, O_RDWR);
-        if (r >= 0 && n < cs) {
-            r = 0;
-            if (base == SOURCE_FILE) {
-                loff_t src_off = 0, dst_off = 0;
-                size_t done = 0;
-                int src = chunk_file_open(d, base_file, O_RDONLY);
-                if (src < 0)
-                    r = src;
-                while (src >= 0 && done < cs && r == 0) {
-                    ssize_t k = copy_file_range(src, &src_off, fd, &dst_off, cs - done, 0);
-                    if (k < 0 && errno != EINTR)
-                        r = -errno;
-                    else if (k == 0)
-                        break;
-                    else if (k > 0)
-                        done += (size_t)k;
-                }
-                if (src >= 0)
-                    close(src);
-            } else if (base == SOURCE_HEAD) {
-                r = chunk_cache_copy_to_fd(d->env->cache, &base_hash, cs, fd);
-            }
-            if (r < 0)
-                log_error("disk", "%s: chunk %llu: cannot load it for a partial write: %s",
-                          d->meta.name, (unsigned long long)idx, strerror(-r));
-        }
-        chunk_file_unref(d, base_file);
-        if (r < 0) {
-            if (fd >= 0)
-                close(fd);
-            chunk_file_unref(d, live);
-            return r;
-        }
-        pthread_mutex_lock(&d->lock);
-        dc = disk_dirty_get_or_add_locked(d, idx);
-        dc->live_kind = SLOT_FILE;
-        dc->live = live; /* the creation reference becomes the slot's */
-        live->refs++;    /* and ours, for the write below */
-        pthread_mutex_unlock(&d->lock);
-    }
-
-    if (fd < 0)
-        fd = chunk_file_open(d, live, O_RDWR);
-    if (fd < 0) {
-        r = fd;
-    } else if (data) {
-        r = disk_pwrite_all(fd, data, n, in);
+    bool made = false;
+    if (live) {
+        r = fd = chunk_file_open(d, live, O_RDWR);
     } else {
-        r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)in, n) < 0 ? -errno
-                                                                                        : 0;
-        if (r == -EOPNOTSUPP) {
-            void *zeros = g_malloc0(n);
-            r = disk_pwrite_all(fd, zeros, n, in);
-            g_free(zeros);
-        }
+        r = disk_file_make(d, idx, n == cs, &live, &fd);
+        if (r == 0)
+            layout = live->layout; /* not shared yet */
+        made = r == 0;
     }
+    if (r >= 0)
+        r = disk_file_write(d, &layout, fd, in, data, n, &first, &end);
     if (fd >= 0)
         close(fd);
-    if (r < 0)
-        log_error("disk", "%s: write %s: %s", d->meta.name, live->name, strerror(-r));
-    chunk_file_unref(d, live);
-    return r;
+    if (r < 0) {
+        log_error("disk", "%s: write chunk %llu: %s", d->meta.name, (unsigned long long)idx,
+                  strerror(-r));
+        chunk_file_unref(d, live);
+        return r;
+    }
+
+    pthread_mutex_lock(&d->lock);
+    chunk_layout_mark(&live->layout, first, end);
+    if (made) {
+        dc = disk_dirty_get_or_add_locked(d, idx);
+        struct chunk_file *old = dc->live_kind == SLOT_FILE ? dc->live : NULL;
+        dc->live_kind = SLOT_FILE;
+        dc->live = live;                 /* our reference becomes the slot's */
+        chunk_file_unref_locked(d, old); /* none: we hold the stripe */
+    } else {
+        chunk_file_unref_locked(d, live);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return 0;
 }
 
 static int disk_modify(struct disk *d, const void *buf, uint32_t count, uint64_t offset)
@@ -473,7 +612,7 @@ void disk_prefetch(struct disk *d, uint32_t count, uint64_t offset)
         struct chunk_file *f = NULL;
         struct chunk_hash h;
         pthread_mutex_lock(&d->lock);
-        enum chunk_source src = disk_chunk_source_locked(d, i, &f, &h);
+        enum chunk_source src = disk_chunk_source_locked(d, i, &f, &h, NULL);
         if (f)
             chunk_file_unref_locked(d, f);
         pthread_mutex_unlock(&d->lock);
@@ -565,6 +704,23 @@ static int disk_recover_pending(const struct meta_pending *p, void *opaque)
                       d->meta.name, (unsigned long long)p->idx, path, strerror(-err));
             g_free(f);
             return err;
+        }
+        uint32_t n_blocks = disk_chunk_blocks(d);
+        if (p->written && p->written_len != (n_blocks + 7) / 8) {
+            log_error("disk",
+                      "%s: pending chunk %llu: a %zu-byte block bitmap for %u blocks (the "
+                      "local journal is damaged)",
+                      d->meta.name, (unsigned long long)p->idx, p->written_len, n_blocks);
+            g_free(f);
+            return -EBADMSG;
+        }
+        if (p->written)
+            memcpy(f->layout.written, p->written, p->written_len);
+        else
+            chunk_layout_mark(&f->layout, 0, n_blocks);
+        if (p->base) {
+            f->layout.has_base = true;
+            f->layout.base = *p->base;
         }
         f->refs = 1;
         dc->frozen_kind = SLOT_FILE;

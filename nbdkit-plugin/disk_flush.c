@@ -76,6 +76,38 @@ static uint64_t disk_freeze(struct disk *d)
     return fz.gen;
 }
 
+/* fdatasyncs the files of journal items.  Writeback of all of them is started first, so the
+ * file system commits them together and each fdatasync after the first finds little to do.
+ * (syncfs would be one call, but it also waits for every other writer of the file system.) */
+static int disk_journal_sync_files(struct disk *d, GArray *items)
+{
+    enum { BATCH = 64 }; /* descriptors open at once */
+    int fds[BATCH], r = 0;
+
+    for (guint from = 0; from < items->len && r == 0; from += BATCH) {
+        guint n = 0;
+        for (guint i = from; i < items->len && i < from + BATCH && r == 0; i++) {
+            struct journal_item *it = &g_array_index(items, struct journal_item, i);
+            if (!it->file)
+                continue;
+            int fd = chunk_file_open(d, it->file, O_RDONLY);
+            if (fd < 0) {
+                r = fd;
+                break;
+            }
+            fds[n++] = fd;
+            if (sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) < 0 && errno != ENOSYS)
+                r = -errno;
+        }
+        for (guint i = 0; i < n; i++) {
+            if (r == 0 && fdatasync(fds[i]) < 0)
+                r = -errno;
+            close(fds[i]);
+        }
+    }
+    return r;
+}
+
 /* durability=local: fsyncs the frozen files of every flush up to gen and records them in the
  * pending journal. */
 static int disk_journal(struct disk *d, uint64_t gen)
@@ -94,21 +126,11 @@ static int disk_journal(struct disk *d, uint64_t gen)
     d->journal = g_array_new(FALSE, FALSE, sizeof(struct journal_item));
     pthread_mutex_unlock(&d->lock);
 
-    /* Make the frozen files and their directory entries durable.  Past a few files, one
-     * syncfs of the cache's file system beats an fsync per file. */
+    /* Make the frozen files and their directory entries durable. */
     if (items->len > 0) {
+        r = disk_journal_sync_files(d, items);
         int dfd = open(d->dirty_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            r = -errno;
-        for (guint i = 0; r == 0 && items->len <= 16 && i < items->len; i++) {
-            struct journal_item *it = &g_array_index(items, struct journal_item, i);
-            int fd = it->file ? chunk_file_open(d, it->file, O_RDONLY) : -1;
-            if (it->file && (fd < 0 || fdatasync(fd) < 0))
-                r = fd < 0 ? fd : -errno;
-            if (fd >= 0)
-                close(fd);
-        }
-        if (r == 0 && (items->len > 16 ? syncfs(dfd) : fsync(dfd)) < 0)
+        if (r == 0 && (dfd < 0 || fsync(dfd) < 0))
             r = -errno;
         if (dfd >= 0)
             close(dfd);
@@ -117,11 +139,26 @@ static int disk_journal(struct disk *d, uint64_t gen)
                       d->dirty_dir, strerror(-r));
     }
     if (r == 0 && items->len > 0) {
-        struct meta_pending *rows = g_new(struct meta_pending, items->len);
+        struct meta_pending *rows = g_new0(struct meta_pending, items->len);
+        struct chunk_layout *layouts = g_new(struct chunk_layout, items->len);
+        const uint32_t n_blocks = disk_chunk_blocks(d);
+        pthread_mutex_lock(&d->lock); /* for the layouts */
         for (guint i = 0; i < items->len; i++) {
             struct journal_item *it = &g_array_index(items, struct journal_item, i);
-            rows[i] = (struct meta_pending){it->idx, it->gen, it->file ? it->file->name : ""};
+            rows[i].idx = it->idx;
+            rows[i].gen = it->gen;
+            rows[i].file = it->file ? it->file->name : "";
+            if (!it->file)
+                continue;
+            layouts[i] = it->file->layout;
+            if (layouts[i].has_base)
+                rows[i].base = &layouts[i].base;
+            if (!chunk_layout_whole(&layouts[i], n_blocks)) {
+                rows[i].written = layouts[i].written;
+                rows[i].written_len = (n_blocks + 7) / 8;
+            }
         }
+        pthread_mutex_unlock(&d->lock);
         pthread_mutex_lock(d->env->meta_lock);
         r = meta_begin(d->env->meta);
         if (r == 0)
@@ -132,6 +169,7 @@ static int disk_journal(struct disk *d, uint64_t gen)
             meta_rollback(d->env->meta);
         pthread_mutex_unlock(d->env->meta_lock);
         g_free(rows);
+        g_free(layouts);
     }
 
     pthread_mutex_lock(&d->lock);
@@ -164,7 +202,8 @@ static int disk_journal(struct disk *d, uint64_t gen)
 struct round_item {
     uint64_t idx;
     enum slot_kind kind;
-    struct chunk_file *file; /* ref held */
+    struct chunk_file *file;    /* ref held */
+    struct chunk_layout layout; /* the file's, when the round began */
     struct chunk_hash hash;
     bool zero;
     int result;
@@ -189,10 +228,11 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
         it->zero = true;
         return 0;
     }
+    /* Merge the written blocks with the base: what the chunk holds. */
     int fd = chunk_file_open(d, it->file, O_RDONLY);
     if (fd < 0)
         return fd;
-    r = disk_pread_all(fd, buf, cs, 0);
+    r = disk_layout_read(d, &it->layout, fd, buf, cs, 0);
     close(fd);
     if (r < 0)
         return r;
@@ -203,8 +243,10 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
     r = hash_sha256(buf, cs, it->hash.b);
     if (r < 0)
         return r;
+    /* The cache can take the file itself only when it is the whole chunk. */
     snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, it->file->name);
-    r = chunk_cache_upload(d->env->cache, &it->hash, buf, cs, path);
+    bool whole = chunk_layout_whole(&it->layout, disk_chunk_blocks(d));
+    r = chunk_cache_upload(d->env->cache, &it->hash, buf, cs, whole ? path : NULL);
     if (r == 0) {
         pthread_mutex_lock(&d->lock);
         d->stats.uploads++;
@@ -253,6 +295,34 @@ static int disk_collect_page(const struct chunk_hash *hash, const void *page, si
     return 0;
 }
 
+/* After a commit: a newer file of a committed chunk was made over the committed file (it copied
+ * that file's written blocks and took its base), so its unwritten blocks are the committed
+ * chunk's too.  Point its base there: same content, and the old base, which nothing may
+ * reference any more, is not needed again.  Caller holds d->lock. */
+static void disk_rebase_locked(struct disk *d, const struct round *rd)
+{
+    for (size_t i = 0; i < rd->n; i++) {
+        const struct round_item *it = &rd->items[i];
+        struct dirty_chunk *dc = disk_dirty_get_locked(d, it->idx);
+        struct chunk_file *newer[2] = {NULL, NULL};
+
+        if (!dc || !it->file || !it->layout.has_base)
+            continue;
+        if (dc->live_kind == SLOT_FILE)
+            newer[0] = dc->live;
+        if (dc->frozen_kind == SLOT_FILE && dc->frozen != it->file)
+            newer[1] = dc->frozen;
+        for (int k = 0; k < 2; k++) {
+            struct chunk_layout *l = newer[k] ? &newer[k]->layout : NULL;
+            if (!l || !l->has_base || memcmp(l->base.b, it->layout.base.b, CHUNK_HASH_LEN) != 0)
+                continue;
+            l->has_base = !it->zero;
+            if (!it->zero)
+                l->base = it->hash;
+        }
+    }
+}
+
 /* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
  * round_lock. */
 static int disk_round(struct disk *d)
@@ -288,8 +358,10 @@ static int disk_round(struct disk *d)
         it->idx = dc->idx;
         it->kind = dc->frozen_kind;
         it->file = dc->frozen;
-        if (it->file)
+        if (it->file) {
             it->file->refs++;
+            it->layout = it->file->layout;
+        }
     }
     pthread_mutex_unlock(&d->lock);
 
@@ -369,6 +441,7 @@ static int disk_round(struct disk *d)
                   "read-only until a restart",
                   d->meta.name, (unsigned long long)gen, strerror(-r));
     } else {
+        disk_rebase_locked(d, &rd);
         d->committed_gen = gen;
         d->meta.head_root = root;
         d->stats.rounds++;

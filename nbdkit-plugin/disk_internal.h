@@ -17,15 +17,22 @@
 #ifndef WISP_DISK_INTERNAL_H
 #define WISP_DISK_INTERNAL_H
 
+#include "chunk_layout.h"
 #include "disk.h"
 
 #include <glib.h>
 
 #define DISK_STRIPES 64
 
+/* Invariant: a chunk file's content plus its layout is the chunk's content at one moment, so
+ * the blocks it does not hold are those of layout.base (or zeros).  A live file's layout grows
+ * (blocks marked written) only under its chunk's stripe and d->lock, after the data is in the
+ * file; a round's commit may replace layout.base by an equal-content chunk under d->lock
+ * (disk_round).  Readers copy the layout under d->lock. */
 struct chunk_file {
     char name[96]; /* relative to the cache directory: dirty/<disk id>/<idx>.<nonce> */
     unsigned refs;
+    struct chunk_layout layout;
 };
 
 enum slot_kind {
@@ -89,6 +96,12 @@ void chunk_file_unref(struct disk *d, struct chunk_file *f);
 int chunk_file_open(struct disk *d, const struct chunk_file *f, int flags);
 /* Reads count bytes at offset; a sparse tail reads as zeros. */
 int disk_pread_all(int fd, void *buf, size_t count, uint64_t offset);
+/* Reads count bytes at offset within a chunk whose file is fd and layout l: written blocks from
+ * the file, the others from the base chunk (through the cache) or zeros. */
+int disk_layout_read(struct disk *d, const struct chunk_layout *l, int fd, void *buf,
+                     uint64_t count, uint64_t offset);
+/* Blocks per chunk. */
+uint32_t disk_chunk_blocks(const struct disk *d);
 bool disk_is_zero(const void *buf, size_t len);
 /* Caller holds d->lock. */
 struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);

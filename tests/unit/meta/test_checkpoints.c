@@ -468,6 +468,8 @@ static void test_upgrade_from_v1(int64_t current_version)
     meta_close(m);
     CHECK(raw_sql(dir, "PRAGMA user_version") == current_version);
     CHECK(raw_sql(dir, "SELECT count(*) FROM sqlite_master WHERE name = 'checkpoints'") == 1);
+    /* The old row was a whole-chunk file: it reads back as one (no base, no block bitmap). */
+    CHECK(raw_sql(dir, "SELECT count(*) FROM pending WHERE base IS NULL AND written IS NULL") == 1);
 
     /* Reopening the upgraded database keeps everything; deletes cascade to the new table. */
     m = NULL;

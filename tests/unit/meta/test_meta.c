@@ -329,6 +329,10 @@ static void test_head(struct meta *m)
 struct pending_acc {
     uint64_t idx[16], gen[16];
     char file[16][32];
+    bool has_base[16];
+    struct chunk_hash base[16];
+    size_t written_len[16];
+    uint8_t written[16][META_PENDING_WRITTEN_MAX];
     int n;
 };
 
@@ -340,6 +344,12 @@ static int pending_fn(const struct meta_pending *p, void *opaque)
         acc->idx[acc->n] = p->idx;
         acc->gen[acc->n] = p->gen;
         snprintf(acc->file[acc->n], sizeof acc->file[0], "%s", p->file);
+        acc->has_base[acc->n] = p->base != NULL;
+        if (p->base)
+            acc->base[acc->n] = *p->base;
+        acc->written_len[acc->n] = p->written ? p->written_len : 0;
+        if (p->written)
+            memcpy(acc->written[acc->n], p->written, p->written_len);
     }
     acc->n++;
     return 0;
@@ -369,6 +379,23 @@ static void test_pending(struct meta *m)
     CHECK(acc.idx[0] == 10 && acc.gen[0] == 14 && strcmp(acc.file[0], "c/10b") == 0);
     CHECK(acc.idx[1] == 20 && acc.gen[1] == 11 && strcmp(acc.file[1], "c/20") == 0);
     CHECK(acc.idx[2] == 30 && acc.gen[2] == 12 && strcmp(acc.file[2], "c/30") == 0);
+    CHECK(!acc.has_base[0] && acc.written_len[0] == 0); /* whole-chunk files */
+
+    /* A partial file: its base and block bitmap come back as written; bad ones are refused. */
+    struct chunk_hash base;
+    memset(base.b, 0xab, sizeof base.b);
+    const uint8_t bitmap[2] = {0x81, 0x02};
+    const struct meta_pending partial = {
+        .idx = 40, .gen = 12, .file = "c/40", .base = &base, .written = bitmap, .written_len = 2};
+    CHECK(meta_pending_put(m, d.id, &partial, 1) == 0);
+    const struct meta_pending too_long = {
+        .idx = 41, .gen = 12, .file = "c/41", .written = bitmap, .written_len = 129};
+    CHECK(meta_pending_put(m, d.id, &too_long, 1) == -EINVAL);
+    memset(&acc, 0, sizeof acc);
+    CHECK(meta_pending_list(m, d.id, pending_fn, &acc) == 0);
+    CHECK(acc.n == 4 && acc.idx[3] == 40 && acc.has_base[3] &&
+          memcmp(acc.base[3].b, base.b, sizeof base.b) == 0 && acc.written_len[3] == 2 &&
+          memcmp(acc.written[3], bitmap, 2) == 0);
 
     /* A head commit at gen 12 drops rows with gen <= 12, keeps the later one. */
     map = chunk_map_new(d.size / d.chunk_size);
@@ -480,15 +507,15 @@ static void test_schema_version(void)
     path_in(dir, sizeof dir, "newer");
     REQUIRE(meta_open(dir, false, &m) == 0);
     meta_close(m);
-    CHECK(raw_sql(dir, "PRAGMA user_version") == 3);
+    CHECK(raw_sql(dir, "PRAGMA user_version") == 4);
     CHECK(raw_sql(dir, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1);
-    raw_sql(dir, "PRAGMA user_version = 4");
+    raw_sql(dir, "PRAGMA user_version = 5");
     m = NULL;
     test_last_log[0] = '\0';
     CHECK(meta_open(dir, true, &m) == -EPROTONOSUPPORT && m == NULL);
     CHECK(strstr(test_last_log, "newer") != NULL);
     /* The refused open released its lock. */
-    raw_sql(dir, "PRAGMA user_version = 3");
+    raw_sql(dir, "PRAGMA user_version = 4");
     CHECK(meta_open(dir, true, &m) == 0);
     meta_close(m);
 
@@ -525,7 +552,7 @@ int main(void)
     snprintf(test_meta_dir, sizeof test_meta_dir, "%s", dir);
     REQUIRE(meta_open(dir, true, &m) == 0);
     CHECK(stat(dir, &stt) == 0 && (stt.st_mode & 0777) == 0700);
-    CHECK(raw_sql(dir, "PRAGMA user_version") == 3);
+    CHECK(raw_sql(dir, "PRAGMA user_version") == 4);
     test_disks(m);
     test_head(m);
     test_pending(m);
