@@ -63,8 +63,7 @@ void chunk_file_unref_locked(struct disk *d, struct chunk_file *f)
     if (!f || --f->refs > 0)
         return;
     snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, f->name);
-    if (unlink(path) < 0 && errno != ENOENT)
-        log_warn("disk", "unlink %s: %m", path);
+    file_reaper_unlink(d->env->reaper, path); /* never a slow unlink under d->lock */
     d->stats.dirty_bytes -= d->meta.chunk_size;
     chunk_cache_add_dirty(d->env->cache, -(int64_t)d->meta.chunk_size);
     g_free(f);

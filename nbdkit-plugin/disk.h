@@ -38,8 +38,9 @@ struct disk_env {
     struct meta *meta;
     pthread_mutex_t *meta_lock; /* the meta connection is used by one thread at a time */
     enum disk_durability durability;
-    unsigned upload_parallel; /* chunks uploaded at once in a round */
-    uint64_t readahead_bytes; /* prefetched ahead of a sequential reader */
+    unsigned upload_parallel;   /* chunks uploaded at once in a round */
+    uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
+    struct file_reaper *reaper; /* unlinks dropped chunk files; NULL: unlink in place */
 };
 
 struct disk;

@@ -19,6 +19,7 @@
 
 #include "chunk_layout.h"
 #include "disk.h"
+#include "file_reaper.h"
 
 #include <glib.h>
 

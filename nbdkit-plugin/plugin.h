@@ -30,6 +30,7 @@ struct plugin_state {
     struct meta *meta;
     pthread_mutex_t meta_lock; /* one thread at a time on the meta connection */
     struct chunk_cache *cache;
+    struct file_reaper *reaper;
     struct disk_env env;
 
     pthread_mutex_t registry_lock; /* protects disks */

@@ -10,6 +10,7 @@
 #include "control.h"
 #include "disk.h"
 #include "export_name.h"
+#include "file_reaper.h"
 #include "log.h"
 #include "meta.h"
 #include "plugin.h"
@@ -297,6 +298,11 @@ static int wisp_after_fork(void)
         nbdkit_error("cache=%s: %s", cfg.cache_dir, strerror(-r));
         return -1;
     }
+    state.reaper = file_reaper_new();
+    if (!state.reaper) {
+        nbdkit_error("cannot start the thread that removes dropped chunk files");
+        return -1;
+    }
     state.env = (struct disk_env){
         .cache_dir = cfg.cache_dir,
         .cache = state.cache,
@@ -305,6 +311,7 @@ static int wisp_after_fork(void)
         .durability = cfg.durability,
         .upload_parallel = cfg.upload_parallel,
         .readahead_bytes = cfg.readahead,
+        .reaper = state.reaper,
     };
     state.config = &cfg;
     state.disks = g_hash_table_new(g_str_hash, g_str_equal);
@@ -334,6 +341,7 @@ static void wisp_cleanup(void)
         plugin_close_all_disks(&state);
         g_hash_table_destroy(state.disks);
     }
+    file_reaper_free(state.reaper); /* after the disks: closing them may drop files */
     chunk_cache_close(state.cache);
     meta_close(state.meta);
     store_close(state.store);
