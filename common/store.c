@@ -177,10 +177,28 @@ int store_put(struct store *st, const char *key, const void *data, size_t len)
     return r < 0 ? r : st->ops->put(st, key, data, len, NULL, false);
 }
 
+/* Set by a backend's conditional put that found the same object already there. */
+static __thread bool store_put_existed;
+static __thread struct store_stat store_put_existing;
+
+void store_note_existing(const struct store_stat *sb)
+{
+    store_put_existed = true;
+    store_put_existing = *sb;
+}
+
+bool store_put_found_existing(struct store_stat *out)
+{
+    if (store_put_existed && out)
+        *out = store_put_existing;
+    return store_put_existed;
+}
+
 int store_put_if_absent(struct store *st, const char *key, const void *data, size_t len)
 {
     int r = store_check_key(st, "put", key);
 
+    store_put_existed = false;
     return r < 0 ? r : st->ops->put(st, key, data, len, NULL, true);
 }
 
@@ -189,6 +207,7 @@ int store_put_hashed(struct store *st, const char *key, const void *data, size_t
 {
     int r = store_check_key(st, "put", key);
 
+    store_put_existed = false;
     return r < 0 ? r : st->ops->put(st, key, data, len, sha256, if_absent);
 }
 

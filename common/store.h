@@ -83,6 +83,12 @@ struct store_stat {
 };
 int store_head(struct store *st, const char *key, struct store_stat *out);
 
+/* After this thread's last store_put_if_absent returned 0: true, with the object's stat, if the
+ * object was there already with the same content.  The S3 backend answers success then (a
+ * retry meeting its own first attempt looks the same); garbage collection needs to know, and
+ * the object's age (nbdkit-plugin/chunk_cache.c, meta/chunk_gc.h). */
+bool store_put_found_existing(struct store_stat *out);
+
 /* Deletes the object.  Deleting a missing object succeeds, as in S3. */
 int store_delete(struct store *st, const char *key);
 

@@ -42,6 +42,10 @@ int store_s3_open(struct store *st, const struct store_url *url);
 int store_fail(struct store *st, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A conditional put (if_absent) that answers 0 because an object with the same content was
+ * there already says so through this, for store_put_found_existing(). */
+void store_note_existing(const struct store_stat *sb);
+
 /* Sleeps before retry number `attempt` (1 for the first retry): a random time up to
  * min(backoff_max, backoff_base * 2^(attempt-1)), "full jitter", so that many clients retrying
  * at once spread out. */

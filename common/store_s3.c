@@ -872,8 +872,10 @@ static int s3_put(struct store *st, const char *key, const void *data, size_t le
         /* A retry of our own PUT whose first answer was lost meets the object it created:
          * that is success, recognised by the content hash recorded with it. */
         struct store_stat sb;
-        if (s3_head(st, key, &sb) == 0 && sb.size == len && strcmp(sb.sha256, sha) == 0)
+        if (s3_head(st, key, &sb) == 0 && sb.size == len && strcmp(sb.sha256, sha) == 0) {
+            store_note_existing(&sb); /* maybe another writer's, maybe old: GC needs to know */
             return 0;
+        }
         return store_fail(st, -EEXIST, "PUT %s on %s: the object exists", key, st->description);
     }
     return r;

@@ -1132,3 +1132,32 @@ int meta_pending_clear(struct meta *m, int64_t disk_id)
     sqlite3_bind_int64(st, 1, disk_id);
     return meta_exec_stmt(m, st, "clear pending rows");
 }
+
+/* ---- read snapshots and raw pages, for walks over every version (meta_refs.c) -------------- */
+
+int meta_snapshot_begin(struct meta *m)
+{
+    int r;
+
+    if (!sqlite3_get_autocommit(m->db)) {
+        log_error("meta", "snapshot: a transaction is already open on this connection");
+        return -EINVAL;
+    }
+    /* A deferred transaction takes its WAL snapshot at its first read: read now, so that
+     * every later statement sees the database as of this call. */
+    r = meta_exec_sql(m, "BEGIN DEFERRED; SELECT count(*) FROM disks");
+    if (r < 0)
+        meta_rollback(m);
+    return r;
+}
+
+void meta_snapshot_end(struct meta *m)
+{
+    /* A read transaction has nothing to commit: ending it only releases the snapshot. */
+    meta_rollback(m);
+}
+
+int meta_page_get(struct meta *m, const struct chunk_hash *hash, void **page, size_t *len)
+{
+    return meta_page_source(hash, page, len, m);
+}

@@ -133,4 +133,14 @@ int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name); /
 /* Deletes every pending row of a disk (restore discards unuploaded data). */
 int meta_pending_clear(struct meta *m, int64_t disk_id);
 
+/* ---- read snapshots and raw pages (for walks over every version: meta_refs.h) ---- */
+
+/* Starts a read transaction: until meta_snapshot_end, every read on this connection sees the
+ * database as it was at this call, whatever other connections commit meanwhile (WAL).  Writers
+ * are not blocked.  -EINVAL if a transaction is open on the connection. */
+int meta_snapshot_begin(struct meta *m);
+void meta_snapshot_end(struct meta *m);
+/* Reads the map page named hash into a malloc'd buffer, unverified.  -ENOENT if absent. */
+int meta_page_get(struct meta *m, const struct chunk_hash *hash, void **page, size_t *len);
+
 #endif

@@ -1,6 +1,8 @@
 /* meta_json.c: JSON form of metadata records. */
 #include "meta_json.h"
 
+#include <string.h>
+
 void meta_json_add_disk(JsonBuilder *b, const struct meta_disk *d)
 {
     char root[2 * CHUNK_HASH_LEN + 1];
@@ -37,4 +39,55 @@ void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c)
     json_builder_set_member_name(b, "comment");
     json_builder_add_string_value(b, c->comment);
     json_builder_end_object(b);
+}
+
+/* The report's counters, by name, for both directions. */
+#define META_JSON_GC_COUNTS(X)                                                                     \
+    X(disks)                                                                                       \
+    X(versions)                                                                                    \
+    X(pages)                                                                                       \
+    X(pages_shared)                                                                                \
+    X(referenced)                                                                                  \
+    X(objects)                                                                                     \
+    X(object_bytes)                                                                                \
+    X(missing)                                                                                     \
+    X(unreferenced)                                                                                \
+    X(deleted)                                                                                     \
+    X(deleted_bytes)                                                                               \
+    X(kept_young)                                                                                  \
+    X(kept_young_bytes)                                                                            \
+    X(already_gone)                                                                                \
+    X(failed)                                                                                      \
+    X(foreign)
+
+void meta_json_add_gc_report(JsonBuilder *b, const struct chunk_gc_report *r)
+{
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "dry_run");
+    json_builder_add_boolean_value(b, r->dry_run);
+    json_builder_set_member_name(b, "grace");
+    json_builder_add_int_value(b, (gint64)r->grace_s);
+    json_builder_set_member_name(b, "store_time");
+    json_builder_add_int_value(b, (gint64)r->store_time);
+#define META_JSON_GC_ADD(name)                                                                     \
+    json_builder_set_member_name(b, #name);                                                        \
+    json_builder_add_int_value(b, (gint64)r->name);
+    META_JSON_GC_COUNTS(META_JSON_GC_ADD)
+#undef META_JSON_GC_ADD
+    json_builder_set_member_name(b, "seconds");
+    json_builder_add_double_value(b, r->seconds);
+    json_builder_end_object(b);
+}
+
+void meta_json_get_gc_report(JsonObject *o, struct chunk_gc_report *r)
+{
+    memset(r, 0, sizeof *r);
+    r->dry_run = json_object_get_boolean_member_with_default(o, "dry_run", FALSE);
+    r->grace_s = (uint64_t)json_object_get_int_member_with_default(o, "grace", 0);
+    r->store_time = (time_t)json_object_get_int_member_with_default(o, "store_time", 0);
+#define META_JSON_GC_GET(name)                                                                     \
+    r->name = (uint64_t)json_object_get_int_member_with_default(o, #name, 0);
+    META_JSON_GC_COUNTS(META_JSON_GC_GET)
+#undef META_JSON_GC_GET
+    r->seconds = json_object_get_double_member_with_default(o, "seconds", 0);
 }

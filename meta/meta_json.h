@@ -3,6 +3,7 @@
 #ifndef WISP_META_JSON_H
 #define WISP_META_JSON_H
 
+#include "chunk_gc.h"
 #include "meta.h"
 
 #include <json-glib/json-glib.h>
@@ -12,5 +13,13 @@ void meta_json_add_disk(JsonBuilder *b, const struct meta_disk *d);
 
 /* {"name", "root", "created", "comment"} */
 void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c);
+
+/* A garbage collection's report (chunk_gc.h), one member per count: {"dry_run", "grace",
+ * "store_time", "disks", "versions", "pages", "pages_shared", "referenced", "objects",
+ * "object_bytes", "missing", "unreferenced", "deleted", "deleted_bytes", "kept_young",
+ * "kept_young_bytes", "already_gone", "failed", "foreign", "seconds"}; grace in seconds. */
+void meta_json_add_gc_report(JsonBuilder *b, const struct chunk_gc_report *r);
+/* The reverse, for a report that came over the control socket: absent members read as 0. */
+void meta_json_get_gc_report(JsonObject *o, struct chunk_gc_report *r);
 
 #endif

@@ -43,6 +43,7 @@ struct chunk_cache {
     char *dir;
     struct store *store;
     GThreadPool *prefetch_pool;
+    double refresh_age; /* seconds: dedup hits older than this are stored again (GC) */
 
     pthread_mutex_t lock; /* protects everything below */
     pthread_cond_t filled;
@@ -417,6 +418,8 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
     /* Objects are immutable: create only.  An existing object under a content hash is these
      * very bytes (the client checks that through the SHA-256 it recorded). */
     r = store_put_hashed(c->store, key, data, len, h->b, true);
+    if (r == 0 && store_put_found_existing(NULL))
+        r = -EEXIST; /* S3 answers success for the same bytes already there: a dedup hit (GC) */
     if (r == -ENOTSUP) {
         r = store_head(c->store, key, &sb);
         if (r == -ENOENT)
@@ -436,6 +439,18 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
                       "object is damaged",
                       key, (unsigned long long)sb.size);
             r = -EIO;
+        }
+        /* GC (meta/chunk_gc.h, invariant (a)): the caller is about to commit a reference to
+         * this object.  If no version references it yet and it is old, a GC may delete it
+         * before that commit, so make it young: store the same bytes again (same key, same
+         * content, so the object does not change, only its mtime).  The age is the store's
+         * mtime against this host's clock: clock skew eats into the margin. */
+        if (r == 0 && (double)(time(NULL) - sb.mtime) > c->refresh_age) {
+            r = store_put(c->store, key, data, len);
+            if (r < 0)
+                log_error("cache", "refresh of %s: %s", key, store_last_error());
+            else
+                __atomic_fetch_add(&c->stats.refreshes, 1, __ATOMIC_RELAXED);
         }
     }
     if (r < 0)
@@ -467,6 +482,11 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
     return 0;
 }
 
+void chunk_cache_set_refresh_age(struct chunk_cache *c, double seconds)
+{
+    c->refresh_age = seconds; /* set before the disks open; read by the upload rounds */
+}
+
 void chunk_cache_add_dirty(struct chunk_cache *c, int64_t delta)
 {
     pthread_mutex_lock(&c->lock);
@@ -490,6 +510,7 @@ void chunk_cache_get_stats(struct chunk_cache *c, struct chunk_cache_stats *out)
     out->fetches = __atomic_load_n(&c->stats.fetches, __ATOMIC_RELAXED);
     out->fetch_bytes = __atomic_load_n(&c->stats.fetch_bytes, __ATOMIC_RELAXED);
     out->corrupt = __atomic_load_n(&c->stats.corrupt, __ATOMIC_RELAXED);
+    out->refreshes = __atomic_load_n(&c->stats.refreshes, __ATOMIC_RELAXED);
 }
 
 /* ---- open / close --------------------------------------------------------------------------- */
@@ -580,6 +601,7 @@ int chunk_cache_open(const char *dir, uint64_t max_bytes, struct store *store,
     c->dir = g_strdup(dir);
     c->store = store;
     c->max_bytes = max_bytes;
+    c->refresh_age = 1800; /* half the default GC grace (meta/chunk_gc.h) */
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->filled, NULL);
     c->entries = g_hash_table_new(cache_hash_hash, cache_hash_equal);

@@ -26,7 +26,8 @@ struct chunk_cache_stats {
     uint64_t hits, misses; /* reads served from a cache file / needing a fetch */
     uint64_t fetches;      /* GETs of chunks from the store */
     uint64_t fetch_bytes;
-    uint64_t corrupt; /* cache files or fetched bodies that failed verification */
+    uint64_t corrupt;   /* cache files or fetched bodies that failed verification */
+    uint64_t refreshes; /* dedup hits re-stored because they were old (GC, see upload) */
     uint64_t evictions;
     uint64_t clean_bytes, dirty_bytes, max_bytes;
     uint64_t entries;
@@ -51,9 +52,16 @@ void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, siz
 /* Uploads a chunk to the store unless it is already there (content addressing makes an
  * existing object with that key the same bytes), then adds it to the cache by hard-linking
  * path, whose content it is, or by writing data when path is NULL.  data is the content,
- * already hashed to h. */
+ * already hashed to h.
+ * An object already there whose mtime is older than the refresh age is stored again, the same
+ * bytes, so that it is young when a commit names it: a GC may be deleting it otherwise
+ * (meta/chunk_gc.h, invariant (a)). */
 int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
                        size_t len, const char *path);
+
+/* Sets the refresh age of chunk_cache_upload in seconds (default 1800); with 0, every dedup
+ * hit on an object from an earlier second (store mtimes have whole seconds) is stored again. */
+void chunk_cache_set_refresh_age(struct chunk_cache *c, double seconds);
 
 /* Dirty bytes accounting (positive or negative delta). */
 void chunk_cache_add_dirty(struct chunk_cache *c, int64_t delta);

@@ -2,6 +2,8 @@
  * client at a time: these are rare administrative requests. */
 #include "control.h"
 
+#include "chunk_gc.h"
+#include "export_name.h"
 #include "log.h"
 #include "meta_json.h"
 
@@ -169,6 +171,26 @@ static void control_version_error(JsonBuilder *b, int r, const char *what, const
         control_error(b, -r, "%s '%s': %s", what, name, strerror(-r));
 }
 
+/* The root a new version copies from export name `source` ("DISK" or "DISK@CKPT"): for a
+ * head, its committed root now, which holds at least every write the caller's
+ * plugin_disk_commit_now committed.  Caller holds versions_lock and meta_lock. */
+static int control_current_root(struct plugin_state *s, const char *source, struct chunk_hash *root)
+{
+    struct export_name parsed;
+    struct meta_disk d;
+    const char *why;
+    int r;
+
+    if (export_name_parse(source, &parsed, &why) < 0)
+        return -EINVAL;
+    if (parsed.checkpoint[0])
+        return 0; /* a checkpoint's root never changes; requests run one at a time */
+    r = meta_disk_get(s->meta, parsed.disk, &d);
+    if (r == 0)
+        *root = d.head_root;
+    return r;
+}
+
 static void control_disk_clone(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
 {
     const char *source = json_object_get_string_member_with_default(req, "source", NULL);
@@ -187,9 +209,14 @@ static void control_disk_clone(struct plugin_state *s, JsonObject *req, JsonBuil
         control_version_error(b, r, "clone", source);
         return;
     }
-    /* The new disk shares every map page and chunk with its source: nothing is copied. */
+    /* The new disk shares every map page and chunk with its source: nothing is copied.  A
+     * head's root may have moved on since (and a GC may have read the references then): take
+     * the current one, under versions_lock until the clone is committed (chunk_gc.h (b)). */
+    pthread_mutex_lock(&s->versions_lock);
     pthread_mutex_lock(&s->meta_lock);
-    r = meta_begin(s->meta);
+    r = control_current_root(s, source, &root);
+    if (r == 0)
+        r = meta_begin(s->meta);
     if (r == 0)
         r = meta_disk_create(s->meta, name, src.size, src.chunk_size, &made);
     if (r == 0)
@@ -201,6 +228,7 @@ static void control_disk_clone(struct plugin_state *s, JsonObject *req, JsonBuil
     if (r == 0)
         r = meta_disk_get(s->meta, name, &made);
     pthread_mutex_unlock(&s->meta_lock);
+    pthread_mutex_unlock(&s->versions_lock);
     if (r < 0) {
         control_version_error(b, r, "clone", name);
         return;
@@ -242,11 +270,16 @@ static void control_disk_checkpoint(struct plugin_state *s, JsonObject *req, Jso
     if (r == 0)
         r = plugin_disk_commit_now(s, name, &root);
     if (r == 0) {
+        /* As for a clone: the head's current root, under versions_lock (chunk_gc.h (b)). */
+        pthread_mutex_lock(&s->versions_lock);
         pthread_mutex_lock(&s->meta_lock);
-        r = meta_checkpoint_create(s->meta, d.id, ckpt, &root, comment);
+        r = control_current_root(s, name, &root);
+        if (r == 0)
+            r = meta_checkpoint_create(s->meta, d.id, ckpt, &root, comment);
         if (r == 0)
             r = meta_checkpoint_get(s->meta, d.id, ckpt, &made);
         pthread_mutex_unlock(&s->meta_lock);
+        pthread_mutex_unlock(&s->versions_lock);
     }
     if (r < 0) {
         control_version_error(b, r, "checkpoint", r == -EEXIST ? ckpt : name);
@@ -434,6 +467,7 @@ static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuil
     control_add_u64(b, "fetches", cs.fetches);
     control_add_u64(b, "fetch_bytes", cs.fetch_bytes);
     control_add_u64(b, "corrupt", cs.corrupt);
+    control_add_u64(b, "refreshes", cs.refreshes);
     control_add_u64(b, "evictions", cs.evictions);
     control_add_u64(b, "clean_bytes", cs.clean_bytes);
     control_add_u64(b, "dirty_bytes", cs.dirty_bytes);
@@ -447,6 +481,62 @@ static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuil
     control_add_u64(b, "bytes_sent", ss.bytes_sent);
     control_add_u64(b, "bytes_received", ss.bytes_received);
     json_builder_end_object(b);
+}
+
+/* {"op": "gc", "dry_run": false, "grace": "1h" or seconds, "force": false}.  The grace defaults
+ * to this server's gc-grace; a shorter one is refused without force, because this server's
+ * uploads are committed within gc-grace of their start, not within the shorter one. */
+static void control_gc(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    bool dry_run = json_object_get_boolean_member_with_default(req, "dry_run", FALSE);
+    bool force = json_object_get_boolean_member_with_default(req, "force", FALSE);
+    JsonNode *g = json_object_get_member(req, "grace");
+    uint64_t grace = s->config->gc_grace;
+    struct chunk_gc_report report;
+    char text[32], mine[32];
+    int r;
+
+    if (g && JSON_NODE_HOLDS_VALUE(g) && json_node_get_value_type(g) == G_TYPE_STRING) {
+        if (chunk_gc_parse_duration(json_node_get_string(g), &grace) < 0) {
+            control_error(b, EINVAL,
+                          "grace '%s': expected a duration such as 3600, 90s, 30m, 1h "
+                          "or 2d",
+                          json_node_get_string(g));
+            return;
+        }
+    } else if (g && JSON_NODE_HOLDS_VALUE(g) && json_node_get_value_type(g) == G_TYPE_INT64) {
+        gint64 v = json_node_get_int(g);
+        if (v < 0 || (uint64_t)v > CHUNK_GC_DURATION_MAX) {
+            control_error(b, EINVAL, "grace %lld: out of range", (long long)v);
+            return;
+        }
+        grace = (uint64_t)v;
+    } else if (g && !JSON_NODE_HOLDS_NULL(g)) {
+        control_error(b, EINVAL, "grace: expected a duration string or a number of seconds");
+        return;
+    }
+    chunk_gc_format_duration(grace, text, sizeof text);
+    chunk_gc_format_duration(s->config->gc_grace, mine, sizeof mine);
+    if (grace < s->config->gc_grace && !force && !dry_run) {
+        control_error(b, EINVAL,
+                      "grace %s is shorter than this server's gc-grace=%s, which its uploads "
+                      "rely on: a chunk uploaded but not yet committed could be deleted; pass "
+                      "--force to collect anyway (safe only while nothing writes)",
+                      text, mine);
+        return;
+    }
+    r = plugin_gc_run(s, grace, dry_run, &report);
+    if (r == -EBUSY) {
+        control_error(b, EBUSY, "a garbage collection is running already: try again later");
+        return;
+    }
+    if (r < 0)
+        control_error(b, -r, "garbage collection failed: %s (the server log says more)",
+                      strerror(-r));
+    else
+        control_ok(b);
+    json_builder_set_member_name(b, "gc");
+    meta_json_add_gc_report(b, &report);
 }
 
 struct control_op {
@@ -464,6 +554,7 @@ static const struct control_op control_ops[] = {
     {"disk-checkpoints", control_disk_checkpoints},
     {"disk-restore", control_disk_restore},
     {"checkpoint-delete", control_checkpoint_delete},
+    {"gc", control_gc},
 };
 
 /* Answers one request line. */

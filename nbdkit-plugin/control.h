@@ -5,7 +5,8 @@
  * "disk-list"}, {"op": "disk-delete", "name"}, {"op": "disk-stats", "name"}, {"op":
  * "disk-clone", "source", "name"}, {"op": "disk-checkpoint", "name", "checkpoint", "comment"?},
  * {"op": "disk-checkpoints", "name"}, {"op": "disk-restore", "name", "checkpoint", "force"?},
- * {"op": "checkpoint-delete", "name", "checkpoint"}.  Answers:
+ * {"op": "checkpoint-delete", "name", "checkpoint"}, {"op": "gc", "dry_run"?, "grace"?
+ * (a duration string or seconds; default gc-grace), "force"?}.  Answers:
  * {"ok": true, ...} or {"ok": false, "errno": N, "error": "message"}.  docs/storage.md has
  * the details. */
 #ifndef WISP_CONTROL_H

@@ -41,6 +41,9 @@ struct disk_env {
     unsigned upload_parallel;   /* chunks uploaded at once in a round */
     uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
     struct file_reaper *reaper; /* unlinks dropped chunk files; NULL: unlink in place */
+    /* GC (meta/chunk_gc.h, invariant (a)): a round commits only if at most this many seconds
+     * passed since it started uploading (gc-grace minus the refresh age); 0: no limit. */
+    double commit_window;
 };
 
 struct disk;

@@ -14,6 +14,7 @@
 #include <glib.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -403,6 +404,7 @@ static int disk_round(struct disk *d)
 
     /* Upload in parallel: helpers plus this thread, all joined before the round goes on, so no
      * worker outlives the round (or the plugin). */
+    double upload_start = disk_now(); /* GC: see the commit window below */
     pthread_mutex_init(&rd.lock, NULL);
     unsigned workers = d->env->upload_parallel < rd.n ? d->env->upload_parallel : (unsigned)rd.n;
     pthread_t *threads = g_new0(pthread_t, workers > 0 ? workers : 1);
@@ -421,6 +423,25 @@ static int disk_round(struct disk *d)
     for (size_t i = 0; i < rd.n && r == 0; i++)
         if (rd.items[i].result < 0)
             r = rd.items[i].result;
+    /* ---- GC (added for garbage collection; keep these lines together) ----
+     * WISP_TEST_COMMIT_DELAY_MS (tests only) pauses here, between the uploads and the commit,
+     * where a GC may run.  Then the GC invariant (meta/chunk_gc.h, (a)): every chunk this round
+     * names was uploaded, or found younger than the refresh age, after upload_start; so if the
+     * commit comes within commit_window (gc-grace minus the refresh age) of it, none of them
+     * is older than gc-grace, and a GC keeps them.  Later, fail the round: the next one
+     * uploads again and refreshes what has grown old. */
+    const char *test_delay = getenv("WISP_TEST_COMMIT_DELAY_MS");
+    if (r == 0 && test_delay && atoi(test_delay) > 0)
+        usleep((useconds_t)atoi(test_delay) * 1000);
+    if (r == 0 && d->env->commit_window > 0 && disk_now() - upload_start > d->env->commit_window) {
+        log_error("disk",
+                  "%s: flush %llu took %.0f s to upload, more than gc-grace allows (%.0f s): "
+                  "not committed, retrying (raise gc-grace if this repeats)",
+                  d->meta.name, (unsigned long long)gen, disk_now() - upload_start,
+                  d->env->commit_window);
+        r = -ETIMEDOUT;
+    }
+    /* ---- end of GC ---- */
     if (r < 0) {
         log_error("disk", "%s: upload of flush %llu failed: %s", d->meta.name,
                   (unsigned long long)gen, strerror(-r));

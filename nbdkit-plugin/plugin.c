@@ -323,10 +323,12 @@ void plugin_log_stats(struct plugin_state *s)
     store_get_stats(s->store, &ss);
     log_info("stats",
              "cache: %llu hits, %llu misses, %llu fetches (%llu bytes), %llu corrupt, %llu "
-             "evictions, %llu/%llu bytes used; store: %llu requests, %llu retries, %llu failures",
+             "evictions, %llu refreshes, %llu/%llu bytes used; store: %llu requests, %llu "
+             "retries, %llu failures",
              (unsigned long long)cs.hits, (unsigned long long)cs.misses,
              (unsigned long long)cs.fetches, (unsigned long long)cs.fetch_bytes,
              (unsigned long long)cs.corrupt, (unsigned long long)cs.evictions,
+             (unsigned long long)cs.refreshes,
              (unsigned long long)(cs.clean_bytes + cs.dirty_bytes),
              (unsigned long long)cs.max_bytes, (unsigned long long)ss.requests,
              (unsigned long long)ss.retries, (unsigned long long)ss.failures);

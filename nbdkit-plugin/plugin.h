@@ -4,6 +4,7 @@
 #define WISP_PLUGIN_H
 
 #include "chunk_cache.h"
+#include "chunk_gc.h"
 #include "disk.h"
 #include "meta.h"
 #include "store.h"
@@ -22,6 +23,9 @@ struct plugin_config {
     unsigned upload_parallel, store_connections;
     uint64_t readahead;
     bool readonly;
+    uint64_t gc_interval; /* seconds between periodic GCs; 0: none */
+    uint64_t gc_grace;    /* seconds: the GC grace period, which uploads rely on */
+    double gc_refresh_age;
 };
 
 struct plugin_state {
@@ -39,6 +43,17 @@ struct plugin_state {
     pthread_t background;
     bool background_started;
     bool stopping;
+
+    /* Garbage collection (plugin_gc.c).  versions_lock is held by a GC while it reads the
+     * references, and by clone and checkpoint of a head from reading the head's root until
+     * the new version is committed (meta/chunk_gc.h, invariant (b)); never across a store
+     * request.  gc_lock makes runs one at a time. */
+    pthread_mutex_t versions_lock;
+    pthread_mutex_t gc_lock;
+    pthread_mutex_t gc_wait_lock; /* with gc_wake: the periodic thread's sleep */
+    pthread_cond_t gc_wake;
+    pthread_t gc_thread;
+    bool gc_started;
 
     int control_fd;
     pthread_t control_thread;
@@ -77,5 +92,14 @@ void plugin_upload_due(struct plugin_state *s, double delay_s);
 /* Logs one statistics line per open disk and one for the cache. */
 void plugin_log_stats(struct plugin_state *s);
 void plugin_close_all_disks(struct plugin_state *s);
+
+/* One garbage collection of the store against this server's metadata (meta/chunk_gc.h), on a
+ * connection of its own.  -EBUSY if one is running already. */
+int plugin_gc_run(struct plugin_state *s, uint64_t grace_s, bool dry_run,
+                  struct chunk_gc_report *out);
+/* Starts the thread that runs plugin_gc_run every gc_interval seconds (nothing if 0), and
+ * stops it (call after setting s->stopping). */
+int plugin_gc_start(struct plugin_state *s);
+void plugin_gc_stop(struct plugin_state *s);
 
 #endif

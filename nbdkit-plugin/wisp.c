@@ -2,11 +2,13 @@
  *
  *   nbdkit wisp store=URL cache=DIR meta=DIR [cache-size=SIZE] [chunk-size=SIZE]
  *               [durability=local|remote] [upload-delay=SECONDS] [control=SOCK] [readonly=true]
+ *               [gc-interval=SECONDS] [gc-grace=DURATION]
  *
  * One process serves many disks: the export name picks the disk.  The data path is in disk.c,
  * the chunk cache in chunk_cache.c, the metadata in meta/, the control socket in control.c.
  * This file holds configuration, the registry of open disks and the NBD callbacks, each of
  * which translates errors to NBD once, here at the edge. */
+#include "chunk_gc.h"
 #include "control.h"
 #include "disk.h"
 #include "export_name.h"
@@ -44,12 +46,17 @@ static struct plugin_config cfg = {
     .readahead = 8 << 20,
     .stats_interval = 60,
     .store_timeout = 30,
+    .gc_interval = 3600,
+    .gc_grace = CHUNK_GC_GRACE_DEFAULT,
 };
 
 /* The running server: set up in after_fork, torn down in cleanup. */
 static struct plugin_state state = {
     .meta_lock = PTHREAD_MUTEX_INITIALIZER,
     .registry_lock = PTHREAD_MUTEX_INITIALIZER,
+    .versions_lock = PTHREAD_MUTEX_INITIALIZER,
+    .gc_lock = PTHREAD_MUTEX_INITIALIZER,
+    .gc_wait_lock = PTHREAD_MUTEX_INITIALIZER,
 };
 
 static void wisp_log_to_nbdkit(enum wisp_log_level level, const char *module, const char *msg)
@@ -100,6 +107,16 @@ static int wisp_parse_count(const char *key, const char *value, unsigned max, un
         return -1;
     }
     *out = (unsigned)v;
+    return 0;
+}
+
+/* Whole seconds, or a number with a unit: 90s, 30m, 1h, 2d. */
+static int wisp_parse_duration(const char *key, const char *value, uint64_t *out)
+{
+    if (chunk_gc_parse_duration(value, out) < 0) {
+        nbdkit_error("%s=%s: expected a duration such as 3600, 90s, 30m, 1h or 2d", key, value);
+        return -1;
+    }
     return 0;
 }
 
@@ -163,6 +180,10 @@ static int wisp_config(const char *key, const char *value)
         return wisp_parse_seconds(key, value, &cfg.stats_interval);
     } else if (strcmp(key, "store-timeout") == 0) {
         return wisp_parse_seconds(key, value, &cfg.store_timeout);
+    } else if (strcmp(key, "gc-interval") == 0) {
+        return wisp_parse_duration(key, value, &cfg.gc_interval);
+    } else if (strcmp(key, "gc-grace") == 0) {
+        return wisp_parse_duration(key, value, &cfg.gc_grace);
     } else if (strcmp(key, "upload-parallel") == 0) {
         return wisp_parse_count(key, value, 256, &cfg.upload_parallel);
     } else if (strcmp(key, "store-connections") == 0) {
@@ -208,6 +229,25 @@ static int wisp_config_complete(void)
         nbdkit_error("cache= and meta= must be different directories");
         return -1;
     }
+    /* The refresh age of dedup hits and the commit window of upload rounds follow from the
+     * grace (meta/chunk_gc.h, invariant (a)): half each.  WISP_TEST_GC_REFRESH_AGE (seconds)
+     * is for tests that need "old" to mean a second. */
+    cfg.gc_refresh_age = (double)cfg.gc_grace / 2;
+    const char *test_age = getenv("WISP_TEST_GC_REFRESH_AGE");
+    if (test_age) {
+        char *end;
+        errno = 0;
+        double v = strtod(test_age, &end);
+        if (errno || end == test_age || *end || v < 0 || v > (double)cfg.gc_grace) {
+            nbdkit_error("WISP_TEST_GC_REFRESH_AGE=%s: expected seconds from 0 to gc-grace",
+                         test_age);
+            return -1;
+        }
+        cfg.gc_refresh_age = v;
+    }
+    if (cfg.gc_grace == 0)
+        log_warn("gc", "gc-grace=0: a garbage collection may delete the chunks of uploads in "
+                       "flight; use it only where nothing writes (tests)");
     return 0;
 }
 
@@ -226,15 +266,20 @@ static int wisp_config_complete(void)
     "store-connections=N  connections to the store (default 32)\n"                                 \
     "store-timeout=SECONDS  per-request timeout (default 30)\n"                                    \
     "readahead=SIZE       sequential read-ahead (default 8M)\n"                                    \
-    "stats-interval=SECONDS  statistics log line period, 0 for none (default 60)"
+    "stats-interval=SECONDS  statistics log line period, 0 for none (default 60)\n"                \
+    "gc-interval=SECONDS  garbage collection of chunks this often, 0 for none (default 3600)\n"    \
+    "gc-grace=DURATION    GC keeps unreferenced chunks younger than this: 90s, 30m, 1h, 2d\n"      \
+    "                     (default 1h); uploads are committed within half of it"
 
 static void wisp_dump_plugin(void)
 {
     printf("wisp_durability_modes=local,remote\n");
     printf("wisp_params=store,cache,meta,cache-size,chunk-size,durability,upload-delay,control,"
            "readonly,credentials,upload-parallel,store-connections,store-timeout,readahead,"
-           "stats-interval\n");
+           "stats-interval,gc-interval,gc-grace\n");
     printf("wisp_default_chunk_size=%u\n", cfg.chunk_size);
+    printf("wisp_gc_interval=%llu\n", (unsigned long long)cfg.gc_interval);
+    printf("wisp_gc_grace=%llu\n", (unsigned long long)cfg.gc_grace);
 }
 
 /* ---- start-up and shut-down --------------------------------------------------------------- */
@@ -303,6 +348,7 @@ static int wisp_after_fork(void)
         nbdkit_error("cannot start the thread that removes dropped chunk files");
         return -1;
     }
+    chunk_cache_set_refresh_age(state.cache, cfg.gc_refresh_age);
     state.env = (struct disk_env){
         .cache_dir = cfg.cache_dir,
         .cache = state.cache,
@@ -312,6 +358,7 @@ static int wisp_after_fork(void)
         .upload_parallel = cfg.upload_parallel,
         .readahead_bytes = cfg.readahead,
         .reaper = state.reaper,
+        .commit_window = (double)cfg.gc_grace - cfg.gc_refresh_age,
     };
     state.config = &cfg;
     state.disks = g_hash_table_new(g_str_hash, g_str_equal);
@@ -326,6 +373,8 @@ static int wisp_after_fork(void)
         return -1;
     }
     state.background_started = true;
+    if (plugin_gc_start(&state) < 0)
+        return -1;
     if (cfg.control_path && control_start(&state, cfg.control_path) < 0)
         return -1;
     return 0;
@@ -335,6 +384,7 @@ static void wisp_cleanup(void)
 {
     __atomic_store_n(&state.stopping, true, __ATOMIC_RELEASE);
     control_stop(&state);
+    plugin_gc_stop(&state);
     if (state.background_started)
         pthread_join(state.background, NULL);
     if (state.disks) {

@@ -1,13 +1,15 @@
-/* cli_disk.c: `wisp disk create|list|delete|stats`.
+/* cli_disk.c: `wisp disk create|list|delete|stats|clone|checkpoint|...|gc`.
  *
  * With --control SOCK (or $WISP_CONTROL) the request goes to a running storage server's control
  * socket.  Without it, the CLI opens the metadata itself (--meta DIR or $WISP_META) under an
  * exclusive lock, which fails while a server holds it.  Both paths print the same JSON, built
  * by meta_json.c. */
+#include "chunk_gc.h"
 #include "cli.h"
 #include "export_name.h"
 #include "meta.h"
 #include "meta_json.h"
+#include "store.h"
 
 #include <errno.h>
 #include <glib.h>
@@ -27,8 +29,10 @@ struct cli_disk_options {
     char *size;
     char *chunk_size;
     char *comment;
+    char *grace;
     gboolean json;
     gboolean force;
+    gboolean dry_run;
 };
 
 /* ---- the two ways to reach the metadata ------------------------------------------------------ */
@@ -710,6 +714,101 @@ static int cli_disk_checkpoint_delete(struct cli_disk_options *o, int argc, char
     return status;
 }
 
+/* ---- garbage collection -------------------------------------------------------------------------
+ */
+
+static void cli_disk_print_gc(struct cli_disk_options *o, const struct chunk_gc_report *r)
+{
+    char line[CHUNK_GC_REPORT_MAX];
+
+    if (o->json) {
+        JsonBuilder *b = json_builder_new();
+        meta_json_add_gc_report(b, r);
+        JsonNode *node = json_builder_get_root(b);
+        cli_disk_print_json(node);
+        json_node_unref(node);
+        g_object_unref(b);
+        return;
+    }
+    chunk_gc_format_report(r, line, sizeof line);
+    printf("gc%s: %s\n", r->dry_run ? " (dry run)" : "", line);
+}
+
+/* Offline: the metadata under its exclusive lock (no server writes meanwhile) and the store. */
+static int cli_disk_gc_offline(struct cli_disk_options *o, uint64_t grace)
+{
+    struct chunk_gc_options opts = {.grace_s = grace, .dry_run = o->dry_run};
+    struct chunk_gc_report report;
+    struct store *st;
+    struct meta *m;
+    int status, r;
+
+    if (o->meta_dir && !o->store_url) {
+        cli_error("gc without a server needs the store too: --store URL (or WISP_STORE)");
+        return CLI_EXIT_USAGE;
+    }
+    status = cli_disk_open_meta(o, &m);
+    if (status != CLI_EXIT_OK)
+        return status;
+    r = store_open(o->store_url, NULL, &st);
+    if (r < 0) {
+        cli_error("cannot open the store %s: %s", o->store_url,
+                  *store_last_error() ? store_last_error() : g_strerror(-r));
+        meta_close(m);
+        return CLI_EXIT_ERROR;
+    }
+    r = chunk_gc_run(st, m, &opts, &report);
+    store_close(st);
+    meta_close(m);
+    if (r < 0) {
+        cli_error("garbage collection failed: %s (WISP_LOG_LEVEL=info shows why)", g_strerror(-r));
+        if (report.store_time)
+            cli_disk_print_gc(o, &report);
+        return CLI_EXIT_ERROR;
+    }
+    cli_disk_print_gc(o, &report);
+    return CLI_EXIT_OK;
+}
+
+static int cli_disk_gc(struct cli_disk_options *o, int argc, char **argv)
+{
+    uint64_t grace = CHUNK_GC_GRACE_DEFAULT;
+    struct chunk_gc_report report;
+
+    if (argc != 0) {
+        cli_error("usage: wisp disk gc [--dry-run] [--grace 1h] [--json]");
+        return CLI_EXIT_USAGE;
+    }
+    if (o->grace && chunk_gc_parse_duration(o->grace, &grace) < 0) {
+        cli_error("--grace '%s': expected a duration such as 3600, 90s, 30m, 1h or 2d", o->grace);
+        return CLI_EXIT_USAGE;
+    }
+    if (!o->control)
+        return cli_disk_gc_offline(o, grace);
+
+    JsonBuilder *b = cli_disk_request("gc", NULL);
+    json_builder_set_member_name(b, "dry_run");
+    json_builder_add_boolean_value(b, o->dry_run);
+    json_builder_set_member_name(b, "force");
+    json_builder_add_boolean_value(b, o->force);
+    if (o->grace) { /* otherwise the server's gc-grace */
+        json_builder_set_member_name(b, "grace");
+        json_builder_add_int_value(b, (gint64)grace);
+    }
+    JsonNode *answer = cli_disk_control_send(o->control, b);
+    if (!answer)
+        return CLI_EXIT_ERROR;
+    int status = cli_disk_control_status(answer);
+    JsonObject *a = json_node_get_object(answer);
+    if (status == CLI_EXIT_OK && json_object_has_member(a, "gc") &&
+        JSON_NODE_HOLDS_OBJECT(json_object_get_member(a, "gc"))) {
+        meta_json_get_gc_report(json_object_get_object_member(a, "gc"), &report);
+        cli_disk_print_gc(o, &report);
+    }
+    json_node_unref(answer);
+    return status;
+}
+
 struct cli_disk_verb {
     const char *name;
     int (*run)(struct cli_disk_options *o, int argc, char **argv);
@@ -727,6 +826,8 @@ static const struct cli_disk_verb cli_disk_verbs[] = {
     {"checkpoints", cli_disk_checkpoints, "NAME [--json]", "list a disk's checkpoints"},
     {"restore", cli_disk_restore, "NAME CKPT [--force]", "make a checkpoint the disk's content"},
     {"checkpoint-delete", cli_disk_checkpoint_delete, "NAME CKPT", "delete a checkpoint"},
+    {"gc", cli_disk_gc, "[--dry-run] [--grace 1h]",
+     "delete chunks no version references (offline: --meta and --store)"},
 };
 
 static void cli_disk_usage(FILE *out)
@@ -756,7 +857,15 @@ int cli_disk_main(int argc, char **argv)
          "create: chunk size, a power of two from 64K to 4M (default 1M)", "SIZE"},
         {"comment", 0, 0, G_OPTION_ARG_STRING, &o.comment, "checkpoint: a comment", "TEXT"},
         {"force", 0, 0, G_OPTION_ARG_NONE, &o.force,
-         "restore: even while clients are connected (they see the checkpoint next)", NULL},
+         "restore: even while clients are connected (they see the checkpoint next); gc: a "
+         "grace shorter than the server's gc-grace",
+         NULL},
+        {"dry-run", 0, 0, G_OPTION_ARG_NONE, &o.dry_run,
+         "gc: delete nothing, report what would be deleted", NULL},
+        {"grace", 0, 0, G_OPTION_ARG_STRING, &o.grace,
+         "gc: keep unreferenced chunks younger than this (default: the server's gc-grace, or 1h "
+         "offline)",
+         "DURATION"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o.json, "Print JSON", NULL},
         G_OPTION_ENTRY_NULL,
     };
@@ -790,5 +899,6 @@ int cli_disk_main(int argc, char **argv)
     g_free(o.size);
     g_free(o.chunk_size);
     g_free(o.comment);
+    g_free(o.grace);
     return status;
 }

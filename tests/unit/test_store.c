@@ -257,6 +257,12 @@ static void test_conditional(void)
     size_t len;
 
     CHECK_OK(store_put_if_absent(test_st, "cond/one", "first", 5));
+    CHECK(!store_put_found_existing(NULL), "a fresh conditional create found an object");
+    /* The same bytes again: EEXIST (file), or success that says it found them (S3). */
+    struct store_stat sb = {0};
+    int r = store_put_if_absent(test_st, "cond/one", "first", 5);
+    CHECK(r == -EEXIST || (r == 0 && store_put_found_existing(&sb) && sb.size == 5),
+          "conditional create of the same bytes: %d, found %d", r, store_put_found_existing(NULL));
     CHECK(store_put_if_absent(test_st, "cond/one", "second", 6) == -EEXIST,
           "second conditional create must give EEXIST");
     CHECK_OK(store_get(test_st, "cond/one", &back, &len));
