@@ -133,4 +133,10 @@ int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name); /
 /* Deletes every pending row of a disk (restore discards unuploaded data). */
 int meta_pending_clear(struct meta *m, int64_t disk_id);
 
+/* ---- for meta/replica.c only: the connection's SQLite handle and its directory.  Whoever uses
+ * the handle holds the owner's lock, as for every other call. ---- */
+struct sqlite3;
+struct sqlite3 *meta_sqlite(struct meta *m);
+const char *meta_dir(const struct meta *m);
+
 #endif
