@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct replica;
+
 struct plugin_config {
     char *store_url, *cache_dir, *meta_dir, *control_path, *credentials_file;
     uint64_t cache_size;
@@ -22,6 +24,8 @@ struct plugin_config {
     unsigned upload_parallel, store_connections;
     uint64_t readahead;
     bool readonly;
+    double replicate_interval; /* 0: no replication of the metadata */
+    char *replica_name;        /* NULL: REPLICA_NAME_DEFAULT */
 };
 
 struct plugin_state {
@@ -34,6 +38,8 @@ struct plugin_state {
 
     pthread_mutex_t registry_lock; /* protects disks */
     GHashTable *disks;             /* name -> struct plugin_disk */
+
+    struct replica *replica; /* NULL when replicate-interval=0 */
 
     pthread_t background;
     bool background_started;
@@ -76,5 +82,12 @@ void plugin_upload_due(struct plugin_state *s, double delay_s);
 /* Logs one statistics line per open disk and one for the cache. */
 void plugin_log_stats(struct plugin_state *s);
 void plugin_close_all_disks(struct plugin_state *s);
+
+/* plugin_replica.c: with replication on and no database in meta=, restores it from the
+ * store's replica if there is one (-1 after nbdkit_error if that fails or the store cannot be
+ * listed).  Runs before meta= is opened. */
+int plugin_replica_restore_if_needed(const struct plugin_config *cfg,
+                                     const struct store_options *so);
+void plugin_replica_log_stats(struct replica *r);
 
 #endif
