@@ -118,12 +118,14 @@ char *replica_manifest_format(const struct replica_manifest *m)
 
 int replica_manifest_parse(const char *text, size_t len, struct replica_manifest *out)
 {
-    char *copy = strndup(text, len), *save = NULL, *line;
+    char *copy = malloc(len + 1), *save = NULL, *line;
     unsigned seen = 0;
     int r = 0;
 
     if (copy == NULL)
         return -ENOMEM;
+    memcpy(copy, text, len); /* the object's bytes: not NUL-terminated */
+    copy[len] = '\0';
     memset(out, 0, sizeof *out);
     line = strtok_r(copy, "\n", &save);
     if (line == NULL || strcmp(line, REPLICA_MANIFEST_MAGIC) != 0) {
