@@ -497,6 +497,16 @@ void meta_close(struct meta *m)
     free(m);
 }
 
+struct sqlite3 *meta_sqlite(struct meta *m)
+{
+    return m->db;
+}
+
+const char *meta_dir(const struct meta *m)
+{
+    return m->dir;
+}
+
 /* ---- disks ---------------------------------------------------------------------------------- */
 
 bool meta_disk_name_valid(const char *name, const char **why)

@@ -143,4 +143,10 @@ void meta_snapshot_end(struct meta *m);
 /* Reads the map page named hash into a malloc'd buffer, unverified.  -ENOENT if absent. */
 int meta_page_get(struct meta *m, const struct chunk_hash *hash, void **page, size_t *len);
 
+/* ---- for meta/replica.c only: the connection's SQLite handle and its directory.  Whoever uses
+ * the handle holds the owner's lock, as for every other call. ---- */
+struct sqlite3;
+struct sqlite3 *meta_sqlite(struct meta *m);
+const char *meta_dir(const struct meta *m);
+
 #endif

@@ -6,6 +6,7 @@
 #include "export_name.h"
 #include "log.h"
 #include "meta_json.h"
+#include "replica.h"
 
 #include <errno.h>
 #include <json-glib/json-glib.h>
@@ -582,6 +583,12 @@ static char *control_answer(struct plugin_state *s, const char *line)
         for (i = 0; i < G_N_ELEMENTS(control_ops); i++) {
             if (strcmp(op, control_ops[i].name) == 0) {
                 control_ops[i].run(s, req, b);
+                /* durability=remote: what the op committed is replicated before the answer. */
+                if (s->replica && s->config->durability == DISK_DURABILITY_REMOTE &&
+                    replica_sync(s->replica) < 0) {
+                    json_builder_set_member_name(b, "replicated");
+                    json_builder_add_boolean_value(b, FALSE);
+                }
                 break;
             }
         }

@@ -14,6 +14,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct replica;
+
 struct plugin_config {
     char *store_url, *cache_dir, *meta_dir, *control_path, *credentials_file;
     uint64_t cache_size;
@@ -26,6 +28,9 @@ struct plugin_config {
     uint64_t gc_interval; /* seconds between periodic GCs; 0: none */
     uint64_t gc_grace;    /* seconds: the GC grace period, which uploads rely on */
     double gc_refresh_age;
+
+    double replicate_interval; /* 0: no replication of the metadata */
+    char *replica_name;        /* NULL: REPLICA_NAME_DEFAULT */
 };
 
 struct plugin_state {
@@ -39,6 +44,8 @@ struct plugin_state {
 
     pthread_mutex_t registry_lock; /* protects disks */
     GHashTable *disks;             /* name -> struct plugin_disk */
+
+    struct replica *replica; /* NULL when replicate-interval=0 */
 
     pthread_t background;
     bool background_started;
@@ -101,5 +108,12 @@ int plugin_gc_run(struct plugin_state *s, uint64_t grace_s, bool dry_run,
  * stops it (call after setting s->stopping). */
 int plugin_gc_start(struct plugin_state *s);
 void plugin_gc_stop(struct plugin_state *s);
+
+/* plugin_replica.c: with replication on and no database in meta=, restores it from the
+ * store's replica if there is one (-1 after nbdkit_error if that fails or the store cannot be
+ * listed).  Runs before meta= is opened. */
+int plugin_replica_restore_if_needed(const struct plugin_config *cfg,
+                                     const struct store_options *so);
+void plugin_replica_log_stats(struct replica *r);
 
 #endif

@@ -3,6 +3,7 @@
  *   nbdkit wisp store=URL cache=DIR meta=DIR [cache-size=SIZE] [chunk-size=SIZE]
  *               [durability=local|remote] [upload-delay=SECONDS] [control=SOCK] [readonly=true]
  *               [gc-interval=SECONDS] [gc-grace=DURATION]
+ *               [replicate-interval=SECONDS] [replica=NAME]
  *
  * One process serves many disks: the export name picks the disk.  The data path is in disk.c,
  * the chunk cache in chunk_cache.c, the metadata in meta/, the control socket in control.c.
@@ -16,11 +17,14 @@
 #include "log.h"
 #include "meta.h"
 #include "plugin.h"
+#include "replica.h"
 #include "store.h"
 #include "store_url.h"
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include <errno.h>
 #include <glib.h>
@@ -48,6 +52,7 @@ static struct plugin_config cfg = {
     .store_timeout = 30,
     .gc_interval = 3600,
     .gc_grace = CHUNK_GC_GRACE_DEFAULT,
+    .replicate_interval = 1.0,
 };
 
 /* The running server: set up in after_fork, torn down in cleanup. */
@@ -195,6 +200,18 @@ static int wisp_config(const char *key, const char *value)
             return -1;
         }
         cfg.readahead = (uint64_t)size;
+    } else if (strcmp(key, "replicate-interval") == 0) {
+        return wisp_parse_seconds(key, value, &cfg.replicate_interval);
+    } else if (strcmp(key, "replica") == 0) {
+        const char *why;
+        if (!replica_name_valid(value, &why)) {
+            nbdkit_error("replica=%s: %s", value, why);
+            return -1;
+        }
+        free(cfg.replica_name);
+        cfg.replica_name = strdup(value);
+        if (!cfg.replica_name)
+            return -1;
     } else if (strcmp(key, "readonly") == 0) {
         int b = nbdkit_parse_bool(value);
         if (b < 0)
@@ -266,6 +283,9 @@ static int wisp_config_complete(void)
     "store-connections=N  connections to the store (default 32)\n"                                 \
     "store-timeout=SECONDS  per-request timeout (default 30)\n"                                    \
     "readahead=SIZE       sequential read-ahead (default 8M)\n"                                    \
+    "replicate-interval=SECONDS  metadata shipped to the store within this, 0 for never (default " \
+    "1)\n"                                                                                         \
+    "replica=NAME         the metadata's replica in the store, meta/NAME/ (default 'default')\n"   \
     "stats-interval=SECONDS  statistics log line period, 0 for none (default 60)\n"                \
     "gc-interval=SECONDS  garbage collection of chunks this often, 0 for none (default 3600)\n"    \
     "gc-grace=DURATION    GC keeps unreferenced chunks younger than this: 90s, 30m, 1h, 2d\n"      \
@@ -276,7 +296,7 @@ static void wisp_dump_plugin(void)
     printf("wisp_durability_modes=local,remote\n");
     printf("wisp_params=store,cache,meta,cache-size,chunk-size,durability,upload-delay,control,"
            "readonly,credentials,upload-parallel,store-connections,store-timeout,readahead,"
-           "stats-interval,gc-interval,gc-grace\n");
+           "stats-interval,gc-interval,gc-grace,replicate-interval,replica\n");
     printf("wisp_default_chunk_size=%u\n", cfg.chunk_size);
     printf("wisp_gc_interval=%llu\n", (unsigned long long)cfg.gc_interval);
     printf("wisp_gc_grace=%llu\n", (unsigned long long)cfg.gc_grace);
@@ -284,10 +304,24 @@ static void wisp_dump_plugin(void)
 
 /* ---- start-up and shut-down --------------------------------------------------------------- */
 
+static void wisp_store_options(struct store_options *so)
+{
+    store_options_init(so);
+    so->max_connections = cfg.store_connections;
+    so->request_timeout_ms = (long)(cfg.store_timeout * 1000);
+    so->credentials_file = cfg.credentials_file;
+}
+
 static int wisp_get_ready(void)
 {
+    struct store_options so;
     struct meta *m;
     int r;
+
+    /* An empty meta= with a replica in the store: restore it first. */
+    wisp_store_options(&so);
+    if (plugin_replica_restore_if_needed(&cfg, &so) < 0)
+        return -1;
 
     /* Fail before forking if the metadata cannot be opened or another server holds it. */
     r = meta_open(cfg.meta_dir, true, &m);
@@ -314,6 +348,8 @@ static void *wisp_background(void *opaque)
         if (cfg.stats_interval > 0 && elapsed >= next_stats) {
             next_stats += cfg.stats_interval;
             plugin_log_stats(&state);
+            if (state.replica)
+                plugin_replica_log_stats(state.replica);
         }
     }
     return NULL;
@@ -324,10 +360,7 @@ static int wisp_after_fork(void)
     struct store_options so;
     int r;
 
-    store_options_init(&so);
-    so.max_connections = cfg.store_connections;
-    so.request_timeout_ms = (long)(cfg.store_timeout * 1000);
-    so.credentials_file = cfg.credentials_file;
+    wisp_store_options(&so);
     r = store_open(cfg.store_url, &so, &state.store);
     if (r < 0) {
         nbdkit_error("store=%s: %s", cfg.store_url, store_last_error());
@@ -337,6 +370,14 @@ static int wisp_after_fork(void)
     if (r < 0) {
         nbdkit_error("meta=%s: %s", cfg.meta_dir, strerror(-r));
         return -1;
+    }
+    if (cfg.replicate_interval > 0) {
+        struct replica_options ro = {.name = cfg.replica_name, .interval = cfg.replicate_interval};
+        r = replica_start(state.meta, &state.meta_lock, state.store, &ro, &state.replica);
+        if (r < 0) {
+            nbdkit_error("meta=%s: cannot replicate it: %s", cfg.meta_dir, strerror(-r));
+            return -1;
+        }
     }
     r = chunk_cache_open(cfg.cache_dir, cfg.cache_size, state.store, &state.cache);
     if (r < 0) {
@@ -391,6 +432,7 @@ static void wisp_cleanup(void)
         plugin_close_all_disks(&state);
         g_hash_table_destroy(state.disks);
     }
+    replica_stop(state.replica);    /* ships the last commits */
     file_reaper_free(state.reaper); /* after the disks: closing them may drop files */
     chunk_cache_close(state.cache);
     meta_close(state.meta);
@@ -404,6 +446,7 @@ static void wisp_unload(void)
     free(cfg.meta_dir);
     free(cfg.control_path);
     free(cfg.credentials_file);
+    free(cfg.replica_name);
 }
 
 /* ---- exports ------------------------------------------------------------------------------ */
@@ -535,6 +578,14 @@ static int wisp_can_cache(void *handle)
     return NBDKIT_CACHE_NATIVE;
 }
 
+/* durability=remote: a flush returns once its commit is in the metadata's replica too. */
+static int wisp_replicated(int r)
+{
+    if (r == 0 && cfg.durability == DISK_DURABILITY_REMOTE && state.replica)
+        r = replica_sync(state.replica);
+    return r;
+}
+
 /* Translates a negative errno to NBD, once, here. */
 static int wisp_result(int r)
 {
@@ -557,14 +608,14 @@ static int wisp_pwrite(void *handle, const void *buf, uint32_t count, uint64_t o
     int r = disk_write(h->disk, buf, count, offset);
 
     if (r == 0 && (flags & NBDKIT_FLAG_FUA))
-        r = disk_flush(h->disk);
+        r = wisp_replicated(disk_flush(h->disk));
     return wisp_result(r);
 }
 
 static int wisp_flush(void *handle, uint32_t flags)
 {
     struct wisp_handle *h = handle;
-    return wisp_result(disk_flush(h->disk));
+    return wisp_result(wisp_replicated(disk_flush(h->disk)));
 }
 
 static int wisp_zero(void *handle, uint32_t count, uint64_t offset, uint32_t flags)
@@ -573,7 +624,7 @@ static int wisp_zero(void *handle, uint32_t count, uint64_t offset, uint32_t fla
     int r = disk_zero(h->disk, count, offset);
 
     if (r == 0 && (flags & NBDKIT_FLAG_FUA))
-        r = disk_flush(h->disk);
+        r = wisp_replicated(disk_flush(h->disk));
     return wisp_result(r);
 }
 

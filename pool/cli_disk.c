@@ -836,6 +836,8 @@ static void cli_disk_usage(FILE *out)
     for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
         fprintf(out, "  %-18s %-30s %s\n", cli_disk_verbs[i].name, cli_disk_verbs[i].args,
                 cli_disk_verbs[i].summary);
+    fprintf(out, "  %-18s %-30s %s\n", "restore-meta", "--store URL --meta DIR",
+            "rebuild metadata from its replica");
     fprintf(out, "\nA running server is reached with --control SOCK ($WISP_CONTROL); otherwise "
                  "--meta DIR ($WISP_META)\nopens the metadata directly.  Run 'wisp disk VERB "
                  "--help' for the options.\n");
@@ -875,6 +877,8 @@ int cli_disk_main(int argc, char **argv)
         cli_disk_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
     }
+    if (!strcmp(argv[1], "restore-meta")) /* cli_restore_meta.c: options of its own */
+        return cli_restore_meta_main(argc, argv);
     for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
         if (!strcmp(argv[1], cli_disk_verbs[i].name))
             verb = &cli_disk_verbs[i];

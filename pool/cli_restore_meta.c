@@ -1,0 +1,201 @@
+/* cli_restore_meta.c: `wisp disk restore-meta --store URL --meta DIR [--replica NAME]
+ * [--verify sample|full|none] [--cache DIR] [--json]`.
+ *
+ * Rebuilds a metadata directory from its replica in the object store (meta/replica.h) on a
+ * host that has only the store's address and credentials, and verifies it: the database's own
+ * checks, then every chunk a disk head or checkpoint names must exist in the store, and a
+ * random sample of them (all with --verify full) must hash to their names.  DIR must be empty
+ * or absent.  With --cache DIR, the cache directory the server will use, unuploaded data
+ * whose files are there is kept; otherwise (a fresh host) it is dropped and each disk comes
+ * back at its last committed head. */
+#include "cli.h"
+#include "replica.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <glib.h>
+#include <inttypes.h>
+#include <json-glib/json-glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* 1 if dir has an entry, 0 if it is empty or absent, -errno. */
+static int cli_restore_meta_dir_used(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int used = 0;
+
+    if (d == NULL)
+        return errno == ENOENT ? 0 : -errno;
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            used = 1;
+    closedir(d);
+    return used;
+}
+
+static void cli_restore_meta_print(const struct replica_restore_info *info, const char *name,
+                                   const char *dir, enum replica_verify verify, bool json)
+{
+    long long age = info->replicated_at ? (long long)(time(NULL) - info->replicated_at) : -1;
+
+    if (json) {
+        JsonBuilder *b = json_builder_new();
+        json_builder_begin_object(b);
+#define MEMBER_INT(k, v)                                                                           \
+    do {                                                                                           \
+        json_builder_set_member_name(b, k);                                                        \
+        json_builder_add_int_value(b, (gint64)(v));                                                \
+    } while (0)
+        json_builder_set_member_name(b, "ok");
+        json_builder_add_boolean_value(b, TRUE);
+        json_builder_set_member_name(b, "replica");
+        json_builder_add_string_value(b, name);
+        json_builder_set_member_name(b, "meta");
+        json_builder_add_string_value(b, dir);
+        json_builder_set_member_name(b, "verify");
+        json_builder_add_string_value(b, replica_verify_to_string(verify));
+        MEMBER_INT("generation", info->generation);
+        MEMBER_INT("seq", info->seq);
+        MEMBER_INT("segments", info->segments);
+        MEMBER_INT("segments_ignored", info->segments_ignored);
+        MEMBER_INT("snapshot_bytes", info->snapshot_bytes);
+        MEMBER_INT("wal_bytes", info->wal_bytes);
+        MEMBER_INT("db_bytes", info->db_bytes);
+        MEMBER_INT("replicated_at", info->replicated_at);
+        MEMBER_INT("age_s", age);
+        MEMBER_INT("disks", info->disks);
+        MEMBER_INT("checkpoints", info->checkpoints);
+        MEMBER_INT("pending_dropped", info->pending_dropped);
+        MEMBER_INT("chunks", info->chunks);
+        MEMBER_INT("chunks_hashed", info->chunks_hashed);
+#undef MEMBER_INT
+        json_builder_end_object(b);
+        JsonNode *root = json_builder_get_root(b);
+        char *text = json_to_string(root, FALSE);
+        printf("%s\n", text);
+        g_free(text);
+        json_node_unref(root);
+        g_object_unref(b);
+        return;
+    }
+    printf("restored %s from replica '%s': generation %016" PRIx64 ", snapshot of %" PRIu64
+           " bytes and %u log segments (to sequence %016" PRIx64 ")\n",
+           dir, name, info->generation, info->snapshot_bytes, info->segments, info->seq);
+    if (age >= 0)
+        printf("replicated %lld s ago\n", age);
+    if (info->segments_ignored)
+        printf("warning: %u segments after a gap or a damaged one were not applied\n",
+               info->segments_ignored);
+    printf("%u disks, %u checkpoints", info->disks, info->checkpoints);
+    if (info->pending_dropped)
+        printf("; %u disks lost data flushed but never uploaded (durability=local) and are at "
+               "their last committed head",
+               info->pending_dropped);
+    printf("\n");
+    if (verify == REPLICA_VERIFY_NONE)
+        printf("chunks not verified (--verify none)\n");
+    else
+        printf("verified: all %" PRIu64 " chunks named exist in the store; %" PRIu64
+               " hashed (%s)\n",
+               info->chunks, info->chunks_hashed, replica_verify_to_string(verify));
+}
+
+int cli_restore_meta_main(int argc, char **argv)
+{
+    char *store_url = NULL, *meta_dir = NULL, *name = NULL, *verify_s = NULL, *cache = NULL;
+    gboolean json = FALSE;
+    GOptionEntry entries[] = {
+        {"store", 's', 0, G_OPTION_ARG_STRING, &store_url, "Store URL (default $WISP_STORE)",
+         "URL"},
+        {"meta", 'm', 0, G_OPTION_ARG_FILENAME, &meta_dir,
+         "Metadata directory to rebuild: empty or absent (default $WISP_META)", "DIR"},
+        {"replica", 'r', 0, G_OPTION_ARG_STRING, &name,
+         "Replica name, the server's replica= (default 'default')", "NAME"},
+        {"verify", 0, 0, G_OPTION_ARG_STRING, &verify_s,
+         "sample: every chunk named exists, 16 hashed (default); full: all hashed; none", "HOW"},
+        {"cache", 0, 0, G_OPTION_ARG_FILENAME, &cache,
+         "The server's cache directory, to keep unuploaded data found there", "DIR"},
+        {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print JSON", NULL},
+        G_OPTION_ENTRY_NULL,
+    };
+    struct replica_restore_options o = {.verify = REPLICA_VERIFY_SAMPLE};
+    struct replica_restore_info info;
+    struct store *st = NULL;
+    int status = CLI_EXIT_ERROR, r;
+
+    if (cli_parse_options("disk", "restore-meta", "--store URL --meta DIR",
+                          "rebuild metadata from its replica in the store, verified", entries,
+                          &argc, &argv) != CLI_EXIT_OK)
+        return CLI_EXIT_USAGE;
+    if (!store_url && getenv("WISP_STORE"))
+        store_url = g_strdup(getenv("WISP_STORE"));
+    if (!meta_dir && getenv("WISP_META"))
+        meta_dir = g_strdup(getenv("WISP_META"));
+    if (!store_url || !meta_dir || argc > 0) {
+        cli_error("usage: wisp disk restore-meta --store URL --meta DIR [--replica NAME] "
+                  "[--verify sample|full|none] [--cache DIR] [--json]");
+        status = CLI_EXIT_USAGE;
+        goto out;
+    }
+    o.name = name ? name : REPLICA_NAME_DEFAULT;
+    o.cache_dir = cache;
+    if (verify_s && strcmp(verify_s, "full") == 0) {
+        o.verify = REPLICA_VERIFY_FULL;
+    } else if (verify_s && strcmp(verify_s, "none") == 0) {
+        o.verify = REPLICA_VERIFY_NONE;
+    } else if (verify_s && strcmp(verify_s, "sample") != 0) {
+        cli_error("--verify %s: expected sample, full or none", verify_s);
+        status = CLI_EXIT_USAGE;
+        goto out;
+    }
+    if (!replica_name_valid(o.name, NULL)) {
+        cli_error("--replica %s: not a valid replica name", o.name);
+        status = CLI_EXIT_USAGE;
+        goto out;
+    }
+    r = cli_restore_meta_dir_used(meta_dir);
+    if (r != 0) {
+        if (r > 0)
+            cli_error("%s is not empty: restore-meta rebuilds metadata only into an empty or "
+                      "new directory (move the old one away first)",
+                      meta_dir);
+        else
+            cli_error("%s: %s", meta_dir, g_strerror(-r));
+        goto out;
+    }
+    r = store_open(store_url, NULL, &st);
+    if (r < 0) {
+        cli_error("%s: %s", store_url, store_last_error());
+        goto out;
+    }
+    r = replica_restore(st, meta_dir, &o, &info);
+    if (r == -ENOENT) {
+        cli_error("%s holds no replica '%s' (meta/%s/) to restore", store_describe(st), o.name,
+                  o.name);
+    } else if (r == -EIO && (info.chunks_missing || info.chunks_corrupt)) {
+        cli_error("verification failed: %" PRIu64 " chunks missing and %" PRIu64
+                  " corrupt in the store (the first: %s); nothing was restored into %s",
+                  info.chunks_missing, info.chunks_corrupt, info.first_bad_chunk, meta_dir);
+    } else if (r == -EBADMSG) {
+        cli_error("the replica '%s' fails its checks (see above); nothing was restored into %s",
+                  o.name, meta_dir);
+    } else if (r < 0) {
+        cli_error("restore of replica '%s' into %s: %s", o.name, meta_dir, g_strerror(-r));
+    } else {
+        cli_restore_meta_print(&info, o.name, meta_dir, o.verify, json);
+        status = CLI_EXIT_OK;
+    }
+out:
+    store_close(st);
+    g_free(store_url);
+    g_free(meta_dir);
+    g_free(name);
+    g_free(verify_s);
+    g_free(cache);
+    return status;
+}
