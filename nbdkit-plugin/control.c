@@ -545,6 +545,63 @@ struct control_op {
     void (*run)(struct plugin_state *s, JsonObject *req, JsonBuilder *b);
 };
 
+/* {"op": "disk-lease", "name": NAME, "steal": false}: who holds the disk's writer lease; with
+ * steal, this server takes it over first (refused while the holder renews it). */
+static void control_disk_lease(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    bool steal = json_object_get_boolean_member_with_default(req, "steal", FALSE);
+    struct lease_info info;
+    bool ours;
+    int r;
+
+    if (!name) {
+        control_error(b, EINVAL, "disk-lease needs a disk name");
+        return;
+    }
+    if (s->config->lease_ttl <= 0) {
+        control_error(b, ENOTSUP, "this server runs without leases (lease-ttl=0)");
+        return;
+    }
+    r = plugin_disk_lease(s, name, steal, &info, &ours);
+    if (r == -EBUSY && lease_inspect(s->store, name, &info) == 0 && info.found) {
+        control_error(b, EBUSY,
+                      "disk '%s' is held by %s (generation %llu, renewed %.0f s ago, ttl %.0f "
+                      "s)%s",
+                      name, info.holder, (unsigned long long)info.generation, info.age, info.ttl,
+                      info.age > info.ttl ? ""
+                                          : ": it is alive; it can be taken over only once "
+                                            "its lease expires");
+        return;
+    }
+    if (r < 0) {
+        control_version_error(b, r, steal ? "take over" : "look up the lease of", name);
+        return;
+    }
+    control_ok(b);
+    json_builder_set_member_name(b, "lease");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "disk");
+    json_builder_add_string_value(b, name);
+    json_builder_set_member_name(b, "held");
+    json_builder_add_boolean_value(b, info.found && !info.released);
+    json_builder_set_member_name(b, "ours");
+    json_builder_add_boolean_value(b, ours);
+    if (info.found) {
+        json_builder_set_member_name(b, "generation");
+        json_builder_add_int_value(b, (gint64)info.generation);
+        json_builder_set_member_name(b, "holder");
+        json_builder_add_string_value(b, info.holder);
+        json_builder_set_member_name(b, "age");
+        json_builder_add_double_value(b, info.age);
+        json_builder_set_member_name(b, "ttl");
+        json_builder_add_double_value(b, info.ttl);
+        json_builder_set_member_name(b, "expired");
+        json_builder_add_boolean_value(b, info.age > info.ttl);
+    }
+    json_builder_end_object(b);
+}
+
 static const struct control_op control_ops[] = {
     {"disk-create", control_disk_create},
     {"disk-list", control_disk_list},
@@ -556,6 +613,7 @@ static const struct control_op control_ops[] = {
     {"disk-restore", control_disk_restore},
     {"checkpoint-delete", control_checkpoint_delete},
     {"gc", control_gc},
+    {"disk-lease", control_disk_lease},
 };
 
 /* Answers one request line. */

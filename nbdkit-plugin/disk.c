@@ -907,3 +907,41 @@ void disk_get_stats(struct disk *d, struct disk_stats *out)
     out->committed_gen = d->committed_gen;
     pthread_mutex_unlock(&d->lock);
 }
+
+/* ---- the writer's lease ------------------------------------------------------------------ */
+
+void disk_set_lease(struct disk *d, struct lease *l)
+{
+    pthread_mutex_lock(&d->lock);
+    d->lease = l;
+    pthread_mutex_unlock(&d->lock);
+}
+
+void disk_require_lease(struct disk *d)
+{
+    pthread_mutex_lock(&d->lock);
+    d->lease_required = true;
+    pthread_mutex_unlock(&d->lock);
+}
+
+void disk_fence(struct disk *d)
+{
+    pthread_mutex_lock(&d->lock);
+    bool was = d->fenced;
+    d->fenced = d->failed = true;
+    pthread_mutex_unlock(&d->lock);
+    if (!was)
+        log_error("disk",
+                  "%s: fenced: another host took this disk's lease; every later flush fails "
+                  "and nothing more is committed (restart to reopen it, which asks for the "
+                  "lease again)",
+                  d->meta.name);
+}
+
+bool disk_fenced(struct disk *d)
+{
+    pthread_mutex_lock(&d->lock);
+    bool fenced = d->fenced;
+    pthread_mutex_unlock(&d->lock);
+    return fenced;
+}

@@ -31,6 +31,8 @@ enum disk_durability {
 
 const char *disk_durability_to_string(enum disk_durability d);
 
+struct disk;
+
 /* What every open disk shares, owned by the plugin. */
 struct disk_env {
     const char *cache_dir;
@@ -41,12 +43,14 @@ struct disk_env {
     unsigned upload_parallel;   /* chunks uploaded at once in a round */
     uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
     struct file_reaper *reaper; /* unlinks dropped chunk files; NULL: unlink in place */
+    /* Asks for the lease of a disk that needs one (disk_require_lease) now, before a commit;
+     * 0 once disk_set_lease was called. */
+    int (*lease_now)(struct disk *d, void *opaque);
+    void *lease_opaque;
     /* GC (meta/chunk_gc.h, invariant (a)): a round commits only if at most this many seconds
      * passed since it started uploading (gc-grace minus the refresh age); 0: no limit. */
     double commit_window;
 };
-
-struct disk;
 
 struct disk_stats {
     uint64_t reads, read_bytes, writes, write_bytes, zeroes, flushes;
@@ -63,6 +67,17 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
               const struct meta_checkpoint *version, struct disk **out);
 /* Frees d without uploading anything (pending data stays journaled). */
 void disk_close(struct disk *d);
+
+/* The writer's lease (lease.h) the disk was opened with, owned by the caller: every upload
+ * round checks it before its commit, and a disk whose lease another host took is fenced. */
+struct lease;
+void disk_set_lease(struct disk *d, struct lease *l);
+/* The disk needs a lease it does not have yet (the store could not be reached when it was
+ * opened): until disk_set_lease, it serves reads and takes writes but commits nothing. */
+void disk_require_lease(struct disk *d);
+/* Fences d: it refuses every later flush and commit (EIO), for good, and says why. */
+void disk_fence(struct disk *d);
+bool disk_fenced(struct disk *d);
 
 const char *disk_name(const struct disk *d);
 int64_t disk_id(const struct disk *d);

@@ -7,6 +7,7 @@
 #include "disk_internal.h"
 
 #include "hash.h"
+#include "lease.h"
 #include "log.h"
 
 #include <errno.h>
@@ -442,6 +443,28 @@ static int disk_round(struct disk *d)
         r = -ETIMEDOUT;
     }
     /* ---- end of GC ---- */
+    /* Fencing (storage invariant 11): commit only while our lease is the latest generation.
+     * A host that took the disk over restored the head as of its takeover; whatever we would
+     * commit now must never be merged with its writes. */
+    pthread_mutex_lock(&d->lock);
+    struct lease *lease = d->lease;
+    bool lease_required = d->lease_required;
+    pthread_mutex_unlock(&d->lock);
+    if (r == 0 && lease_required && !lease && d->env->lease_now &&
+        d->env->lease_now(d, d->env->lease_opaque) == 0) {
+        pthread_mutex_lock(&d->lock);
+        lease = d->lease;
+        pthread_mutex_unlock(&d->lock);
+    }
+    if (r == 0 && lease_required && !lease) {
+        log_error("disk",
+                  "%s: not committing flush %llu: this server has not got the disk's "
+                  "lease yet (the store was unreachable when it opened the disk)",
+                  d->meta.name, (unsigned long long)gen);
+        r = -EIO;
+    }
+    if (r == 0 && lease && (r = lease_check(lease)) == -ESTALE)
+        disk_fence(d);
     if (r < 0) {
         log_error("disk", "%s: upload of flush %llu failed: %s", d->meta.name,
                   (unsigned long long)gen, strerror(-r));

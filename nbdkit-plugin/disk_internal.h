@@ -79,7 +79,10 @@ struct disk {
     uint64_t journal_gen;    /* durability=local: journaled up to here */
     uint64_t committed_gen;  /* the head is this flush's state */
     double first_unuploaded; /* monotonic time of the oldest flush not yet uploaded; 0 if none */
-    bool failed;             /* metadata commit failed: refuse further flushes */
+    bool failed;             /* metadata commit failed, or fenced: refuse further flushes */
+    bool fenced;             /* another host holds the writer's lease now */
+    struct lease *lease;     /* NULL: no lease (read-only, or leases off) */
+    bool lease_required;     /* commit only with a lease */
     bool version;            /* a read-only checkpoint, "NAME@CHECKPOINT" */
     char version_name[2 * META_DISK_NAME_MAX + 2];
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */

@@ -11,15 +11,27 @@
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 struct plugin_disk {
     struct disk *disk;
+    struct lease *lease; /* a head opened for writing: this process is its one writer */
+    bool lease_wanted;   /* opened while the store was unreachable: asked for again */
+    double lease_asked;  /* monotonic time of the last try */
     unsigned connections;
     unsigned users;
 };
 
-/* Finds or opens the disk or checkpoint named by an export name.  Caller holds registry_lock. */
-static int plugin_disk_open_locked(struct plugin_state *s, const char *name,
+static void plugin_disk_free(struct plugin_disk *pd)
+{
+    disk_close(pd->disk);
+    lease_release(pd->lease); /* after the close: nothing commits any more */
+    g_free(pd);
+}
+
+/* Finds or opens the disk or checkpoint named by an export name; a head is opened only with
+ * its writer's lease (steal: even one that expired).  Caller holds registry_lock. */
+static int plugin_disk_open_locked(struct plugin_state *s, const char *name, bool steal,
                                    struct plugin_disk **out)
 {
     struct plugin_disk *pd = g_hash_table_lookup(s->disks, name);
@@ -43,11 +55,32 @@ static int plugin_disk_open_locked(struct plugin_state *s, const char *name,
     if (r < 0)
         return r;
     pd = g_new0(struct plugin_disk, 1);
+    if (!parsed.checkpoint[0] && !s->config->readonly && s->config->lease_ttl > 0) {
+        struct lease_info who;
+        r = lease_acquire(s->store, parsed.disk, s->config->lease_ttl, steal, &pd->lease, &who);
+        if (r == -EBUSY || (r < 0 && steal)) {
+            g_free(pd);
+            return r;
+        }
+        if (r < 0) {
+            /* The store is unreachable: serve reads and take writes, but commit nothing until
+             * the lease is ours (the background thread asks again). */
+            log_warn("plugin",
+                     "disk %s: cannot take its writer lease (%s): serving it without "
+                     "committing anything until the store answers",
+                     parsed.disk, store_last_error());
+            pd->lease_wanted = true;
+        }
+    }
     r = disk_open(&s->env, &md, parsed.checkpoint[0] ? &ckpt : NULL, &pd->disk);
     if (r < 0) {
+        lease_release(pd->lease);
         g_free(pd);
         return r;
     }
+    disk_set_lease(pd->disk, pd->lease);
+    if (pd->lease_wanted)
+        disk_require_lease(pd->disk);
     g_hash_table_insert(s->disks, (gpointer)disk_name(pd->disk), pd);
     *out = pd;
     return 0;
@@ -59,7 +92,7 @@ int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **
     int r;
 
     pthread_mutex_lock(&s->registry_lock);
-    r = plugin_disk_open_locked(s, name, &pd);
+    r = plugin_disk_open_locked(s, name, false, &pd);
     if (r == 0) {
         pd->connections++;
         *out = pd->disk;
@@ -109,8 +142,7 @@ int plugin_disk_forget(struct plugin_state *s, const char *name)
     for (guint i = 0; r == 0 && i < gone->len; i++) {
         struct plugin_disk *pd = g_ptr_array_index(gone, i);
         g_hash_table_remove(s->disks, disk_name(pd->disk));
-        disk_close(pd->disk);
-        g_free(pd);
+        plugin_disk_free(pd);
     }
     pthread_mutex_unlock(&s->registry_lock);
     g_ptr_array_unref(gone);
@@ -139,7 +171,7 @@ static int plugin_with_disk(struct plugin_state *s, const char *name,
     int r;
 
     pthread_mutex_lock(&s->registry_lock);
-    r = plugin_disk_open_locked(s, name, &pd);
+    r = plugin_disk_open_locked(s, name, false, &pd);
     if (r == 0)
         pd->users++;
     pthread_mutex_unlock(&s->registry_lock);
@@ -247,7 +279,7 @@ int plugin_open_pending_disks(struct plugin_state *s)
         if (!has)
             continue;
         pthread_mutex_lock(&s->registry_lock);
-        r = plugin_disk_open_locked(s, name, &pd);
+        r = plugin_disk_open_locked(s, name, false, &pd);
         pthread_mutex_unlock(&s->registry_lock);
         if (r < 0)
             log_error("plugin", "disk %s: cannot recover its pending data: %s", name, strerror(-r));
@@ -342,10 +374,108 @@ void plugin_close_all_disks(struct plugin_state *s)
     pthread_mutex_lock(&s->registry_lock);
     g_hash_table_iter_init(&it, s->disks);
     while (g_hash_table_iter_next(&it, NULL, &value)) {
-        struct plugin_disk *pd = value;
-        disk_close(pd->disk);
-        g_free(pd);
+        plugin_disk_free(value);
     }
     g_hash_table_remove_all(s->disks);
     pthread_mutex_unlock(&s->registry_lock);
+}
+
+/* ---- writer leases ----------------------------------------------------------------------- */
+
+/* A disk opened while the store was unreachable asks for its lease again: every third of the
+ * ttl from the background thread, and before a commit (now).  If another server took the disk
+ * meanwhile, it is fenced.  Returns 0 once the lease is ours. */
+static int plugin_lease_ask_again(struct plugin_state *s, struct plugin_disk *pd, bool now_)
+{
+    struct lease_info who;
+    struct lease *l = NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+
+    pthread_mutex_lock(&s->lease_lock); /* one asker at a time */
+    if (!pd->lease_wanted || (!now_ && now - pd->lease_asked < s->config->lease_ttl / 3)) {
+        int r = pd->lease ? 0 : -EAGAIN;
+        pthread_mutex_unlock(&s->lease_lock);
+        return r;
+    }
+    pd->lease_asked = now;
+    int r = lease_acquire(s->store, disk_name(pd->disk), s->config->lease_ttl, false, &l, &who);
+    if (r == -EBUSY) {
+        pd->lease_wanted = false;
+        disk_fence(pd->disk);
+    } else if (r == 0) {
+        pthread_mutex_lock(&s->registry_lock);
+        pd->lease = l;
+        pd->lease_wanted = false;
+        pthread_mutex_unlock(&s->registry_lock);
+        disk_set_lease(pd->disk, l);
+        log_info("plugin", "disk %s: writer lease taken (generation %llu); committing again",
+                 disk_name(pd->disk), (unsigned long long)lease_generation(l));
+    }
+    pthread_mutex_unlock(&s->lease_lock);
+    return r;
+}
+
+int plugin_disk_lease_now(struct disk *d, void *opaque)
+{
+    struct plugin_state *s = opaque;
+
+    pthread_mutex_lock(&s->registry_lock);
+    struct plugin_disk *pd = g_hash_table_lookup(s->disks, disk_name(d));
+    if (pd)
+        pd->users++;
+    pthread_mutex_unlock(&s->registry_lock);
+    if (!pd)
+        return -ENOENT;
+    int r = plugin_lease_ask_again(s, pd, true);
+    pthread_mutex_lock(&s->registry_lock);
+    pd->users--;
+    pthread_mutex_unlock(&s->registry_lock);
+    return r;
+}
+
+void plugin_leases_renew(struct plugin_state *s)
+{
+    GPtrArray *list = plugin_use_all(s);
+
+    for (guint i = 0; i < list->len; i++) {
+        struct plugin_disk *pd = g_ptr_array_index(list, i);
+        if (pd->lease_wanted && !disk_fenced(pd->disk))
+            plugin_lease_ask_again(s, pd, false);
+        if (!pd->lease || !lease_renew_due(pd->lease) || disk_fenced(pd->disk))
+            continue;
+        int r = lease_renew(pd->lease);
+        if (r == -ESTALE)
+            disk_fence(pd->disk);
+        else if (r < 0)
+            log_warn("plugin", "disk %s: cannot renew its lease: %s; retrying", disk_name(pd->disk),
+                     store_last_error());
+    }
+    plugin_unuse_all(s, list);
+}
+
+int plugin_disk_lease(struct plugin_state *s, const char *name, bool steal, struct lease_info *out,
+                      bool *ours)
+{
+    struct plugin_disk *pd = NULL;
+    int r = 0;
+
+    *ours = false;
+    if (steal) {
+        pthread_mutex_lock(&s->registry_lock);
+        r = plugin_disk_open_locked(s, name, true, &pd);
+        pthread_mutex_unlock(&s->registry_lock);
+        if (r < 0)
+            return r;
+    }
+    r = lease_inspect(s->store, name, out);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&s->registry_lock);
+    pd = g_hash_table_lookup(s->disks, name);
+    *ours =
+        pd && pd->lease && !disk_fenced(pd->disk) && lease_generation(pd->lease) == out->generation;
+    pthread_mutex_unlock(&s->registry_lock);
+    return 0;
 }

@@ -6,6 +6,7 @@
 #include "chunk_cache.h"
 #include "chunk_gc.h"
 #include "disk.h"
+#include "lease.h"
 #include "meta.h"
 #include "store.h"
 
@@ -29,6 +30,7 @@ struct plugin_config {
     uint64_t gc_grace;    /* seconds: the GC grace period, which uploads rely on */
     double gc_refresh_age;
 
+    double lease_ttl;          /* seconds a writer's lease lasts unrenewed; 0: no leases */
     double replicate_interval; /* 0: no replication of the metadata */
     char *replica_name;        /* NULL: REPLICA_NAME_DEFAULT */
 };
@@ -43,6 +45,7 @@ struct plugin_state {
     struct disk_env env;
 
     pthread_mutex_t registry_lock; /* protects disks */
+    pthread_mutex_t lease_lock;    /* one server thread asking for a missing lease at a time */
     GHashTable *disks;             /* name -> struct plugin_disk */
 
     struct replica *replica; /* NULL when replicate-interval=0 */
@@ -68,7 +71,7 @@ struct plugin_state {
 };
 
 /* Opens disk `name` (or finds it open) and counts a connection on it.  -ENOENT if no such
- * disk. */
+ * disk; -EBUSY if another host holds its writer's lease (lease.h). */
 int plugin_disk_acquire(struct plugin_state *s, const char *name, struct disk **out);
 void plugin_disk_release(struct plugin_state *s, struct disk *d);
 /* Number of connections on an open disk, 0 if not open. */
@@ -76,6 +79,16 @@ unsigned plugin_disk_connections(struct plugin_state *s, const char *name);
 /* Closes the disk (or checkpoint export "DISK@CKPT") if it is open without connections, so it
  * can be deleted; a disk's checkpoint exports go with it.  -EBUSY if any has connections. */
 int plugin_disk_forget(struct plugin_state *s, const char *name);
+/* Renews the leases of open disks that are due; a disk whose lease another host took is
+ * fenced (disk_fence).  Called by the background thread. */
+void plugin_leases_renew(struct plugin_state *s);
+/* disk_env.lease_now (opaque: the plugin_state). */
+int plugin_disk_lease_now(struct disk *d, void *opaque);
+/* Describes disk `name`'s lease; with steal, takes it over first (if it expired or was
+ * released) by opening the disk here.  *ours tells whether this server holds it. */
+int plugin_disk_lease(struct plugin_state *s, const char *name, bool steal, struct lease_info *out,
+                      bool *ours);
+
 /* Stats of an open disk: -ENOENT if it is not open. */
 int plugin_disk_stats(struct plugin_state *s, const char *name, struct disk_stats *out);
 

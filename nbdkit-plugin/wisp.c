@@ -53,12 +53,14 @@ static struct plugin_config cfg = {
     .gc_interval = 3600,
     .gc_grace = CHUNK_GC_GRACE_DEFAULT,
     .replicate_interval = 1.0,
+    .lease_ttl = 30,
 };
 
 /* The running server: set up in after_fork, torn down in cleanup. */
 static struct plugin_state state = {
     .meta_lock = PTHREAD_MUTEX_INITIALIZER,
     .registry_lock = PTHREAD_MUTEX_INITIALIZER,
+    .lease_lock = PTHREAD_MUTEX_INITIALIZER,
     .versions_lock = PTHREAD_MUTEX_INITIALIZER,
     .gc_lock = PTHREAD_MUTEX_INITIALIZER,
     .gc_wait_lock = PTHREAD_MUTEX_INITIALIZER,
@@ -183,6 +185,14 @@ static int wisp_config(const char *key, const char *value)
         return wisp_parse_seconds(key, value, &cfg.upload_delay);
     } else if (strcmp(key, "stats-interval") == 0) {
         return wisp_parse_seconds(key, value, &cfg.stats_interval);
+    } else if (strcmp(key, "lease-ttl") == 0) {
+        if (wisp_parse_seconds(key, value, &cfg.lease_ttl) < 0)
+            return -1;
+        if (cfg.lease_ttl > 0 && cfg.lease_ttl < 1) {
+            nbdkit_error("lease-ttl=%s: at least 1 second (or 0 for no leases)", value);
+            return -1;
+        }
+        return 0;
     } else if (strcmp(key, "store-timeout") == 0) {
         return wisp_parse_seconds(key, value, &cfg.store_timeout);
     } else if (strcmp(key, "gc-interval") == 0) {
@@ -287,6 +297,8 @@ static int wisp_config_complete(void)
     "1)\n"                                                                                         \
     "replica=NAME         the metadata's replica in the store, meta/NAME/ (default 'default')\n"   \
     "stats-interval=SECONDS  statistics log line period, 0 for none (default 60)\n"                \
+    "lease-ttl=SECONDS    a disk's writer lease lasts this long unrenewed; 0: no leases (one\n"    \
+    "                     server per store only) (default 30)\n"                                   \
     "gc-interval=SECONDS  garbage collection of chunks this often, 0 for none (default 3600)\n"    \
     "gc-grace=DURATION    GC keeps unreferenced chunks younger than this: 90s, 30m, 1h, 2d\n"      \
     "                     (default 1h); uploads are committed within half of it"
@@ -296,7 +308,7 @@ static void wisp_dump_plugin(void)
     printf("wisp_durability_modes=local,remote\n");
     printf("wisp_params=store,cache,meta,cache-size,chunk-size,durability,upload-delay,control,"
            "readonly,credentials,upload-parallel,store-connections,store-timeout,readahead,"
-           "stats-interval,gc-interval,gc-grace,replicate-interval,replica\n");
+           "stats-interval,lease-ttl,gc-interval,gc-grace,replicate-interval,replica\n");
     printf("wisp_default_chunk_size=%u\n", cfg.chunk_size);
     printf("wisp_gc_interval=%llu\n", (unsigned long long)cfg.gc_interval);
     printf("wisp_gc_grace=%llu\n", (unsigned long long)cfg.gc_grace);
@@ -345,6 +357,8 @@ static void *wisp_background(void *opaque)
         elapsed += 0.1;
         if (cfg.durability == DISK_DURABILITY_LOCAL)
             plugin_upload_due(&state, cfg.upload_delay);
+        if (cfg.lease_ttl > 0)
+            plugin_leases_renew(&state);
         if (cfg.stats_interval > 0 && elapsed >= next_stats) {
             next_stats += cfg.stats_interval;
             plugin_log_stats(&state);
@@ -353,6 +367,58 @@ static void *wisp_background(void *opaque)
         }
     }
     return NULL;
+}
+
+static uint64_t wisp_random64(void)
+{
+    uint64_t nonce;
+
+    if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
+        nonce = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)clock();
+    return nonce;
+}
+
+/* The lease owner id of this metadata directory, made on first use: a local file, not part of
+ * the database, so that a replica restored on another host is another owner (lease.h). */
+static int wisp_lease_owner(char out[20])
+{
+    char *path = g_build_filename(cfg.meta_dir, "lease-owner", NULL);
+    gchar *text = NULL;
+    int r = 0;
+
+    if (g_file_get_contents(path, &text, NULL, NULL) && strlen(text) == 16 &&
+        strspn(text, "0123456789abcdef") == 16) {
+        memcpy(out, text, 17);
+    } else {
+        snprintf(out, 20, "%016llx", (unsigned long long)wisp_random64());
+        GError *err = NULL;
+        if (!g_file_set_contents(path, out, -1, &err)) { /* written whole, then renamed */
+            nbdkit_error("meta=%s: cannot keep this server's lease owner id in %s: %s",
+                         cfg.meta_dir, path, err->message);
+            g_error_free(err);
+            r = -1;
+        }
+    }
+    g_free(text);
+    g_free(path);
+    return r;
+}
+
+/* Who this server is in the leases it takes: host and pid for people, a random instance so
+ * that a restarted server on the same host and pid is a new holder, and the owner id of its
+ * metadata directory. */
+static int wisp_lease_identity(void)
+{
+    char host[128] = "unknown", holder[192], instance[20], owner[20];
+
+    if (wisp_lease_owner(owner) < 0)
+        return -1;
+    if (gethostname(host, sizeof host - 1) < 0)
+        snprintf(host, sizeof host, "unknown");
+    snprintf(holder, sizeof holder, "%s pid %d", host, (int)getpid());
+    snprintf(instance, sizeof instance, "%016llx", (unsigned long long)wisp_random64());
+    lease_set_identity(holder, instance, owner);
+    return 0;
 }
 
 static int wisp_after_fork(void)
@@ -399,10 +465,14 @@ static int wisp_after_fork(void)
         .upload_parallel = cfg.upload_parallel,
         .readahead_bytes = cfg.readahead,
         .reaper = state.reaper,
+        .lease_now = plugin_disk_lease_now,
+        .lease_opaque = &state,
         .commit_window = (double)cfg.gc_grace - cfg.gc_refresh_age,
     };
     state.config = &cfg;
     state.disks = g_hash_table_new(g_str_hash, g_str_equal);
+    if (wisp_lease_identity() < 0)
+        return -1;
 
     /* durability=local: data flushed before a restart is uploaded now, not on first open. */
     r = plugin_open_pending_disks(&state);
@@ -513,6 +583,11 @@ static void *wisp_open(int readonly)
                          parsed.checkpoint, parsed.disk, parsed.disk);
         else if (r == -ENOENT)
             nbdkit_error("no disk named '%s' (create it with 'wisp disk create %s')", name, name);
+        else if (r == -EBUSY)
+            nbdkit_error("disk '%s' has a writer on another server (its lease is held; see "
+                         "'wisp disk lease %s'): open its checkpoints read-only, or take it "
+                         "over with 'wisp disk lease %s --steal' once the lease expires",
+                         name, name, name);
         else
             nbdkit_error("disk '%s': %s", name, strerror(-r));
         free(h);

@@ -32,6 +32,7 @@ struct cli_disk_options {
     char *grace;
     gboolean json;
     gboolean force;
+    gboolean steal;
     gboolean dry_run;
 };
 
@@ -407,6 +408,48 @@ static int cli_disk_stats(struct cli_disk_options *o, int argc, char **argv)
             cli_disk_print_members(json_object_get_object_member(a, "stats"), "disk");
             cli_disk_print_members(json_object_get_object_member(a, "cache"), "cache (shared)");
             cli_disk_print_members(json_object_get_object_member(a, "store"), "store (shared)");
+        }
+    }
+    json_node_unref(answer);
+    return status;
+}
+
+/* `wisp disk lease NAME [--steal]`: who holds a disk's writer lease, through the server that
+ * would take it over (leases live in the store, the server knows the store and its name). */
+static int cli_disk_lease(struct cli_disk_options *o, int argc, char **argv)
+{
+    if (argc != 1) {
+        cli_error("usage: wisp disk lease NAME [--steal] [--json]");
+        return CLI_EXIT_USAGE;
+    }
+    if (!o->control) {
+        cli_error("disk leases are asked through a running server: pass --control SOCK (or set "
+                  "WISP_CONTROL)");
+        return CLI_EXIT_USAGE;
+    }
+    JsonBuilder *b = cli_disk_request("disk-lease", argv[0]);
+    json_builder_set_member_name(b, "steal");
+    json_builder_add_boolean_value(b, o->steal);
+    JsonNode *answer = cli_disk_control_send(o->control, b);
+    if (!answer)
+        return CLI_EXIT_ERROR;
+    int status = cli_disk_control_status(answer);
+    if (status == CLI_EXIT_OK) {
+        JsonObject *a = json_node_get_object(answer);
+        JsonObject *l = json_object_get_object_member(a, "lease");
+        if (o->json) {
+            json_object_remove_member(a, "ok");
+            cli_disk_print_json(answer);
+        } else if (!json_object_get_boolean_member(l, "held")) {
+            printf("%s: no writer holds it%s\n", argv[0],
+                   json_object_has_member(l, "generation") ? " (released)" : "");
+        } else {
+            printf("%s: held by %s%s, generation %lld, renewed %.0f s ago, ttl %.0f s%s\n", argv[0],
+                   json_object_get_string_member(l, "holder"),
+                   json_object_get_boolean_member(l, "ours") ? " (this server)" : "",
+                   (long long)json_object_get_int_member(l, "generation"),
+                   json_object_get_double_member(l, "age"), json_object_get_double_member(l, "ttl"),
+                   json_object_get_boolean_member(l, "expired") ? ", expired" : "");
         }
     }
     json_node_unref(answer);
@@ -826,6 +869,8 @@ static const struct cli_disk_verb cli_disk_verbs[] = {
     {"checkpoints", cli_disk_checkpoints, "NAME [--json]", "list a disk's checkpoints"},
     {"restore", cli_disk_restore, "NAME CKPT [--force]", "make a checkpoint the disk's content"},
     {"checkpoint-delete", cli_disk_checkpoint_delete, "NAME CKPT", "delete a checkpoint"},
+    {"lease", cli_disk_lease, "NAME [--steal] [--json]",
+     "who writes the disk; --steal takes an expired lease over"},
     {"gc", cli_disk_gc, "[--dry-run] [--grace 1h]",
      "delete chunks no version references (offline: --meta and --store)"},
 };
@@ -862,6 +907,8 @@ int cli_disk_main(int argc, char **argv)
          "restore: even while clients are connected (they see the checkpoint next); gc: a "
          "grace shorter than the server's gc-grace",
          NULL},
+        {"steal", 0, 0, G_OPTION_ARG_NONE, &o.steal,
+         "lease: take the disk's writer lease over, once it has expired", NULL},
         {"dry-run", 0, 0, G_OPTION_ARG_NONE, &o.dry_run,
          "gc: delete nothing, report what would be deleted", NULL},
         {"grace", 0, 0, G_OPTION_ARG_STRING, &o.grace,

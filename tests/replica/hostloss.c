@@ -43,7 +43,27 @@ static struct ws_server *server(struct ws_server *like, const char *durability)
     ws_server_set(s, "upload-delay", "1");
     ws_server_set(s, "replica", "host");
     ws_server_set(s, "stats-interval", "0");
+    ws_server_set(s, "lease-ttl", "2");
     return s;
+}
+
+/* The new host may not write while the lost one's lease lives; once it expired, it takes the
+ * disk over (storage invariant 11: a lost host is never assumed dead before its lease says so). */
+static void take_over(struct ws_server *s)
+{
+    char *why = ws_connect_must_fail(s, "d");
+    free(why);
+    double start = ws_now();
+    for (;;) {
+        char *err = NULL;
+        int r = ws_cli(s, NULL, &err, "disk", "lease", "d", "--steal", NULL);
+        g_free(err);
+        if (r == 0)
+            break;
+        WS_CHECK(ws_now() - start < 30, "the lost host's lease (ttl 2 s) cannot be taken over");
+        usleep(250 * 1000);
+    }
+    ws_log("took over the lost host's lease after %.1f s", ws_now() - start);
 }
 
 /* The host is gone: its process, its cache and its metadata. */
@@ -114,6 +134,7 @@ static void run_remote(void)
     ws_server_start(s2);
     WS_CHECK(ws_server_log_count(s2, "restoring it from replica 'host'") == 1,
              "the new server did not restore the metadata (see %s)", s2->log);
+    take_over(s2);
     ws_compare(s2, "d", shadow, 0, size, 64 * KiB, 4);
     ws_log("every acknowledged byte reads back on the new host");
     char *out = NULL;
@@ -165,6 +186,7 @@ static double run_local_trial(int trial, uint64_t seed)
 
     s2 = server(s1, "local");
     ws_server_start(s2);
+    take_over(s2);
     h = ws_connect(s2, "d");
     int survived = 0;
     for (int i = 0; i < n; i++) {
