@@ -14,7 +14,11 @@
  * the version with the written chunks they read back correctly.
  *
  * Environment: WISP_TEST_VERSION_MS (default 500), the bar for a median; a single run may
- * take up to four times that. */
+ * take up to four times that.
+ *
+ * `timing N` uses N chunks instead of 100,000 and also times `wisp disk restore-meta` of the
+ * server's replica into an empty directory (without chunk verification: the chunks are
+ * fake); scripts/bench versions runs it for several N and reads its last line, "BENCH ...". */
 #include "vt.h"
 
 #include "meta.h"
@@ -25,9 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK    (1 * MiB)
-#define N_CHUNKS 100000
-#define RUNS     7
+#define CHUNK (1 * MiB)
+#define RUNS  7
+
+static uint64_t N_CHUNKS = 100000;
 
 static struct ws_server *srv;
 
@@ -134,11 +139,19 @@ static struct figures time_disk(const char *disk, double bar)
     return f;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const char *bar_env = getenv("WISP_TEST_VERSION_MS");
     double bar = bar_env && *bar_env ? strtod(bar_env, NULL) : 500;
+    bool bench = argc > 1;
 
+    if (bench) {
+        N_CHUNKS = strtoull(argv[1], NULL, 10);
+        if (N_CHUNKS < 100 || N_CHUNKS > 102400) {
+            fprintf(stderr, "usage: timing [N], N from 100 to 102400 chunks\n");
+            return 2;
+        }
+    }
     ws_init("timing");
     srv = ws_server_new(WS_STORE_FILE);
     ws_server_set(srv, "stats-interval", "0");
@@ -146,7 +159,8 @@ int main(void)
 
     double t = ws_now();
     make_big_disk("big");
-    ws_log("metadata of a 100 GiB disk with %d chunks made in %.2f s", N_CHUNKS, ws_now() - t);
+    ws_log("metadata of a 100 GiB disk with %" PRIu64 " chunks made in %.2f s", N_CHUNKS,
+           ws_now() - t);
     ws_server_start(srv);
     ws_disk_create(srv, "empty", "100G", "1M");
     g_free(VT_CLI_OK(srv, "disk", "stats", "big")); /* the map loads */
@@ -197,7 +211,7 @@ int main(void)
     WS_CHECK(cold_ck < 4 * bar, "the first checkpoint after a start took %.2f ms", cold_ck);
     WS_CHECK(cold_rs < 4 * bar, "the first restore after a start took %.2f ms", cold_rs);
 
-    printf("\nmedians (ms, the server's figure)  %8s %8s\n", "100k", "empty");
+    printf("\nmedians (ms, the server's figure)  %8" PRIu64 " %8s\n", N_CHUNKS, "empty");
     printf("  checkpoint                        %8.2f %8.2f\n", big.checkpoint, empty.checkpoint);
     printf("  restore                           %8.2f %8.2f\n", big.restore, empty.restore);
     printf("  clone of a checkpoint             %8.2f %8.2f\n", big.clone_ckpt, empty.clone_ckpt);
@@ -207,6 +221,25 @@ int main(void)
     printf("  first restore after a start       %8.2f\n", cold_rs);
     printf("  wisp disk checkpoint, wall clock  %8.2f %8.2f\n\n", big.wall, empty.wall);
     ws_server_stop(srv);
+
+    double restore_meta_s = 0;
+    if (bench) {
+        /* The metadata of a new host, from the replica alone. */
+        char *dir = g_strdup_printf("%s/restored-meta", ws_tmpdir());
+        char *out = NULL, *err = NULL;
+        double t0 = ws_now();
+        int st = ws_runl(&out, &err, 300, ws_cli_path(), "disk", "restore-meta", "--store",
+                         srv->store_url, "--meta", dir, "--verify", "none", NULL);
+        restore_meta_s = ws_now() - t0;
+        WS_CHECK(st == 0, "restore-meta failed: %s", err ? err : "");
+        g_free(out);
+        g_free(err);
+        g_free(dir);
+        printf("BENCH n=%" PRIu64 " checkpoint=%.3f restore=%.3f clone_ckpt=%.3f clone_head=%.3f "
+               "cold_checkpoint=%.3f cold_restore=%.3f restore_meta_s=%.3f\n",
+               N_CHUNKS, big.checkpoint, big.restore, big.clone_ckpt, big.clone_head, cold_ck,
+               cold_rs, restore_meta_s);
+    }
     ws_log("timing: all checks passed");
     return 0;
 }
