@@ -542,6 +542,9 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
 
     pthread_mutex_lock(&d->lock);
     chunk_layout_mark(&live->layout, first, end);
+    live->seq++;
+    if (d->ahead && chunk_layout_whole(&live->layout, disk_chunk_blocks(d)))
+        disk_ahead_queue_locked(d, idx, live);
     if (made) {
         dc = disk_dirty_get_or_add_locked(d, idx);
         struct chunk_file *old = dc->live_kind == SLOT_FILE ? dc->live : NULL;
@@ -837,6 +840,8 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
                  (unsigned long long)d->stats.pending_bytes);
     }
     disk_remove_orphans(d);
+    if (env->durability == DISK_DURABILITY_REMOTE && (r = disk_ahead_start(d)) < 0)
+        goto fail;
     *out = d;
     return 0;
 
@@ -868,6 +873,7 @@ void disk_close(struct disk *d)
 
     if (!d)
         return;
+    disk_ahead_stop(d); /* its tasks hold file references */
     if (d->dirty)
         g_tree_foreach(d->dirty, disk_close_collect, files);
     for (guint i = 0; d->journal && i < d->journal->len; i++) {

@@ -55,6 +55,7 @@ struct disk_env {
 struct disk_stats {
     uint64_t reads, read_bytes, writes, write_bytes, zeroes, flushes;
     uint64_t uploads, upload_bytes, rounds, upload_failures;
+    uint64_t uploads_ahead; /* whole chunks uploaded before their flush (durability=remote) */
     uint64_t dirty_bytes;   /* live and frozen chunk files */
     uint64_t pending_bytes; /* frozen: flushed, waiting for upload */
     uint64_t chunks;        /* chunks with data in the committed head */

@@ -244,6 +244,7 @@ struct round_item {
     struct chunk_layout layout; /* the file's, when the round began */
     struct chunk_hash hash;
     bool zero;
+    double uploaded_at; /* uploaded ahead of the round (disk_ahead.c) at this time; 0: not */
     int result;
 };
 
@@ -266,6 +267,28 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
         it->zero = true;
         return 0;
     }
+    /* Uploaded ahead of the flush, and still that content (disk_ahead.c)?  Not if so long ago
+     * that the GC's commit window (below, in disk_round) could not be kept. */
+    pthread_mutex_lock(&d->lock);
+    struct chunk_file *f = it->file;
+    while (f->ahead_running)
+        pthread_cond_wait(&d->progress, &d->lock);
+    bool ahead =
+        f->ahead_done && f->ahead_seq == f->seq &&
+        (d->env->commit_window <= 0 || disk_now() - f->ahead_time < d->env->commit_window / 2);
+    if (ahead) {
+        it->zero = f->ahead_zero;
+        it->hash = f->ahead_hash;
+        it->uploaded_at = f->ahead_time;
+        if (!it->zero) {
+            d->stats.uploads++;
+            d->stats.upload_bytes += cs;
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (ahead)
+        return 0;
+
     /* Merge the written blocks with the base: what the chunk holds. */
     int fd = chunk_file_open(d, it->file, O_RDONLY);
     if (fd < 0)
@@ -434,6 +457,9 @@ static int disk_round(struct disk *d)
     const char *test_delay = getenv("WISP_TEST_COMMIT_DELAY_MS");
     if (r == 0 && test_delay && atoi(test_delay) > 0)
         usleep((useconds_t)atoi(test_delay) * 1000);
+    for (size_t i = 0; i < rd.n; i++) /* chunks uploaded ahead count from their upload */
+        if (rd.items[i].uploaded_at > 0 && rd.items[i].uploaded_at < upload_start)
+            upload_start = rd.items[i].uploaded_at;
     if (r == 0 && d->env->commit_window > 0 && disk_now() - upload_start > d->env->commit_window) {
         log_error("disk",
                   "%s: flush %llu took %.0f s to upload, more than gc-grace allows (%.0f s): "

@@ -34,6 +34,12 @@ struct chunk_file {
     char name[96]; /* relative to the cache directory: dirty/<disk id>/<idx>.<nonce> */
     unsigned refs;
     struct chunk_layout layout;
+    uint64_t seq; /* writes into the file so far, counted under its stripe and d->lock */
+    /* Upload ahead of the flush (disk_ahead.c), under d->lock. */
+    bool ahead_queued, ahead_running, ahead_done, ahead_zero;
+    uint64_t ahead_seq; /* the seq whose content ahead_hash names */
+    struct chunk_hash ahead_hash;
+    double ahead_time; /* when the object was stored (or found young) */
 };
 
 enum slot_kind {
@@ -85,6 +91,7 @@ struct disk {
     bool lease_required;     /* commit only with a lease */
     bool version;            /* a read-only checkpoint, "NAME@CHECKPOINT" */
     char version_name[2 * META_DISK_NAME_MAX + 2];
+    GThreadPool *ahead;     /* durability=remote: uploads of whole chunks before the flush */
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
     struct disk_stats stats;
@@ -109,6 +116,12 @@ uint32_t disk_chunk_blocks(const struct disk *d);
 bool disk_is_zero(const void *buf, size_t len);
 /* Caller holds d->lock. */
 struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);
+
+/* disk_ahead.c: starts and stops d->ahead; queues a live file that became whole (caller holds
+ * d->lock and the chunk's stripe). */
+int disk_ahead_start(struct disk *d);
+void disk_ahead_stop(struct disk *d);
+void disk_ahead_queue_locked(struct disk *d, uint64_t idx, struct chunk_file *f);
 void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc);
 
 #endif
