@@ -72,6 +72,7 @@ static void disk_ahead_run(gpointer data, gpointer unused)
     pthread_mutex_lock(&d->lock);
     if (live) {
         f->ahead_running = false;
+        f->ahead_error = !buf ? -ENOMEM : r;
         if (buf && r == 0) {
             f->ahead_done = true;
             f->ahead_seq = seq;

@@ -271,8 +271,18 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
      * that the GC's commit window (below, in disk_round) could not be kept. */
     pthread_mutex_lock(&d->lock);
     struct chunk_file *f = it->file;
-    while (f->ahead_running)
+    bool waited = false;
+    while (f->ahead_running) {
         pthread_cond_wait(&d->progress, &d->lock);
+        waited = true;
+    }
+    /* An early upload of this very content failed while we waited: the store client's retries
+     * are spent, and trying again now would make a flush wait twice as long for its EIO. */
+    if (waited && !f->ahead_done && f->ahead_error < 0) {
+        int err = f->ahead_error;
+        pthread_mutex_unlock(&d->lock);
+        return err;
+    }
     bool ahead =
         f->ahead_done && f->ahead_seq == f->seq &&
         (d->env->commit_window <= 0 || disk_now() - f->ahead_time < d->env->commit_window / 2);

@@ -38,6 +38,7 @@ struct chunk_file {
     /* Upload ahead of the flush (disk_ahead.c), under d->lock. */
     bool ahead_queued, ahead_running, ahead_done, ahead_zero;
     uint64_t ahead_seq; /* the seq whose content ahead_hash names */
+    int ahead_error;    /* the last early upload's failure (its own retries included), or 0 */
     struct chunk_hash ahead_hash;
     double ahead_time; /* when the object was stored (or found young) */
 };
