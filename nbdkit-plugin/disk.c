@@ -543,7 +543,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     pthread_mutex_lock(&d->lock);
     chunk_layout_mark(&live->layout, first, end);
     live->seq++;
-    if (d->ahead && chunk_layout_whole(&live->layout, disk_chunk_blocks(d)))
+    if (chunk_layout_whole(&live->layout, disk_chunk_blocks(d)))
         disk_ahead_queue_locked(d, idx, live);
     if (made) {
         dc = disk_dirty_get_or_add_locked(d, idx);
@@ -840,8 +840,6 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
                  (unsigned long long)d->stats.pending_bytes);
     }
     disk_remove_orphans(d);
-    if (env->durability == DISK_DURABILITY_REMOTE && (r = disk_ahead_start(d)) < 0)
-        goto fail;
     *out = d;
     return 0;
 

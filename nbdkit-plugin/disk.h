@@ -19,6 +19,7 @@
 #include "chunk_cache.h"
 #include "meta.h"
 
+#include <glib.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -47,6 +48,9 @@ struct disk_env {
      * 0 once disk_set_lease was called. */
     int (*lease_now)(struct disk *d, void *opaque);
     void *lease_opaque;
+    /* durability=remote: the threads that upload whole chunks before their flush
+     * (disk_ahead_pool_new); NULL: none. */
+    GThreadPool *ahead_pool;
     /* GC (meta/chunk_gc.h, invariant (a)): a round commits only if at most this many seconds
      * passed since it started uploading (gc-grace minus the refresh age); 0: no limit. */
     double commit_window;
@@ -61,6 +65,10 @@ struct disk_stats {
     uint64_t chunks;        /* chunks with data in the committed head */
     uint64_t flush_gen, committed_gen;
 };
+
+/* The pool of disk_env.ahead_pool, and its end (after every disk is closed). */
+GThreadPool *disk_ahead_pool_new(unsigned threads);
+void disk_ahead_pool_free(GThreadPool *pool);
 
 /* Opens disk m: loads its head map and recovers its pending journal.  With version, opens that
  * checkpoint of m instead, read-only (writes give -EPERM), leaving the head's state alone. */

@@ -37,7 +37,7 @@ static void disk_ahead_run(gpointer data, gpointer unused)
     struct chunk_file *f = t->f;
     const uint32_t cs = d->meta.chunk_size;
     pthread_mutex_t *stripe = &d->stripes[t->idx % DISK_STRIPES];
-    struct chunk_hash h;
+    struct chunk_hash h = {{0}};
     uint64_t seq = 0;
     bool live, zero = false;
     int r = 0;
@@ -46,7 +46,7 @@ static void disk_ahead_run(gpointer data, gpointer unused)
     pthread_mutex_lock(stripe);
     pthread_mutex_lock(&d->lock);
     struct dirty_chunk *dc = disk_dirty_get_locked(d, t->idx);
-    live = dc && dc->live_kind == SLOT_FILE && dc->live == f &&
+    live = !d->ahead_stopping && dc && dc->live_kind == SLOT_FILE && dc->live == f &&
            chunk_layout_whole(&f->layout, disk_chunk_blocks(d));
     seq = f->seq;
     if (live)
@@ -69,6 +69,9 @@ static void disk_ahead_run(gpointer data, gpointer unused)
                 r = chunk_cache_upload(d->env->cache, &h, buf, cs, NULL);
         }
     }
+    if (r < 0)
+        log_debug("disk", "%s: chunk %llu: upload ahead failed (%s); the flush will upload it",
+                  d->meta.name, (unsigned long long)t->idx, strerror(-r));
     pthread_mutex_lock(&d->lock);
     if (live) {
         f->ahead_running = false;
@@ -81,50 +84,49 @@ static void disk_ahead_run(gpointer data, gpointer unused)
             f->ahead_time = disk_now();
             d->stats.uploads_ahead++;
         }
-        pthread_cond_broadcast(&d->progress);
     }
     chunk_file_unref_locked(d, f);
+    d->ahead_pending--; /* d may be closed and freed once this is 0 and the lock dropped */
+    pthread_cond_broadcast(&d->progress);
     pthread_mutex_unlock(&d->lock);
-    if (r < 0)
-        log_debug("disk", "%s: chunk %llu: upload ahead failed (%s); the flush will upload it",
-                  d->meta.name, (unsigned long long)t->idx, strerror(-r));
     free(buf);
     g_free(t);
 }
 
-static void disk_ahead_drop(gpointer data)
-{
-    struct ahead_task *t = data;
-
-    chunk_file_unref(t->d, t->f);
-    g_free(t);
-}
-
-int disk_ahead_start(struct disk *d)
+GThreadPool *disk_ahead_pool_new(unsigned threads)
 {
     GError *err = NULL;
-    unsigned n = d->env->upload_parallel > 0 ? d->env->upload_parallel : 1;
+    /* Exclusive threads, joined when the pool is freed: no thread of ours outlives the plugin. */
+    GThreadPool *pool =
+        g_thread_pool_new(disk_ahead_run, NULL, (gint)(threads > 0 ? threads : 1), TRUE, &err);
 
-    d->ahead = g_thread_pool_new_full(disk_ahead_run, NULL, disk_ahead_drop, (gint)n, FALSE, &err);
-    if (!d->ahead) {
-        log_error("disk", "%s: cannot start uploads ahead of flushes: %s", d->meta.name,
+    if (!pool) {
+        log_error("disk", "cannot start the threads that upload ahead of flushes: %s",
                   err->message);
         g_error_free(err);
-        return -ENOMEM;
     }
-    return 0;
+    return pool;
+}
+
+void disk_ahead_pool_free(GThreadPool *pool)
+{
+    if (pool)
+        g_thread_pool_free(pool, FALSE, TRUE); /* disks are closed: their tasks are done */
 }
 
 void disk_ahead_stop(struct disk *d)
 {
-    if (d->ahead)
-        g_thread_pool_free(d->ahead, TRUE, TRUE); /* queued ones are dropped, running joined */
-    d->ahead = NULL;
+    pthread_mutex_lock(&d->lock);
+    d->ahead_stopping = true; /* queued tasks of this disk now only drop their reference */
+    while (d->ahead_pending > 0)
+        pthread_cond_wait(&d->progress, &d->lock);
+    pthread_mutex_unlock(&d->lock);
 }
 
 void disk_ahead_queue_locked(struct disk *d, uint64_t idx, struct chunk_file *f)
 {
-    if (!d->ahead || f->ahead_queued)
+    if (!d->env->ahead_pool || d->env->durability != DISK_DURABILITY_REMOTE || d->version ||
+        d->ahead_stopping || f->ahead_queued)
         return;
     struct ahead_task *t = g_new(struct ahead_task, 1);
     t->d = d;
@@ -132,5 +134,6 @@ void disk_ahead_queue_locked(struct disk *d, uint64_t idx, struct chunk_file *f)
     t->f = f;
     f->refs++;
     f->ahead_queued = true;
-    g_thread_pool_push(d->ahead, t, NULL);
+    d->ahead_pending++;
+    g_thread_pool_push(d->env->ahead_pool, t, NULL);
 }

@@ -92,7 +92,8 @@ struct disk {
     bool lease_required;     /* commit only with a lease */
     bool version;            /* a read-only checkpoint, "NAME@CHECKPOINT" */
     char version_name[2 * META_DISK_NAME_MAX + 2];
-    GThreadPool *ahead;     /* durability=remote: uploads of whole chunks before the flush */
+    unsigned ahead_pending; /* tasks of this disk in env->ahead_pool */
+    bool ahead_stopping;    /* closing: its queued tasks do nothing */
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
     struct disk_stats stats;
@@ -118,9 +119,8 @@ bool disk_is_zero(const void *buf, size_t len);
 /* Caller holds d->lock. */
 struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);
 
-/* disk_ahead.c: starts and stops d->ahead; queues a live file that became whole (caller holds
- * d->lock and the chunk's stripe). */
-int disk_ahead_start(struct disk *d);
+/* disk_ahead.c: waits for the disk's tasks to end (at close); queues a live file that became
+ * whole (caller holds d->lock and the chunk's stripe). */
 void disk_ahead_stop(struct disk *d);
 void disk_ahead_queue_locked(struct disk *d, uint64_t idx, struct chunk_file *f);
 void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc);

@@ -58,14 +58,15 @@ int lease_parse(const void *data, size_t len, struct lease_info *out)
     gchar *instance = g_key_file_get_string(kf, "lease", "instance", NULL);
     gchar *state = g_key_file_get_string(kf, "lease", "state", NULL);
     gchar *owner = g_key_file_get_string(kf, "lease", "owner", NULL);
-    double ttl = g_key_file_get_double(kf, "lease", "ttl", &err);
+    /* Milliseconds as an integer: no locale-dependent number parsing (g_key_file_get_double
+     * goes through newlocale, which hung nbdkit's exit under ASan in p11-kit's destructor). */
+    gchar *ttl_ms = g_key_file_get_string(kf, "lease", "ttl_ms", NULL);
     char *end = NULL;
-    if (err) {
-        g_error_free(err);
-        err = NULL;
-    } else if (gen && holder && instance && state && owner &&
-               (strcmp(state, "held") == 0 || strcmp(state, "released") == 0) && ttl > 0 &&
-               ttl < 1e6) {
+    errno = 0;
+    uint64_t ms = ttl_ms ? strtoull(ttl_ms, &end, 10) : 0;
+    double ttl = errno == 0 && end && *end == '\0' ? (double)ms / 1000 : 0;
+    if (gen && holder && instance && state && owner &&
+        (strcmp(state, "held") == 0 || strcmp(state, "released") == 0) && ttl > 0 && ttl < 1e6) {
         errno = 0;
         out->generation = strtoull(gen, &end, 10);
         if (errno == 0 && end && *end == '\0' && out->generation > 0) {
@@ -83,6 +84,7 @@ int lease_parse(const void *data, size_t len, struct lease_info *out)
     g_free(instance);
     g_free(state);
     g_free(owner);
+    g_free(ttl_ms);
 out:
     g_key_file_free(kf);
     return r;
@@ -90,10 +92,11 @@ out:
 
 static char *lease_format(uint64_t gen, double ttl, bool released, size_t *len)
 {
-    char *text = g_strdup_printf(
-        "[lease]\ngeneration=%" PRIu64 "\nholder=%s\ninstance=%s\nowner=%s\n"
-        "ttl=%.3f\nstate=%s\n",
-        gen, lease_holder, lease_instance, lease_owner, ttl, released ? "released" : "held");
+    char *text =
+        g_strdup_printf("[lease]\ngeneration=%" PRIu64 "\nholder=%s\ninstance=%s\nowner=%s\n"
+                        "ttl_ms=%llu\nstate=%s\n",
+                        gen, lease_holder, lease_instance, lease_owner,
+                        (unsigned long long)(ttl * 1000), released ? "released" : "held");
     *len = strlen(text);
     return text;
 }

@@ -19,7 +19,7 @@
  * answered 501 or ignored): lease_acquire still works, by listing then writing, but two hosts
  * racing within one request's time could both believe they hold it; it logs a warning once.
  *
- * A lease object is a GKeyFile: [lease] generation, holder (host, pid), instance, owner, ttl,
+ * A lease object is a GKeyFile: [lease] generation, holder (host, pid), instance, owner, ttl_ms,
  * state (held or released). */
 #ifndef WISP_LEASE_H
 #define WISP_LEASE_H

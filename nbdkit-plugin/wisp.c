@@ -467,6 +467,9 @@ static int wisp_after_fork(void)
         .reaper = state.reaper,
         .lease_now = plugin_disk_lease_now,
         .lease_opaque = &state,
+        .ahead_pool = cfg.durability == DISK_DURABILITY_REMOTE
+                          ? disk_ahead_pool_new(cfg.upload_parallel)
+                          : NULL,
         .commit_window = (double)cfg.gc_grace - cfg.gc_refresh_age,
     };
     state.config = &cfg;
@@ -502,8 +505,9 @@ static void wisp_cleanup(void)
         plugin_close_all_disks(&state);
         g_hash_table_destroy(state.disks);
     }
-    replica_stop(state.replica);    /* ships the last commits */
-    file_reaper_free(state.reaper); /* after the disks: closing them may drop files */
+    replica_stop(state.replica);                /* ships the last commits */
+    disk_ahead_pool_free(state.env.ahead_pool); /* after the disks, which wait for their tasks */
+    file_reaper_free(state.reaper);             /* after the disks: closing them may drop files */
     chunk_cache_close(state.cache);
     meta_close(state.meta);
     store_close(state.store);
