@@ -62,7 +62,7 @@ int main(int argc, char **argv)
 
     /* 1. A writes; B may not, but may read a checkpoint. */
     struct nbd_handle *ha = ws_connect(a, "d");
-    vt_write(ha, shadow, 0, 1 * MiB, 1);
+    ws_write_random(ha, shadow, 0, 1 * MiB, 1);
     WS_NBD(nbd_flush(ha, 0));
     char *why = ws_connect_must_fail(b, "d");
     free(why);
@@ -99,13 +99,13 @@ int main(int argc, char **argv)
     json_node_unref(stolen);
     struct nbd_handle *hb = ws_connect(b, "d");
     uint8_t *scratch = ws_shadow_new(16 * MiB);
-    vt_write(hb, scratch, 4 * MiB, 64 * 1024, 2);
+    ws_write_random(hb, scratch, 4 * MiB, 64 * 1024, 2);
     WS_NBD(nbd_flush(hb, 0));
     ws_log("B took the lease over (generation 2) and flushed a write");
 
     /* 4. A is fenced: its write after the takeover is never committed. */
     WS_CHECK(kill(a->pid, SIGCONT) == 0, "SIGCONT");
-    vt_write(ha, scratch, 8 * MiB, 64 * 1024, 3);
+    ws_write_random(ha, scratch, 8 * MiB, 64 * 1024, 3);
     WS_CHECK(nbd_flush(ha, 0) == -1, "A's flush after the takeover succeeded: not fenced");
     WS_CHECK(ws_server_log_count(a, "fenced") >= 1, "A's log does not say it is fenced");
     ws_log("A's flush after the takeover failed: %s", nbd_get_error());

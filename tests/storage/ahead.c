@@ -27,15 +27,6 @@ static int64_t stat_of(struct ws_server *s, const char *path)
     return v;
 }
 
-static void put(struct nbd_handle *h, uint8_t *shadow, uint64_t offset, size_t len)
-{
-    uint8_t *buf = g_malloc(len);
-    ws_fill_random(buf, len, ws_rand());
-    WS_NBD(nbd_pwrite(h, buf, len, offset, 0));
-    memcpy(shadow + offset, buf, len);
-    g_free(buf);
-}
-
 int main(void)
 {
     ws_init("ahead");
@@ -48,7 +39,7 @@ int main(void)
     struct nbd_handle *h = ws_connect(s, "a");
 
     /* 1. Whole chunks, no flush. */
-    put(h, shadow, 0, 8 * CHUNK);
+    ws_write_random(h, shadow, 0, 8 * CHUNK, ws_rand());
     double start = ws_now();
     while (stat_of(s, "stats.uploads_ahead") < 8) {
         WS_CHECK(ws_now() - start < 30, "8 whole chunks written, only %lld uploaded ahead",
@@ -59,8 +50,8 @@ int main(void)
     WS_CHECK(stat_of(s, "stats.committed_gen") == 0, "something was committed without a flush");
 
     /* 2. Changed after their early upload. */
-    put(h, shadow, 2 * CHUNK + 5000, 300);
-    put(h, shadow, 5 * CHUNK, CHUNK);
+    ws_write_random(h, shadow, 2 * CHUNK + 5000, 300, ws_rand());
+    ws_write_random(h, shadow, 5 * CHUNK, CHUNK, ws_rand());
     WS_NBD(nbd_zero(h, CHUNK, 7 * CHUNK, 0));
     memset(shadow + 7 * CHUNK, 0, CHUNK);
     WS_NBD(nbd_flush(h, 0));

@@ -210,3 +210,14 @@ void ws_compare(struct ws_server *s, const char *export_name, const uint8_t *sha
            export_name, len >> 20, offset, dt, (double)len / (1 << 20) / (dt > 0 ? dt : 1e-9),
            connections);
 }
+
+void ws_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t off, size_t len, uint64_t seed)
+{
+    uint8_t *buf = g_malloc(len);
+
+    ws_fill_random(buf, len, seed);
+    if (nbd_pwrite(h, buf, len, off, 0) == -1)
+        WS_FAIL("write of %zu bytes at %" PRIu64 ": %s", len, off, nbd_get_error());
+    memcpy(shadow + off, buf, len);
+    g_free(buf);
+}

@@ -62,15 +62,6 @@ static int64_t fetches(struct ws_server *s)
     return n;
 }
 
-static void put(struct nbd_handle *h, uint8_t *shadow, uint64_t offset, size_t len)
-{
-    uint8_t *buf = g_malloc(len);
-    ws_fill_random(buf, len, ws_rand());
-    WS_NBD(nbd_pwrite(h, buf, len, offset, 0));
-    memcpy(shadow + offset, buf, len);
-    g_free(buf);
-}
-
 static void run(const char *durability)
 {
     struct ws_server *s = ws_server_new(WS_STORE_FILE);
@@ -86,7 +77,7 @@ static void run(const char *durability)
 
     /* 1. Four whole chunks, uploaded; then an empty cache. */
     struct nbd_handle *h = ws_connect(s, "p");
-    put(h, shadow, 0, 4 * CHUNK);
+    ws_write_random(h, shadow, 0, 4 * CHUNK, ws_rand());
     WS_NBD(nbd_flush(h, 0));
     ws_disconnect(h);
     ws_server_stop(s);
@@ -103,7 +94,7 @@ static void run(const char *durability)
 
     /* 2. An aligned 4 KiB write: nothing fetched, nothing copied. */
     int64_t before = fetches(s);
-    put(h, shadow, 0 * CHUNK + 12 * 4 * KiB, 4 * KiB);
+    ws_write_random(h, shadow, 0 * CHUNK + 12 * 4 * KiB, 4 * KiB, ws_rand());
     int64_t fetched = fetches(s) - before;
     uint64_t allocated = dirty_allocated(s);
     ws_log("an aligned 4 KiB write into a stored 1 MiB chunk: %lld fetches, %llu bytes "
@@ -115,18 +106,18 @@ static void run(const char *durability)
              "the dirty file takes %llu bytes: the write copied its 1 MiB chunk",
              (unsigned long long)allocated);
     /* Unaligned: across a block boundary, a chunk's first bytes, a zeroed range. */
-    put(h, shadow, 1 * CHUNK + 3 * 4 * KiB - 50, 100);
-    put(h, shadow, 2 * CHUNK, 512);
+    ws_write_random(h, shadow, 1 * CHUNK + 3 * 4 * KiB - 50, 100, ws_rand());
+    ws_write_random(h, shadow, 2 * CHUNK, 512, ws_rand());
     WS_NBD(nbd_zero(h, 10000, 3 * CHUNK + 777, 0));
     memset(shadow + 3 * CHUNK + 777, 0, 10000);
     /* A write that starts in one chunk and ends in the next. */
-    put(h, shadow, 2 * CHUNK - 6000, 9000);
+    ws_write_random(h, shadow, 2 * CHUNK - 6000, 9000, ws_rand());
     ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
     WS_NBD(nbd_flush(h, 0));
 
     /* 3. Over a chunk flushed but not uploaded yet (local), or uploaded (remote). */
-    put(h, shadow, 0 * CHUNK + 200 * 4 * KiB + 1, 4 * KiB);
-    put(h, shadow, 1 * CHUNK + 3 * 4 * KiB - 10, 20);
+    ws_write_random(h, shadow, 0 * CHUNK + 200 * 4 * KiB + 1, 4 * KiB, ws_rand());
+    ws_write_random(h, shadow, 1 * CHUNK + 3 * 4 * KiB - 10, 20, ws_rand());
     ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
     WS_NBD(nbd_flush(h, 0));
     ws_disconnect(h);

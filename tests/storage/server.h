@@ -96,6 +96,9 @@ void ws_rand_seed(uint64_t seed); /* ws_init calls it */
 uint64_t ws_rand_below(uint64_t n);
 /* Fills buf with random bytes from a generator seeded with seed (independent of ws_rand). */
 void ws_fill_random(void *buf, size_t len, uint64_t seed);
+/* Writes len random bytes (seeded with seed) at off through h, and into shadow. */
+void ws_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t off, size_t len,
+                     uint64_t seed);
 
 /* ---- servers ----------------------------------------------------------------------------- */
 

@@ -69,7 +69,7 @@ static JsonNode *stats(const char *name)
 static void write_flushed(struct nbd_handle *h, uint8_t *shadow, int n)
 {
     vt_write_random(h, shadow, REGION, n);
-    vt_write(h, shadow, DISK_SIZE - 100000, 100000, ws_rand());
+    ws_write_random(h, shadow, DISK_SIZE - 100000, 100000, ws_rand());
     WS_NBD(nbd_flush(h, 0));
 }
 
@@ -159,7 +159,8 @@ static void check_checkpoint_and_clones(void)
     /* Writes acknowledged since: some flushed (pending upload), some not even flushed. */
     write_flushed(h, base, 20);
     vt_write_random(h, base, REGION, 10);
-    vt_write(h, base, 5 * CHUNK + 1000, 3000, ws_rand()); /* surely unflushed, partial chunk */
+    ws_write_random(h, base, 5 * CHUNK + 1000, 3000,
+                    ws_rand()); /* surely unflushed, partial chunk */
     st = stats("base");
     int64_t pending = ws_json_int(st, "stats.pending_bytes");
     int64_t dirty = ws_json_int(st, "stats.dirty_bytes");

@@ -124,17 +124,6 @@ const char *vt_json_str(JsonNode *node, const char *path)
     return json_node_get_string(n);
 }
 
-void vt_write(struct nbd_handle *h, uint8_t *shadow, uint64_t off, size_t len, uint64_t seed)
-{
-    uint8_t *buf = g_malloc(len);
-
-    ws_fill_random(buf, len, seed);
-    if (nbd_pwrite(h, buf, len, off, 0) == -1)
-        WS_FAIL("write of %zu bytes at %" PRIu64 ": %s", len, off, nbd_get_error());
-    memcpy(shadow + off, buf, len);
-    g_free(buf);
-}
-
 void vt_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t region, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -147,7 +136,7 @@ void vt_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t region, int
                 WS_FAIL("zero of %zu bytes at %" PRIu64 ": %s", len, off, nbd_get_error());
             memset(shadow + off, 0, len);
         } else {
-            vt_write(h, shadow, off, len, ws_rand());
+            ws_write_random(h, shadow, off, len, ws_rand());
         }
     }
 }

@@ -41,8 +41,6 @@ double vt_json_ms(JsonNode *answer);
 /* A string member by dotted path ("checkpoint.root"). */
 const char *vt_json_str(JsonNode *node, const char *path);
 
-/* Writes `len` random bytes (seeded with `seed`) at `off` through h, and into shadow. */
-void vt_write(struct nbd_handle *h, uint8_t *shadow, uint64_t off, size_t len, uint64_t seed);
 /* `n` writes of random lengths (1 byte to 300 KiB) at random places in [0, region), each
  * mirrored into shadow; every fourth one is a zero request instead. */
 void vt_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t region, int n);
