@@ -15,7 +15,6 @@
  * records. */
 #include "disk_internal.h"
 
-#include "hash.h"
 #include "log.h"
 
 #include <errno.h>
@@ -61,14 +60,8 @@ static void disk_ahead_run(gpointer data, gpointer unused)
     pthread_mutex_unlock(stripe);
 
     /* Frozen, dropped or changed since: the upload round does it (if it still must). */
-    if (live && buf && r == 0) {
-        zero = disk_is_zero(buf, cs);
-        if (!zero) {
-            r = hash_sha256(buf, cs, h.b);
-            if (r == 0)
-                r = chunk_cache_upload(d->env->cache, &h, buf, cs, NULL);
-        }
-    }
+    if (live && buf && r == 0)
+        r = disk_store_chunk(d, buf, NULL, &h, &zero);
     if (r < 0)
         log_debug("disk", "%s: chunk %llu: upload ahead failed (%s); the flush will upload it",
                   d->meta.name, (unsigned long long)t->idx, strerror(-r));

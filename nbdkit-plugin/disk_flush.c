@@ -257,6 +257,19 @@ struct round {
     bool failed;          /* an item failed: the round fails, so take no more */
 };
 
+int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
+                     bool *zero)
+{
+    const uint32_t cs = d->meta.chunk_size;
+    int r;
+
+    *zero = disk_is_zero(buf, cs);
+    if (*zero)
+        return 0; /* all-zero chunks are never stored */
+    r = hash_sha256(buf, cs, h->b);
+    return r < 0 ? r : chunk_cache_upload(d->env->cache, h, buf, cs, path);
+}
+
 static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
 {
     const uint32_t cs = d->meta.chunk_size;
@@ -307,18 +320,11 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
     close(fd);
     if (r < 0)
         return r;
-    if (disk_is_zero(buf, cs)) {
-        it->zero = true; /* all-zero chunks are never stored */
-        return 0;
-    }
-    r = hash_sha256(buf, cs, it->hash.b);
-    if (r < 0)
-        return r;
     /* The cache can take the file itself only when it is the whole chunk. */
     snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, it->file->name);
     bool whole = chunk_layout_whole(&it->layout, disk_chunk_blocks(d));
-    r = chunk_cache_upload(d->env->cache, &it->hash, buf, cs, whole ? path : NULL);
-    if (r == 0) {
+    r = disk_store_chunk(d, buf, whole ? path : NULL, &it->hash, &it->zero);
+    if (r == 0 && !it->zero) {
         pthread_mutex_lock(&d->lock);
         d->stats.uploads++;
         d->stats.upload_bytes += cs;

@@ -116,6 +116,10 @@ int disk_layout_read(struct disk *d, const struct chunk_layout *l, int fd, void 
 /* Blocks per chunk. */
 uint32_t disk_chunk_blocks(const struct disk *d);
 bool disk_is_zero(const void *buf, size_t len);
+/* Stores one chunk's content (disk_flush.c): nothing if it is all zeros (*zero), else hashed
+ * into *h and uploaded, and cached from path when path names a file of exactly this content. */
+int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
+                     bool *zero);
 /* Caller holds d->lock. */
 struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);
 
