@@ -10,8 +10,10 @@
 
 #include "log.h"
 #include "meta_refs.h"
+#include "replica.h"
 
 #include <errno.h>
+#include <glib.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,6 +162,8 @@ void chunk_gc_format_report(const struct chunk_gc_report *r, char *buf, size_t s
         if ((count) > 0 && n < size)                                                               \
             n += (size_t)snprintf(buf + n, size - n, fmt, (count));                                \
     } while (0)
+    GC_MORE(r->replicas, "; %" PRIu64 " other metadata replicas read");
+    GC_MORE(r->replicas_incomplete, "; %" PRIu64 " replicas skipped (no complete generation yet)");
     GC_MORE(r->already_gone, "; %" PRIu64 " already deleted by another GC");
     GC_MORE(r->failed, "; %" PRIu64 " deletes failed");
     GC_MORE(r->foreign, "; %" PRIu64 " keys under chunks/ that name no chunk, left alone");
@@ -344,6 +348,45 @@ static void gc_delete_all(struct gc_run *g)
     free(threads);
 }
 
+/* ---- 2b. the other hosts' references -------------------------------------------------------- */
+
+struct gc_replicas {
+    struct store *st;
+    const struct chunk_gc_options *o;
+    struct meta_refs *refs;
+    struct chunk_gc_report *report;
+};
+
+static int gc_replica_add_refs(struct meta *m, void *opaque)
+{
+    return meta_refs_add(opaque, m);
+}
+
+static int gc_replica_one(const char *name, void *opaque)
+{
+    struct gc_replicas *g = opaque;
+    struct replica_restore_info info;
+    const char *scratch = g->o->scratch_dir ? g->o->scratch_dir : g_get_tmp_dir();
+    int r;
+
+    if (g->o->own_replica && strcmp(name, g->o->own_replica) == 0)
+        return 0;
+    if (gc_stopped(g->o))
+        return -ECANCELED;
+    r = replica_read_copy(g->st, name, scratch, gc_replica_add_refs, g->refs, &info);
+    if (r == -ENOENT && info.snapshot_bytes == 0) {
+        log_info("gc", "replica %s has no complete generation yet: skipped", name);
+        g->report->replicas_incomplete++;
+        return 0;
+    }
+    if (r < 0) {
+        log_error("gc", "cannot read the references of replica %s: %s", name, strerror(-r));
+        return r;
+    }
+    g->report->replicas++;
+    return 0;
+}
+
 /* ---- the run ----------------------------------------------------------------------------------
  */
 
@@ -379,6 +422,14 @@ int chunk_gc_run(struct store *st, struct meta *m, const struct chunk_gc_options
         pthread_mutex_unlock(o->snapshot_lock);
     if (r < 0) {
         log_error("gc", "cannot collect the references: %s; nothing deleted", strerror(-r));
+        return r;
+    }
+    struct gc_replicas gr = {.st = st, .o = o, .refs = g.refs, .report = out};
+    r = replica_list_names(st, gc_replica_one, &gr);
+    if (r < 0) {
+        if (r != -ECANCELED)
+            log_error("gc", "the other hosts' references are incomplete; nothing deleted");
+        meta_refs_free(g.refs);
         return r;
     }
     meta_refs_get_stats(g.refs, &rs);

@@ -8,6 +8,12 @@
  *      it.  Every age here is measured in the store's clock, never the host's.
  *   2. R := the chunks referenced by every version, in one metadata snapshot taken after T0
  *      (meta_refs.h).  A damaged or missing map page fails the run before anything is deleted.
+ *      Then the same for every other metadata replica in the store (meta/NAME/, replica.h),
+ *      each rebuilt after T0 in a scratch directory: the disks of the other hosts that share
+ *      the store.  A replica that cannot be read fails the run; one with no complete
+ *      generation yet (a server's first shipment in progress) is skipped, as its chunks are
+ *      young.  The run's own replica is skipped only when the caller says that m holds all of
+ *      it (own_replica).
  *   3. List "chunks/".  A key that does not parse as a chunk key is left alone and logged.  A
  *      chunk in R is kept.  An unreferenced chunk whose mtime >= T0 - grace is kept (young).
  *      The rest are candidates.
@@ -43,9 +49,15 @@
  * the same object.  Its window is one request, and only an old dedup hit refreshes.
  *
  * Limits, written down in docs/storage.md:
- *   - A GC knows the disks of the metadata it opens, and nothing else: a store shared by the
- *     metadata of several hosts must not be collected until metadata replication lets a GC
- *     read every host's replica.
+ *   - A GC sees another host's commits through that host's replica, which lags its database by
+ *     up to replicate-interval while the store is reachable.  The proof above holds for them
+ *     as long as a commit reaches the store within grace/2 of being made (so its chunks are
+ *     still young when a GC could first miss it).  A host cut off from the store for longer
+ *     than that with commits not yet shipped (made with durability=local in the last
+ *     replicate-interval before the cut) can find their new chunks collected by another host's
+ *     GC; durability=remote acknowledges a flush only once its segment is in the store.
+ *   - A replica nobody ships any more (a host retired without deleting meta/NAME/) keeps its
+ *     chunks alive: deleting the prefix is the operator's decision.
  *   - Writers compare an object's mtime (store clock) with their own clock: clock skew between
  *     host and store eats into the refresh margin.
  *   - A grace of 0 makes in-flight uploads deletable: only for when nothing writes. */
@@ -76,6 +88,13 @@ struct chunk_gc_options {
     pthread_mutex_t *snapshot_lock;
     /* If not NULL, read atomically: once true, the run stops early with -ECANCELED. */
     const bool *stop;
+    /* Where the other replicas are rebuilt (a temporary directory each, removed after);
+     * NULL: g_get_tmp_dir().  Their size is that of the metadata databases. */
+    const char *scratch_dir;
+    /* The replica that m is shipped to, when every commit of m has just been shipped and no
+     * other server writes it (not fenced): it adds nothing to m and is not read.  NULL: every
+     * replica is read, which is always safe. */
+    const char *own_replica;
 };
 
 struct chunk_gc_report {
@@ -83,6 +102,8 @@ struct chunk_gc_report {
     uint64_t grace_s;
     time_t store_time; /* T0 */
     uint64_t disks, versions, pages, pages_shared;
+    uint64_t replicas;                     /* other replicas whose references were read */
+    uint64_t replicas_incomplete;          /* skipped: no complete generation yet */
     uint64_t referenced;                   /* distinct chunks referenced by some version */
     uint64_t objects, object_bytes;        /* chunk objects listed */
     uint64_t missing;                      /* referenced chunks with no object: damage, logged */

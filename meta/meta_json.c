@@ -47,6 +47,8 @@ void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c)
     X(versions)                                                                                    \
     X(pages)                                                                                       \
     X(pages_shared)                                                                                \
+    X(replicas)                                                                                    \
+    X(replicas_incomplete)                                                                         \
     X(referenced)                                                                                  \
     X(objects)                                                                                     \
     X(object_bytes)                                                                                \

@@ -303,8 +303,8 @@ static int refs_walk_all(struct meta *m, struct meta_refs *refs)
             log_error("meta", "reference walk: checkpoints and pending chunks of %s: %s",
                       l.disks[i].name, strerror(-r));
     }
-    refs->stats.disks = l.n_disks;
-    refs->stats.versions = roots.n;
+    refs->stats.disks += l.n_disks;
+    refs->stats.versions += roots.n;
     for (size_t i = 0; i < roots.n && r == 0; i++)
         if (!chunk_hash_is_zero(&roots.v[i]))
             r = refs_visit(m, refs, &roots.v[i], -1, 0);
@@ -313,36 +313,53 @@ static int refs_walk_all(struct meta *m, struct meta_refs *refs)
     return r;
 }
 
-int meta_refs_collect(struct meta *m, struct meta_refs **out)
+struct meta_refs *meta_refs_new(void)
 {
     struct meta_refs *refs = calloc(1, sizeof *refs);
-    int r;
 
     if (refs == NULL)
-        return -ENOMEM;
+        return NULL;
     refs->chunks = hash_set_new();
     refs->pages = hash_set_new();
     if (refs->chunks == NULL || refs->pages == NULL) {
         meta_refs_free(refs);
-        return -ENOMEM;
+        return NULL;
     }
+    return refs;
+}
+
+int meta_refs_add(struct meta_refs *refs, struct meta *m)
+{
+    struct meta_refs_stats before = refs->stats;
+    int r;
+
     r = meta_snapshot_begin(m);
-    if (r < 0) {
-        meta_refs_free(refs);
+    if (r < 0)
         return r;
-    }
     r = refs_walk_all(m, refs);
     meta_snapshot_end(m);
-    /* The visited pages are only needed during the walk. */
-    hash_set_free(refs->pages);
-    refs->pages = NULL;
+    if (r == -ENOMEM)
+        log_error("meta", "reference walk: out of memory");
     if (r < 0) {
-        if (r == -ENOMEM)
-            log_error("meta", "reference walk: out of memory");
-        meta_refs_free(refs);
+        refs->stats = before; /* the set may hold part of m's references: the caller drops it */
         return r;
     }
     refs->stats.chunks = hash_set_count(refs->chunks);
+    return 0;
+}
+
+int meta_refs_collect(struct meta *m, struct meta_refs **out)
+{
+    struct meta_refs *refs = meta_refs_new();
+    int r;
+
+    if (refs == NULL)
+        return -ENOMEM;
+    r = meta_refs_add(refs, m);
+    if (r < 0) {
+        meta_refs_free(refs);
+        return r;
+    }
     *out = refs;
     return 0;
 }

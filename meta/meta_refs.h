@@ -43,6 +43,12 @@ struct meta_refs_stats {
  * open), and returns the set of chunk hashes they reference.  Returns 0, -ENOMEM, or the error
  * of a page or of SQLite (logged). */
 int meta_refs_collect(struct meta *m, struct meta_refs **out);
+/* The same in steps, for a set over several databases (a GC on a store that several hosts'
+ * metadata share reads each of their replicas).  Each database is read in a snapshot of its
+ * own; the pages already read in an earlier one are skipped here too, since a page's name is
+ * its content.  After a failed meta_refs_add the set must not be used but to free it. */
+struct meta_refs *meta_refs_new(void);
+int meta_refs_add(struct meta_refs *refs, struct meta *m);
 bool meta_refs_contains(const struct meta_refs *refs, const struct chunk_hash *h);
 void meta_refs_get_stats(const struct meta_refs *refs, struct meta_refs_stats *out);
 void meta_refs_free(struct meta_refs *refs);

@@ -108,6 +108,9 @@ struct replica_restore_options {
                             * disk's pending rows (durability=local data flushed but never
                             * uploaded) are kept only if every file they name is there.  NULL:
                             * a fresh host, every pending row is dropped */
+    bool keep_pending;     /* keep every pending row, whatever cache_dir holds: for a copy that
+                            * is only read (a GC counts their bases as references), never for
+                            * one a server will use */
 };
 
 struct replica_restore_info {
@@ -128,6 +131,11 @@ struct replica_restore_info {
  * (the store could not be listed). */
 int replica_exists(struct store *st, const char *name);
 
+/* Calls fn(name, opaque) once for each replica name that has objects under meta/ in st, in
+ * byte order, whether or not it has a complete generation yet.  Stops at fn's first non-zero
+ * return and returns it; or 0, -ENOMEM, or the store's error (logged). */
+int replica_list_names(struct store *st, int (*fn)(const char *name, void *opaque), void *opaque);
+
 /* Rebuilds dir/wisp.db from the replica and verifies it.  dir may be missing or hold no
  * database (-EEXIST if it has wisp.db or wisp.db-wal).  The database is built in a temporary
  * directory inside dir and moved into place only once every check passed.  Errors: -ENOENT (no
@@ -136,5 +144,13 @@ int replica_exists(struct store *st, const char *name);
  * (verification found damage; nothing is installed), or the store's error. */
 int replica_restore(struct store *st, const char *dir, const struct replica_restore_options *o,
                     struct replica_restore_info *info);
+
+/* For a reader of another host's metadata (the GC): rebuilds the replica `name` in a
+ * temporary directory under scratch_dir, with every pending row kept and no chunk check, opens
+ * it and returns fn(m, opaque), then removes the copy.  -ENOENT if the replica has no complete
+ * generation; the errors of replica_restore and meta_open. */
+int replica_read_copy(struct store *st, const char *name, const char *scratch_dir,
+                      int (*fn)(struct meta *m, void *opaque), void *opaque,
+                      struct replica_restore_info *info);
 
 #endif

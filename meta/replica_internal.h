@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#define REPLICA_ROOT           "meta/" /* every replica lives below, under its name */
 #define REPLICA_KEY_MAX        512
 #define REPLICA_WAL_HEADER     32
 #define REPLICA_FRAME_HEADER   24

@@ -25,7 +25,7 @@ double replica_now(void)
 
 void replica_prefix(const char *name, char out[REPLICA_KEY_MAX])
 {
-    snprintf(out, REPLICA_KEY_MAX, "meta/%s/", name);
+    snprintf(out, REPLICA_KEY_MAX, REPLICA_ROOT "%s/", name);
 }
 
 void replica_key_format(const char *prefix, const struct replica_key *k, char out[REPLICA_KEY_MAX])

@@ -119,6 +119,65 @@ int replica_exists(struct store *st, const char *name)
     return found ? 1 : 0;
 }
 
+struct replica_names {
+    GTree *names; /* name (owned) -> NULL, sorted */
+    int (*fn)(const char *name, void *opaque);
+    void *opaque;
+    int result;
+};
+
+static int replica_names_one(const char *key, uint64_t size, time_t mtime, void *opaque)
+{
+    struct replica_names *l = opaque;
+    const char *name = key + strlen(REPLICA_ROOT), *slash = strchr(name, '/');
+
+    if (slash == NULL || slash == name) {
+        log_debug("replica", "ignoring %s: not under a replica's prefix", key);
+        return 0;
+    }
+    char *copy = g_strndup(name, (gsize)(slash - name));
+    if (g_tree_lookup_extended(l->names, copy, NULL, NULL))
+        g_free(copy);
+    else
+        g_tree_insert(l->names, copy, NULL);
+    return 0;
+}
+
+static gint replica_name_compare(gconstpointer a, gconstpointer b, gpointer unused)
+{
+    return strcmp(a, b);
+}
+
+static gboolean replica_names_call(gpointer key, gpointer value, gpointer opaque)
+{
+    struct replica_names *l = opaque;
+    const char *why;
+
+    if (!replica_name_valid(key, &why)) {
+        log_warn("replica", "%s%s/ in the store: not a replica name (%s); ignored", REPLICA_ROOT,
+                 (const char *)key, why);
+        return FALSE;
+    }
+    l->result = l->fn(key, l->opaque);
+    return l->result != 0;
+}
+
+int replica_list_names(struct store *st, int (*fn)(const char *name, void *opaque), void *opaque)
+{
+    struct replica_names l = {.names = g_tree_new_full(replica_name_compare, NULL, g_free, NULL),
+                              .fn = fn,
+                              .opaque = opaque};
+    int err = store_list(st, REPLICA_ROOT, replica_names_one, &l);
+
+    if (err < 0)
+        log_error("replica", "list %s in %s: %s", REPLICA_ROOT, store_describe(st),
+                  store_last_error());
+    else
+        g_tree_foreach(l.names, replica_names_call, &l);
+    g_tree_destroy(l.names);
+    return err < 0 ? err : l.result;
+}
+
 static gint replica_segment_compare(gconstpointer a, gconstpointer b)
 {
     const struct replica_object *x = a, *y = b;
@@ -420,6 +479,7 @@ out:
 struct replica_walk {
     struct meta *m;
     const char *cache_dir;
+    bool keep_pending;
     struct replica_restore_info *info;
     GHashTable *chunks;     /* 32-byte hash -> itself (owned) */
     GPtrArray *disks;       /* struct meta_disk * (owned) */
@@ -507,7 +567,8 @@ static int replica_walk_disks(struct replica_walk *w)
         const struct meta_disk *d = g_ptr_array_index(w->disks, i);
         w->info->disks++;
         w->missing = false;
-        err = meta_pending_list(w->m, d->id, replica_check_pending, w);
+        if (!w->keep_pending)
+            err = meta_pending_list(w->m, d->id, replica_check_pending, w);
         if (err == 0 && w->missing) {
             /* A pending row names data flushed with durability=local and never uploaded; its
              * file was on the lost host.  Keeping some rows and not others would mix two
@@ -724,7 +785,8 @@ static int replica_restore_gen(struct store *st, const char *prefix, GArray *obj
                                const char *tmp, const struct replica_restore_options *o,
                                struct replica_restore_info *info)
 {
-    struct replica_walk w = {.cache_dir = o->cache_dir, .info = info};
+    struct replica_walk w = {
+        .cache_dir = o->cache_dir, .keep_pending = o->keep_pending, .info = info};
     uint32_t page_size;
     uint64_t frames;
     int err;
@@ -822,5 +884,43 @@ int replica_restore(struct store *st, const char *dir, const struct replica_rest
                  info->segments, info->seq, info->disks, info->checkpoints,
                  (unsigned long long)info->chunks, (unsigned long long)info->chunks_hashed,
                  replica_verify_to_string(o->verify));
+    return err;
+}
+
+int replica_read_copy(struct store *st, const char *name, const char *scratch_dir,
+                      int (*fn)(struct meta *m, void *opaque), void *opaque,
+                      struct replica_restore_info *info)
+{
+    struct replica_restore_options o = {
+        .name = name,
+        .verify = REPLICA_VERIFY_NONE,
+        .keep_pending = true,
+    };
+    char dir[PATH_MAX];
+    struct meta *m;
+    int err;
+
+    memset(info, 0, sizeof *info);
+    err = replica_exists(st, name); /* quietly: restore would log a missing one as an error */
+    if (err <= 0)
+        return err < 0 ? err : -ENOENT;
+    if (snprintf(dir, sizeof dir, "%s/.replica-copy-XXXXXX", scratch_dir) >= (int)sizeof dir)
+        return -ENAMETOOLONG;
+    if (mkdtemp(dir) == NULL) {
+        err = -errno;
+        log_error("replica", "mkdtemp %s: %s", dir, strerror(-err));
+        return err;
+    }
+    err = replica_restore(st, dir, &o, info);
+    if (err == 0) {
+        err = meta_open(dir, true, &m);
+        if (err < 0)
+            log_error("replica", "open the copy of %s in %s: %s", name, dir, strerror(-err));
+    }
+    if (err == 0) {
+        err = fn(m, opaque);
+        meta_close(m);
+    }
+    replica_rm_tmp(dir);
     return err;
 }

@@ -12,6 +12,7 @@
 #include "plugin.h"
 
 #include "log.h"
+#include "replica.h"
 
 #include <errno.h>
 #include <string.h>
@@ -25,6 +26,7 @@ int plugin_gc_run(struct plugin_state *s, uint64_t grace_s, bool dry_run,
         .dry_run = dry_run,
         .snapshot_lock = &s->versions_lock,
         .stop = &s->stopping,
+        .scratch_dir = s->config->meta_dir,
     };
     char line[CHUNK_GC_REPORT_MAX];
     struct meta *m;
@@ -39,6 +41,12 @@ int plugin_gc_run(struct plugin_state *s, uint64_t grace_s, bool dry_run,
         pthread_mutex_unlock(&s->gc_lock);
         return r;
     }
+    /* This server's own replica adds nothing to m once everything is shipped, and reading it
+     * would keep what was just deleted until the next run.  If shipping fails (or another
+     * server took the name over: -ESTALE), it is read like every other. */
+    const char *own = s->config->replica_name ? s->config->replica_name : REPLICA_NAME_DEFAULT;
+    if (s->replica && replica_sync(s->replica) == 0)
+        o.own_replica = own;
     r = chunk_gc_run(s->store, m, &o, out);
     meta_close(m);
     pthread_mutex_unlock(&s->gc_lock);

@@ -780,7 +780,10 @@ static void cli_disk_print_gc(struct cli_disk_options *o, const struct chunk_gc_
 /* Offline: the metadata under its exclusive lock (no server writes meanwhile) and the store. */
 static int cli_disk_gc_offline(struct cli_disk_options *o, uint64_t grace)
 {
-    struct chunk_gc_options opts = {.grace_s = grace, .dry_run = o->dry_run};
+    /* Every replica is read, this metadata's own included: offline, nothing says that it
+     * holds all of its replica (a server elsewhere may have taken the name over). */
+    struct chunk_gc_options opts = {
+        .grace_s = grace, .dry_run = o->dry_run, .scratch_dir = o->meta_dir};
     struct chunk_gc_report report;
     struct store *st;
     struct meta *m;

@@ -19,6 +19,9 @@
  *  - a dedup hit on an object younger than the refresh age (30 s here) leaves its mtime alone;
  *    with WISP_TEST_GC_REFRESH_AGE=0 a dedup hit stores the object again: its mtime moves
  *    forward and the cache counts a refresh;
+ *  - two servers on one store, each with its own metadata and replica name: a GC on the
+ *    second deletes nothing the first's disks reference (it reads the first's replica), and
+ *    frees a disk's chunks once the first deleted the disk;
  *  - the periodic GC (gc-interval=1, gc-grace=4s) frees a deleted disk's chunks on its own;
  *  - offline, `wisp disk gc --meta DIR --store URL` works, and refuses to run without --store.
  *
@@ -169,11 +172,12 @@ static void wait_uploaded(const struct chunk_hash *h, int n)
  */
 
 /* `wisp disk gc --json ARGS...`, which must succeed; returns the report. */
-#define GC(...) gc_at(__LINE__, VT_ARGS("disk", "gc", "--json", __VA_ARGS__))
+#define GC(...)            gc_at(__LINE__, srv, VT_ARGS("disk", "gc", "--json", __VA_ARGS__))
+#define GC_ON(server, ...) gc_at(__LINE__, (server), VT_ARGS("disk", "gc", "--json", __VA_ARGS__))
 
-static JsonNode *gc_at(int line, const char *const *args)
+static JsonNode *gc_at(int line, struct ws_server *server, const char *const *args)
 {
-    char *out = vt_cli_ok_at(__FILE__, line, srv, args);
+    char *out = vt_cli_ok_at(__FILE__, line, server, args);
     JsonNode *report = vt_json(out);
 
     g_free(out);
@@ -370,6 +374,74 @@ static void check_dedup_refresh(void)
     vt_compare(srv, "base", base, DISK_SIZE, CHUNK);
 }
 
+/* Whether every chunk of hashes is in the store (all), or none is (!all). */
+static bool chunks_present(const struct chunk_hash *hashes, int n, bool all)
+{
+    for (int i = 0; i < n; i++)
+        if ((chunk_mtime(&hashes[i]) >= 0) != all)
+            return false;
+    return true;
+}
+
+/* A second host (b: its own metadata and cache, replica "hostb") on the store of the first
+ * (srv, replica "default").  b's GC reads srv's replica: with a grace of 0 it deletes nothing
+ * srv's disks reference; once srv deleted a disk (and shipped that), b's GC frees its chunks.
+ * Without the replicas, b's GC would see no disk at all and delete every chunk. */
+static void check_two_hosts(enum ws_store_kind kind)
+{
+    struct ws_server *b = ws_server_new(kind);
+    struct chunk_hash only_a[6];
+    JsonNode *r;
+
+    ws_server_share_store(b, srv);
+    ws_server_set(b, "durability", "remote");
+    ws_server_set(b, "stats-interval", "0");
+    ws_server_set(b, "gc-interval", "0");
+    ws_server_set(b, "gc-grace", "1m");
+    ws_server_set(b, "replica", "hostb");
+    ws_disk_create(srv, "only-a", "16M", "64K");
+    uint8_t *shadow = ws_shadow_new(DISK_SIZE);
+    write_chunks("only-a", shadow, 0, 6, 9000, only_a); /* durability=remote: replica shipped */
+    ws_server_start(b);
+
+    /* b has no disk of its own: every reference it keeps comes from srv's replica. */
+    r = GC_ON(b, "--grace", "0", "--force");
+    log_report("b's gc with srv's disks in its replica", r);
+    WS_CHECK(num(r, "replicas") == 1, "b read %" PRId64 " replicas, not srv's one",
+             num(r, "replicas"));
+    WS_CHECK(num(r, "missing") == 0 && num(r, "referenced") >= 6,
+             "b's gc: referenced %" PRId64 ", missing %" PRId64, num(r, "referenced"),
+             num(r, "missing"));
+    json_node_unref(r);
+    WS_CHECK(chunks_present(only_a, 6, true), "b's gc deleted chunks of srv's disk only-a");
+    r = GC("--dry-run", "--grace", "0", "--force");
+    WS_CHECK(num(r, "missing") == 0, "srv misses %" PRId64 " chunks after b's gc",
+             num(r, "missing"));
+    json_node_unref(r);
+    restart_empty_cache();
+    vt_compare(srv, "only-a", shadow, DISK_SIZE, CHUNK);
+
+    /* srv deletes only-a and ships that within replicate-interval: b's GC then frees it. */
+    g_free(VT_CLI_OK(srv, "disk", "delete", "only-a"));
+    double t = ws_now();
+    for (;;) {
+        r = GC_ON(b, "--grace", "0", "--force");
+        bool freed = num(r, "deleted") >= 6;
+        json_node_unref(r);
+        if (freed || ws_now() - t > 20)
+            break;
+        usleep(200000);
+    }
+    WS_CHECK(chunks_present(only_a, 6, false), "b's gc did not free the deleted only-a");
+    ws_log("b's gc freed srv's deleted disk %.1f s after the delete", ws_now() - t);
+    r = GC("--dry-run", "--grace", "0", "--force");
+    WS_CHECK(num(r, "missing") == 0, "srv misses %" PRId64 " chunks", num(r, "missing"));
+    json_node_unref(r);
+    vt_compare(srv, "base", base, DISK_SIZE, CHUNK);
+    ws_server_stop(b);
+    ws_shadow_free(shadow, DISK_SIZE);
+}
+
 static void check_periodic(void)
 {
     ws_server_stop(srv);
@@ -447,6 +519,7 @@ int main(int argc, char **argv)
     check_clone_and_checkpoints();
     check_uploads_in_flight();
     check_dedup_refresh();
+    check_two_hosts(s3 ? WS_STORE_S3 : WS_STORE_FILE);
     if (!s3)
         check_messages();
     check_periodic();

@@ -27,16 +27,6 @@ static JsonNode *lease_of(struct ws_server *s)
     return n;
 }
 
-static void share_store(struct ws_server *b, const struct ws_server *a)
-{
-    g_free(b->store_url);
-    b->store_url = g_strdup(a->store_url);
-    if (a->store_dir) {
-        g_free(b->store_dir);
-        b->store_dir = g_strdup(a->store_dir);
-    }
-}
-
 int main(int argc, char **argv)
 {
     bool s3 = argc > 1 && strcmp(argv[1], "s3") == 0;
@@ -48,7 +38,7 @@ int main(int argc, char **argv)
     uint8_t *shadow = ws_shadow_new(16 * MiB);
     char needle[64];
 
-    share_store(b, a);
+    ws_server_share_store(b, a);
     for (int i = 0; i < 2; i++) {
         struct ws_server *s = i ? b : a;
         ws_server_set(s, "lease-ttl", "2");

@@ -701,6 +701,16 @@ void ws_server_kill9(struct ws_server *s)
     ws_log("server %d killed with SIGKILL", s->id);
 }
 
+void ws_server_share_store(struct ws_server *b, const struct ws_server *a)
+{
+    g_free(b->store_url);
+    b->store_url = g_strdup(a->store_url);
+    if (a->store_dir) {
+        g_free(b->store_dir);
+        b->store_dir = g_strdup(a->store_dir);
+    }
+}
+
 void ws_server_wipe_cache(struct ws_server *s)
 {
     if (s->pid > 0)

@@ -104,6 +104,8 @@ void ws_write_random(struct nbd_handle *h, uint8_t *shadow, uint64_t off, size_t
 
 /* A new server (not started) with its own directories and store. */
 struct ws_server *ws_server_new(enum ws_store_kind store);
+/* Makes b (not started) use a's store, as a second host on the same store would. */
+void ws_server_share_store(struct ws_server *b, const struct ws_server *a);
 /* Adds or replaces a parameter, such as ("durability", "remote"). */
 void ws_server_set(struct ws_server *s, const char *key, const char *value);
 /* Starts nbdkit and waits until the NBD and control sockets answer; fails the test if it
