@@ -42,51 +42,118 @@ static void lease_key(const char *disk, uint64_t gen, char *out, size_t size)
     snprintf(out, size, "leases/%s/%016" PRIx64, disk, gen);
 }
 
+/* The lease object is our own small text, written by lease_format:
+ *
+ *   [lease]
+ *   generation=7
+ *   holder=host pid 1234
+ *   ...
+ *
+ * It is parsed here rather than by GKeyFile: GKeyFile's error paths translate their messages
+ * (gettext) from whichever thread reads a lease, and under a preloaded ASan runtime that left
+ * glibc's setlocale lock with a negative reader count, so nbdkit hung at exit in p11-kit's
+ * destructor (seen with a hardware watchpoint on the lock).  Lines are "key=value"; unknown
+ * keys are skipped (a newer writer may add some), a repeated known key is an error. */
+enum lease_field {
+    LEASE_GENERATION,
+    LEASE_HOLDER,
+    LEASE_INSTANCE,
+    LEASE_OWNER,
+    LEASE_TTL_MS,
+    LEASE_STATE,
+    LEASE_FIELDS,
+};
+
+static const char *const lease_field_names[LEASE_FIELDS] = {
+    "generation", "holder", "instance", "owner", "ttl_ms", "state",
+};
+
+/* Splits text into the known fields (pointers into a copy the caller frees).  false if it is
+ * not a lease object. */
+static bool lease_split(char *text, const char *field[LEASE_FIELDS])
+{
+    char *line = text, *next;
+    bool header = false;
+
+    for (; line != NULL; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        size_t n = strlen(line);
+        if (n > 0 && line[n - 1] == '\r')
+            line[--n] = '\0';
+        if (n == 0 || line[0] == '#')
+            continue;
+        if (!header) {
+            if (strcmp(line, "[lease]") != 0)
+                return false;
+            header = true;
+            continue;
+        }
+        char *eq = strchr(line, '=');
+        if (eq == NULL || eq == line)
+            return false;
+        *eq = '\0';
+        for (int f = 0; f < LEASE_FIELDS; f++) {
+            if (strcmp(line, lease_field_names[f]) != 0)
+                continue;
+            if (field[f] != NULL)
+                return false;
+            field[f] = eq + 1;
+        }
+    }
+    return header;
+}
+
+static bool lease_parse_u64(const char *text, uint64_t *out)
+{
+    char *end = NULL;
+
+    if (text == NULL || text[0] < '0' || text[0] > '9')
+        return false;
+    errno = 0;
+    *out = strtoull(text, &end, 10);
+    return errno == 0 && *end == '\0';
+}
+
 int lease_parse(const void *data, size_t len, struct lease_info *out)
 {
-    GKeyFile *kf = g_key_file_new();
-    GError *err = NULL;
+    const char *field[LEASE_FIELDS] = {0};
+    uint64_t generation, ttl_ms;
+    char *text;
     int r = -EBADMSG;
 
     memset(out, 0, sizeof *out);
-    if (!g_key_file_load_from_data(kf, data, len, G_KEY_FILE_NONE, &err)) {
-        g_error_free(err);
+    if (len > LEASE_OBJECT_MAX || memchr(data, '\0', len) != NULL)
+        return -EBADMSG;
+    text = malloc(len + 1);
+    if (text == NULL)
+        return -ENOMEM;
+    memcpy(text, data, len);
+    text[len] = '\0';
+    if (!lease_split(text, field))
         goto out;
-    }
-    gchar *gen = g_key_file_get_string(kf, "lease", "generation", NULL);
-    gchar *holder = g_key_file_get_string(kf, "lease", "holder", NULL);
-    gchar *instance = g_key_file_get_string(kf, "lease", "instance", NULL);
-    gchar *state = g_key_file_get_string(kf, "lease", "state", NULL);
-    gchar *owner = g_key_file_get_string(kf, "lease", "owner", NULL);
-    /* Milliseconds as an integer: no locale-dependent number parsing (g_key_file_get_double
-     * goes through newlocale, which hung nbdkit's exit under ASan in p11-kit's destructor). */
-    gchar *ttl_ms = g_key_file_get_string(kf, "lease", "ttl_ms", NULL);
-    char *end = NULL;
-    errno = 0;
-    uint64_t ms = ttl_ms ? strtoull(ttl_ms, &end, 10) : 0;
-    double ttl = errno == 0 && end && *end == '\0' ? (double)ms / 1000 : 0;
-    if (gen && holder && instance && state && owner &&
-        (strcmp(state, "held") == 0 || strcmp(state, "released") == 0) && ttl > 0 && ttl < 1e6) {
-        errno = 0;
-        out->generation = strtoull(gen, &end, 10);
-        if (errno == 0 && end && *end == '\0' && out->generation > 0) {
-            out->found = true;
-            snprintf(out->holder, sizeof out->holder, "%s", holder);
-            snprintf(out->instance, sizeof out->instance, "%s", instance);
-            snprintf(out->owner, sizeof out->owner, "%s", owner);
-            out->ttl = ttl;
-            out->released = strcmp(state, "released") == 0;
-            r = 0;
-        }
-    }
-    g_free(gen);
-    g_free(holder);
-    g_free(instance);
-    g_free(state);
-    g_free(owner);
-    g_free(ttl_ms);
+    for (int f = 0; f < LEASE_FIELDS; f++)
+        if (field[f] == NULL)
+            goto out;
+    const char *state = field[LEASE_STATE];
+    if (strcmp(state, "held") != 0 && strcmp(state, "released") != 0)
+        goto out;
+    if (!lease_parse_u64(field[LEASE_GENERATION], &generation) || generation == 0)
+        goto out;
+    /* Milliseconds as an integer: no locale-dependent number parsing. */
+    if (!lease_parse_u64(field[LEASE_TTL_MS], &ttl_ms) || ttl_ms == 0 || ttl_ms >= 1000000000)
+        goto out;
+    out->found = true;
+    out->generation = generation;
+    snprintf(out->holder, sizeof out->holder, "%s", field[LEASE_HOLDER]);
+    snprintf(out->instance, sizeof out->instance, "%s", field[LEASE_INSTANCE]);
+    snprintf(out->owner, sizeof out->owner, "%s", field[LEASE_OWNER]);
+    out->ttl = (double)ttl_ms / 1000;
+    out->released = strcmp(state, "released") == 0;
+    r = 0;
 out:
-    g_key_file_free(kf);
+    free(text);
     return r;
 }
 

@@ -62,7 +62,9 @@ void lease_release(struct lease *l);
 /* Describes disk's current lease without taking it. */
 int lease_inspect(struct store *st, const char *disk, struct lease_info *out);
 
-/* Parses a lease object (exposed for the fuzzer).  -EBADMSG if it is not one. */
+/* Parses a lease object (exposed for the fuzzer and its unit test).  -EBADMSG if it is not
+ * one (or is longer than LEASE_OBJECT_MAX), -ENOMEM. */
+#define LEASE_OBJECT_MAX 4096
 int lease_parse(const void *data, size_t len, struct lease_info *out);
 
 #endif

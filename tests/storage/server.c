@@ -567,12 +567,6 @@ void ws_server_set(struct ws_server *s, const char *key, const char *value)
     s->params[s->n_params++] = g_strdup_printf("%s=%s", key, value);
 }
 
-bool ws_sanitizer_build(void)
-{
-    const char *preload = getenv("WISP_NBDKIT_PRELOAD");
-    return preload && *preload;
-}
-
 /* The environment nbdkit runs with: a sanitizer runtime when the plugin was built with one
  * (nbdkit itself is not instrumented). */
 static void ws_nbdkit_env(const char *env[4], char **asan_opts)
@@ -620,11 +614,6 @@ void ws_server_start(struct ws_server *s)
 
     if (s->pid > 0)
         WS_FAIL("server %d is already running", s->id);
-    /* Sanitizer build: nbdkit with a preloaded ASan runtime hangs at exit in p11-kit's
-     * destructor (freelocale waiting for glibc's setlocale lock) once leases are on; not
-     * understood yet, so leases are off there and tested in the normal build (tests/lease). */
-    if (ws_sanitizer_build())
-        ws_server_set(s, "lease-ttl", "0");
     /* A crash leaves its sockets: remove them, or we would wait on stale ones. */
     unlink(s->sock);
     unlink(s->control);
