@@ -471,8 +471,11 @@ static int disk_round(struct disk *d)
      * is older than gc-grace, and a GC keeps them.  Later, fail the round: the next one
      * uploads again and refreshes what has grown old. */
     const char *test_delay = getenv("WISP_TEST_COMMIT_DELAY_MS");
-    if (r == 0 && test_delay && atoi(test_delay) > 0)
+    if (r == 0 && test_delay && atoi(test_delay) > 0) {
+        log_info("disk", "%s: pausing %d ms before the commit (WISP_TEST_COMMIT_DELAY_MS)",
+                 d->meta.name, atoi(test_delay));
         usleep((useconds_t)atoi(test_delay) * 1000);
+    }
     for (size_t i = 0; i < rd.n; i++) /* chunks uploaded ahead count from their upload */
         if (rd.items[i].uploaded_at > 0 && rd.items[i].uploaded_at < upload_start)
             upload_start = rd.items[i].uploaded_at;

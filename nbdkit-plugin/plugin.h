@@ -50,8 +50,12 @@ struct plugin_state {
 
     struct replica *replica; /* NULL when replicate-interval=0 */
 
-    pthread_t background;
+    pthread_t background; /* uploads (durability=local) and statistics */
     bool background_started;
+    /* Lease renewals have a thread of their own: an upload round can take longer than a
+     * lease's ttl, and a lease must not lapse behind one. */
+    pthread_t lease_keeper;
+    bool lease_keeper_started;
     bool stopping;
 
     /* Garbage collection (plugin_gc.c).  versions_lock is held by a GC while it reads the
@@ -80,7 +84,7 @@ unsigned plugin_disk_connections(struct plugin_state *s, const char *name);
  * can be deleted; a disk's checkpoint exports go with it.  -EBUSY if any has connections. */
 int plugin_disk_forget(struct plugin_state *s, const char *name);
 /* Renews the leases of open disks that are due; a disk whose lease another host took is
- * fenced (disk_fence).  Called by the background thread. */
+ * fenced (disk_fence).  Called by the lease thread (wisp.c), every 100 ms. */
 void plugin_leases_renew(struct plugin_state *s);
 /* disk_env.lease_now (opaque: the plugin_state). */
 int plugin_disk_lease_now(struct disk *d, void *opaque);

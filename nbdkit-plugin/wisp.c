@@ -357,14 +357,21 @@ static void *wisp_background(void *opaque)
         elapsed += 0.1;
         if (cfg.durability == DISK_DURABILITY_LOCAL)
             plugin_upload_due(&state, cfg.upload_delay);
-        if (cfg.lease_ttl > 0)
-            plugin_leases_renew(&state);
         if (cfg.stats_interval > 0 && elapsed >= next_stats) {
             next_stats += cfg.stats_interval;
             plugin_log_stats(&state);
             if (state.replica)
                 plugin_replica_log_stats(state.replica);
         }
+    }
+    return NULL;
+}
+
+static void *wisp_lease_keeper(void *opaque)
+{
+    while (!__atomic_load_n(&state.stopping, __ATOMIC_ACQUIRE)) {
+        usleep(100 * 1000);
+        plugin_leases_renew(&state);
     }
     return NULL;
 }
@@ -487,6 +494,13 @@ static int wisp_after_fork(void)
         return -1;
     }
     state.background_started = true;
+    if (cfg.lease_ttl > 0) {
+        if (pthread_create(&state.lease_keeper, NULL, wisp_lease_keeper, NULL) != 0) {
+            nbdkit_error("cannot start the lease thread: %m");
+            return -1;
+        }
+        state.lease_keeper_started = true;
+    }
     if (plugin_gc_start(&state) < 0)
         return -1;
     if (cfg.control_path && control_start(&state, cfg.control_path) < 0)
@@ -501,6 +515,8 @@ static void wisp_cleanup(void)
     plugin_gc_stop(&state);
     if (state.background_started)
         pthread_join(state.background, NULL);
+    if (state.lease_keeper_started)
+        pthread_join(state.lease_keeper, NULL);
     if (state.disks) {
         plugin_close_all_disks(&state);
         g_hash_table_destroy(state.disks);

@@ -9,7 +9,9 @@
  *      (generation 2), and writes;
  *   4. A resumes: its next flush fails and it logs that it is fenced, so its write is never
  *      committed: its head in its metadata is still its last flush before the takeover;
- *   5. restarted, A cannot open d while B holds it; when B stops (releasing it), A can. */
+ *   5. restarted, A cannot open d while B holds it; when B stops (releasing it), A can;
+ *   6. A's lease stays renewed while its upload round (durability=local) pauses longer than the
+ *      ttl between uploads and commit: renewals have their own thread. */
 #include "server.h"
 #include "vt.h"
 
@@ -113,6 +115,36 @@ int main(int argc, char **argv)
     /* A's data: its flush before the takeover, and not its fenced write. */
     vt_compare_handle(ha, shadow, 16 * MiB, "A's head after the takeover");
     ws_disconnect(ha);
+    ws_server_stop(a);
+
+    /* 6. Renewals do not wait behind uploads: with durability=local, A's upload round pauses
+     *    5 s between its uploads and its commit (longer than the ttl); B's steal is refused
+     *    all along, since A's lease thread keeps renewing. */
+    ws_server_set(a, "durability", "local");
+    ws_server_set(a, "upload-delay", "0");
+    setenv("WISP_TEST_COMMIT_DELAY_MS", "5000", 1);
+    ws_server_start(a);
+    unsetenv("WISP_TEST_COMMIT_DELAY_MS");
+    ws_server_start(b);
+    ha = ws_connect(a, "d");
+    ws_write_random(ha, shadow, 2 * MiB, 64 * 1024, 4);
+    WS_NBD(nbd_flush(ha, 0));
+    double t0 = ws_now();
+    while (ws_server_log_count(a, "WISP_TEST_COMMIT_DELAY_MS") == 0 && ws_now() - t0 < 10)
+        usleep(50 * 1000);
+    WS_CHECK(ws_server_log_count(a, "WISP_TEST_COMMIT_DELAY_MS") >= 1,
+             "A's upload round did not reach its pause");
+    t0 = ws_now();
+    int refused = 0;
+    while (ws_now() - t0 < 4) {
+        free(VT_CLI_FAIL(b, VT_NEEDLES("alive"), "disk", "lease", "d", "--steal"));
+        refused++;
+        usleep(400 * 1000);
+    }
+    ws_log("B's steal refused %d times while A's upload round paused 5 s (ttl 2 s)", refused);
+    vt_compare_handle(ha, shadow, 16 * MiB, "A's disk after the paused round");
+    ws_disconnect(ha);
+    ws_server_stop(b);
     ws_server_stop(a);
     ws_shadow_free(shadow, 16 * MiB);
     ws_shadow_free(scratch, 16 * MiB);
