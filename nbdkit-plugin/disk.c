@@ -865,12 +865,12 @@ static gboolean disk_close_collect(gpointer key, gpointer value, gpointer opaque
  * and the others are removed as orphans then. */
 void disk_close(struct disk *d)
 {
-    GHashTable *files = g_hash_table_new(NULL, NULL);
     GHashTableIter it;
     gpointer f;
 
     if (!d)
         return;
+    GHashTable *files = g_hash_table_new(NULL, NULL);
     disk_ahead_stop(d); /* its tasks hold file references */
     if (d->dirty)
         g_tree_foreach(d->dirty, disk_close_collect, files);

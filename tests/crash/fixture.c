@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -550,4 +551,71 @@ uint64_t fx_rand_next(uint64_t *state)
 uint64_t fx_rand_range(uint64_t *state, uint64_t lo, uint64_t hi)
 {
     return lo + fx_rand_next(state) % (hi - lo + 1);
+}
+
+/* ---- wisp-faultproxy ---------------------------------------------------------------------- */
+
+void fx_proxy_init(struct fx_proxy *p, const char *dir)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->port_file, sizeof p->port_file, "%s/proxy.port", dir);
+    snprintf(p->log, sizeof p->log, "%s/proxy.log", dir);
+}
+
+void fx_proxy_start(struct fx_proxy *p, unsigned port, uint64_t seed, const char *const *faults)
+{
+    const char *endpoint = getenv("WISP_TEST_S3_ENDPOINT");
+    char upstream[256], listen_arg[64], seed_arg[32];
+    const char *argv[40];
+    int n = 0;
+
+    /* http://HOST:PORT[/] -> HOST:PORT */
+    const char *hp = strstr(endpoint, "://");
+    hp = hp ? hp + 3 : endpoint;
+    snprintf(upstream, sizeof upstream, "%s", hp);
+    char *slash = strchr(upstream, '/');
+    if (slash)
+        *slash = '\0';
+    snprintf(listen_arg, sizeof listen_arg, "127.0.0.1:%u", port);
+    snprintf(seed_arg, sizeof seed_arg, "%" PRIu64, seed);
+    argv[n++] = fx_need_env("WISP_TEST_FAULTPROXY");
+    argv[n++] = "--upstream";
+    argv[n++] = upstream;
+    argv[n++] = "--listen";
+    argv[n++] = listen_arg;
+    argv[n++] = "--port-file";
+    argv[n++] = p->port_file;
+    argv[n++] = "--seed";
+    argv[n++] = seed_arg;
+    argv[n++] = "--log";
+    argv[n++] = p->log;
+    for (int i = 0; faults && faults[i] && n < 38; i++)
+        argv[n++] = faults[i];
+    argv[n] = NULL;
+
+    unlink(p->port_file);
+    p->pid = fx_spawn(argv, p->log, NULL);
+    double deadline = fx_now() + 10;
+    for (;;) {
+        FILE *f = fopen(p->port_file, "r");
+        unsigned listening = 0;
+        if (f) {
+            int ok = fscanf(f, "%u", &listening);
+            fclose(f);
+            if (ok == 1 && listening > 0) {
+                p->port = listening;
+                break;
+            }
+        }
+        FX_CHECK(!fx_exited(p->pid, NULL), "wisp-faultproxy exited at start (see %s)", p->log);
+        FX_CHECK(fx_now() < deadline, "wisp-faultproxy did not write its port file");
+        fx_sleep(0.01);
+    }
+    FX_CHECK(port == 0 || p->port == port, "proxy on port %u, wanted %u", p->port, port);
+}
+
+void fx_proxy_stop(struct fx_proxy *p)
+{
+    fx_reap(p->pid, SIGTERM, 5);
+    p->pid = 0;
 }

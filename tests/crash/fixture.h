@@ -102,4 +102,16 @@ uint64_t fx_rand_next(uint64_t *state);
 /* Uniform in [lo, hi]. */
 uint64_t fx_rand_range(uint64_t *state, uint64_t lo, uint64_t hi);
 
+/* wisp-faultproxy (WISP_TEST_FAULTPROXY) in front of the radosgw at WISP_TEST_S3_ENDPOINT. */
+struct fx_proxy {
+    char port_file[600], log[600]; /* under the directory given to fx_proxy_init */
+    pid_t pid;                     /* 0 when stopped */
+    unsigned port;                 /* where it listens, once started */
+};
+void fx_proxy_init(struct fx_proxy *p, const char *dir);
+/* Starts it on port (0: any free port) with a seed and fault options (NULL-terminated, may be
+ * NULL); fails the test if it does not come up within 10 s. */
+void fx_proxy_start(struct fx_proxy *p, unsigned port, uint64_t seed, const char *const *faults);
+void fx_proxy_stop(struct fx_proxy *p);
+
 #endif

@@ -34,9 +34,7 @@
 
 #define REPLICA "fault"
 
-static char proxy_port_file[600], proxy_log[600];
-static pid_t proxy_pid;
-static unsigned proxy_port;
+static struct fx_proxy proxy;
 static char url_proxy[1024], url_direct[1024];
 static struct fx_server server;
 static GPtrArray *made; /* names of checkpoints and disks made, in commit order */
@@ -55,63 +53,6 @@ static const char *const faults[] = {
     "0.01",
     NULL,
 };
-
-static void proxy_start(unsigned port, uint64_t seed, const char *const *fault_args)
-{
-    const char *endpoint = getenv("WISP_TEST_S3_ENDPOINT");
-    char upstream[256], listen_arg[64], seed_arg[32];
-    const char *argv[40];
-    int n = 0;
-
-    const char *hp = strstr(endpoint, "://");
-    hp = hp ? hp + 3 : endpoint;
-    snprintf(upstream, sizeof upstream, "%s", hp);
-    char *slash = strchr(upstream, '/');
-    if (slash)
-        *slash = '\0';
-    snprintf(listen_arg, sizeof listen_arg, "127.0.0.1:%u", port);
-    snprintf(seed_arg, sizeof seed_arg, "%" PRIu64, seed);
-    argv[n++] = fx_need_env("WISP_TEST_FAULTPROXY");
-    argv[n++] = "--upstream";
-    argv[n++] = upstream;
-    argv[n++] = "--listen";
-    argv[n++] = listen_arg;
-    argv[n++] = "--port-file";
-    argv[n++] = proxy_port_file;
-    argv[n++] = "--seed";
-    argv[n++] = seed_arg;
-    argv[n++] = "--log";
-    argv[n++] = proxy_log;
-    for (int i = 0; fault_args && fault_args[i] && n < 38; i++)
-        argv[n++] = fault_args[i];
-    argv[n] = NULL;
-    unlink(proxy_port_file);
-    proxy_pid = fx_spawn(argv, proxy_log, NULL);
-    double deadline = fx_now() + 10;
-    for (;;) {
-        FILE *f = fopen(proxy_port_file, "r");
-        unsigned p = 0;
-        if (f) {
-            int ok = fscanf(f, "%u", &p);
-            fclose(f);
-            if (ok == 1 && p > 0) {
-                proxy_port = p;
-                break;
-            }
-        }
-        FX_CHECK(!fx_exited(proxy_pid, NULL), "wisp-faultproxy exited at start (see %s)",
-                 proxy_log);
-        FX_CHECK(fx_now() < deadline, "wisp-faultproxy did not write its port file");
-        fx_sleep(0.01);
-    }
-    FX_CHECK(port == 0 || proxy_port == port, "proxy on port %u, wanted %u", proxy_port, port);
-}
-
-static void proxy_stop(void)
-{
-    fx_reap(proxy_pid, SIGTERM, 5);
-    proxy_pid = 0;
-}
 
 /* Runs the CLI; its exit status, and its stdout in *out (g_free) when out is not NULL. */
 static int cli(char **out, const char *arg, ...)
@@ -211,16 +152,15 @@ int main(void)
         fx_skip("no radosgw: WISP_TEST_S3_ENDPOINT is not set (tests/s3/rgw-fixture)");
     fx_need_env("WISP_TEST_FAULTPROXY");
     fx_log("workload seed %" PRIu64 ", proxy seed %" PRIu64, rng, seed);
-    snprintf(proxy_port_file, sizeof proxy_port_file, "%s/proxy.port", fx_tmpdir());
-    snprintf(proxy_log, sizeof proxy_log, "%s/proxy.log", fx_tmpdir());
+    fx_proxy_init(&proxy, fx_tmpdir());
     snprintf(prefix, sizeof prefix, "wisp-ft/replica-fault-%d-%08x", (int)getpid(),
              (unsigned)(rng & 0xffffffff));
     snprintf(meta, sizeof meta, "%s/meta", fx_tmpdir());
     snprintf(cache, sizeof cache, "%s/cache", fx_tmpdir());
     made = g_ptr_array_new_with_free_func(g_free);
 
-    proxy_start(0, seed, faults);
-    snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%u", proxy_port);
+    fx_proxy_start(&proxy, 0, seed, faults);
+    snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%u", proxy.port);
     fx_s3_url(url_proxy, sizeof url_proxy, prefix, endpoint);
     fx_s3_url(url_direct, sizeof url_direct, prefix, NULL);
     fx_store_cleanup_register(url_direct);
@@ -252,8 +192,8 @@ int main(void)
     FX_CHECK(made->len > 0, "no checkpoint could be made through 10%% faults");
 
     /* B: the store is down; metadata commits go on. */
-    unsigned port = proxy_port;
-    proxy_stop();
+    unsigned port = proxy.port;
+    fx_proxy_stop(&proxy);
     unsigned before = made->len;
     for (int i = 0; i < 5; i++) {
         char name[16];
@@ -269,7 +209,7 @@ int main(void)
     FX_CHECK(n <= before, "the replica has commits made while the store was down");
 
     /* C: the store comes back, clean; replication catches up. */
-    proxy_start(port, seed, NULL);
+    fx_proxy_start(&proxy, port, seed, NULL);
     double t0 = fx_now();
     for (;;) {
         fx_sleep(0.5);
@@ -284,7 +224,7 @@ int main(void)
     FX_CHECK(log_count("caught up") >= 1, "the log does not show the catch-up");
     nbd_close(nbd);
     fx_server_stop(&server);
-    proxy_stop();
+    fx_proxy_stop(&proxy);
     g_ptr_array_unref(made);
     return 0;
 }

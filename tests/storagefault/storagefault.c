@@ -63,9 +63,7 @@
 static unsigned char *shadow;         /* what the disk holds now */
 static unsigned char *shadow_durable; /* what the last successful flush made durable */
 static uint64_t rng;
-static char proxy_port_file[600], proxy_log[600];
-static pid_t proxy_pid;
-static unsigned proxy_port;
+static struct fx_proxy proxy;
 static unsigned soft_failures;
 
 /* 10% of requests in all, delays longer than store-timeout included. */
@@ -102,67 +100,6 @@ struct counters {
     } while (0)
 
 /* ---- the proxy ------------------------------------------------------------------------------- */
-
-/* Starts wisp-faultproxy in front of radosgw on port (0: any free port) with the given fault
- * options. */
-static void proxy_start(unsigned port, uint64_t seed, const char *const *faults)
-{
-    const char *endpoint = getenv("WISP_TEST_S3_ENDPOINT");
-    char upstream[256], listen_arg[64], seed_arg[32];
-    const char *argv[40];
-    int n = 0;
-
-    /* http://HOST:PORT[/] -> HOST:PORT */
-    const char *hp = strstr(endpoint, "://");
-    hp = hp ? hp + 3 : endpoint;
-    snprintf(upstream, sizeof upstream, "%s", hp);
-    char *slash = strchr(upstream, '/');
-    if (slash)
-        *slash = '\0';
-    snprintf(listen_arg, sizeof listen_arg, "127.0.0.1:%u", port);
-    snprintf(seed_arg, sizeof seed_arg, "%" PRIu64, seed);
-    argv[n++] = fx_need_env("WISP_TEST_FAULTPROXY");
-    argv[n++] = "--upstream";
-    argv[n++] = upstream;
-    argv[n++] = "--listen";
-    argv[n++] = listen_arg;
-    argv[n++] = "--port-file";
-    argv[n++] = proxy_port_file;
-    argv[n++] = "--seed";
-    argv[n++] = seed_arg;
-    argv[n++] = "--log";
-    argv[n++] = proxy_log;
-    for (int i = 0; faults && faults[i] && n < 38; i++)
-        argv[n++] = faults[i];
-    argv[n] = NULL;
-
-    unlink(proxy_port_file);
-    proxy_pid = fx_spawn(argv, proxy_log, NULL);
-    double deadline = fx_now() + 10;
-    for (;;) {
-        FILE *f = fopen(proxy_port_file, "r");
-        unsigned p = 0;
-        if (f) {
-            int ok = fscanf(f, "%u", &p);
-            fclose(f);
-            if (ok == 1 && p > 0) {
-                proxy_port = p;
-                break;
-            }
-        }
-        FX_CHECK(!fx_exited(proxy_pid, NULL), "wisp-faultproxy exited at start (see %s)",
-                 proxy_log);
-        FX_CHECK(fx_now() < deadline, "wisp-faultproxy did not write its port file");
-        fx_sleep(0.01);
-    }
-    FX_CHECK(port == 0 || proxy_port == port, "proxy on port %u, wanted %u", proxy_port, port);
-}
-
-static void proxy_stop(void)
-{
-    fx_reap(proxy_pid, SIGTERM, 5);
-    proxy_pid = 0;
-}
 
 /* ---- the server and its disk ----------------------------------------------------------------- */
 
@@ -330,14 +267,14 @@ static int hang_fd = -1;
 
 static void hang_start(void)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)proxy_port)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)proxy.port)};
     int one = 1;
 
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     hang_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     FX_CHECK(hang_fd >= 0, "socket: %s", strerror(errno));
     setsockopt(hang_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    FX_CHECK(bind(hang_fd, (struct sockaddr *)&a, sizeof a) == 0, "bind port %u: %s", proxy_port,
+    FX_CHECK(bind(hang_fd, (struct sockaddr *)&a, sizeof a) == 0, "bind port %u: %s", proxy.port,
              strerror(errno));
     FX_CHECK(listen(hang_fd, 1024) == 0, "listen: %s", strerror(errno));
 }
@@ -350,8 +287,8 @@ static void store_back(uint64_t seed)
         close(hang_fd);
         hang_fd = -1;
     }
-    if (proxy_pid <= 0)
-        proxy_start(proxy_port, seed, NULL);
+    if (proxy.pid <= 0)
+        fx_proxy_start(&proxy, proxy.port, seed, NULL);
 }
 
 /* Phase C, one way of being down: writes `chunks` fresh chunks and flushes, which must fail
@@ -461,8 +398,7 @@ int main(int argc, char **argv)
     shadow = calloc(1, REGION);
     shadow_durable = calloc(1, REGION);
     FX_CHECK(shadow && shadow_durable, "out of memory");
-    snprintf(proxy_port_file, sizeof proxy_port_file, "%s/proxy.port", dir);
-    snprintf(proxy_log, sizeof proxy_log, "%s/proxy.log", dir);
+    fx_proxy_init(&proxy, dir);
     snprintf(cache, sizeof cache, "%s/cache", dir);
     snprintf(meta, sizeof meta, "%s/meta", dir);
     snprintf(prefix, sizeof prefix, "test-storagefault-%d-%" PRIx64, (int)getpid(),
@@ -474,8 +410,8 @@ int main(int argc, char **argv)
     fx_disk_create(meta, DISK_NAME, "256M", "64K");
 
     /* A. light faults: 10% of requests in all. */
-    proxy_start(0, fault_seed, light_faults);
-    snprintf(proxy_url, sizeof proxy_url, "http://127.0.0.1:%u", proxy_port);
+    fx_proxy_start(&proxy, 0, fault_seed, light_faults);
+    snprintf(proxy_url, sizeof proxy_url, "http://127.0.0.1:%u", proxy.port);
     fx_s3_url(url_proxy, sizeof url_proxy, prefix, proxy_url);
     server_start(&s, url_proxy, cache, meta);
     struct nbd_handle *nbd = nbd_open_disk(&s);
@@ -485,7 +421,7 @@ int main(int argc, char **argv)
     report("A. 10% faults", &c, fx_now() - t);
 
     /* B. heavy faults: 50%, so that some flushes fail. */
-    proxy_stop();
+    fx_proxy_stop(&proxy);
     {
         const char *faults[] = {"--error-rate",
                                 "0.20",
@@ -498,7 +434,7 @@ int main(int argc, char **argv)
                                 "--corrupt-rate",
                                 "0.05",
                                 NULL};
-        proxy_start(proxy_port, fault_seed + 1, faults);
+        fx_proxy_start(&proxy, proxy.port, fault_seed + 1, faults);
     }
     memset(&c, 0, sizeof c);
     t = fx_now();
@@ -514,7 +450,7 @@ int main(int argc, char **argv)
             size_t len = (size_t)fx_rand_range(&rng, 1, 256 << 10);
             do_write(nbd, fx_rand_range(&rng, 0, REGION - len), len, &c);
         }
-        proxy_stop();
+        fx_proxy_stop(&proxy);
         for (int k = 0; k < 3; k++) {
             /* Whole chunks: a partial write of a chunk that is not cached would need the
              * store. */
@@ -524,7 +460,7 @@ int main(int argc, char **argv)
             do_read(nbd, off, len, &c, false, "B2. store down: data just written");
         }
         FX_CHECK(do_flush(nbd, &c, NULL) == -EIO, "B2: a flush succeeded with the store down");
-        proxy_start(proxy_port, fault_seed + 10 + cycle, light_faults);
+        fx_proxy_start(&proxy, proxy.port, fault_seed + 10 + cycle, light_faults);
         int k = 0;
         while (do_flush(nbd, &c, NULL) < 0)
             FX_CHECK(++k < 5, "B2: 5 flushes failed after the store came back");
@@ -550,19 +486,19 @@ int main(int argc, char **argv)
     const uint64_t cached_off = 2 << 20;
     const size_t cached_len = 1 << 20;
     do_read(nbd, cached_off, cached_len, &c, false, "C. before the store goes down");
-    proxy_stop();
+    fx_proxy_stop(&proxy);
     double t_refused, t_hung, t_hung_fresh;
     store_down_flush(nbd, 8 << 20, 40, cached_off, cached_len, "refusing connections",
                      fault_seed + 2, &t_refused);
-    if (proxy_pid > 0)
-        proxy_stop(); /* brought back after a failed check above */
+    if (proxy.pid > 0)
+        fx_proxy_stop(&proxy); /* brought back after a failed check above */
     hang_start();
     store_down_flush(nbd, 12 << 20, 8, cached_off, cached_len, "hanging (never answers)",
                      fault_seed + 2, &t_hung);
     /* The server starts while the store hangs: unflushed data is gone (durability=remote),
      * and the store client has not probed the store yet. */
-    if (proxy_pid > 0)
-        proxy_stop();
+    if (proxy.pid > 0)
+        fx_proxy_stop(&proxy);
     if (hang_fd < 0)
         hang_start();
     server_restart(&s, &nbd, url_proxy, cache, meta, false);
@@ -587,7 +523,7 @@ int main(int argc, char **argv)
     nbd_shutdown(nbd, 0);
     nbd_close(nbd);
     fx_server_stop(&s);
-    proxy_stop();
+    fx_proxy_stop(&proxy);
 
     fx_log("figures (store-timeout=2): a flush with the store refusing connections failed after "
            "%.1f s; with the store hanging, after %.1f s; hanging since the server started, "
