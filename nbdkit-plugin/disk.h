@@ -54,6 +54,11 @@ struct disk_env {
     /* GC (meta/chunk_gc.h, invariant (a)): a round commits only if at most this many seconds
      * passed since it started uploading (gc-grace minus the refresh age); 0: no limit. */
     double commit_window;
+    /* If not NULL, read atomically: once true (the server shuts down), a durability=local
+     * round takes no more chunks and ends with -ECANCELED without committing.  Its flush stays
+     * journaled and is uploaded at the next start, so shutting down never waits for a long
+     * upload. */
+    const bool *stopping;
 };
 
 struct disk_stats {

@@ -255,7 +255,14 @@ struct round {
     pthread_mutex_t lock; /* protects next and failed */
     size_t next;          /* the next item to take */
     bool failed;          /* an item failed: the round fails, so take no more */
+    bool abandoned;       /* the server shuts down (disk_env.stopping): take no more */
 };
+
+static bool round_abandoning(const struct disk *d)
+{
+    return d->env->durability == DISK_DURABILITY_LOCAL && d->env->stopping &&
+           __atomic_load_n(d->env->stopping, __ATOMIC_ACQUIRE);
+}
 
 int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
                      bool *zero)
@@ -340,8 +347,11 @@ static void *round_worker(void *opaque)
     void *buf = g_try_malloc(d->meta.chunk_size);
 
     for (;;) {
+        bool abandon = round_abandoning(d);
         pthread_mutex_lock(&rd->lock);
-        size_t i = rd->next < rd->n && !rd->failed ? rd->next++ : rd->n;
+        if (abandon)
+            rd->abandoned = true;
+        size_t i = rd->next < rd->n && !rd->failed && !rd->abandoned ? rd->next++ : rd->n;
         pthread_mutex_unlock(&rd->lock);
         if (i == rd->n)
             break;
@@ -463,6 +473,15 @@ static int disk_round(struct disk *d)
     for (size_t i = 0; i < rd.n && r == 0; i++)
         if (rd.items[i].result < 0)
             r = rd.items[i].result;
+    if (r == 0 && rd.abandoned) {
+        log_info("disk",
+                 "%s: shutting down: upload of flush %llu abandoned after %zu of %zu chunks; "
+                 "it stays journaled and is uploaded at the next start",
+                 d->meta.name, (unsigned long long)gen, rd.next, rd.n);
+        pthread_mutex_lock(&d->lock);
+        r = -ECANCELED;
+        goto out_unref_locked;
+    }
     /* ---- GC (added for garbage collection; keep these lines together) ----
      * WISP_TEST_COMMIT_DELAY_MS (tests only) pauses here, between the uploads and the commit,
      * where a GC may run.  Then the GC invariant (meta/chunk_gc.h, (a)): every chunk this round

@@ -319,10 +319,10 @@ void plugin_upload_due(struct plugin_state *s, double delay_s)
 {
     GPtrArray *list = plugin_use_all(s);
 
-    for (guint i = 0; i < list->len; i++) {
+    for (guint i = 0; i < list->len && !__atomic_load_n(&s->stopping, __ATOMIC_ACQUIRE); i++) {
         struct plugin_disk *pd = g_ptr_array_index(list, i);
         int r = disk_upload_due(pd->disk, delay_s);
-        if (r < 0)
+        if (r < 0 && r != -ECANCELED) /* shutting down: logged by the disk */
             log_warn("plugin", "disk %s: upload failed (%s); retrying after upload-delay",
                      disk_name(pd->disk), strerror(-r));
     }

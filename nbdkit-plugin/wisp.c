@@ -478,6 +478,7 @@ static int wisp_after_fork(void)
                           ? disk_ahead_pool_new(cfg.upload_parallel)
                           : NULL,
         .commit_window = (double)cfg.gc_grace - cfg.gc_refresh_age,
+        .stopping = &state.stopping,
     };
     state.config = &cfg;
     state.disks = g_hash_table_new(g_str_hash, g_str_equal);
