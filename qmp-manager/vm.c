@@ -259,6 +259,17 @@ bool vm_quit(struct vm *vm, int timeout_ms, GError **error)
     return false;
 }
 
+pid_t vm_detach(struct vm *vm)
+{
+    pid_t pid = vm->pid;
+
+    vm->pid = 0;
+    g_clear_pointer(&vm->qmp_path, g_free); /* QEMU still serves them */
+    g_clear_pointer(&vm->ctl_path, g_free);
+    vm_free(vm);
+    return pid;
+}
+
 void vm_free(struct vm *vm)
 {
     if (!vm)

@@ -47,6 +47,9 @@ bool vm_is_running(struct vm *vm);
 bool vm_wait_exit(struct vm *vm, int timeout_ms, GError **error);
 /* QMP quit, then waits for the exit; kills the group if it does not come. */
 bool vm_quit(struct vm *vm, int timeout_ms, GError **error);
+/* Lets go of a VM that must outlive this process (a CLI's `boot`): closes QMP and frees the
+ * struct, QEMU goes on (launch it with keep_on_exit).  Returns its pid. */
+pid_t vm_detach(struct vm *vm);
 /* Kills (if running), reaps, removes the sockets, frees.  NULL is allowed. */
 void vm_free(struct vm *vm);
 
