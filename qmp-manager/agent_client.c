@@ -22,7 +22,7 @@
 #define AGENT_DATA_MAX         (WISP_PROTO_MAX_PAYLOAD - 64u) /* room for the data's framing */
 #define AGENT_CONNECT_RETRY_US 5000
 
-G_DEFINE_QUARK(wisp-agent-error-quark, agent_error)
+G_DEFINE_QUARK(wisp - agent - error - quark, agent_error)
 
 /* A reply kept for the caller that waits for it.  data: a copy of a data message's bytes,
  * since the decoded message only points into the reader's buffer. */
@@ -60,6 +60,7 @@ struct agent_client {
     bool closed;
     char *close_reason;
     bool ready_seen;
+    uint64_t hello_nonce; /* only the READY that answers our HELLO counts */
     struct agent_ready ready;
     uint64_t protocol_errors; /* frames from the guest that did not decode */
 };
@@ -152,7 +153,7 @@ static void agent_dispatch(agent_client *c, struct wisp_msg *m)
     struct agent_stream *s;
 
     if (m->stream == 0) {
-        if (m->type == WISP_MSG_READY) {
+        if (m->type == WISP_MSG_READY && c->hello_nonce && m->u.ready.nonce == c->hello_nonce) {
             c->ready.version = m->u.ready.version;
             c->ready.max_payload = m->u.ready.max_payload;
             c->ready.boot_id = m->u.ready.boot_id;
@@ -161,6 +162,8 @@ static void agent_dispatch(agent_client *c, struct wisp_msg *m)
             g_strlcpy(c->ready.agent, m->u.ready.agent ? m->u.ready.agent : "",
                       sizeof c->ready.agent);
             c->ready_seen = true;
+        } else if (m->type == WISP_MSG_READY) {
+            /* READY unasked (nonce 0) or to an earlier host's HELLO: ours is coming. */
         } else if (m->type == WISP_MSG_ERROR) {
             log_warn(AGENT_LOG, "wisp-init reports a connection error: %s: %s",
                      wisp_err_to_string((int)m->u.error.code),
@@ -269,8 +272,7 @@ static void *agent_reader_thread(void *opaque)
             if (r < 0) {
                 c->protocol_errors++;
                 log_warn(AGENT_LOG, "undecodable %s from wisp-init: %s",
-                         wisp_msg_type_to_string(frame.h.type) ?: "frame",
-                         wisp_err_to_string(r));
+                         wisp_msg_type_to_string(frame.h.type) ?: "frame", wisp_err_to_string(r));
             } else {
                 agent_dispatch(c, &m);
             }
@@ -301,8 +303,7 @@ agent_client *agent_client_connect(const char *ctl_path, int timeout_ms, GError 
     for (;;) {
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
-            g_set_error(error, AGENT_ERROR, AGENT_ERROR_CONNECT, "socket: %s",
-                        g_strerror(errno));
+            g_set_error(error, AGENT_ERROR, AGENT_ERROR_CONNECT, "socket: %s", g_strerror(errno));
             return NULL;
         }
         if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0)
@@ -322,7 +323,9 @@ agent_client *agent_client_connect(const char *ctl_path, int timeout_ms, GError 
     g_cond_init(&c->cond);
     g_mutex_init(&c->write_lock);
     c->streams = g_hash_table_new(NULL, NULL);
-    c->next_stream = 1;
+    /* A session of an earlier connection may still be alive in the guest (sessions survive
+     * their host): start at a random id so that a new client does not collide with it. */
+    c->next_stream = (uint32_t)g_random_int_range(1, 1 << 30);
     c->reader = g_thread_new("wisp-agent-rd", agent_reader_thread, c);
     return c;
 }
@@ -360,9 +363,11 @@ bool agent_client_wait_ready(agent_client *c, int timeout_ms, struct agent_ready
 
     hello.u.hello.min_version = WISP_PROTO_MIN_VERSION;
     hello.u.hello.max_version = WISP_PROTO_VERSION;
-    hello.u.hello.nonce = g_random_int();
     hello.u.hello.client = (char *)"wisp-vm";
     g_mutex_lock(&c->lock);
+    if (!c->hello_nonce)
+        c->hello_nonce = ((uint64_t)g_random_int() << 32) | g_random_int() | 1;
+    hello.u.hello.nonce = c->hello_nonce;
     while (!c->ready_seen && !c->closed && g_get_monotonic_time() < deadline) {
         g_mutex_unlock(&c->lock);
         /* Until wisp-init opens its port, QEMU drops what we write: say it again. */
@@ -420,8 +425,7 @@ static struct agent_reply *agent_wait_reply(agent_client *c, struct agent_stream
     struct agent_reply *r = NULL;
 
     g_mutex_lock(&c->lock);
-    while (!(r = g_queue_pop_head(&s->replies)) && !c->closed &&
-           g_get_monotonic_time() < deadline)
+    while (!(r = g_queue_pop_head(&s->replies)) && !c->closed && g_get_monotonic_time() < deadline)
         g_cond_wait_until(&c->cond, &c->lock, deadline);
     if (!r) {
         if (c->closed)
@@ -567,8 +571,8 @@ struct wisp_msg *agent_client_service_list(agent_client *c, int timeout_ms, GErr
     return r ? agent_take_msg(r) : NULL;
 }
 
-char *agent_client_service_logs(agent_client *c, const char *name, uint32_t max_bytes,
-                                size_t *len, int timeout_ms, GError **error)
+char *agent_client_service_logs(agent_client *c, const char *name, uint32_t max_bytes, size_t *len,
+                                int timeout_ms, GError **error)
 {
     struct wisp_msg m = {.type = WISP_MSG_SERVICE_LOGS};
     struct agent_reply *r;
@@ -755,8 +759,7 @@ ssize_t agent_exec_read(agent_exec *e, void *buf, size_t cap, enum agent_stream_
         if (c->closed)
             agent_set_closed_error(c, error);
         else
-            g_set_error(error, AGENT_ERROR, AGENT_ERROR_TIMEOUT, "no output in %d ms",
-                        timeout_ms);
+            g_set_error(error, AGENT_ERROR, AGENT_ERROR_TIMEOUT, "no output in %d ms", timeout_ms);
         g_mutex_unlock(&c->lock);
         return -1;
     }

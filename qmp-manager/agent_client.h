@@ -76,13 +76,12 @@ struct wisp_msg *agent_client_status(agent_client *c, int timeout_ms, GError **e
 bool agent_client_service_start(agent_client *c, const char *name, const char *const *argv,
                                 const char *const *env, const char *cwd, enum wisp_restart restart,
                                 uint32_t restart_delay_ms, int timeout_ms, GError **error);
-bool agent_client_service_stop(agent_client *c, const char *name, int timeout_ms,
-                               GError **error);
+bool agent_client_service_stop(agent_client *c, const char *name, int timeout_ms, GError **error);
 /* SERVICE_LIST_REPLY, decoded (wisp_msg_free and g_free it). */
 struct wisp_msg *agent_client_service_list(agent_client *c, int timeout_ms, GError **error);
 /* The last max_bytes of the service's log (g_free it; *len gets its length). */
-char *agent_client_service_logs(agent_client *c, const char *name, uint32_t max_bytes,
-                                size_t *len, int timeout_ms, GError **error);
+char *agent_client_service_logs(agent_client *c, const char *name, uint32_t max_bytes, size_t *len,
+                                int timeout_ms, GError **error);
 
 /* ---- exec ---------------------------------------------------------------------------------- */
 
@@ -109,8 +108,7 @@ void agent_exec_free(agent_exec *e);
 uint32_t agent_exec_pid(const agent_exec *e);
 
 /* Writes all of buf to stdin, waiting for credit as needed. */
-bool agent_exec_write(agent_exec *e, const void *buf, size_t len, int timeout_ms,
-                      GError **error);
+bool agent_exec_write(agent_exec *e, const void *buf, size_t len, int timeout_ms, GError **error);
 bool agent_exec_close_stdin(agent_exec *e, GError **error);
 bool agent_exec_signal(agent_exec *e, int signo, GError **error);
 bool agent_exec_resize(agent_exec *e, uint16_t rows, uint16_t cols, GError **error);

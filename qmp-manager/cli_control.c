@@ -122,7 +122,8 @@ int cli_status(int argc, char **argv)
     if (!st)
         return cli_fail("status", error);
     printf("uptime_ms %" G_GUINT64_FORMAT "\nmem_total_kib %" G_GUINT64_FORMAT
-           "\nmem_available_kib %" G_GUINT64_FORMAT "\nload %.2f %.2f %.2f\nidle_ms %" G_GUINT64_FORMAT
+           "\nmem_available_kib %" G_GUINT64_FORMAT
+           "\nload %.2f %.2f %.2f\nidle_ms %" G_GUINT64_FORMAT
            "\nattached %u\nfrozen %u\nsessions %u\nlisteners",
            st->u.status.uptime_ms, st->u.status.mem_total_kib, st->u.status.mem_available_kib,
            st->u.status.load_milli[0] / 1000.0, st->u.status.load_milli[1] / 1000.0,
@@ -155,8 +156,7 @@ int cli_shutdown(int argc, char **argv)
     }
     agent_client_free(c);
     if (!cli_wait_gone(pid, timeout_s * 1000)) {
-        fprintf(stderr, "wisp-vm: shutdown: QEMU %d still runs after %d s\n", (int)pid,
-                timeout_s);
+        fprintf(stderr, "wisp-vm: shutdown: QEMU %d still runs after %d s\n", (int)pid, timeout_s);
         return CLI_EXIT_FAILURE;
     }
     return 0;
