@@ -260,8 +260,10 @@ static gboolean qmp_on_readable(int fd, GIOCondition cond, void *opaque)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (n < 0) {
-            qmp_close(
-                c, g_error_new(QMP_ERROR, QMP_ERROR_IO, "read QMP socket: %s", g_strerror(errno)));
+            /* A reset is how a killed QEMU's socket usually ends: that is a close. */
+            qmp_close(c,
+                      g_error_new(QMP_ERROR, errno == ECONNRESET ? QMP_ERROR_CLOSED : QMP_ERROR_IO,
+                                  "read QMP socket: %s", g_strerror(errno)));
             return G_SOURCE_REMOVE;
         }
         if (n == 0) {
@@ -318,8 +320,9 @@ static bool qmp_flush(qmp_client *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (n < 0) {
-            qmp_close(
-                c, g_error_new(QMP_ERROR, QMP_ERROR_IO, "write QMP socket: %s", g_strerror(errno)));
+            bool gone = errno == EPIPE || errno == ECONNRESET;
+            qmp_close(c, g_error_new(QMP_ERROR, gone ? QMP_ERROR_CLOSED : QMP_ERROR_IO,
+                                     "write QMP socket: %s", g_strerror(errno)));
             return false;
         }
         if (o->fd >= 0) {
