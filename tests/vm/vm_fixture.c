@@ -50,7 +50,9 @@ void vmf_image_get(struct vmf_image *img)
                 builder ? builder : "WISP_BUILD_IMAGE unset");
     snprintf(log, sizeof log, "%s/build-image.log", fx_tmpdir());
     fx_log("building the image: %s %s (log %s)", builder, dir, log);
-    const char *argv[] = {builder, dir, NULL};
+    /* The wisp-init this build made (meson passes it), not whatever build/ holds. */
+    const char *wisp_init = getenv("WISP_TEST_WISP_INIT");
+    const char *argv[] = {builder, dir, wisp_init ? "--wisp-init" : NULL, wisp_init, NULL};
     pid_t pid = fx_spawn(argv, log, NULL);
     int status = fx_reap(pid, 0, 1200);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !vmf_image_complete(img, dir)) {
