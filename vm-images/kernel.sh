@@ -9,6 +9,7 @@
 #   OUTDIR/modules/*.ko     MODULE... and everything they need, softdeps included
 #   OUTDIR/modules/order    their file names, one a line, in load order
 #   OUTDIR/kernel-release   the release string (uname -r in the guest)
+#   OUTDIR/source-date-epoch  the package's vmlinuz time, for reproducible images
 set -euo pipefail
 
 die() { echo "kernel.sh: $*" >&2; exit 1; }
@@ -60,3 +61,6 @@ for mod in "$@"; do
     done <<<"$lines"
 done
 echo "$release" >"$out/kernel-release"
+# The kernel's build time: every time in the image is this one, so its bytes do not depend on
+# when it was made.
+stat -c %Y "$vmlinuz" >"$out/source-date-epoch"
