@@ -267,11 +267,12 @@ static char *accel_cache_key(const char *qemu, const char *kernel)
     g_strstrip(boot_id);
     if (qemu_path)
         stat(qemu_path, &st_q);
+    /* The kernel only has to boot; its size tells a different kernel apart well enough, and
+     * unlike its path or mtime it survives the image being copied or rebuilt. */
     if (kernel)
         stat(kernel, &st_k);
-    return g_strdup_printf("%s %s:%lld %s:%lld", boot_id, qemu_path ? qemu_path : qemu,
-                           (long long)st_q.st_mtime, kernel ? kernel : "-",
-                           (long long)st_k.st_mtime);
+    return g_strdup_printf("%s %s:%lld kernel:%lld", boot_id, qemu_path ? qemu_path : qemu,
+                           (long long)st_q.st_mtime, (long long)st_k.st_size);
 }
 
 static char *accel_cache_path(void)

@@ -34,7 +34,7 @@ int main(void)
     char run[32];
 
     fx_setup("vm-figures");
-    vmf_image_get(&img);
+    vmf_image_get(&img, false);
     vmf_disk_new(&disk, &img, "bench");
 
     for (int i = 0; i < 5; i++) {

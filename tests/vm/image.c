@@ -19,7 +19,7 @@ int main(void)
     struct vmf_image img;
 
     fx_setup("vm-image");
-    vmf_image_get(&img);
+    vmf_image_get(&img, true);
     report("kernel", img.kernel);
     report("initramfs", img.initrd);
     report("rootfs", img.rootfs);

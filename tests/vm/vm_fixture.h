@@ -33,8 +33,10 @@ struct vmf_vm {
     struct agent_ready ready;
 };
 
-/* Finds or builds the image; skips the test if that is impossible here. */
-void vmf_image_get(struct vmf_image *img);
+/* Finds or builds the image; skips the test if that is impossible here.  refresh: run the
+ * builder even if the directory is complete (it is cached by input hash, so this is cheap
+ * unless an input such as wisp-init changed). */
+void vmf_image_get(struct vmf_image *img, bool refresh);
 /* Starts nbdkit with a new disk `name` holding the base rootfs. */
 void vmf_disk_new(struct vmf_disk *d, const struct vmf_image *img, const char *name);
 /* Boots: disk attached at launch (claim = false) or a placeholder swapped to the export once
