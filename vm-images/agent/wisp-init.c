@@ -194,6 +194,12 @@ static void serve(struct agent *a, int sigfd)
         }
         sessions_progress(a);
         channel_pump(&a->chan, now);
+        /* The pump may just have emptied the ring of a reaped session whose pipes are closed:
+         * nothing would wake poll() again for it, and its EXIT would wait for the next
+         * unrelated event (two execs ending together left the second one hanging).  One more
+         * round sends that EXIT now. */
+        sessions_progress(a);
+        channel_pump(&a->chan, now);
     }
 }
 
