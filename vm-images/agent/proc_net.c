@@ -35,8 +35,8 @@ static bool parse_addr(const char *hex, size_t len, uint8_t addr[16])
     return true;
 }
 
-unsigned proc_net_listeners(const char *text, int family, struct wisp_listener *out,
-                                unsigned count, unsigned max)
+unsigned proc_net_listeners(const char *text, int family, struct wisp_listener *out, unsigned count,
+                            unsigned max)
 {
     const char *line = strchr(text, '\n'); /* the header line */
     while (line != NULL && count < max) {

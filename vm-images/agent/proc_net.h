@@ -6,7 +6,7 @@
 
 /* Parses the content of /proc/net/tcp (family 4) or tcp6 (family 6), adding the sockets in
  * LISTEN state to out[count..max); returns the new count.  Lines that don't parse are skipped. */
-unsigned proc_net_listeners(const char *text, int family, struct wisp_listener *out,
-                            unsigned count, unsigned max);
+unsigned proc_net_listeners(const char *text, int family, struct wisp_listener *out, unsigned count,
+                            unsigned max);
 
 #endif
