@@ -51,8 +51,7 @@ int channel_find_port(const char *name, char *path, size_t cap)
     return r;
 }
 
-int channel_open(struct channel *c, const char *path, const struct channel_ops *ops,
-                 void *opaque)
+int channel_open(struct channel *c, const char *path, const struct channel_ops *ops, void *opaque)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
@@ -166,8 +165,8 @@ void channel_send_ok(struct channel *c, uint32_t stream)
     channel_send(c, &m);
 }
 
-void channel_send_error(struct channel *c, uint32_t stream, int err, int sys_errno,
-                        const char *fmt, ...)
+void channel_send_error(struct channel *c, uint32_t stream, int err, int sys_errno, const char *fmt,
+                        ...)
 {
     char text[512];
     va_list ap;

@@ -54,14 +54,13 @@ struct channel {
 /* Finds /dev/vportNpM for the port called name through /sys/class/virtio-ports/<dev>/name.
  * 0 with path filled, or -ENOENT. */
 int channel_find_port(const char *name, char *path, size_t cap);
-int channel_open(struct channel *c, const char *path, const struct channel_ops *ops,
-                 void *opaque);
+int channel_open(struct channel *c, const char *path, const struct channel_ops *ops, void *opaque);
 void channel_close(struct channel *c);
 /* Queues a control frame; -ENOTCONN (dropped) while no host is connected. */
 int channel_send(struct channel *c, const struct wisp_msg *m);
 void channel_send_ok(struct channel *c, uint32_t stream);
-void channel_send_error(struct channel *c, uint32_t stream, int err, int sys_errno,
-                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void channel_send_error(struct channel *c, uint32_t stream, int err, int sys_errno, const char *fmt,
+                        ...) __attribute__((format(printf, 5, 6)));
 /* poll() events to wait for, or 0 while disconnected. */
 short channel_poll_events(const struct channel *c);
 /* After poll: reads and writes what it can. */

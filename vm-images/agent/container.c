@@ -52,7 +52,7 @@
 static const char *const ns_names[CONTAINER_NS_COUNT] = {"cgroup", "ipc", "uts", "pid", "mnt"};
 
 static const int dropped_caps[] = {
-    CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_ADMIN, CAP_MKNOD,     CAP_SYS_BOOT,
+    CAP_SYS_MODULE, CAP_SYS_RAWIO,    CAP_SYS_ADMIN, CAP_MKNOD,        CAP_SYS_BOOT,
     39 /* BPF */,   38 /* PERFMON */, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE,
 };
 
@@ -221,8 +221,8 @@ static int container_setup_root(const char *hostname, const char **step)
     static const struct {
         const char *path;
         unsigned major, minor;
-    } nodes[] = {{"/dev/null", 1, 3},    {"/dev/zero", 1, 5},    {"/dev/full", 1, 7},
-                 {"/dev/random", 1, 8},  {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0}};
+    } nodes[] = {{"/dev/null", 1, 3},   {"/dev/zero", 1, 5},    {"/dev/full", 1, 7},
+                 {"/dev/random", 1, 8}, {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0}};
     *step = "mknod in /dev";
     for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
         if (mknod(nodes[i].path, S_IFCHR | 0666, makedev(nodes[i].major, nodes[i].minor)) < 0)
@@ -231,9 +231,8 @@ static int container_setup_root(const char *hostname, const char **step)
             return -errno;
     }
     *step = "mount /dev/pts";
-    if (mkdir("/dev/pts", 0755) < 0 ||
-        mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
+    if (mkdir("/dev/pts", 0755) < 0 || mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                                             "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
         return -errno;
     *step = "mount /dev/shm";
     if (mkdir("/dev/shm", 01777) < 0 ||

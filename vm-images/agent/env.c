@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char default_path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+static const char default_path[] =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /* Length of the KEY= part, or the whole length for an entry without '='. */
 static size_t key_len(const char *entry)
@@ -40,8 +41,7 @@ static bool env_put(char **env, size_t *n, const char *entry)
     return true;
 }
 
-char **env_compose(char *const *base, size_t base_count, const struct wisp_strv *request,
-                   bool tty)
+char **env_compose(char *const *base, size_t base_count, const struct wisp_strv *request, bool tty)
 {
     size_t req_count = request ? request->count : 0;
     char **env = calloc(base_count + req_count + 4, sizeof(char *));

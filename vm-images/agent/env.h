@@ -9,8 +9,7 @@
 #include "protocol.h"
 
 /* A new NULL-terminated array (free with env_free), or NULL when out of memory. */
-char **env_compose(char *const *base, size_t base_count, const struct wisp_strv *request,
-                   bool tty);
+char **env_compose(char *const *base, size_t base_count, const struct wisp_strv *request, bool tty);
 void env_free(char **env);
 
 #endif

@@ -91,8 +91,7 @@ static void service_open_log(struct service *s)
         close(s->log_fd);
     s->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (s->log_fd < 0) {
-        log_warn("service %s: open %s: %m (the ring buffer still keeps its output)", s->name,
-                 path);
+        log_warn("service %s: open %s: %m (the ring buffer still keeps its output)", s->name, path);
         return;
     }
     struct stat st;
@@ -173,8 +172,7 @@ void service_start(struct agent *a, const struct wisp_msg *m)
             return;
         }
         s = calloc(1, sizeof *s);
-        if (s == NULL || (s->name = strdup(name)) == NULL ||
-            ring_init(&s->log, SERVICE_RING) < 0) {
+        if (s == NULL || (s->name = strdup(name)) == NULL || ring_init(&s->log, SERVICE_RING) < 0) {
             if (s != NULL)
                 free(s->name);
             free(s);
