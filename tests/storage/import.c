@@ -8,7 +8,8 @@
  *   1. the import succeeds; its JSON counts the chunks with data as written and every other
  *      chunk as zero, and the store holds exactly one object per chunk with data;
  *   2. the disk is sized to the file, rounded up to a chunk, and a server started afterwards
- *      serves exactly the file's bytes (zeros beyond it);
+ *      serves exactly the file's bytes (zeros beyond it), also from an empty cache (from the
+ *      store);
  *   3. errors leave nothing behind: a missing file and an existing name fail before anything
  *      is made; an import whose nbdkit cannot start deletes the disk it created; and an
  *      import while a server holds the metadata is refused. */
@@ -170,7 +171,9 @@ int main(int argc, char **argv)
     WS_CHECK(!disk_listed(s, "broken"), "the failed import left the disk 'broken'");
     g_free(err);
 
-    /* The first disk is untouched by all that. */
+    /* The first disk is untouched by all that, and its data is in the store: read it back
+     * with an empty cache. */
+    ws_server_wipe_cache(s);
     ws_server_start(s);
     ws_compare(s, "img", shadow, 0, DISK_SIZE, CHUNK, 1);
     ws_server_stop(s);
