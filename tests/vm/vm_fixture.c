@@ -69,27 +69,32 @@ void vmf_image_get(struct vmf_image *img, bool refresh)
 void vmf_disk_new(struct vmf_disk *d, const struct vmf_image *img, const char *name)
 {
     const char *tmp = fx_tmpdir();
-    char uri[900];
+    const char *cli = fx_need_env("WISP_TEST_CLI");
+    const char *plugin = fx_need_env("WISP_TEST_PLUGIN");
+    char store_dir[700];
 
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
     snprintf(d->store_url, sizeof d->store_url, "file://%s/store", tmp);
     snprintf(d->cache, sizeof d->cache, "%s/cache", tmp);
     snprintf(d->meta, sizeof d->meta, "%s/meta", tmp);
-    char store_dir[700];
     snprintf(store_dir, sizeof store_dir, "%s/store", tmp);
     fx_mkdir(store_dir);
     fx_mkdir(d->cache);
     fx_mkdir(d->meta);
-    fx_disk_create(d->meta, name, "100G", "1M");
-    fx_server_start(&d->server, "nbd", d->store_url, d->cache, d->meta, NULL);
-    snprintf(uri, sizeof uri, "nbd+unix:///%s?socket=%s", name, d->server.sock);
+    /* As a host does it: the image's rootfs imported once as the disk `base`, and the
+     * sprite's disk a clone of it (metadata only). */
     double t0 = fx_now();
-    const char *argv[] = {"nbdcopy", "--destination-is-zero", "--flush", img->rootfs, uri, NULL};
-    int rc = fx_run(argv);
-    FX_CHECK(rc == 0, "nbdcopy of the base rootfs onto %s exited %d (see %s/commands.log)", name,
-             rc, tmp);
-    fx_log("disk %s: base rootfs copied in %.2f s", name, fx_now() - t0);
+    const char *import[] = {cli,       "disk",         "import", "base",  img->rootfs,
+                            "--store", d->store_url,   "--meta", d->meta, "--plugin",
+                            plugin,    "--chunk-size", "1M",     NULL};
+    int rc = fx_run(import);
+    FX_CHECK(rc == 0, "wisp disk import base exited %d (see %s/commands.log)", rc, tmp);
+    const char *clone[] = {cli, "disk", "clone", "base", name, "--meta", d->meta, NULL};
+    rc = fx_run(clone);
+    FX_CHECK(rc == 0, "wisp disk clone base %s exited %d (see %s/commands.log)", name, rc, tmp);
+    fx_log("disk %s: base rootfs imported and cloned in %.2f s", name, fx_now() - t0);
+    fx_server_start(&d->server, "nbd", d->store_url, d->cache, d->meta, NULL);
 }
 
 void vmf_boot(struct vmf_vm *v, const struct vmf_image *img, const struct vmf_disk *d,

@@ -4,9 +4,8 @@
  * missing, $WISP_BUILD_IMAGE (vm-images/build-image) builds them there.  A test skips (77) only
  * when the image cannot be built on this machine, with the builder's last lines as the reason.
  *
- * The disk: nbdkit with the Wisp plugin on a file:// store in the test's directory; the disk is
- * created at 100 GiB and the base rootfs is copied onto its start with nbdcopy (zeros skipped);
- * wisp-init grows the filesystem at attach.
+ * The disk: `wisp disk import base rootfs.ext4` into a file:// store in the test's directory,
+ * then `wisp disk clone base NAME`, served by nbdkit with the Wisp plugin.
  *
  * The VM: libwisp-vm (qmp-manager/) launches it, and an agent_client waits for READY. */
 #ifndef WISP_TEST_VM_FIXTURE_H
@@ -37,7 +36,7 @@ struct vmf_vm {
  * builder even if the directory is complete (it is cached by input hash, so this is cheap
  * unless an input such as wisp-init changed). */
 void vmf_image_get(struct vmf_image *img, bool refresh);
-/* Starts nbdkit with a new disk `name` holding the base rootfs. */
+/* Imports the base rootfs, clones it as `name`, starts nbdkit. */
 void vmf_disk_new(struct vmf_disk *d, const struct vmf_image *img, const char *name);
 /* Boots: disk attached at launch (claim = false) or a placeholder swapped to the export once
  * wisp-init is ready (claim = true, the QMP manager's path).  Then waits for READY, and if
