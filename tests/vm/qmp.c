@@ -61,7 +61,8 @@ int main(void)
     JsonNode *r;
     pid_t pid;
 
-    if (!g_find_program_in_path("qemu-system-x86_64"))
+    g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+    if (!qemu)
         fx_skip("qemu-system-x86_64 is not installed (scripts/deps installs qemu-system-x86)");
     pid = proc_spawn(argv, log, true);
     FX_CHECK(pid > 0, "spawn QEMU: %s", g_strerror(-pid));

@@ -39,7 +39,8 @@ void vmf_image_get(struct vmf_image *img, bool refresh)
     const char *builder = getenv("WISP_BUILD_IMAGE");
     char log[700];
 
-    if (!g_find_program_in_path("qemu-system-x86_64"))
+    g_autofree char *qemu = g_find_program_in_path("qemu-system-x86_64");
+    if (!qemu)
         fx_skip("qemu-system-x86_64 is not installed (scripts/deps installs qemu-system-x86)");
     if (!dir || !*dir)
         fx_skip("WISP_IMAGE_DIR is not set (meson sets it)");
