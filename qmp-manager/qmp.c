@@ -59,6 +59,7 @@ struct qmp_client {
     qmp_close_cb close_cb;
     void *close_opaque;
     bool greeted, closed;
+    char *close_reason; /* why the connection ended, for later errors */
     char *version;
     char *last_error_class;
 };
@@ -110,6 +111,7 @@ static void qmp_close(qmp_client *c, GError *why)
         return;
     }
     c->closed = true;
+    c->close_reason = g_strdup(why->message);
     log_debug(QMP_LOG, "connection closed: %s", why->message);
     if (c->in_source) {
         g_source_destroy(c->in_source);
@@ -381,7 +383,8 @@ static void qmp_execute_with_fd(qmp_client *c, const char *command, JsonNode *ar
     p->opaque = opaque;
     if (c->closed) {
         GError *err =
-            g_error_new(QMP_ERROR, QMP_ERROR_CLOSED, "%s: the QMP connection is closed", command);
+            g_error_new(QMP_ERROR, QMP_ERROR_CLOSED, "%s: the QMP connection is closed (%s)",
+                        command, c->close_reason ? c->close_reason : "?");
         if (fd >= 0)
             close(fd);
         cb(c, NULL, err, opaque);
@@ -640,8 +643,9 @@ static bool qmp_wait_greeting(qmp_client *c, int timeout_ms, GError **error)
     g_source_unref(timer);
     g_main_context_release(c->ctx);
     if (!c->greeted) {
-        g_set_error(error, QMP_ERROR, c->closed ? QMP_ERROR_CLOSED : QMP_ERROR_PROTOCOL,
-                    "no QMP greeting from QEMU%s", c->closed ? " before it closed" : " in time");
+        g_set_error(error, QMP_ERROR, c->closed ? QMP_ERROR_CLOSED : QMP_ERROR_TIMEOUT,
+                    "no QMP greeting from QEMU%s%s", c->closed ? ": " : " in time",
+                    c->closed ? c->close_reason : "");
         return false;
     }
     return true;
@@ -696,6 +700,7 @@ void qmp_client_free(qmp_client *c)
     g_string_free(c->in, TRUE);
     g_main_context_unref(c->ctx);
     g_free(c->version);
+    g_free(c->close_reason);
     g_free(c->last_error_class);
     g_free(c);
 }
