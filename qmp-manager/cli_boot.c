@@ -37,7 +37,7 @@ int cli_boot(int argc, char **argv)
         {"hostname", 0, 0, G_OPTION_ARG_STRING, &hostname,
          "after READY, attach the disk with this hostname", "NAME"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout_s, "seconds to READY (default 120)", "S"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new("- start a microvm");
     struct vm_config cfg = {0};
     struct agent_ready ready;

@@ -20,7 +20,7 @@ static const char *cli_common_options(int *argc, char ***argv, const char *what,
     GOptionEntry entries[] = {
         {"run-dir", 0, 0, G_OPTION_ARG_FILENAME, &run_dir, "the VM's run directory", "DIR"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, timeout_s, "seconds (default 30)", "S"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new(what);
 
     g_option_context_add_main_entries(ctx, entries, NULL);
@@ -61,7 +61,7 @@ int cli_attach(int argc, char **argv)
     GOptionEntry extra[] = {
         {"hostname", 0, 0, G_OPTION_ARG_STRING, &hostname, "the sprite's hostname", "NAME"},
         {"device", 0, 0, G_OPTION_ARG_STRING, &device, "block device (default /dev/vda)", "DEV"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     const char *dir = cli_common_options(&argc, &argv, "- attach the disk", extra, &timeout_s);
     GError *error = NULL;
     agent_client *c;
@@ -201,7 +201,7 @@ int cli_probe_accel(int argc, char **argv)
         {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &kernel, "a PVH vmlinux for the probe boot",
          "FILE"},
         {"qemu", 0, 0, G_OPTION_ARG_FILENAME, &qemu, "the QEMU binary", "FILE"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new("- KVM or TCG?");
     const char *why = NULL;
     enum vm_accel a;

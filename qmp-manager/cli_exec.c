@@ -63,7 +63,7 @@ int cli_exec(int argc, char **argv)
         {"rows", 0, 0, G_OPTION_ARG_INT, &rows, "pty rows", "N"},
         {"cols", 0, 0, G_OPTION_ARG_INT, &cols, "pty columns", "N"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout_s, "give up after S seconds", "S"},
-        {NULL}};
+        G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new("-- CMD [ARGS...]");
     struct cli_stdin_pump pump = {0};
     GThread *pumper = NULL;
