@@ -242,7 +242,7 @@ static void check_freeze_snapshot(struct vmf_vm *v)
     GError *err = NULL;
     char uri[900], img[700];
 
-    vmf_sh_ok(v, "echo before-freeze > /root/freeze.txt && sync");
+    g_free(vmf_sh_ok(v, "echo before-freeze > /root/freeze.txt && sync"));
     FX_CHECK(agent_client_freeze(v->agent, 30000, &err), "freeze: %s", err ? err->message : "?");
     const char *ckpt[] = {
         fx_need_env("WISP_TEST_CLI"), "disk", "checkpoint", disk.name, "frozen", "--control",
