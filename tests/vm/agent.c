@@ -11,6 +11,7 @@
 #include "vm_fixture.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -51,6 +52,19 @@ static void check_exit_codes(struct vmf_vm *v)
     GError *err = NULL;
     st = agent_exec_run(v->agent, argv, NULL, 0, NULL, NULL, NULL, 30000, &err);
     FX_CHECK(st == 127, "a missing program: %d (%s)", st, err ? err->message : "");
+
+    /* SIGNAL: a TERM to a sleeping process ends it by that signal. */
+    const char *sleeper[] = {"sleep", "600", NULL};
+    struct agent_exec_opts opts = {.argv = sleeper};
+    int kind = -1, code = -1;
+    agent_exec *e = agent_exec_start(v->agent, &opts, 30000, &err);
+    FX_CHECK(e, "exec sleep: %s", err ? err->message : "?");
+    FX_CHECK(agent_exec_signal(e, SIGTERM, &err), "signal: %s", err ? err->message : "?");
+    FX_CHECK(agent_exec_wait(e, 30000, &kind, &code, &err), "wait: %s", err ? err->message : "?");
+    FX_CHECK(kind == WISP_EXIT_SIGNAL && code == SIGTERM, "after SIGTERM: kind %d code %d", kind,
+             code);
+    agent_exec_free(e);
+    fx_log("exit codes 0, 1, 137 (kill -9), 127 (no program), SIGTERM by SIGNAL: right");
 }
 
 static void check_stdin_sha256(struct vmf_vm *v)
@@ -263,50 +277,80 @@ static void check_freeze_snapshot(struct vmf_vm *v)
     fx_log("freeze, host checkpoint, thaw: e2fsck -fn finds the checkpoint clean");
 }
 
-/* Sends raw bytes on a fresh connection and expects ERROR (any code) or a dropped
- * connection within 10 s.  READY frames (sent on connect) are skipped. */
+/* Reads frames until one of `type` (with `nonce` for READY) arrives.  Returns 1 with *m
+ * decoded (wisp_msg_free it), 0 if the connection closed, -1 on timeout. */
+static int raw_wait(int fd, struct wisp_reader *r, uint8_t type, uint64_t nonce, struct wisp_msg *m)
+{
+    uint8_t buf[4096];
+
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n == 0)
+            return 0;
+        if (n < 0)
+            return -1; /* SO_RCVTIMEO */
+        size_t off = 0;
+        while (off < (size_t)n) {
+            struct wisp_frame f;
+            struct wisp_header bad;
+            size_t used = 0;
+            int rc = wisp_reader_feed(r, buf + off, (size_t)n - off, &used, &f, &bad);
+            off += used;
+            if (rc != 1 || f.h.type != type)
+                continue;
+            FX_CHECK(wisp_msg_decode(&f.h, f.payload, m) == 0, "decode %s",
+                     wisp_msg_type_to_string(type));
+            if (type != WISP_MSG_READY || m->u.ready.nonce == nonce)
+                return 1; /* (the rest of buf is not needed) */
+            wisp_msg_free(m);
+        }
+    }
+}
+
+/* A fresh connection that first does what the protocol asks of a new host (HELLO until the
+ * READY with its nonce: bytes sent before the guest has seen the reconnect may be lost with
+ * the old connection), then sends raw bytes and expects ERROR (any code) or a dropped
+ * connection within 10 s. */
 static void bad_frame(const char *ctl, const char *what, const void *bytes, size_t len)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    struct wisp_msg hello = {.type = WISP_MSG_HELLO}, m;
     struct wisp_reader r;
-    uint8_t buf[4096];
+    uint8_t frame[256];
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool answered = false;
     const char *how = NULL;
+    int rc = -1;
 
     FX_CHECK(fd >= 0, "socket");
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", ctl);
     FX_CHECK(connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0, "connect: %s",
              strerror(errno));
-    FX_CHECK(write(fd, bytes, len) == (ssize_t)len, "write");
-    struct timeval tv = {.tv_sec = 10};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     wisp_reader_init(&r, WISP_PROTO_MAX_PAYLOAD);
-    while (!answered) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n <= 0) {
-            FX_CHECK(n == 0, "%s: neither an error nor a closed connection in 10 s", what);
-            answered = true;
-            how = "connection dropped";
-            break;
-        }
-        size_t off = 0;
-        while (off < (size_t)n && !answered) {
-            struct wisp_frame f;
-            struct wisp_header bad;
-            size_t used = 0;
-            int rc = wisp_reader_feed(&r, buf + off, (size_t)n - off, &used, &f, &bad);
-            off += used;
-            if (rc == 1 && f.h.type == WISP_MSG_ERROR) {
-                struct wisp_msg m;
-                FX_CHECK(wisp_msg_decode(&f.h, f.payload, &m) == 0, "decode ERROR");
-                how = wisp_err_to_string((int)m.u.error.code);
-                wisp_msg_free(&m);
-                answered = true;
-            }
-            if (rc == 0)
-                break;
-        }
+    hello.u.hello.min_version = hello.u.hello.max_version = WISP_PROTO_VERSION;
+    hello.u.hello.nonce = 0x6261646672616d65ull;
+    hello.u.hello.client = (char *)"bad-frame-test";
+    int hlen = wisp_msg_encode(&hello, frame, sizeof frame);
+    FX_CHECK(hlen > 0, "encode HELLO");
+    struct timeval tv = {.tv_usec = 200 * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    for (int i = 0; i < 50 && rc != 1; i++) {
+        FX_CHECK(write(fd, frame, (size_t)hlen) == hlen, "write HELLO");
+        rc = raw_wait(fd, &r, WISP_MSG_READY, hello.u.hello.nonce, &m);
+        FX_CHECK(rc != 0, "%s: the connection closed before READY", what);
+    }
+    FX_CHECK(rc == 1, "%s: no READY to our HELLO in 10 s", what);
+    wisp_msg_free(&m);
+
+    FX_CHECK(write(fd, bytes, len) == (ssize_t)len, "write");
+    tv = (struct timeval){.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    rc = raw_wait(fd, &r, WISP_MSG_ERROR, 0, &m);
+    FX_CHECK(rc >= 0, "%s: neither an error nor a closed connection in 10 s", what);
+    if (rc == 1) {
+        how = wisp_err_to_string((int)m.u.error.code);
+        wisp_msg_free(&m);
+    } else {
+        how = "connection dropped";
     }
     wisp_reader_free(&r);
     close(fd);
