@@ -394,18 +394,33 @@ bool agent_client_wait_ready(agent_client *c, int timeout_ms, struct agent_ready
 
 /* ---- requests ------------------------------------------------------------------------------ */
 
-static struct agent_stream *agent_stream_open(agent_client *c, bool is_exec)
+/* A new stream: the next free id, or `id` if it is not 0 (NULL if that one is in use). */
+static struct agent_stream *agent_stream_open_id(agent_client *c, bool is_exec, uint32_t id)
 {
     struct agent_stream *s = g_new0(struct agent_stream, 1);
 
     s->is_exec = is_exec;
     g_mutex_lock(&c->lock);
-    do {
-        s->id = c->next_stream++;
-    } while (s->id == 0 || g_hash_table_contains(c->streams, GUINT_TO_POINTER(s->id)));
+    if (id) {
+        if (g_hash_table_contains(c->streams, GUINT_TO_POINTER(id))) {
+            g_mutex_unlock(&c->lock);
+            g_free(s);
+            return NULL;
+        }
+        s->id = id;
+    } else {
+        do {
+            s->id = c->next_stream++;
+        } while (s->id == 0 || g_hash_table_contains(c->streams, GUINT_TO_POINTER(s->id)));
+    }
     g_hash_table_insert(c->streams, GUINT_TO_POINTER(s->id), s);
     g_mutex_unlock(&c->lock);
     return s;
+}
+
+static struct agent_stream *agent_stream_open(agent_client *c, bool is_exec)
+{
+    return agent_stream_open_id(c, is_exec, 0);
 }
 
 static void agent_stream_close(agent_client *c, struct agent_stream *s)
@@ -649,6 +664,34 @@ void agent_exec_free(agent_exec *e)
 uint32_t agent_exec_pid(const agent_exec *e)
 {
     return e->pid;
+}
+
+uint32_t agent_exec_stream(const agent_exec *e)
+{
+    return e->s->id;
+}
+
+agent_exec *agent_exec_adopt(agent_client *c, uint32_t stream, uint32_t window, GError **error)
+{
+    agent_exec *e = g_new0(agent_exec, 1);
+    struct wisp_msg m = {.type = WISP_MSG_WINDOW, .stream = stream};
+
+    e->c = c;
+    e->window = window ? window : AGENT_DEFAULT_WINDOW;
+    e->s = stream ? agent_stream_open_id(c, true, stream) : NULL;
+    if (!e->s) {
+        g_set_error(error, AGENT_ERROR, AGENT_ERROR_PROTOCOL, "adopt: stream %u is %s", stream,
+                    stream ? "in use here" : "not a session");
+        g_free(e);
+        return NULL;
+    }
+    /* The increment becomes the session's credit; the guest answers with stdin credit. */
+    m.u.window.increment = e->window;
+    if (!agent_send(c, &m, error)) {
+        agent_exec_free(e);
+        return NULL;
+    }
+    return e;
 }
 
 static bool agent_exec_send_simple(agent_exec *e, struct wisp_msg *m, GError **error)

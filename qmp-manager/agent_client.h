@@ -104,8 +104,14 @@ enum agent_stream_kind {
 agent_exec *agent_exec_start(agent_client *c, const struct agent_exec_opts *opts, int timeout_ms,
                              GError **error);
 void agent_exec_free(agent_exec *e);
-/* The process's pid in the guest. */
+/* The process's pid in the guest (0 for an adopted session). */
 uint32_t agent_exec_pid(const agent_exec *e);
+/* The session's stream id, which a later connection needs to adopt it. */
+uint32_t agent_exec_stream(const agent_exec *e);
+/* Takes over a session that an earlier connection started (the guest keeps sessions across
+ * host disconnects): sends WINDOW on its stream, after which its output and EXIT flow to this
+ * connection.  window: the output credit (0: 256 KiB).  STATUS lists the sessions there are. */
+agent_exec *agent_exec_adopt(agent_client *c, uint32_t stream, uint32_t window, GError **error);
 
 /* Writes all of buf to stdin, waiting for credit as needed. */
 bool agent_exec_write(agent_exec *e, const void *buf, size_t len, int timeout_ms, GError **error);

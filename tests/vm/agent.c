@@ -357,6 +357,49 @@ static void bad_frame(const char *ctl, const char *what, const void *bytes, size
     fx_log("bad frame, %s: %s", what, how);
 }
 
+/* A broken host connection does not end the user's process: a session started on one
+ * connection is adopted by the next, and its output and exit come there. */
+static void check_reconnect_adopt(struct vmf_vm *v)
+{
+    const char *argv[] = {"/bin/sh", "-c", "sleep 3; echo survived", NULL};
+    struct agent_exec_opts opts = {.argv = argv};
+    GError *err = NULL;
+    char buf[256];
+    size_t got = 0;
+    ssize_t n;
+    int kind = -1, code = -1;
+
+    agent_exec *e = agent_exec_start(v->agent, &opts, 30000, &err);
+    FX_CHECK(e, "exec: %s", err ? err->message : "?");
+    uint32_t stream = agent_exec_stream(e);
+    agent_exec_free(e);
+    agent_client_free(v->agent);
+    v->agent = agent_client_connect(v->vm->ctl_path, 10000, &err);
+    FX_CHECK(v->agent, "reconnect: %s", err ? err->message : "?");
+    FX_CHECK(agent_client_wait_ready(v->agent, 30000, NULL, &err), "READY: %s",
+             err ? err->message : "?");
+    struct wisp_msg *st = agent_client_status(v->agent, 30000, &err);
+    FX_CHECK(st, "status: %s", err ? err->message : "?");
+    bool listed = false;
+    for (uint32_t i = 0; i < st->u.status.session_count; i++)
+        listed |= st->u.status.sessions[i].stream == stream;
+    wisp_msg_free(st);
+    g_free(st);
+    FX_CHECK(listed, "STATUS does not list session %u after the reconnect", stream);
+    e = agent_exec_adopt(v->agent, stream, 0, &err);
+    FX_CHECK(e, "adopt: %s", err ? err->message : "?");
+    enum agent_stream_kind k;
+    while ((n = agent_exec_read(e, buf + got, sizeof buf - 1 - got, &k, 30000, &err)) > 0)
+        got += (size_t)n;
+    FX_CHECK(n == 0, "read after adopting: %s", err ? err->message : "?");
+    buf[got] = '\0';
+    FX_CHECK(strcmp(buf, "survived\n") == 0, "adopted session said '%s'", buf);
+    FX_CHECK(agent_exec_wait(e, 10000, &kind, &code, &err) && kind == WISP_EXIT_CODE && code == 0,
+             "exit after adopting: %d/%d", kind, code);
+    agent_exec_free(e);
+    fx_log("reconnect: a session of the old connection ran on, was adopted, and exited 0");
+}
+
 static void check_bad_frames(struct vmf_vm *v)
 {
     uint8_t hdr[WISP_PROTO_HEADER_SIZE + 3];
@@ -441,6 +484,7 @@ int main(void)
     check_freeze_snapshot(&v);
     check_escapes(&v);
     check_bad_frames(&v);
+    check_reconnect_adopt(&v);
     check_concurrent(&v);
     snprintf(token, sizeof token, "persist-%016llx", (unsigned long long)fx_rand_next(&seed));
     g_autofree char *script = g_strdup_printf("echo %s > /root/persist.txt && sync", token);
