@@ -474,6 +474,8 @@ pid_t container_spawn(struct container *ct, const struct spawn_spec *sp)
 {
     if (!ct->attached)
         return -ENODEV;
+    if (ct->init_pid <= 0)
+        return -ESRCH; /* the container init died, and its namespaces with it */
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0)
         return -errno;
