@@ -181,6 +181,10 @@ static void serve(struct agent *a, int sigfd)
         timeout = min_timeout(timeout, services_tick(a, now));
         if (a->shutdown_at_ms)
             timeout = min_timeout(timeout, (int)(a->shutdown_at_ms - now));
+        /* And when even that round left a session ready to end (the second pump emptied
+         * another ring), poll only looks and the next round ends it. */
+        if (sessions_exit_ready(a))
+            timeout = 0;
 
         size_t n = 0;
         fds[n++] = (struct pollfd){.fd = sigfd, .events = POLLIN};
@@ -209,6 +213,12 @@ static void serve(struct agent *a, int sigfd)
             sessions_service(a, fds + sessions_at, services_at - sessions_at);
             services_service(a, fds + services_at, n - services_at);
         }
+        sessions_progress(a);
+        channel_pump(&a->chan, now);
+        /* The pump may just have emptied the ring of a reaped session whose pipes are closed:
+         * nothing would wake poll() again for it, and its EXIT would wait for the next
+         * unrelated event (two execs ending together left the second one hanging).  One more
+         * round sends that EXIT now. */
         sessions_progress(a);
         channel_pump(&a->chan, now);
     }
