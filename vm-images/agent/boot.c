@@ -70,6 +70,17 @@ static int load_module(const char *dir, const char *name)
     return 0;
 }
 
+void boot_tune_kernel(void)
+{
+    /* The kernel rate-limits writers of /dev/kmsg (10 lines in 5 s): wisp-init is the only one
+     * and its lines are the platform's log. */
+    int fd = open("/proc/sys/kernel/printk_devkmsg", O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "on\n", 3) != 3)
+        log_warn("printk_devkmsg: %m (wisp-init's log lines may be dropped)");
+    if (fd >= 0)
+        close(fd);
+}
+
 int boot_load_modules(const char *dir)
 {
     char order_path[512];

@@ -6,6 +6,8 @@
 /* Mounts /proc, /sys, /dev (devtmpfs), /dev/pts and /run; 0 or a negative errno (the first
  * failure; the others are still tried). */
 int boot_mount_basics(void);
+/* Kernel settings wisp-init relies on (its log lines not rate-limited). */
+void boot_tune_kernel(void);
 /* Loads dir/NAME.ko for each NAME listed in dir/order, in order, with finit_module.  A module
  * already loaded is fine; a failing one is logged and skipped.  Returns how many failed, or a
  * negative errno when the order file can't be read. */

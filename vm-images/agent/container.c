@@ -13,7 +13,11 @@
  *   SYS_ADMIN   mount (devtmpfs would expose the raw block devices and wisp.ctl), umount of the
  *               root cover, setns, sethostname;
  *   MKNOD       device nodes for the raw disk; SYS_BOOT   reboot, kexec;
- *   BPF, PERFMON  reading kernel memory through tracing;  MAC_ADMIN, MAC_OVERRIDE.
+ *   BPF, PERFMON  reading kernel memory through tracing;  MAC_ADMIN, MAC_OVERRIDE;
+ *   SYS_PTRACE  between its fork and its exec, a process started in the container still holds a
+ *               copy of wisp-init's memory; it is not dumpable then, and without this capability
+ *               nothing in the container may trace or read it.  Tracing one's own (dumpable)
+ *               processes, as gdb and strace do, needs no capability.
  * /proc/sys and /proc/sysrq-trigger are read-only (core_pattern and modprobe paths run
  * programs in the platform), /sys is read-only. */
 #include "container.h"
@@ -53,7 +57,7 @@ static const char *const ns_names[CONTAINER_NS_COUNT] = {"cgroup", "ipc", "uts",
 
 static const int dropped_caps[] = {
     CAP_SYS_MODULE, CAP_SYS_RAWIO,    CAP_SYS_ADMIN, CAP_MKNOD,        CAP_SYS_BOOT,
-    39 /* BPF */,   38 /* PERFMON */, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE,
+    39 /* BPF */,   38 /* PERFMON */, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE, CAP_SYS_PTRACE,
 };
 
 int container_init(struct container *ct)
@@ -442,6 +446,8 @@ int container_attach(struct container *ct, const char *device, const char *hostn
 /* The process itself, in the container's namespaces: never returns. */
 static void spawn_exec(const struct spawn_spec *sp)
 {
+    /* Until execve replaces it, this is a copy of wisp-init (see dropped_caps). */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     reset_signals();
     if (setsid() < 0)
         _exit(126);
@@ -474,6 +480,8 @@ pid_t container_spawn(struct container *ct, const struct spawn_spec *sp)
 {
     if (!ct->attached)
         return -ENODEV;
+    if (ct->init_pid <= 0)
+        return -ESRCH; /* the container init died, and its namespaces with it */
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0)
         return -errno;

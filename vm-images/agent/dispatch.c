@@ -53,6 +53,7 @@ static void handle_attach(struct agent *a, const struct wisp_msg *m)
     log_info("attached %s in %llu ms", a->ct.device, (unsigned long long)(agent_now_ms() - t0));
     agent_touch(a);
     channel_send_ok(&a->chan, m->stream);
+    services_restore(a);
 }
 
 static void handle_freeze(struct agent *a, const struct wisp_msg *m)

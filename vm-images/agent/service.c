@@ -1,6 +1,7 @@
 /* service.c: see service.h. */
 #include "service.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -153,33 +154,41 @@ static int service_spawn(struct agent *a, struct service *s)
     return 0;
 }
 
-void service_start(struct agent *a, const struct wisp_msg *m)
+/* Declares (or redeclares) and starts a service.  0, or a negative enum wisp_err with *sys_errno
+ * and msg saying why. */
+static int service_declare(struct agent *a, const struct wisp_msg *m, int *sys_errno, char *msg,
+                           size_t msg_cap)
 {
     const char *name = m->u.service_start.name;
+    *sys_errno = 0;
     if (!a->ct.attached) {
-        channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0, "service before attach");
-        return;
+        snprintf(msg, msg_cap, "service before attach");
+        return -WISP_E_BAD_STATE;
     }
     struct service *s = service_find(a, name);
     if (s != NULL && (s->state == WISP_SERVICE_RUNNING || s->pid > 0)) {
-        channel_send_error(&a->chan, m->stream, WISP_E_EXISTS, 0, "service %s is running", name);
-        return;
+        snprintf(msg, msg_cap, "service %s is running", name);
+        return -WISP_E_EXISTS;
     }
     bool fresh = s == NULL;
     if (fresh) {
         if (a->service_count >= SERVICE_MAX) {
-            channel_send_error(&a->chan, m->stream, WISP_E_BUSY, 0, "%d services", SERVICE_MAX);
-            return;
+            snprintf(msg, msg_cap, "%d services", SERVICE_MAX);
+            return -WISP_E_BUSY;
         }
         s = calloc(1, sizeof *s);
         if (s == NULL || (s->name = strdup(name)) == NULL || ring_init(&s->log, SERVICE_RING) < 0) {
             if (s != NULL)
                 free(s->name);
             free(s);
-            channel_send_error(&a->chan, m->stream, WISP_E_NOMEM, ENOMEM, "service");
-            return;
+            *sys_errno = ENOMEM;
+            snprintf(msg, msg_cap, "service %s: out of memory", name);
+            return -WISP_E_NOMEM;
         }
         s->out_fd = s->log_fd = -1;
+        s->next = a->services;
+        a->services = s;
+        a->service_count++;
     }
     service_clear_definition(s);
     s->argv = strv_copy(&m->u.service_start.argv);
@@ -190,25 +199,117 @@ void service_start(struct agent *a, const struct wisp_msg *m)
     s->delay_ms = m->u.service_start.restart_delay_ms ? m->u.service_start.restart_delay_ms : 1000;
     s->restarts = 0;
     if (s->argv == NULL || s->env == NULL || s->cwd == NULL) {
-        channel_send_error(&a->chan, m->stream, WISP_E_NOMEM, ENOMEM, "service");
         s->state = WISP_SERVICE_FAILED;
-    } else {
-        if (s->log_fd < 0)
-            service_open_log(s);
-        int r = service_spawn(a, s);
-        if (r < 0) {
-            errno = -r;
-            channel_send_error(&a->chan, m->stream, WISP_E_SYSTEM, -r, "start %s: %m", name);
-            s->state = WISP_SERVICE_FAILED;
-        } else {
-            channel_send_ok(&a->chan, m->stream);
+        *sys_errno = ENOMEM;
+        snprintf(msg, msg_cap, "service %s: out of memory", name);
+        return -WISP_E_NOMEM;
+    }
+    if (s->log_fd < 0)
+        service_open_log(s);
+    int r = service_spawn(a, s);
+    if (r < 0) {
+        s->state = WISP_SERVICE_FAILED;
+        *sys_errno = -r;
+        snprintf(msg, msg_cap, "start %s: %s", name, strerror(-r));
+        return -WISP_E_SYSTEM;
+    }
+    return 0;
+}
+
+/* Declarations live on the sprite's disk, as the SERVICE_START frame that made them, so that
+ * the next ATTACH (after a reboot or a wake) starts them again. */
+#define SERVICE_DECL_DIR CONTAINER_ROOT "/var/lib/wisp/services"
+
+static void service_decl_path(const char *name, char *path, size_t cap, const char *suffix)
+{
+    snprintf(path, cap, SERVICE_DECL_DIR "/%s.svc%s", name, suffix);
+}
+
+static int service_persist(const struct wisp_msg *m)
+{
+    static uint8_t frame[WISP_PROTO_MAX_FRAME];
+    int n = wisp_msg_encode(m, frame, sizeof frame);
+    if (n < 0)
+        return -EINVAL;
+    mkdir(CONTAINER_ROOT "/var", 0755);
+    mkdir(CONTAINER_ROOT "/var/lib", 0755);
+    mkdir(CONTAINER_ROOT "/var/lib/wisp", 0755);
+    mkdir(SERVICE_DECL_DIR, 0755);
+    char tmp[512], path[512];
+    service_decl_path(m->u.service_start.name, tmp, sizeof tmp, ".tmp");
+    service_decl_path(m->u.service_start.name, path, sizeof path, "");
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    int r = 0;
+    if (write(fd, frame, (size_t)n) != n || fsync(fd) < 0)
+        r = errno ? -errno : -EIO;
+    close(fd);
+    if (r == 0 && rename(tmp, path) < 0)
+        r = -errno;
+    if (r < 0)
+        unlink(tmp);
+    return r;
+}
+
+void service_start(struct agent *a, const struct wisp_msg *m)
+{
+    char msg[256];
+    int sys_errno;
+    int r = service_declare(a, m, &sys_errno, msg, sizeof msg);
+    if (r < 0) {
+        channel_send_error(&a->chan, m->stream, r, sys_errno, "%s", msg);
+        return;
+    }
+    r = service_persist(m);
+    if (r < 0) {
+        errno = -r;
+        log_warn("service %s: declaration not saved (%m): it will not start at the next attach",
+                 m->u.service_start.name);
+    }
+    channel_send_ok(&a->chan, m->stream);
+}
+
+void services_restore(struct agent *a)
+{
+    DIR *d = opendir(SERVICE_DECL_DIR);
+    if (d == NULL)
+        return;
+    static uint8_t frame[WISP_PROTO_MAX_FRAME + 1];
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len < 5 || strcmp(e->d_name + len - 4, ".svc") != 0)
+            continue;
+        /* The files are on the user's disk: read them like anything from outside. */
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, frame, sizeof frame);
+        close(fd);
+        struct wisp_header h;
+        struct wisp_msg m;
+        int r = -WISP_E_TRUNCATED;
+        if (n >= WISP_PROTO_HEADER_SIZE &&
+            (r = wisp_header_decode(frame, WISP_PROTO_MAX_PAYLOAD, &h)) == 0) {
+            if (h.type != WISP_MSG_SERVICE_START ||
+                h.length != (uint64_t)n - WISP_PROTO_HEADER_SIZE)
+                r = -WISP_E_BAD_FIELD;
+            else
+                r = wisp_msg_decode(&h, frame + WISP_PROTO_HEADER_SIZE, &m);
         }
+        if (r < 0) {
+            log_warn("service declaration %s: %s (skipped)", e->d_name, wisp_err_to_string(r));
+            continue;
+        }
+        char msg[256];
+        int sys_errno;
+        r = service_declare(a, &m, &sys_errno, msg, sizeof msg);
+        if (r < 0)
+            log_warn("service declaration %s: %s", e->d_name, msg);
+        wisp_msg_free(&m);
     }
-    if (fresh) {
-        s->next = a->services;
-        a->services = s;
-        a->service_count++;
-    }
+    closedir(d);
 }
 
 void service_stop(struct agent *a, const struct wisp_msg *m)
@@ -220,6 +321,10 @@ void service_stop(struct agent *a, const struct wisp_msg *m)
         return;
     }
     s->restart_at_ms = 0;
+    char path[512];
+    service_decl_path(s->name, path, sizeof path, "");
+    if (unlink(path) < 0 && errno != ENOENT)
+        log_warn("service %s: unlink %s: %m", s->name, path);
     if (s->pid > 0) {
         kill(-s->pid, SIGTERM);
         kill(-s->pid, SIGCONT);

@@ -395,6 +395,21 @@ static void session_send_exit(struct agent *a, struct session *s)
     }
 }
 
+/* Everything of the session was sent: only its EXIT is left. */
+static bool session_done(const struct agent *a, const struct session *s)
+{
+    return s->reaped && s->out_fd < 0 && s->err_fd < 0 && s->out.len == 0 && s->err.len == 0 &&
+           s->adopted && a->chan.connected;
+}
+
+bool sessions_exit_ready(const struct agent *a)
+{
+    for (const struct session *s = a->sessions; s != NULL; s = s->next)
+        if (session_done(a, s))
+            return true;
+    return false;
+}
+
 void sessions_progress(struct agent *a)
 {
     struct session *next;
@@ -432,8 +447,7 @@ void sessions_progress(struct agent *a)
                 s->stdin_unacked = 0;
             }
         }
-        if (s->reaped && s->out_fd < 0 && s->err_fd < 0 && s->out.len == 0 && s->err.len == 0 &&
-            s->adopted && a->chan.connected)
+        if (session_done(a, s))
             session_send_exit(a, s);
     }
 }

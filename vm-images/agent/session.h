@@ -59,6 +59,8 @@ size_t sessions_poll_fill(struct agent *a, struct pollfd *fds, size_t max);
 void sessions_service(struct agent *a, const struct pollfd *fds, size_t n);
 /* Sends EXITs of finished sessions and frees them; returns credit for consumed stdin. */
 void sessions_progress(struct agent *a);
+/* A session has nothing left but its EXIT (which sessions_progress sends). */
+bool sessions_exit_ready(const struct agent *a);
 /* channel fill(): the next STDOUT/STDERR frame, round robin over the sessions. */
 size_t sessions_fill(struct agent *a, uint8_t *buf, size_t cap);
 /* wisp-init reaped pid: true when it was a session's process. */
