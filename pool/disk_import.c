@@ -22,9 +22,12 @@
 /* Flush (upload and commit) after this much data, so that the dirty data nbdkit must keep in
  * its cache stays far below the default cache-size (10G) whatever the file's size. */
 #define DISK_IMPORT_FLUSH_EVERY (1ULL << 30)
-/* How long nbdkit may take to finish after the connection closes (its last upload round is
- * already done: the flush waited for it). */
-#define DISK_IMPORT_EXIT_TIMEOUT_S 60
+/* How long nbdkit may take to start and answer the handshake, and to finish after the
+ * connection closes (its last upload round is already done then: the flush waited for it).
+ * After a failure it gets only DISK_IMPORT_KILL_TIMEOUT_S after a SIGTERM. */
+#define DISK_IMPORT_START_TIMEOUT_S 60
+#define DISK_IMPORT_EXIT_TIMEOUT_S  60
+#define DISK_IMPORT_KILL_TIMEOUT_S  5
 
 static double disk_import_now(void)
 {
@@ -119,12 +122,16 @@ fail:
     return err;
 }
 
-/* Waits for nbdkit; kills it after the timeout.  Returns its exit status or 128+signal. */
-static int disk_import_reap(pid_t pid)
+/* Waits for nbdkit; kills it after the timeout.  After a failure (failed), it is asked to stop
+ * at once.  Returns its exit status or 128+signal. */
+static int disk_import_reap(pid_t pid, bool failed)
 {
-    double end = disk_import_now() + DISK_IMPORT_EXIT_TIMEOUT_S;
+    double end =
+        disk_import_now() + (failed ? DISK_IMPORT_KILL_TIMEOUT_S : DISK_IMPORT_EXIT_TIMEOUT_S);
     int status;
 
+    if (failed)
+        kill(pid, SIGTERM);
     for (;;) {
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
@@ -133,12 +140,42 @@ static int disk_import_reap(pid_t pid)
             return 128;
         if (disk_import_now() > end) {
             kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
+            if (waitpid(pid, &status, 0) < 0)
+                return 128;
             break;
         }
         usleep(10000);
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* The NBD handshake, bounded in time: an nbdkit that cannot start normally exits and the
+ * connection closes, but one that hangs on its way out would keep nbd_connect_socket
+ * waiting for ever.  Takes sock over. */
+static int disk_import_connect(struct nbd_handle *h, int sock, const char *disk,
+                               const char *log_path, char *why, size_t why_len)
+{
+    double end = disk_import_now() + DISK_IMPORT_START_TIMEOUT_S;
+
+    if (nbd_set_export_name(h, disk) < 0) {
+        close(sock);
+        return disk_import_fail(why, why_len, -EINVAL, "export name %s: %s", disk, nbd_get_error());
+    }
+    if (nbd_aio_connect_socket(h, sock) < 0) /* owns sock from here, whatever it returns */
+        goto fail;
+    while (!nbd_aio_is_ready(h)) {
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h) || nbd_poll(h, 200) < 0)
+            goto fail;
+        if (disk_import_now() > end)
+            return disk_import_fail(why, why_len, -ETIMEDOUT,
+                                    "nbdkit did not answer within %d s (its log: %s)",
+                                    DISK_IMPORT_START_TIMEOUT_S, log_path);
+    }
+    return 0;
+fail:
+    return disk_import_fail(why, why_len, -EIO,
+                            "cannot open the disk through nbdkit: %s (its log: %s)",
+                            nbd_get_error() ? nbd_get_error() : "connection closed", log_path);
 }
 
 static bool disk_import_all_zero(const uint8_t *buf, size_t len)
@@ -281,13 +318,9 @@ int disk_import_run(int fd, const char *disk, const struct disk_import_options *
         r = disk_import_fail(why, why_len, -ENOMEM, "nbd_create: %s", nbd_get_error());
         goto reap;
     }
-    /* nbd_connect_socket owns sock from here, whatever it returns. */
-    if (nbd_set_export_name(h, disk) < 0 || nbd_connect_socket(h, sock) < 0) {
-        r = disk_import_fail(why, why_len, -EIO,
-                             "cannot open the disk through nbdkit: %s (its log: %s)",
-                             nbd_get_error(), o->log_path);
+    r = disk_import_connect(h, sock, disk, o->log_path, why, why_len);
+    if (r < 0)
         goto reap;
-    }
     int64_t size = nbd_get_size(h);
     if (size < 0 || (uint64_t)size < st->file_bytes) {
         r = disk_import_fail(why, why_len, -ENOSPC,
@@ -303,7 +336,7 @@ int disk_import_run(int fd, const char *disk, const struct disk_import_options *
 reap:
     if (h)
         nbd_close(h); /* closes the socket: nbdkit -s exits */
-    status = disk_import_reap(pid);
+    status = disk_import_reap(pid, r < 0);
     if (status != 0 && r == 0)
         r = disk_import_fail(why, why_len, -EIO, "nbdkit exited with status %d (its log: %s)",
                              status, o->log_path);

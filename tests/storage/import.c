@@ -165,11 +165,15 @@ int main(int argc, char **argv)
     WS_CHECK(r == 1 && strstr(err, "exists"), "existing disk: %d: %s", r, err);
     g_free(err);
 
-    r = import(s, "broken", file, NULL, &err, "--plugin=/nonexistent/nbdkit-wisp-plugin.so");
-    WS_CHECK(r == 1 && strstr(err, "failed") && strstr(err, "deleted"),
-             "import without a plugin: %d: %s", r, err);
-    WS_CHECK(!disk_listed(s, "broken"), "the failed import left the disk 'broken'");
-    g_free(err);
+    /* In a sanitizer build nbdkit hangs on its way out of a failed start (p11-kit's
+     * destructor, docs/storage.md): the import would only wait for its start-up timeout. */
+    if (!ws_sanitizer_build()) {
+        r = import(s, "broken", file, NULL, &err, "--plugin=/nonexistent/nbdkit-wisp-plugin.so");
+        WS_CHECK(r == 1 && strstr(err, "failed") && strstr(err, "deleted"),
+                 "import without a plugin: %d: %s", r, err);
+        WS_CHECK(!disk_listed(s, "broken"), "the failed import left the disk 'broken'");
+        g_free(err);
+    }
 
     /* The first disk is untouched by all that, and its data is in the store: read it back
      * with an empty cache. */
