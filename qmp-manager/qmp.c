@@ -275,11 +275,15 @@ static gboolean qmp_on_readable(int fd, GIOCondition cond, void *opaque)
         g_string_append_len(c->in, buf, n);
         char *nl;
         while (!c->closed && (nl = memchr(c->in->str, '\n', c->in->len))) {
+            /* The line leaves the buffer before it is handled: a callback may run a
+             * synchronous command, which reads (recursively) into the same buffer. */
             size_t len = (size_t)(nl - c->in->str);
-            bool blank = strspn(c->in->str, " \t\r") >= len;
-            if (!blank && !qmp_handle_line(c, c->in->str, len))
-                return G_SOURCE_REMOVE;
+            char *line = g_strndup(c->in->str, len);
             g_string_erase(c->in, 0, (gssize)len + 1);
+            bool ok = strspn(line, " \t\r") >= len || qmp_handle_line(c, line, len);
+            g_free(line);
+            if (!ok)
+                return G_SOURCE_REMOVE;
         }
         if (c->closed)
             return G_SOURCE_REMOVE;
@@ -669,6 +673,9 @@ qmp_client *qmp_client_connect(const char *path, GMainContext *ctx, int timeout_
     c->pending = g_hash_table_new(g_int64_hash, g_int64_equal);
     c->next_id = 1;
     c->in_source = g_unix_fd_source_new(fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+    /* Replies and event callbacks may run synchronous commands, which need this source
+     * dispatched again while it is still in its callback. */
+    g_source_set_can_recurse(c->in_source, TRUE);
     g_source_set_callback(c->in_source, G_SOURCE_FUNC(qmp_on_readable), c, NULL);
     g_source_attach(c->in_source, c->ctx);
 

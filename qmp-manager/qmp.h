@@ -21,7 +21,8 @@
  * Errors: a GError in the QMP_ERROR domain.  For QMP_ERROR_COMMAND the message is
  * "CLASS: DESC" as QEMU sent them, and qmp_client_last_error_class() gives the class alone.
  *
- * Not thread-safe: use one client from the thread that runs its context. */
+ * Callbacks may run synchronous commands (the client's read source is recursive), but must not
+ * free the client.  Not thread-safe: use one client from the thread that runs its context. */
 #ifndef WISP_QMP_H
 #define WISP_QMP_H
 

@@ -18,6 +18,22 @@
 #include <unistd.h>
 
 static int closes;
+static bool nested_ok;
+
+/* On RESUME, a synchronous command from inside the event callback. */
+static void on_event(qmp_client *c, const char *event, JsonNode *data, gint64 ts_us, void *opaque)
+{
+    GError *err = NULL;
+    JsonNode *r;
+
+    if (strcmp(event, "RESUME") != 0)
+        return;
+    r = qmp_client_execute(c, "query-status", NULL, 3000, &err);
+    nested_ok = r && json_object_get_boolean_member(json_node_get_object(r), "running");
+    if (r)
+        json_node_unref(r);
+    g_clear_error(&err);
+}
 
 static void on_close(qmp_client *c, const GError *why, void *opaque)
 {
@@ -74,6 +90,7 @@ int main(void)
            qmp_client_qemu_version(q));
     FX_CHECK(qmp_client_qemu_version(q) && *qmp_client_qemu_version(q) != '0', "version");
     qmp_client_set_close_handler(q, on_close, NULL);
+    qmp_client_set_event_handler(q, on_event, NULL);
 
     r = qmp_client_execute(q, "query-status", NULL, 5000, &err);
     FX_CHECK(r && JSON_NODE_HOLDS_OBJECT(r), "query-status: %s", err ? err->message : "?");
@@ -105,6 +122,7 @@ int main(void)
     r = qmp_client_wait_event(q, "RESUME", 5000, &err);
     FX_CHECK(r, "RESUME: %s", err ? err->message : "?");
     json_node_unref(r);
+    FX_CHECK(nested_ok, "a synchronous command from the RESUME callback");
     r = qmp_client_wait_event(q, "STOP", 5000, &err);
     FX_CHECK(r, "STOP: %s", err ? err->message : "?");
     json_node_unref(r);
