@@ -53,6 +53,13 @@ static void check_exit_codes(struct vmf_vm *v)
     st = agent_exec_run(v->agent, argv, NULL, 0, NULL, NULL, NULL, 30000, &err);
     FX_CHECK(st == 127, "a missing program: %d (%s)", st, err ? err->message : "");
 
+    /* stdout and stderr come apart. */
+    const char *both[] = {"/bin/sh", "-c", "echo to-out; echo to-err >&2; exit 5", NULL};
+    g_autofree char *out = NULL, *errout = NULL;
+    st = agent_exec_run(v->agent, both, NULL, 0, &out, NULL, &errout, 30000, &err);
+    FX_CHECK(st == 5 && strcmp(out, "to-out\n") == 0 && strcmp(errout, "to-err\n") == 0,
+             "status %d, stdout '%s', stderr '%s'", st, out, errout);
+
     /* SIGNAL: a TERM to a sleeping process ends it by that signal. */
     const char *sleeper[] = {"sleep", "600", NULL};
     struct agent_exec_opts opts = {.argv = sleeper};
