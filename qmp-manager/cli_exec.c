@@ -3,9 +3,67 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
+
+/* The local terminal's settings while it is in raw mode for a remote pty. */
+static struct termios cli_saved_termios;
+static bool cli_raw;
+
+static void cli_restore_terminal(void)
+{
+    if (cli_raw && tcsetattr(0, TCSANOW, &cli_saved_termios) == 0)
+        cli_raw = false;
+}
+
+/* With -t on a terminal, keys go to the remote pty as they are typed (^C included). */
+static void cli_raw_terminal(void)
+{
+    struct termios raw;
+
+    if (!isatty(0) || tcgetattr(0, &cli_saved_termios) < 0)
+        return;
+    raw = cli_saved_termios;
+    cfmakeraw(&raw);
+    if (tcsetattr(0, TCSANOW, &raw) == 0) {
+        cli_raw = true;
+        atexit(cli_restore_terminal);
+    }
+}
+
+/* Signals to the command: SIGWINCH becomes RESIZE of its pty, INT, TERM and HUP are passed on.
+ * They are blocked in every thread and taken here with sigwait. */
+static void *cli_signal_thread(void *opaque)
+{
+    agent_exec *e = opaque;
+    sigset_t set;
+    int sig;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGWINCH);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    for (;;) {
+        GError *error = NULL;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGWINCH) {
+            struct winsize ws;
+            if (ioctl(0, TIOCGWINSZ, &ws) == 0)
+                agent_exec_resize(e, ws.ws_row, ws.ws_col, &error);
+        } else {
+            agent_exec_signal(e, sig, &error);
+        }
+        g_clear_error(&error);
+    }
+    return NULL;
+}
 
 struct cli_stdin_pump {
     agent_exec *e;
@@ -94,6 +152,15 @@ int cli_exec(int argc, char **argv)
             cols = ws.ws_col;
         }
     }
+    /* Blocked before any thread starts (the agent's reader too), so that only the signal thread
+     * takes them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGWINCH);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (!(c = cli_agent_connect(dir, 30000)))
         return CLI_EXIT_FAILURE;
     struct agent_exec_opts opts = {
@@ -111,6 +178,9 @@ int cli_exec(int argc, char **argv)
         agent_client_free(c);
         return cli_fail("exec", error);
     }
+    g_thread_unref(g_thread_new("signals", cli_signal_thread, e));
+    if (tty && with_stdin)
+        cli_raw_terminal();
     if (with_stdin) {
         pump.e = e;
         pumper = g_thread_new("stdin", cli_pump_stdin, &pump);
