@@ -24,6 +24,7 @@ struct agent {
     uint64_t boot_id;
     uint64_t last_activity_ms;
     uint64_t shutdown_at_ms; /* 0, or when the SHUTDOWN's OK has had its chance to leave */
+    bool serve_fd_mode;      /* wisp-init --serve-fd (tests): no disk may be touched */
 };
 
 /* Milliseconds of CLOCK_MONOTONIC: timers and the idle time. */

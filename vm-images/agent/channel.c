@@ -51,13 +51,20 @@ int channel_find_port(const char *name, char *path, size_t cap)
     return r;
 }
 
-int channel_open(struct channel *c, const char *path, const struct channel_ops *ops, void *opaque)
+int channel_open_fd(struct channel *c, int fd, const char *label, const struct channel_ops *ops,
+                    void *opaque)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
     c->ops = ops;
     c->opaque = opaque;
-    snprintf(c->path, sizeof c->path, "%s", path);
+    snprintf(c->path, sizeof c->path, "%s", label);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        int e = -errno;
+        log_error("fcntl %s: %m", label);
+        return e;
+    }
     int r = wisp_reader_init(&c->reader, WISP_PROTO_MAX_PAYLOAD);
     if (r < 0)
         return -ENOMEM;
@@ -68,21 +75,26 @@ int channel_open(struct channel *c, const char *path, const struct channel_ops *
         free(c->data_buf);
         free(c->enc_buf);
         free(c->in_buf);
+        c->data_buf = c->enc_buf = c->in_buf = NULL;
         wisp_reader_free(&c->reader);
         return -ENOMEM;
     }
-    c->fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (c->fd < 0) {
-        r = -errno;
-        log_error("open %s: %m", path);
-        free(c->data_buf);
-        free(c->enc_buf);
-        free(c->in_buf);
-        c->data_buf = c->enc_buf = c->in_buf = NULL;
-        wisp_reader_free(&c->reader);
-        return r;
-    }
+    c->fd = fd;
     return 0;
+}
+
+int channel_open(struct channel *c, const char *path, const struct channel_ops *ops, void *opaque)
+{
+    int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        int e = -errno;
+        log_error("open %s: %m", path);
+        return e;
+    }
+    int r = channel_open_fd(c, fd, path, ops, opaque);
+    if (r < 0)
+        close(fd);
+    return r;
 }
 
 static void channel_drop_output(struct channel *c)

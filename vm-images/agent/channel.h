@@ -55,6 +55,10 @@ struct channel {
  * 0 with path filled, or -ENOENT. */
 int channel_find_port(const char *name, char *path, size_t cap);
 int channel_open(struct channel *c, const char *path, const struct channel_ops *ops, void *opaque);
+/* The same over a descriptor the caller opened (wisp-init --serve-fd, for tests): it is made
+ * non-blocking and close-on-exec, and owned by the channel from then on. */
+int channel_open_fd(struct channel *c, int fd, const char *label, const struct channel_ops *ops,
+                    void *opaque);
 void channel_close(struct channel *c);
 /* Queues a control frame; -ENOTCONN (dropped) while no host is connected. */
 int channel_send(struct channel *c, const struct wisp_msg *m);

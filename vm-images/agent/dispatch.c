@@ -41,6 +41,12 @@ static void handle_attach(struct agent *a, const struct wisp_msg *m)
         channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0, "already attached");
         return;
     }
+    if (a->serve_fd_mode) {
+        /* A test on a host, whose own disks are not ours to fsck or mount. */
+        channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0,
+                           "no attach in --serve-fd mode");
+        return;
+    }
     char msg[256] = "";
     uint64_t t0 = agent_now_ms();
     int r = container_attach(&a->ct, m->u.attach.device, m->u.attach.hostname, &m->u.attach.env,
@@ -144,8 +150,8 @@ void agent_handle_frame(struct agent *a, const struct wisp_frame *f)
     int r = wisp_msg_decode(&f->h, f->payload, &m);
     if (r < 0) {
         const char *name = wisp_msg_type_to_string(f->h.type);
-        channel_send_error(&a->chan, f->h.stream, r, 0, "%s%s frame (type 0x%02x): %s",
-                           name ? name : "unknown", "", f->h.type, wisp_err_to_string(r));
+        channel_send_error(&a->chan, f->h.stream, r, 0, "%s frame (type 0x%02x): %s",
+                           name ? name : "unknown", f->h.type, wisp_err_to_string(r));
         return;
     }
     log_debug("frame %s on stream %u (%u bytes)", wisp_msg_type_to_string(m.type), m.stream,

@@ -11,10 +11,10 @@
 static int kmsg_fd = -1;
 static int debug_enabled;
 
-void log_open(int debug)
+void log_open(int debug, bool kmsg)
 {
     debug_enabled = debug;
-    if (kmsg_fd >= 0)
+    if (kmsg_fd >= 0 || !kmsg)
         return;
     kmsg_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC | O_NONBLOCK);
 }

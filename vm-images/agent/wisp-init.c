@@ -114,6 +114,11 @@ static void reap_children(struct agent *a)
 
 static void power_off(struct agent *a)
 {
+    if (getpid() != 1) {
+        /* wisp-init --serve-fd, in a test on some host: that host stays up. */
+        log_info("shutdown: not PID 1, exiting instead of powering off");
+        _exit(0);
+    }
     log_info("powering off");
     services_shutdown(a);
     container_stop(&a->ct, 3000);
@@ -224,6 +229,35 @@ static void serve(struct agent *a, int sigfd)
     }
 }
 
+/* wisp-init --serve-fd FD: the protocol on an inherited descriptor, with no boot steps, no
+ * /dev/kmsg and no power-off, so that tests on any host can drive the real dispatch (ATTACH
+ * then fails: there is no disk, and no PID 1 power to set one up). */
+static int serve_fd_main(struct agent *a, const char *fd_text)
+{
+    char *end;
+    long fd = strtol(fd_text, &end, 10);
+    if (*end != '\0' || fd < 0 || fd > 65535) {
+        fprintf(stderr, "wisp-init: --serve-fd needs a descriptor number\n");
+        return 2;
+    }
+    a->serve_fd_mode = true;
+    log_open(getenv("WISP_INIT_DEBUG") != NULL, false);
+    if (getrandom(&a->boot_id, sizeof a->boot_id, 0) != (ssize_t)sizeof a->boot_id)
+        a->boot_id = agent_now_ms();
+    container_init(&a->ct);
+    int sigfd = setup_signals();
+    if (sigfd < 0) {
+        errno = -sigfd;
+        log_error("signals: %m");
+        return 1;
+    }
+    agent_touch(a);
+    if (channel_open_fd(&a->chan, (int)fd, "test descriptor", &channel_ops, a) < 0)
+        return 1;
+    serve(a, sigfd);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 1 && strcmp(argv[0], CONTAINER_INIT_NAME) == 0)
@@ -231,11 +265,18 @@ int main(int argc, char **argv)
 
     static struct agent agent;
     struct agent *a = &agent;
-    log_open(0);
-    if (getpid() != 1)
-        log_warn("not PID 1 (pid %d): continuing, for tests", (int)getpid());
+    if (argc == 3 && strcmp(argv[1], "--serve-fd") == 0)
+        return serve_fd_main(a, argv[2]);
+    if (getpid() != 1) {
+        fprintf(stderr,
+                "wisp-init is the guest's PID 1 (pid %d here); for tests: "
+                "wisp-init --serve-fd FD\n",
+                (int)getpid());
+        return 2;
+    }
+    log_open(0, true);
     boot_mount_basics();
-    log_open(cmdline_has("wisp.debug"));
+    log_open(cmdline_has("wisp.debug"), true);
     boot_tune_kernel();
     log_info("%s starting at %llu ms", AGENT_NAME, (unsigned long long)agent_now_ms());
     int failed = boot_load_modules(MODULES_DIR);
