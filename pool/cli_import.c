@@ -340,7 +340,8 @@ int cli_import_main(int argc, char **argv)
         fputc('\n', stderr);
     if (r < 0) {
         cli_error("import of %s into '%s' failed: %s", file, name, why);
-        cli_import_print_log_tail(log_path);
+        if (r != -ECANCELED) /* an interrupt is ours, nbdkit has nothing to say about it */
+            cli_import_print_log_tail(log_path);
         cli_import_undo(meta_dir, name);
         goto out;
     }

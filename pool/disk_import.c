@@ -98,7 +98,11 @@ static int disk_import_spawn(const struct disk_import_options *o, pid_t *pid, ch
         if (log < 0 || dup2(sv[1], 0) < 0 || dup2(sv[1], 1) < 0 || dup2(log, 2) < 0)
             _exit(126);
         signal(SIGPIPE, SIG_DFL);
-        signal(SIGINT, SIG_IGN); /* ^C is the CLI's to handle: it stops cleanly */
+        /* A process group of its own: ^C on the terminal reaches only the CLI, which stops
+         * the copy and then nbdkit in order.  --exit-with-parent covers the CLI dying. */
+        if (setpgid(0, 0) < 0)
+            _exit(124);
+        signal(SIGINT, SIG_IGN);
         /* nbdkit's own leaks are not ours to find. */
         if (preload && *preload &&
             (setenv("LD_PRELOAD", preload, 1) < 0 ||

@@ -2,6 +2,9 @@
 # tests/image/image-build.sh: builds the VM image twice into a private cache and checks it
 # (see meson.build here).  Environment: WISP_BUILD_IMAGE (the script), WISP_INIT (the
 # wisp-init to use if it exists), WISP_TEST_KEEP=1 keeps the work directory.
+#
+#   image-build.sh            the standard (busybox) image, every check
+#   image-build.sh --debian   the --debian variant: its root filesystem and the cache
 set -euo pipefail
 
 skip() { echo "SKIP: $*"; exit 77; }
@@ -25,6 +28,28 @@ if [[ -n ${WISP_INIT:-} && -f $WISP_INIT ]]; then
 else
     init=$(command -v busybox) || skip "busybox-static is not installed (scripts/deps)"
     step "no wisp-init built here (${WISP_INIT:-unset}): busybox stands in for /init"
+fi
+
+if [[ ${1:-} == --debian ]]; then
+    command -v debootstrap >/dev/null || skip "debootstrap is not installed (scripts/deps)"
+    "$build_image" "$work/out" --wisp-init "$init" --cache "$work/cache" --debian \
+        2>"$work/build1.err" || fail "build-image --debian failed: $(cat "$work/build1.err")"
+    step "$(tail -n 1 "$work/build1.err")"
+    cd "$work/out"
+    e2fsck -fn rootfs.ext4 >"$work/fsck.out" 2>&1 || fail "e2fsck -fn: $(cat "$work/fsck.out")"
+    debugfs -R 'cat /etc/debian_version' rootfs.ext4 2>/dev/null | grep -q '^12\.' ||
+        fail "no Debian 12 in the rootfs"
+    debugfs -R 'stat /usr/bin/apt-get' rootfs.ext4 2>&1 | grep -q 'Inode:' || fail "no apt-get"
+    debugfs -R 'cat /etc/shadow' rootfs.ext4 2>/dev/null | grep -q '^root:\*:' ||
+        fail "root has a password in the Debian base"
+    python3 -c 'import json,sys; j=json.load(open("image.json")); assert j["variant"] == "debian"' ||
+        fail "image.json does not say variant debian"
+    "$build_image" "$work/out2" --wisp-init "$init" --cache "$work/cache" --debian \
+        2>"$work/build2.err" || fail "second build-image --debian failed"
+    grep -q 'cache hit' "$work/build2.err" || fail "not a cache hit: $(cat "$work/build2.err")"
+    step "$(tail -n 1 "$work/build2.err")"
+    step "ok"
+    exit 0
 fi
 
 # ---- 1. a build into an empty cache ---------------------------------------------------------
@@ -123,8 +148,12 @@ cmp -s "$work/out/initramfs.cpio.gz" "$work/out2/initramfs.cpio.gz" || fail "ini
 step "$(tail -n 1 "$work/build2.err")"
 
 # ---- 7. a damaged cache entry is rebuilt, to the same bytes (reproducible) ----------------------
-entry=$(find "$work/cache" -mindepth 1 -maxdepth 1 -type d -name '[0-9a-f]*' | head -n 1)
-printf 'X' | dd of="$entry/initramfs.cpio.gz" bs=1 seek=100 conv=notrunc status=none
+entry=$(find "$work/cache" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended \
+    -regex '.*/[0-9a-f]{64}' | head -n 1)
+[[ -f $entry/initramfs.cpio.gz ]] || fail "no cache entry in $work/cache"
+python3 -c 'import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(100); b = f.read(1); f.seek(100); f.write(bytes([b[0] ^ 0xFF]))' "$entry/initramfs.cpio.gz"
 "$build_image" "$work/out3" --wisp-init "$init" --cache "$work/cache" 2>"$work/build3.err" ||
     fail "third build-image failed: $(cat "$work/build3.err")"
 grep -q 'built' "$work/build3.err" || fail "a damaged entry was used: $(cat "$work/build3.err")"
