@@ -292,8 +292,7 @@ static bool accel_cache_read(const char *key, enum vm_accel *accel, char **why)
     struct stat st;
 
     /* The default lives in a shared /tmp: trust only our own file. */
-    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() ||
-        (st.st_mode & 022))
+    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 022))
         return false;
     if (!g_file_get_contents(path, &text, NULL, NULL))
         return false;
