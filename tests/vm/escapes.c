@@ -1,8 +1,8 @@
 /* escapes.c: from inside the sprite's container, the platform is out of reach: no process of
- * the platform is visible, the memory of the container's PID 1 (which starts as a copy of
- * wisp-init) cannot be read, /proc/1/root is the container's own root, the raw disk and the
- * control port cannot be reached through mknod, and neither a new proc mount nor mounting the
- * disk again shows the platform. */
+ * the platform (so none of wisp-init's memory) is visible, the container's PID 1 inherited no
+ * environment, /proc/PID/root of every visible process is the container's own root, the raw
+ * disk and the control port cannot be reached through mknod, and neither a new proc mount nor
+ * mounting the disk again shows the platform. */
 #include "vm_fixture.h"
 
 #include <stdio.h>
@@ -16,13 +16,13 @@ static const struct {
     /* The pattern does not match itself (grep's own cmdline is in /proc too). */
     {"a wisp-init process is visible in the container",
      "grep -l 'wisp-ini[t]' /proc/[0-9]*/cmdline 2>/dev/null"},
-    /* The container's PID 1 starts as a copy of wisp-init: reading its memory reads wisp-init's
-     * (here, the ELF header of /init at the first mapping). */
-    {"the memory of the container's PID 1 (a copy of wisp-init) is readable",
-     "a=$(head -n 1 /proc/1/maps 2>/dev/null | cut -d- -f1); [ -n \"$a\" ] && "
-     "dd if=/proc/1/mem bs=4096 count=1 skip=$((0x$a / 4096)) 2>/dev/null | grep -q ELF"},
-    {"/proc/1/root shows the platform's devices",
-     "ls /proc/1/root/dev/vport* /proc/1/root/dev/vda 2>/dev/null"},
+    /* The container's PID 1 is a fresh exec of the wisp-init binary (execveat), so its memory
+     * holds none of wisp-init's state; what it inherited must be nothing either. */
+    {"the container's PID 1 carries an environment from the platform",
+     "[ -s /proc/1/environ ] || [ \"$(tr -d '\\0' < /proc/1/environ | wc -c)\" != 0 ]"},
+    /* Every visible process has the container's root: none shows the platform's devices. */
+    {"a process's /proc/PID/root shows the platform's devices",
+     "ls /proc/[0-9]*/root/dev/vport* /proc/[0-9]*/root/dev/vda 2>/dev/null | grep -q ."},
     {"platform devices in the container's /dev", "ls /dev/vport* /dev/vda /dev/hvc* 2>/dev/null"},
     {"the raw disk can be read through mknod",
      "maj=$(awk '$2==\"virtblk\"{print $1}' /proc/devices); [ -n \"$maj\" ] || maj=254; "
