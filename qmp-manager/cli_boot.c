@@ -23,6 +23,7 @@ int cli_boot(int argc, char **argv)
     g_autofree char *run_dir = NULL, *append = NULL, *hostname = NULL;
     g_autofree char *nbd_sock = NULL, *nbd_export = NULL;
     int mem = 256, cpus = 1, timeout_s = 120;
+    gboolean sandbox = FALSE;
     GOptionEntry entries[] = {
         {"kernel", 0, 0, G_OPTION_ARG_FILENAME, &kernel, "PVH vmlinux", "FILE"},
         {"initrd", 0, 0, G_OPTION_ARG_FILENAME, &initrd, "initramfs with wisp-init", "FILE"},
@@ -37,6 +38,8 @@ int cli_boot(int argc, char **argv)
         {"hostname", 0, 0, G_OPTION_ARG_STRING, &hostname,
          "after READY, attach the disk with this hostname", "NAME"},
         {"timeout", 0, 0, G_OPTION_ARG_INT, &timeout_s, "seconds to READY (default 120)", "S"},
+        {"sandbox", 0, 0, G_OPTION_ARG_NONE, &sandbox,
+         "QEMU under its seccomp sandbox (-sandbox on, spawn and privileges denied)", NULL},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new("- start a microvm");
     struct vm_config cfg = {0};
@@ -63,6 +66,7 @@ int cli_boot(int argc, char **argv)
     cfg.run_dir = dir;
     cfg.cmdline_extra = append;
     cfg.keep_on_exit = true;
+    cfg.sandbox = sandbox;
     if (accel && !vm_accel_from_string(accel, &cfg.accel)) {
         fprintf(stderr, "wisp-vm: --accel takes kvm, tcg or auto\n");
         return CLI_EXIT_USAGE;

@@ -1,6 +1,7 @@
-/* cli.c: wisp-vm as an operator uses it, one process per verb: boot through the claim path
- * (placeholder disk swapped over QMP) with an attach, exec (status, stdout, stdin from a
- * file), status, freeze and thaw, shutdown (QEMU gone afterwards), and kill of a second boot. */
+/* cli.c: wisp-vm as an operator uses it, one process per verb: boot under QEMU's seccomp
+ * sandbox through the claim path (placeholder disk swapped over QMP) with an attach, exec (status,
+ * stdout, stdin from a file), status, freeze and thaw, shutdown (QEMU gone afterwards), and kill of
+ * a second boot. */
 #include "vm_fixture.h"
 
 #include <signal.h>
@@ -57,7 +58,8 @@ int main(void)
     atexit(kill_left_qemu);
 
     rc = sh(&out, 180,
-            "%s boot --kernel %s --initrd %s --claim-nbd %s:%s --run-dir %s --hostname cli-test",
+            "%s boot --sandbox --kernel %s --initrd %s --claim-nbd %s:%s --run-dir %s "
+            "--hostname cli-test",
             cli, img.kernel, img.initrd, disk.server.sock, disk.name, run_dir);
     FX_CHECK(rc == 0 && strstr(out, "ready in") && strstr(out, "attached in"), "boot: %d: %s", rc,
              out);
