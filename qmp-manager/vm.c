@@ -94,6 +94,13 @@ struct vm *vm_launch(const struct vm_config *cfg, GMainContext *ctx, int timeout
         g_autofree char *line = g_strjoinv(" ", vm->argv);
         log_debug(VM_LOG, "%s", line);
     }
+    if (cfg->disk != VM_DISK_NONE)
+        vm->slot_file =
+            g_strdup(cfg->disk == VM_DISK_PLACEHOLDER ? VM_NODE_PLACEHOLDER : VM_NODE_DIRECT_NBD);
+    vm->guest_disk_bytes =
+        cfg->disk == VM_DISK_PLACEHOLDER
+            ? (gint64)(cfg->placeholder_bytes ? cfg->placeholder_bytes : (guint64)100 << 30)
+            : -1;
     vm->launched_us = g_get_monotonic_time();
     pid = proc_spawn((const char *const *)vm->argv, vm->log_path, !cfg->keep_on_exit);
     if (pid < 0) {
@@ -172,7 +179,7 @@ bool vm_attach_nbd(struct vm *vm, const char *nbd_socket, const char *export_nam
 {
     g_autofree char *node = g_strdup_printf("nbd%u", ++vm->nbd_nodes);
     JsonNode *args, *ret;
-    gint64 nbd_size, slot_size;
+    gint64 nbd_size;
 
     args = vm_blockdev_args_nbd(node, nbd_socket, export_name);
     ret = qmp_client_execute(vm->qmp, "blockdev-add", args, timeout_ms, error);
@@ -192,12 +199,13 @@ bool vm_attach_nbd(struct vm *vm, const char *nbd_socket, const char *export_nam
     }
     json_node_unref(ret);
     nbd_size = vm_node_size(vm, node, timeout_ms, error);
-    slot_size = nbd_size < 0 ? -1 : vm_node_size(vm, VM_NODE_SLOT, timeout_ms, error);
-    if (slot_size < 0) {
+    if (nbd_size < 0) {
         g_prefix_error(error, "attach: query-named-block-nodes: ");
         return false;
     }
-    if (nbd_size != slot_size) {
+    /* slot0 takes the new node's size at the reopen, but the guest still has the old capacity
+     * until a resize notifies the device: block_resize to the size slot0 already has. */
+    if (nbd_size != vm->guest_disk_bytes) {
         ret = qmp_client_executef(vm->qmp, timeout_ms, error, "block_resize",
                                   "{\"node-name\": \"%s\", \"size\": %" G_GINT64_FORMAT "}",
                                   VM_NODE_SLOT, nbd_size);
@@ -206,17 +214,20 @@ bool vm_attach_nbd(struct vm *vm, const char *nbd_socket, const char *export_nam
             return false;
         }
         json_node_unref(ret);
+        vm->guest_disk_bytes = nbd_size;
     }
-    /* The placeholder is only there at the first attach. */
-    if (vm->nbd_nodes == 1) {
+    /* The node slot0 sat on before (the placeholder, or an earlier export) is unused now. */
+    if (vm->slot_file) {
         ret = qmp_client_executef(vm->qmp, timeout_ms, error, "blockdev-del",
-                                  "{\"node-name\": \"%s\"}", VM_NODE_PLACEHOLDER);
+                                  "{\"node-name\": \"%s\"}", vm->slot_file);
         if (!ret) {
-            g_prefix_error(error, "attach: blockdev-del %s: ", VM_NODE_PLACEHOLDER);
+            g_prefix_error(error, "attach: blockdev-del %s: ", vm->slot_file);
             return false;
         }
         json_node_unref(ret);
     }
+    g_free(vm->slot_file);
+    vm->slot_file = g_strdup(node);
     return true;
 }
 
@@ -291,5 +302,6 @@ void vm_free(struct vm *vm)
     g_free(vm->serial_path);
     g_free(vm->log_path);
     g_strfreev(vm->argv);
+    g_free(vm->slot_file);
     g_free(vm);
 }

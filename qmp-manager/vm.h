@@ -7,9 +7,10 @@
  *
  * Disk attach at claim (FINDINGS.md: microvm has no hotplug): the VM starts with a null-co
  * placeholder under the raw node slot0; vm_attach_nbd() adds the NBD node with blockdev-add,
- * points slot0 at it with blockdev-reopen, resizes slot0 if the sizes differ, and deletes the
- * placeholder.  The guest must then `blockdev --flushbufs` before reading (wisp-init's attach
- * does).  Each step that fails names itself in the error. */
+ * points slot0 at it with blockdev-reopen, tells the guest the new size with block_resize when
+ * it differs from what the guest has, and deletes the node slot0 was on before (the placeholder,
+ * or an earlier export: attaching again swaps disks).  The guest must then `blockdev --flushbufs`
+ * before reading (wisp-init's attach does).  Each step that fails names itself in the error. */
 #ifndef WISP_VM_H
 #define WISP_VM_H
 
@@ -30,6 +31,10 @@ struct vm {
     qmp_client *qmp;
     gint64 launched_us; /* monotonic time of the fork */
     unsigned nbd_nodes; /* NBD nodes added so far (their names are nbdN) */
+    char *slot_file;    /* the node under slot0 now (ph0, disk0 or nbdN), or NULL: no disk */
+    /* The disk size the guest was last told (virtio-blk capacity): the placeholder's at launch.
+     * A reopen onto a node of another size does not tell the guest; block_resize does. */
+    gint64 guest_disk_bytes;
 };
 
 /* Starts QEMU and connects QMP within timeout_ms.  On failure *error includes the end of

@@ -110,6 +110,8 @@ void vmf_boot(struct vmf_vm *v, const struct vmf_image *img, const struct vmf_di
         .disk = claim ? VM_DISK_PLACEHOLDER : VM_DISK_NBD,
         .nbd_socket = d->server.sock,
         .nbd_export = d->name,
+        /* Smaller than the disk, so that the claim's block_resize is exercised too. */
+        .placeholder_bytes = claim ? (uint64_t)1 << 30 : 0,
     };
     GError *err = NULL;
 
