@@ -18,6 +18,9 @@ int cli_disk_main(int argc, char **argv);
 /* `wisp disk restore-meta ...` (cli_restore_meta.c): argv[0] is "disk", argv[1] the verb. */
 int cli_restore_meta_main(int argc, char **argv);
 
+/* `wisp disk import ...` (cli_import.c): argv[0] is "disk", argv[1] the verb. */
+int cli_import_main(int argc, char **argv);
+
 /* Parses the options of `wisp GROUP VERB ...` (argv[0] is GROUP, argv[1] is VERB).  On success
  * *argc and *argv are left holding the positional arguments after the verb (argv[0] is the
  * first of them) and CLI_EXIT_OK is returned; otherwise the message is printed and

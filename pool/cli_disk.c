@@ -886,6 +886,8 @@ static void cli_disk_usage(FILE *out)
                 cli_disk_verbs[i].summary);
     fprintf(out, "  %-18s %-30s %s\n", "restore-meta", "--store URL --meta DIR",
             "rebuild metadata from its replica");
+    fprintf(out, "  %-18s %-30s %s\n", "import", "NAME FILE --store URL --meta DIR",
+            "a new disk from a file's data, zero chunks skipped");
     fprintf(out, "\nA running server is reached with --control SOCK ($WISP_CONTROL); otherwise "
                  "--meta DIR ($WISP_META)\nopens the metadata directly.  Run 'wisp disk VERB "
                  "--help' for the options.\n");
@@ -929,6 +931,8 @@ int cli_disk_main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "restore-meta")) /* cli_restore_meta.c: options of its own */
         return cli_restore_meta_main(argc, argv);
+    if (!strcmp(argv[1], "import")) /* cli_import.c: options of its own */
+        return cli_import_main(argc, argv);
     for (size_t i = 0; i < G_N_ELEMENTS(cli_disk_verbs); i++)
         if (!strcmp(argv[1], cli_disk_verbs[i].name))
             verb = &cli_disk_verbs[i];
