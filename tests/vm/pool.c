@@ -9,7 +9,8 @@
  *   warm       A's counter service: stopped while A sleeps, running again after the wake
  *   failure    a claim of an export that does not exist fails at its "disk" step, and the
  *              member's QEMU is gone
- *   destroy    both sprites, the disk-delete callback called for the one asked */
+ *   destroy    both sprites, the disk-delete callback called for the one asked
+ *   CLI        `wisp-vm claim ... -- CMD` reuses the template, claims and runs CMD */
 #include "vm_fixture.h"
 
 #include "clone.h"
@@ -225,6 +226,41 @@ int main(void)
            (unsigned long long)st.failed, st.ready);
     vm_pool_free(pool);
     vm_template_free(tpl);
+
+    /* ---- the CLI, on the same template ---- */
+    const char *clone_c[] = {
+        fx_need_env("WISP_TEST_CLI"), "disk", "clone", "base", "sprite-c", "--control",
+        disk.server.control,          NULL};
+    FX_CHECK(fx_run(clone_c) == 0, "wisp disk clone base sprite-c");
+    g_autofree char *nbd = g_strdup_printf("%s:sprite-c", disk.server.sock);
+    g_autofree char *cli_runs = g_strdup_printf("%s/cli-runs", fx_tmpdir());
+    const char *cli[] = {fx_need_env("WISP_VM_CLI"),
+                         "claim",
+                         "--image-dir",
+                         image_dir,
+                         "--state-dir",
+                         state,
+                         "--run-root",
+                         cli_runs,
+                         "--nbd",
+                         nbd,
+                         "--hostname",
+                         "sprite-c",
+                         "--",
+                         "hostname",
+                         NULL};
+    g_autofree char *cli_out = NULL, *cli_err = NULL;
+    int cli_status = -1;
+    t0 = fx_now();
+    FX_CHECK(g_spawn_sync(NULL, (char **)cli, NULL, G_SPAWN_DEFAULT, NULL, NULL, &cli_out, &cli_err,
+                          &cli_status, &err),
+             "spawn wisp-vm: %s", err ? err->message : "?");
+    fx_log("wisp-vm claim (%.2f s): %s%s", fx_now() - t0, cli_out, cli_err);
+    FX_CHECK(g_spawn_check_wait_status(cli_status, NULL), "wisp-vm claim failed: %s", cli_err);
+    FX_CHECK(strstr(cli_out, ": reused (") && strstr(cli_out, "claimed sprite-c") &&
+                 g_str_has_suffix(cli_out, "\nsprite-c\n"),
+             "wisp-vm claim printed: %s", cli_out);
+
     fx_server_stop(&disk.server);
     return 0;
 }
