@@ -59,6 +59,52 @@ static struct sprite *claim(vm_pool *pool, const struct vmf_disk *d, const char 
     return s;
 }
 
+/* Whether any process's command line mentions path (QEMU's carry their run directory). */
+static bool process_mentions(const char *path)
+{
+    GDir *d = g_dir_open("/proc", 0, NULL);
+    const char *name;
+    bool found = false;
+
+    FX_CHECK(d, "open /proc");
+    while (!found && (name = g_dir_read_name(d))) {
+        g_autofree char *file = g_strdup_printf("/proc/%s/cmdline", name);
+        g_autofree char *text = NULL;
+        gsize len = 0;
+        if (!g_ascii_isdigit(name[0]) || !g_file_get_contents(file, &text, &len, NULL))
+            continue;
+        for (gsize i = 0; i < len; i++)
+            if (text[i] == '\0')
+                text[i] = ' ';
+        found = strstr(text, path) != NULL;
+    }
+    g_dir_close(d);
+    return found;
+}
+
+/* The claim without its seed step, by hand, to show what SEED prevents: restored clones that
+ * are not re-seeded.  Returns 16 bytes of the clone's /dev/urandom in hex. */
+static char *unseeded_urandom(vm_pool *pool, const struct vmf_disk *d, const char *export_name)
+{
+    GError *err = NULL;
+    struct vm *vm = vm_pool_take(pool, 60000, &err);
+    FX_CHECK(vm, "take: %s", err ? err->message : "?");
+    FX_CHECK(vm_attach_nbd(vm, d->server.sock, export_name, 10000, &err), "attach: %s",
+             err ? err->message : "?");
+    JsonNode *ret = qmp_client_execute(vm->qmp, "cont", NULL, 5000, &err);
+    FX_CHECK(ret, "cont: %s", err ? err->message : "?");
+    json_node_unref(ret);
+    struct vmf_vm v = {.vm = vm};
+    v.agent = agent_client_connect(vm->ctl_path, 5000, &err);
+    FX_CHECK(v.agent && agent_client_wait_ready(v.agent, 10000, NULL, &err), "READY: %s",
+             err ? err->message : "?");
+    FX_CHECK(agent_client_attach(v.agent, NULL, export_name, NULL, 60000, &err), "attach: %s",
+             err ? err->message : "?");
+    char *hex = vmf_sh_ok(&v, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+    vmf_destroy(&v);
+    return hex;
+}
+
 static unsigned deleted_calls;
 static bool record_delete(const char *export_name, void *opaque, GError **error)
 {
@@ -213,6 +259,23 @@ int main(void)
     fx_log("failed claim: %s", err->message);
     FX_CHECK(g_str_has_prefix(err->message, "claim: disk: "), "the error does not name the step");
     g_clear_error(&err);
+    /* Members leave the pool in order: m0 (A), m1 (B), m2 (the failed claim). */
+    g_autofree char *failed_run = g_strdup_printf("%s/m2/", runs);
+    FX_CHECK(!process_mentions(failed_run), "the failed claim's QEMU (%s) still runs", failed_run);
+    FX_CHECK(!g_file_test(failed_run, G_FILE_TEST_EXISTS), "%s is still there", failed_run);
+
+    /* ---- the control: what SEED prevents ---- */
+    const char *clone_u1[] = {
+        fx_need_env("WISP_TEST_CLI"), "disk", "clone", "base", "unseeded-1", "--control",
+        disk.server.control,          NULL};
+    const char *clone_u2[] = {
+        fx_need_env("WISP_TEST_CLI"), "disk", "clone", "base", "unseeded-2", "--control",
+        disk.server.control,          NULL};
+    FX_CHECK(fx_run(clone_u1) == 0 && fx_run(clone_u2) == 0, "wisp disk clone unseeded-N");
+    g_autofree char *u1 = unseeded_urandom(pool, &disk, "unseeded-1");
+    g_autofree char *u2 = unseeded_urandom(pool, &disk, "unseeded-2");
+    fx_log("without SEED, two clones' first /dev/urandom bytes: %s and %s (%s)", u1, u2,
+           strcmp(u1, u2) == 0 ? "identical: the bug SEED fixes" : "different");
 
     /* ---- destroy ---- */
     FX_CHECK(sprite_destroy(a, true, record_delete, "sprite-a", &err), "destroy A: %s",
