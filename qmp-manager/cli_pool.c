@@ -24,7 +24,7 @@
 struct cli_pool_opts {
     char *image_dir, *state_dir, *run_root, *accel, *claim, *hostname;
     int mem, size, fill_timeout_s;
-    gboolean json;
+    gboolean json, sandbox;
 };
 
 static GOptionEntry *cli_pool_entries(struct cli_pool_opts *o, bool with_pool, bool nbd_name)
@@ -37,6 +37,8 @@ static GOptionEntry *cli_pool_entries(struct cli_pool_opts *o, bool with_pool, b
         {"mem", 0, 0, G_OPTION_ARG_INT, &o->mem, "guest memory (default 256)", "MiB"},
         {"accel", 0, 0, G_OPTION_ARG_STRING, &o->accel, "kvm, tcg or auto (default: probe)", "A"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o->json, "figures as one JSON object per line", NULL},
+        {"sandbox", 0, 0, G_OPTION_ARG_NONE, &o->sandbox,
+         "QEMU under its seccomp sandbox (-sandbox on, spawn and privileges denied)", NULL},
         G_OPTION_ENTRY_NULL};
     GOptionEntry pool[] = {
         {"run-root", 0, 0, G_OPTION_ARG_FILENAME, &o->run_root, "members' run directories (RUN/mN)",
@@ -81,6 +83,7 @@ static struct vm_template *cli_template_ensure(const struct cli_pool_opts *o, GE
     tc.kernel = kernel;
     tc.initrd = initrd;
     tc.mem_mib = o->mem > 0 ? (unsigned)o->mem : 0;
+    tc.sandbox = o->sandbox;
     if (o->accel && !vm_accel_from_string(o->accel, &tc.accel)) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "--accel %s: kvm, tcg or auto", o->accel);
         return NULL;

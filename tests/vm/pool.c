@@ -155,8 +155,11 @@ int main(void)
     g_autofree char *key = vm_template_image_key(image_dir, &err);
     FX_CHECK(key, "image key: %s", err ? err->message : "?");
     g_autofree char *state = g_strdup_printf("%s/state", fx_tmpdir());
-    struct vm_template_config tc = {
-        .state_dir = state, .key = key, .kernel = img.kernel, .initrd = img.initrd};
+    struct vm_template_config tc = {.state_dir = state,
+                                    .key = key,
+                                    .kernel = img.kernel,
+                                    .initrd = img.initrd,
+                                    .sandbox = true};
     double t0 = fx_now();
     struct vm_template *tpl = vm_template_ensure(&tc, &err);
     FX_CHECK(tpl, "template: %s", err ? err->message : "?");
