@@ -2,7 +2,8 @@
  *
  *   template   built once (boot to READY, snapshot with RAM in a file), then found again
  *              by its key without a boot
- *   pool       two members restored in the background; refill time per member
+ *   pool       two members restored in the background; refill time per member; waiting
+ *              members' QEMU threads at nice 10, a claimed sprite's at 0
  *   claim      sprite A and sprite B, each step's latency, and A's first exec's output
  *   isolation  a file on A's disk, a file in A's tmpfs and a process in A are absent in B;
  *              boot_id and the first bytes of /dev/urandom differ (the claim's SEED)
@@ -105,6 +106,57 @@ static char *unseeded_urandom(vm_pool *pool, const struct vmf_disk *d, const cha
     return hex;
 }
 
+/* The pid of the process whose command line mentions path, or 0. */
+static pid_t process_with(const char *path)
+{
+    GDir *d = g_dir_open("/proc", 0, NULL);
+    const char *name;
+    pid_t pid = 0;
+
+    FX_CHECK(d, "open /proc");
+    while (!pid && (name = g_dir_read_name(d))) {
+        g_autofree char *file = g_strdup_printf("/proc/%s/cmdline", name);
+        g_autofree char *text = NULL;
+        gsize len = 0;
+        if (!g_ascii_isdigit(name[0]) || !g_file_get_contents(file, &text, &len, NULL))
+            continue;
+        for (gsize i = 0; i < len; i++)
+            if (text[i] == '\0')
+                text[i] = ' ';
+        if (strstr(text, path))
+            pid = (pid_t)atoi(name);
+    }
+    g_dir_close(d);
+    return pid;
+}
+
+/* The nice values of all of pid's threads: *lo and *hi. */
+static void thread_nice_range(pid_t pid, int *lo, int *hi)
+{
+    g_autofree char *dir = g_strdup_printf("/proc/%d/task", (int)pid);
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *tid;
+
+    FX_CHECK(d, "open %s", dir);
+    *lo = 100;
+    *hi = -100;
+    while ((tid = g_dir_read_name(d))) {
+        g_autofree char *file = g_strdup_printf("%s/%s/stat", dir, tid);
+        g_autofree char *text = NULL;
+        if (!g_file_get_contents(file, &text, NULL, NULL))
+            continue;
+        /* After the command's ")": state is field 3, nice field 19. */
+        const char *p = strrchr(text, ')');
+        FX_CHECK(p, "%s: %s", file, text);
+        g_auto(GStrv) f = g_strsplit(p + 2, " ", 0);
+        FX_CHECK(g_strv_length(f) > 17, "%s: %s", file, text);
+        int nice = atoi(f[16]);
+        *lo = MIN(*lo, nice);
+        *hi = MAX(*hi, nice);
+    }
+    g_dir_close(d);
+}
+
 static unsigned deleted_calls;
 static bool record_delete(const char *export_name, void *opaque, GError **error)
 {
@@ -197,6 +249,18 @@ int main(void)
     FX_CHECK(strcmp(hello, "hello from sprite-a") == 0, "first exec said '%s'", hello);
     struct sprite *b = claim(pool, &disk, "sprite-b", "sprite-b", &tb);
     log_claim("B", &tb);
+
+    /* ---- refills run niced, claimed sprites do not ---- */
+    FX_CHECK(vm_pool_wait_full(pool, 60000), "the pool did not refill in 60 s");
+    g_autofree char *m2 = g_strdup_printf("%s/m2/", runs);
+    pid_t waiting = process_with(m2);
+    int lo, hi, alo, ahi;
+    FX_CHECK(waiting > 0, "no QEMU for the waiting member %s", m2);
+    thread_nice_range(waiting, &lo, &hi);
+    thread_nice_range(a->vm->pid, &alo, &ahi);
+    fx_log("nice: a waiting member's QEMU threads %d..%d, claimed A's %d..%d", lo, hi, alo, ahi);
+    FX_CHECK(lo == 10 && hi == 10, "a waiting member runs at nice %d..%d, not 10", lo, hi);
+    FX_CHECK(alo == 0 && ahi == 0, "claimed A runs at nice %d..%d, not 0", alo, ahi);
 
     /* ---- independence ---- */
     g_free(sprite_sh(a, "echo only-a > /root/only-a && echo mem-a > /dev/shm/only-a && sync"));
