@@ -10,6 +10,7 @@
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #define TPL_LOG             "template"
@@ -320,8 +321,9 @@ static void vm_template_remove_dir(const char *dir)
 
 struct vm_template *vm_template_ensure(const struct vm_template_config *cfg, GError **error)
 {
-    g_autofree char *root = NULL, *dir = NULL, *tmp = NULL;
+    g_autofree char *root = NULL, *dir = NULL, *tmp = NULL, *lock_path = NULL;
     struct vm_template *t;
+    int lock_fd = -1;
 
     if (!cfg->state_dir || !cfg->key || !cfg->kernel || !cfg->initrd) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
@@ -334,14 +336,23 @@ struct vm_template *vm_template_ensure(const struct vm_template_config *cfg, GEr
     g_autofree char *short_key = g_strndup(cfg->key, 16);
     dir = g_build_filename(root, short_key, NULL);
     tmp = g_strconcat(dir, ".tmp", NULL);
+    lock_path = g_strconcat(dir, ".lock", NULL);
     t = vm_template_new(cfg, dir);
-    if (vm_template_load(t, cfg->accel)) {
-        log_info(TPL_LOG, "template %s reused (%s)", t->key, vm_accel_to_string(t->accel));
-        return t;
-    }
     if (g_mkdir_with_parents(root, 0700) < 0) {
         g_set_error(error, VM_ERROR, VM_ERROR_IO, "mkdir %s: %s", root, g_strerror(errno));
         goto fail;
+    }
+    /* Two managers (wispd and an operator's wisp-vm) must not build into one KEY16.tmp: the
+     * second waits for the first's build, then reuses it. */
+    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX) < 0) {
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "lock %s: %s", lock_path, g_strerror(errno));
+        goto fail;
+    }
+    if (vm_template_load(t, cfg->accel)) {
+        log_info(TPL_LOG, "template %s reused (%s)", t->key, vm_accel_to_string(t->accel));
+        close(lock_fd); /* releases the lock */
+        return t;
     }
     vm_template_remove_dir(tmp);
     if (g_mkdir(tmp, 0700) < 0) {
@@ -367,10 +378,13 @@ struct vm_template *vm_template_ensure(const struct vm_template_config *cfg, GEr
         goto fail;
     }
     t->built_now = true;
+    close(lock_fd);
     log_info(TPL_LOG, "template %s built: READY after %.0f ms, snapshot %.1f ms (%s)", t->key,
              t->boot_ms, t->snapshot_ms, vm_accel_to_string(t->accel));
     return t;
 fail:
+    if (lock_fd >= 0)
+        close(lock_fd);
     vm_template_free(t);
     return NULL;
 }

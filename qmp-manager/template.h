@@ -13,7 +13,8 @@
  *
  * KEY is the image's input hash (image.json "input_hash"), so a new image makes a new template
  * and an unchanged one reuses it.  The template is built in KEY16.tmp and renamed into place, so
- * a crash mid-build leaves no half template that looks whole.
+ * a crash mid-build leaves no half template that looks whole; KEY16.lock (flock) makes a second
+ * manager wait for a build in progress and then reuse it.
  *
  * The template never reads /proc/sys/kernel/random/boot_id: the kernel makes it on the first
  * read, so each clone draws its own after the claim's SEED. */
