@@ -19,7 +19,10 @@
  * Destroy stops QEMU (kill: the disk's data is the storage server's, and it has every flush the
  * guest acknowledged), removes the run directory, and then, when asked, deletes the disk through
  * the caller's callback: the disk belongs to the storage server (wispd deletes it over the
- * storage control socket), not to the VM layer. */
+ * storage control socket), not to the VM layer.
+ *
+ * Threads: a sprite is used by one thread at a time (its QMP client's synchronous calls acquire
+ * the client's private GMainContext; its agent_client may be shared, see agent_client.h). */
 #ifndef WISP_SPRITE_H
 #define WISP_SPRITE_H
 
