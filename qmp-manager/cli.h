@@ -11,6 +11,9 @@
 #define CLI_EXIT_USAGE   2
 
 int cli_boot(int argc, char **argv);
+int cli_template(int argc, char **argv);
+int cli_pool(int argc, char **argv);
+int cli_claim(int argc, char **argv);
 int cli_exec(int argc, char **argv);
 int cli_attach(int argc, char **argv);
 int cli_status(int argc, char **argv);
@@ -19,9 +22,6 @@ int cli_thaw(int argc, char **argv);
 int cli_shutdown(int argc, char **argv);
 int cli_kill(int argc, char **argv);
 int cli_probe_accel(int argc, char **argv);
-int cli_template(int argc, char **argv);
-int cli_pool(int argc, char **argv);
-int cli_claim(int argc, char **argv);
 
 /* The run directory of a booted VM: --run-dir, else $WISP_VM_RUN_DIR. */
 const char *cli_run_dir(const char *given);

@@ -1,12 +1,12 @@
 /* wisp-vm: boot a Wisp microvm and talk to its wisp-init, for people and tests.
  *
  *   wisp-vm boot --kernel K --initrd I [--nbd SOCK[:EXPORT] | --placeholder] --run-dir D ...
- *   wisp-vm exec --run-dir D [--tty] [--stdin] -- CMD ARGS...
- *   wisp-vm attach|status|freeze|thaw|shutdown|kill --run-dir D
- *   wisp-vm probe-accel [--kernel K]
  *   wisp-vm template build --image-dir D --state-dir S
  *   wisp-vm pool run --image-dir D --state-dir S --run-root R [--size N] [--claim SOCK:EXPORT]
  *   wisp-vm claim --image-dir D --state-dir S --run-root R --nbd SOCK:EXPORT [-- CMD...]
+ *   wisp-vm exec --run-dir D [--tty] [--stdin] -- CMD ARGS...
+ *   wisp-vm attach|status|freeze|thaw|shutdown|kill --run-dir D
+ *   wisp-vm probe-accel [--kernel K]
  *
  * The VM outlives `boot`; the other verbs find it through its run directory (the sockets, the
  * serial log, qemu.log and qemu.pid). */
@@ -23,6 +23,9 @@ static const struct {
     const char *help;
 } cli_verbs[] = {
     {"boot", cli_boot, "start QEMU and wait for wisp-init's READY (the VM keeps running)"},
+    {"template", cli_template, "build: boot the image once and snapshot it (once per image)"},
+    {"pool", cli_pool, "run: keep N paused clones ready, in the foreground"},
+    {"claim", cli_claim, "restore a clone, attach a disk, seed, attach; times per step"},
     {"exec", cli_exec, "run a command in the sprite's container, streaming its I/O"},
     {"attach", cli_attach, "mount the disk and start the container"},
     {"status", cli_status, "uptime, memory, load, listeners, sessions"},
@@ -31,9 +34,6 @@ static const struct {
     {"shutdown", cli_shutdown, "clean unmount and poweroff; waits for QEMU to exit"},
     {"kill", cli_kill, "stop QEMU at once"},
     {"probe-accel", cli_probe_accel, "say whether KVM really works here, and why"},
-    {"template", cli_template, "build: boot the image once and snapshot it (once per image)"},
-    {"pool", cli_pool, "run: keep N paused clones ready, in the foreground"},
-    {"claim", cli_claim, "restore a clone, attach a disk, seed, attach; times per step"},
 };
 
 static void usage(FILE *f)
