@@ -8,14 +8,14 @@
 
 #define SPRITE_LOG "sprite"
 
-const char *sprite_state_to_string(enum sprite_state s)
+const char *sprite_vm_state_to_string(enum sprite_vm_state s)
 {
     switch (s) {
-    case SPRITE_RUNNING:
+    case SPRITE_VM_RUNNING:
         return "running";
-    case SPRITE_WARM_ASLEEP:
+    case SPRITE_VM_WARM_ASLEEP:
         return "warm-asleep";
-    case SPRITE_DESTROYED:
+    case SPRITE_VM_DESTROYED:
         return "destroyed";
     }
     return "?";
@@ -138,7 +138,7 @@ struct sprite *sprite_claim(vm_pool *pool, const struct sprite_claim_request *re
         return NULL;
     }
     t->total_ms = (double)(g_get_monotonic_time() - start) / 1000.0;
-    s->state = SPRITE_RUNNING;
+    s->state = SPRITE_VM_RUNNING;
     log_info(SPRITE_LOG,
              "claimed %s as %s in %.1f ms (take %.1f, disk %.1f, cont %.1f, connect %.1f, "
              "seed %.1f, attach %.1f)",
@@ -151,16 +151,16 @@ bool sprite_sleep_warm(struct sprite *s, double *ms, GError **error)
 {
     gint64 t0 = g_get_monotonic_time();
 
-    if (s->state != SPRITE_RUNNING) {
+    if (s->state != SPRITE_VM_RUNNING) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "warm sleep: not allowed while %s",
-                    sprite_state_to_string(s->state));
+                    sprite_vm_state_to_string(s->state));
         return false;
     }
     if (!sprite_qmp_simple(s->vm, "stop", error)) {
         g_prefix_error(error, "warm sleep: stop: ");
         return false;
     }
-    s->state = SPRITE_WARM_ASLEEP;
+    s->state = SPRITE_VM_WARM_ASLEEP;
     if (ms)
         *ms = sprite_ms_since(&t0);
     return true;
@@ -170,16 +170,16 @@ bool sprite_wake_warm(struct sprite *s, double *ms, GError **error)
 {
     gint64 t0 = g_get_monotonic_time();
 
-    if (s->state != SPRITE_WARM_ASLEEP) {
+    if (s->state != SPRITE_VM_WARM_ASLEEP) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "warm wake: not allowed while %s",
-                    sprite_state_to_string(s->state));
+                    sprite_vm_state_to_string(s->state));
         return false;
     }
     if (!sprite_qmp_simple(s->vm, "cont", error)) {
         g_prefix_error(error, "warm wake: cont: ");
         return false;
     }
-    s->state = SPRITE_RUNNING;
+    s->state = SPRITE_VM_RUNNING;
     if (ms)
         *ms = sprite_ms_since(&t0);
     return true;
@@ -200,7 +200,7 @@ bool sprite_destroy(struct sprite *s, bool delete_disk, sprite_disk_delete_fn de
         vm_free(s->vm); /* SIGKILL to QEMU's group, reaped, sockets removed */
     }
     vm_pool_remove_run_dir(run_dir);
-    s->state = SPRITE_DESTROYED;
+    s->state = SPRITE_VM_DESTROYED;
     if (delete_disk && delete_fn && !delete_fn(s->export_name, opaque, error)) {
         g_prefix_error(error, "destroy: delete disk %s: ", s->export_name);
         ok = false;

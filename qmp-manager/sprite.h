@@ -33,12 +33,15 @@
 #include <glib.h>
 #include <stdbool.h>
 
-enum sprite_state {
-    SPRITE_RUNNING,
-    SPRITE_WARM_ASLEEP, /* QMP stop; memory kept in QEMU */
-    SPRITE_DESTROYED,
+/* The VM's state as this layer sees it.  The durable record of a sprite's state (with cold
+ * sleep, crashes and transitions) is sprite_db.h's enum sprite_state; wispd maps one onto the
+ * other. */
+enum sprite_vm_state {
+    SPRITE_VM_RUNNING,
+    SPRITE_VM_WARM_ASLEEP, /* QMP stop; memory kept in QEMU */
+    SPRITE_VM_DESTROYED,
 };
-const char *sprite_state_to_string(enum sprite_state s);
+const char *sprite_vm_state_to_string(enum sprite_vm_state s);
 
 #define SPRITE_SEED_BYTES 64
 
@@ -59,7 +62,7 @@ struct sprite_claim_times {
 struct sprite {
     struct vm *vm;
     agent_client *agent;
-    enum sprite_state state;
+    enum sprite_vm_state state;
     char *export_name, *hostname;
 };
 
