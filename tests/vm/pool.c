@@ -11,7 +11,8 @@
  *   failure    a claim of an export that does not exist fails at its "disk" step, and the
  *              member's QEMU is gone
  *   destroy    both sprites, the disk-delete callback called for the one asked
- *   CLI        `wisp-vm claim ... -- CMD` reuses the template, claims and runs CMD */
+ *   CLI        `wisp-vm claim ... -- CMD` reuses the template, claims and runs CMD
+ *   rebuild    a manifest naming another key (a changed image) makes ensure build again */
 #include "vm_fixture.h"
 
 #include "clone.h"
@@ -390,6 +391,22 @@ int main(void)
     FX_CHECK(strstr(cli_out, ": reused (") && strstr(cli_out, "claimed sprite-c") &&
                  g_str_has_suffix(cli_out, "\nsprite-c\n"),
              "wisp-vm claim printed: %s", cli_out);
+
+    /* ---- a changed image: a manifest naming another key is not reused ---- */
+    g_autofree char *manifest = g_strdup_printf("%s/templates/%.16s/manifest.json", state, key);
+    g_autofree char *text = NULL;
+    FX_CHECK(g_file_get_contents(manifest, &text, NULL, NULL), "read %s", manifest);
+    g_autofree char *needle = g_strdup_printf("\"%s\"", key);
+    char *at = strstr(text, needle);
+    FX_CHECK(at, "%s does not name the key: %s", manifest, text);
+    at[1] = at[1] == '0' ? '1' : '0'; /* another image's hash, same directory */
+    FX_CHECK(g_file_set_contents(manifest, text, -1, NULL), "write %s", manifest);
+    t0 = fx_now();
+    struct vm_template *again = vm_template_ensure(&tc, &err);
+    FX_CHECK(again, "template rebuild: %s", err ? err->message : "?");
+    FX_CHECK(again->built_now, "a template whose manifest names another key was reused");
+    fx_log("a manifest with another key: template rebuilt in %.2f s", fx_now() - t0);
+    vm_template_free(again);
 
     fx_server_stop(&disk.server);
     return 0;
