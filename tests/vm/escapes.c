@@ -2,7 +2,14 @@
  * the platform (so none of wisp-init's memory) is visible, the container's PID 1 inherited no
  * environment, /proc/PID/root of every visible process is the container's own root, the raw
  * disk and the control port cannot be reached through mknod, and neither a new proc mount nor
- * mounting the disk again shows the platform. */
+ * mounting the disk again shows the platform.
+ *
+ * Then what wisp-init itself does on the sprite's disk, as PID 1 with full root outside the
+ * container: a service's log file that the container made a symlink to
+ * /proc/sys/kernel/core_pattern must not be written through (that would run a program of the
+ * container's choosing as the platform's root at the next crash), a log that is a FIFO must
+ * not block wisp-init, and a service printing while the filesystem is frozen must not wedge it
+ * (a write to a frozen filesystem blocks until a thaw that PID 1 could then never read). */
 #include "vm_fixture.h"
 
 #include <stdio.h>
@@ -54,6 +61,49 @@ static void check_escapes(struct vmf_vm *v)
     FX_CHECK(open == 0, "%d escape(s) from the container work (OPEN above)", open);
 }
 
+static void start_service(struct vmf_vm *v, const char *name, const char *script)
+{
+    const char *argv[] = {"/bin/sh", "-c", script, NULL};
+    GError *err = NULL;
+
+    FX_CHECK(agent_client_service_start(v->agent, name, argv, NULL, "/", WISP_RESTART_NEVER, 0,
+                                        10000, &err),
+             "service %s: %s", name, err ? err->message : "?");
+}
+
+static void check_platform_files(struct vmf_vm *v)
+{
+    g_autofree char *before = vmf_sh_ok(v, "cat /proc/sys/kernel/core_pattern");
+
+    /* A symlink to core_pattern where the log of service "evil" goes. */
+    g_free(vmf_sh_ok(v, "mkdir -p /var/log/wisp && "
+                        "ln -sf /proc/sys/kernel/core_pattern /var/log/wisp/evil.log && "
+                        "mkfifo /var/log/wisp/fifo.log"));
+    start_service(v, "evil", "echo '|/tmp/evil %p'; sleep 1");
+    start_service(v, "fifo", "echo into the fifo; sleep 1");
+    /* wisp-init still serves (it did not block on the FIFO), and core_pattern is unchanged. */
+    g_autofree char *after = vmf_sh_ok(v, "sleep 1.5; cat /proc/sys/kernel/core_pattern");
+    FX_CHECK(strcmp(before, after) == 0, "core_pattern changed from '%s' to '%s'", before, after);
+    FX_CHECK(strstr(after, "evil") == NULL, "core_pattern names the container's program: %s",
+             after);
+    fx_log("closed: service logs through a symlink or a FIFO (core_pattern stays '%s')",
+           g_strchomp(after));
+
+    /* A service that prints all along, then a freeze: wisp-init must go on serving. */
+    start_service(v, "chatty", "while true; do echo tick; sleep 0.05; done");
+    GError *err = NULL;
+    FX_CHECK(agent_client_freeze(v->agent, 10000, &err), "freeze: %s", err ? err->message : "?");
+    g_autofree char *during = vmf_sh_ok(v, "sleep 1; echo still serving");
+    FX_CHECK(strstr(during, "still serving") != NULL, "exec while frozen: %s", during);
+    FX_CHECK(!agent_client_service_stop(v->agent, "chatty", 10000, &err),
+             "stopping a service while frozen must be refused (its files are on the disk)");
+    g_clear_error(&err);
+    FX_CHECK(agent_client_thaw(v->agent, 10000, &err), "thaw: %s", err ? err->message : "?");
+    FX_CHECK(agent_client_service_stop(v->agent, "chatty", 10000, &err), "stop chatty: %s",
+             err ? err->message : "?");
+    fx_log("closed: a service printing while frozen does not wedge wisp-init");
+}
+
 int main(void)
 {
     struct vmf_image img;
@@ -65,6 +115,7 @@ int main(void)
     vmf_disk_new(&disk, &img, "sprite");
     vmf_boot(&v, &img, &disk, "vm", false, "escapes");
     check_escapes(&v);
+    check_platform_files(&v);
     vmf_shutdown(&v);
     fx_server_stop(&disk.server);
     fx_log("ok");

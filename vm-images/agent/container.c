@@ -410,7 +410,9 @@ int container_attach(struct container *ct, const char *device, const char *hostn
         snprintf(msg, msg_cap, "mkdir %s: %s", CONTAINER_ROOT, strerror(errno));
         return e;
     }
-    if (mount(device, CONTAINER_ROOT, "ext4", MS_NOATIME, "") < 0) {
+    /* nodev: device nodes already on the disk (an imported image, a disk edited elsewhere)
+     * would open the raw devices underneath; the container's /dev is a tmpfs of its own. */
+    if (mount(device, CONTAINER_ROOT, "ext4", MS_NOATIME | MS_NODEV, "") < 0) {
         int e = -errno;
         snprintf(msg, msg_cap, "mount %s on %s: %s", device, CONTAINER_ROOT, strerror(errno));
         return e;

@@ -41,9 +41,17 @@ unsigned proc_net_listeners(const char *text, int family, struct wisp_listener *
     const char *line = strchr(text, '\n'); /* the header line */
     while (line != NULL && count < max) {
         line++;
-        char local[64], state[8];
+        /* sscanf on the rest of a 4 MiB text would measure all of it (strlen) for every line:
+         * one line at a time, copied.  The fields used are in its first 80 bytes. */
+        char copy[160], local[64], state[8];
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (len >= sizeof copy)
+            len = sizeof copy - 1;
+        memcpy(copy, line, len);
+        copy[len] = '\0';
         /* "  0: 0100007F:0016 00000000:0000 0A ..." */
-        if (sscanf(line, " %*[0-9]: %63[0-9A-Fa-f:] %*s %7s", local, state) == 2 &&
+        if (sscanf(copy, " %*[0-9]: %63[0-9A-Fa-f:] %*s %7s", local, state) == 2 &&
             strcmp(state, "0A") == 0) {
             char *colon = strchr(local, ':');
             if (colon != NULL) {

@@ -16,6 +16,7 @@
 #include "env.h"
 #include "log.h"
 #include "ring.h"
+#include "sprite_files.h"
 
 struct service {
     struct service *next;
@@ -79,33 +80,44 @@ static void service_clear_definition(struct service *s)
     s->cwd = NULL;
 }
 
-/* Opens (or rotates and reopens) the log file on the sprite's disk. */
+#define SERVICE_LOG_DIR  "var/log/wisp"          /* under the sprite's root */
+#define SERVICE_DECL_DIR "var/lib/wisp/services" /* under the sprite's root */
+
+/* Opens (or rotates and reopens) the log file on the sprite's disk, through sprite_files.h:
+ * the container may have put a symlink or a FIFO there. */
 static void service_open_log(struct service *s)
 {
-    char dir[] = CONTAINER_ROOT "/var/log/wisp";
-    mkdir(CONTAINER_ROOT "/var", 0755);
-    mkdir(CONTAINER_ROOT "/var/log", 0755);
-    mkdir(dir, 0755);
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s.log", dir, s->name);
+    char name[300];
+    snprintf(name, sizeof name, "%s.log", s->name);
     if (s->log_fd >= 0)
         close(s->log_fd);
-    s->log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (s->log_fd < 0) {
-        log_warn("service %s: open %s: %m (the ring buffer still keeps its output)", s->name, path);
+    s->log_fd = -1;
+    int dir = sprite_dir_open(SERVICE_LOG_DIR, true);
+    int fd = dir < 0 ? dir : sprite_file_open(dir, name, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (dir >= 0)
+        close(dir);
+    if (fd < 0) {
+        log_warn("service %s: open " SERVICE_LOG_DIR "/%s: %s (the ring buffer still keeps its "
+                 "output)",
+                 s->name, name, strerror(-fd));
         return;
     }
+    s->log_fd = fd;
     struct stat st;
     s->log_size = fstat(s->log_fd, &st) == 0 ? st.st_size : 0;
 }
 
 static void service_rotate_log(struct service *s)
 {
-    char path[512], old[520];
-    snprintf(path, sizeof path, CONTAINER_ROOT "/var/log/wisp/%s.log", s->name);
-    snprintf(old, sizeof old, "%s.1", path);
-    if (rename(path, old) < 0)
-        log_warn("service %s: rename %s: %m", s->name, path);
+    char name[300], old[310];
+    snprintf(name, sizeof name, "%s.log", s->name);
+    snprintf(old, sizeof old, "%s.1", name);
+    int dir = sprite_dir_open(SERVICE_LOG_DIR, false);
+    if (dir < 0 || renameat(dir, name, dir, old) < 0)
+        log_warn("service %s: rotate " SERVICE_LOG_DIR "/%s: %s", s->name, name,
+                 strerror(dir < 0 ? -dir : errno));
+    if (dir >= 0)
+        close(dir);
     service_open_log(s);
 }
 
@@ -218,11 +230,9 @@ static int service_declare(struct agent *a, const struct wisp_msg *m, int *sys_e
 
 /* Declarations live on the sprite's disk, as the SERVICE_START frame that made them, so that
  * the next ATTACH (after a reboot or a wake) starts them again. */
-#define SERVICE_DECL_DIR CONTAINER_ROOT "/var/lib/wisp/services"
-
-static void service_decl_path(const char *name, char *path, size_t cap, const char *suffix)
+static void service_decl_name(const char *name, char *out, size_t cap, const char *suffix)
 {
-    snprintf(path, cap, SERVICE_DECL_DIR "/%s.svc%s", name, suffix);
+    snprintf(out, cap, "%s.svc%s", name, suffix);
 }
 
 static int service_persist(const struct wisp_msg *m)
@@ -231,24 +241,24 @@ static int service_persist(const struct wisp_msg *m)
     int n = wisp_msg_encode(m, frame, sizeof frame);
     if (n < 0)
         return -EINVAL;
-    mkdir(CONTAINER_ROOT "/var", 0755);
-    mkdir(CONTAINER_ROOT "/var/lib", 0755);
-    mkdir(CONTAINER_ROOT "/var/lib/wisp", 0755);
-    mkdir(SERVICE_DECL_DIR, 0755);
-    char tmp[512], path[512];
-    service_decl_path(m->u.service_start.name, tmp, sizeof tmp, ".tmp");
-    service_decl_path(m->u.service_start.name, path, sizeof path, "");
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    int r = 0;
-    if (write(fd, frame, (size_t)n) != n || fsync(fd) < 0)
-        r = errno ? -errno : -EIO;
-    close(fd);
-    if (r == 0 && rename(tmp, path) < 0)
-        r = -errno;
-    if (r < 0)
-        unlink(tmp);
+    int dir = sprite_dir_open(SERVICE_DECL_DIR, true);
+    if (dir < 0)
+        return dir;
+    char tmp[300], name[300];
+    service_decl_name(m->u.service_start.name, tmp, sizeof tmp, ".tmp");
+    service_decl_name(m->u.service_start.name, name, sizeof name, "");
+    int fd = sprite_file_open(dir, tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int r = fd < 0 ? fd : 0;
+    if (fd >= 0) {
+        if (write(fd, frame, (size_t)n) != n || fsync(fd) < 0)
+            r = errno ? -errno : -EIO;
+        close(fd);
+        if (r == 0 && renameat(dir, tmp, dir, name) < 0)
+            r = -errno;
+        if (r < 0)
+            unlinkat(dir, tmp, 0);
+    }
+    close(dir);
     return r;
 }
 
@@ -256,6 +266,12 @@ void service_start(struct agent *a, const struct wisp_msg *m)
 {
     char msg[256];
     int sys_errno;
+    if (a->ct.frozen) {
+        /* Its log and its declaration are files on the frozen filesystem. */
+        channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0,
+                           "the sprite's filesystem is frozen: thaw it first");
+        return;
+    }
     int r = service_declare(a, m, &sys_errno, msg, sizeof msg);
     if (r < 0) {
         channel_send_error(&a->chan, m->stream, r, sys_errno, "%s", msg);
@@ -272,9 +288,13 @@ void service_start(struct agent *a, const struct wisp_msg *m)
 
 void services_restore(struct agent *a)
 {
-    DIR *d = opendir(SERVICE_DECL_DIR);
-    if (d == NULL)
+    int dir = sprite_dir_open(SERVICE_DECL_DIR, false);
+    DIR *d = dir < 0 ? NULL : fdopendir(dir);
+    if (d == NULL) {
+        if (dir >= 0)
+            close(dir);
         return;
+    }
     static uint8_t frame[WISP_PROTO_MAX_FRAME + 1];
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
@@ -282,9 +302,11 @@ void services_restore(struct agent *a)
         if (len < 5 || strcmp(e->d_name + len - 4, ".svc") != 0)
             continue;
         /* The files are on the user's disk: read them like anything from outside. */
-        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0)
+        int fd = sprite_file_open(dirfd(d), e->d_name, O_RDONLY, 0);
+        if (fd < 0) {
+            log_warn("service declaration %s: %s (skipped)", e->d_name, strerror(-fd));
             continue;
+        }
         ssize_t n = read(fd, frame, sizeof frame);
         close(fd);
         struct wisp_header h;
@@ -320,11 +342,20 @@ void service_stop(struct agent *a, const struct wisp_msg *m)
                            m->u.service_ref.name);
         return;
     }
+    if (a->ct.frozen) {
+        /* The declaration's file is on the frozen filesystem: unlinking it would block. */
+        channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0,
+                           "the sprite's filesystem is frozen: thaw it first");
+        return;
+    }
     s->restart_at_ms = 0;
-    char path[512];
-    service_decl_path(s->name, path, sizeof path, "");
-    if (unlink(path) < 0 && errno != ENOENT)
-        log_warn("service %s: unlink %s: %m", s->name, path);
+    char name[300];
+    service_decl_name(s->name, name, sizeof name, "");
+    int dir = sprite_dir_open(SERVICE_DECL_DIR, false);
+    if (dir >= 0 && unlinkat(dir, name, 0) < 0 && errno != ENOENT)
+        log_warn("service %s: unlink " SERVICE_DECL_DIR "/%s: %m", s->name, name);
+    if (dir >= 0)
+        close(dir);
     if (s->pid > 0) {
         kill(-s->pid, SIGTERM);
         kill(-s->pid, SIGCONT);
@@ -405,7 +436,9 @@ static void service_read(struct agent *a, struct service *s)
     }
     agent_touch(a);
     ring_push_overwrite(&s->log, buf, (size_t)n);
-    if (s->log_fd >= 0) {
+    /* While the filesystem is frozen a write to it would block PID 1 until a THAW that it
+     * could then never read: the ring alone keeps the output meanwhile. */
+    if (s->log_fd >= 0 && !a->ct.frozen) {
         if (write(s->log_fd, buf, (size_t)n) != n)
             log_warn("service %s: write log: %m", s->name);
         s->log_size += n;

@@ -253,6 +253,7 @@ void session_window(struct agent *a, const struct wisp_msg *m)
     if (!s->adopted) {
         /* A new connection takes the session over: fresh credits both ways. */
         s->adopted = true;
+        s->orphaned_at_ms = 0;
         s->credit = m->u.window.increment;
         s->stdin_unacked = 0;
         s->stdin_credit = 0;
@@ -402,6 +403,21 @@ static bool session_done(const struct agent *a, const struct session *s)
            s->adopted && a->chan.connected;
 }
 
+int sessions_tick(const struct agent *a, uint64_t now)
+{
+    int timeout = -1;
+    for (const struct session *s = a->sessions; s != NULL; s = s->next) {
+        if (!s->reaped || s->adopted || s->orphaned_at_ms == 0)
+            continue;
+        uint64_t since = s->reaped_at_ms > s->orphaned_at_ms ? s->reaped_at_ms : s->orphaned_at_ms;
+        uint64_t due = since + SESSION_ORPHAN_KEEP_MS;
+        int left = due > now ? (int)(due - now) : 0;
+        if (timeout < 0 || left < timeout)
+            timeout = left;
+    }
+    return timeout;
+}
+
 bool sessions_exit_ready(const struct agent *a)
 {
     for (const struct session *s = a->sessions; s != NULL; s = s->next)
@@ -447,8 +463,18 @@ void sessions_progress(struct agent *a)
                 s->stdin_unacked = 0;
             }
         }
-        if (session_done(a, s))
+        if (session_done(a, s)) {
             session_send_exit(a, s);
+        } else if (s->reaped && !s->adopted && s->orphaned_at_ms > 0) {
+            uint64_t since =
+                s->reaped_at_ms > s->orphaned_at_ms ? s->reaped_at_ms : s->orphaned_at_ms;
+            if (agent_now_ms() - since >= SESSION_ORPHAN_KEEP_MS) {
+                log_info("session %u: finished with no host to adopt it for %d s: freed", s->stream,
+                         SESSION_ORPHAN_KEEP_MS / 1000);
+                session_unlink(a, s);
+                session_free(s);
+            }
+        }
     }
 }
 
@@ -490,6 +516,7 @@ bool sessions_reaped(struct agent *a, pid_t pid, int status)
     for (struct session *s = a->sessions; s != NULL; s = s->next) {
         if (s->pid == pid && !s->reaped) {
             s->reaped = true;
+            s->reaped_at_ms = agent_now_ms();
             s->wstatus = status;
             return true;
         }
@@ -499,7 +526,10 @@ bool sessions_reaped(struct agent *a, pid_t pid, int status)
 
 void sessions_disconnected(struct agent *a)
 {
+    uint64_t now = agent_now_ms();
     for (struct session *s = a->sessions; s != NULL; s = s->next) {
+        if (s->adopted)
+            s->orphaned_at_ms = now;
         s->adopted = false;
         s->credit = 0;
         s->stdin_credit = 0;

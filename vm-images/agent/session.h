@@ -20,7 +20,11 @@
 #include "protocol.h"
 #include "ring.h"
 
-#define SESSION_MAX            64
+#define SESSION_MAX 64
+/* A finished session that no host holds is kept this long, for a host that reconnects to
+ * adopt it and read its output and exit; then it is freed, or orphans left by hosts that never
+ * came back would fill SESSION_MAX for good. */
+#define SESSION_ORPHAN_KEEP_MS 60000
 #define SESSION_OUT_RING       (64 * 1024)
 #define SESSION_STDIN_WINDOW   (128 * 1024)
 #define SESSION_DEFAULT_WINDOW (256 * 1024)
@@ -44,6 +48,9 @@ struct session {
     bool reaped;
     int wstatus;
     bool adopted;
+    /* For freeing orphans: when the process was reaped, and when the host that started the
+     * session went away (0: never, or adopted again since). */
+    uint64_t reaped_at_ms, orphaned_at_ms;
 };
 
 void session_exec(struct agent *a, const struct wisp_msg *m);
@@ -60,6 +67,8 @@ void sessions_service(struct agent *a, const struct pollfd *fds, size_t n);
 /* Sends EXITs of finished sessions and frees them; returns credit for consumed stdin. */
 void sessions_progress(struct agent *a);
 /* A session has nothing left but its EXIT (which sessions_progress sends). */
+/* Milliseconds until a finished orphan is due to be freed (SESSION_ORPHAN_KEEP_MS), or -1. */
+int sessions_tick(const struct agent *a, uint64_t now);
 bool sessions_exit_ready(const struct agent *a);
 /* channel fill(): the next STDOUT/STDERR frame, round robin over the sessions. */
 size_t sessions_fill(struct agent *a, uint8_t *buf, size_t cap);

@@ -184,6 +184,7 @@ static void serve(struct agent *a, int sigfd)
             power_off(a);
         int timeout = channel_tick(&a->chan, now);
         timeout = min_timeout(timeout, services_tick(a, now));
+        timeout = min_timeout(timeout, sessions_tick(a, now));
         if (a->shutdown_at_ms)
             timeout = min_timeout(timeout, (int)(a->shutdown_at_ms - now));
         /* And when even that round left a session ready to end (the second pump emptied
