@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -37,6 +38,9 @@ struct agent_chunk {
     size_t off;
 };
 
+#define AGENT_REPLIES_MAX    8  /* replies queued on one stream before the guest is cut off */
+#define AGENT_SEND_TIMEOUT_S 10 /* a send that makes no progress this long ends the connection */
+
 struct agent_stream {
     uint32_t id;
     GQueue replies; /* struct agent_reply */
@@ -44,6 +48,7 @@ struct agent_stream {
     bool is_exec;
     GQueue chunks; /* struct agent_chunk, oldest first */
     size_t buffered;
+    uint32_t window; /* the most the guest may have sent and we not yet consumed */
     uint64_t stdin_credit;
     bool exited;
     int exit_kind, exit_code;
@@ -100,6 +105,15 @@ static bool agent_write_all(agent_client *c, const uint8_t *buf, size_t len, GEr
         ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* SO_SNDTIMEO passed with the guest not reading; a frame may be half sent, so
+             * nothing more can be sent on this connection. */
+            g_set_error(error, AGENT_ERROR, AGENT_ERROR_IO,
+                        "write control socket: wisp-init read nothing for %d s",
+                        AGENT_SEND_TIMEOUT_S);
+            shutdown(c->fd, SHUT_RDWR);
+            return false;
+        }
         if (n < 0) {
             g_set_error(error, AGENT_ERROR, errno == EPIPE ? AGENT_ERROR_CLOSED : AGENT_ERROR_IO,
                         "write control socket: %s", g_strerror(errno));
@@ -147,6 +161,18 @@ static struct wisp_strv agent_strv(const char *const *v)
 
 /* ---- receiving ----------------------------------------------------------------------------- */
 
+/* The guest broke the protocol in a way that could cost us unbounded memory: the connection
+ * ends (the reader then sees EOF and every waiter wakes).  Called with c->lock held. */
+static void agent_violation_locked(agent_client *c, const char *why)
+{
+    if (!c->closed) {
+        c->closed = true;
+        c->close_reason = g_strdup_printf("protocol violation: %s", why);
+    }
+    shutdown(c->fd, SHUT_RDWR);
+    g_cond_broadcast(&c->cond);
+}
+
 /* Files one decoded message; called with c->lock held.  Takes ownership of m's arena. */
 static void agent_dispatch(agent_client *c, struct wisp_msg *m)
 {
@@ -184,6 +210,17 @@ static void agent_dispatch(agent_client *c, struct wisp_msg *m)
     switch (m->type) {
     case WISP_MSG_STDOUT:
     case WISP_MSG_STDERR: {
+        /* Output beyond the credit we granted is a guest that ignores flow control: queueing
+         * it would let the guest grow this process's memory without bound. */
+        if (!s->is_exec || s->buffered + m->u.data.len > s->window) {
+            log_error(AGENT_LOG,
+                      "wisp-init sent %zu bytes of output on stream %u beyond the %u bytes of "
+                      "credit granted: closing the connection",
+                      (size_t)m->u.data.len, m->stream, s->window);
+            agent_violation_locked(c, "output beyond the granted credit");
+            wisp_msg_free(m);
+            return;
+        }
         struct agent_chunk *ch = g_new0(struct agent_chunk, 1);
         ch->kind = m->type == WISP_MSG_STDOUT ? AGENT_STDOUT : AGENT_STDERR;
         ch->bytes = g_bytes_new(m->u.data.data, m->u.data.len);
@@ -203,6 +240,16 @@ static void agent_dispatch(agent_client *c, struct wisp_msg *m)
         wisp_msg_free(m);
         return;
     default: {
+        /* A request gets one reply; a few more are tolerated, a flood is not. */
+        if (g_queue_get_length(&s->replies) >= AGENT_REPLIES_MAX) {
+            log_error(AGENT_LOG,
+                      "wisp-init sent more than %d replies on stream %u: closing the "
+                      "connection",
+                      AGENT_REPLIES_MAX, m->stream);
+            agent_violation_locked(c, "too many replies on one stream");
+            wisp_msg_free(m);
+            return;
+        }
         struct agent_reply *r = g_new0(struct agent_reply, 1);
         r->msg = *m;
         if (m->type == WISP_MSG_SERVICE_LOGS_REPLY) {
@@ -316,6 +363,16 @@ agent_client *agent_client_connect(const char *ctl_path, int timeout_ms, GError 
             return NULL;
         }
         g_usleep(AGENT_CONNECT_RETRY_US);
+    }
+    /* A guest that stops reading must not block a sender (and, through write_lock, every
+     * other thread of this client) for ever: a send that makes no progress for this long
+     * fails, and the connection ends (agent_write_all). */
+    struct timeval send_timeout = {.tv_sec = AGENT_SEND_TIMEOUT_S};
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout) < 0) {
+        saved = errno;
+        close(fd);
+        g_set_error(error, AGENT_ERROR, AGENT_ERROR_CONNECT, "SO_SNDTIMEO: %s", g_strerror(saved));
+        return NULL;
     }
     c = g_new0(agent_client, 1);
     c->fd = fd;
@@ -642,6 +699,9 @@ agent_exec *agent_exec_start(agent_client *c, const struct agent_exec_opts *opts
     e->c = c;
     e->window = opts->window ? opts->window : AGENT_DEFAULT_WINDOW;
     e->s = agent_stream_open(c, true);
+    g_mutex_lock(&c->lock);
+    e->s->window = e->window;
+    g_mutex_unlock(&c->lock);
     m.stream = e->s->id;
     m.u.exec.flags = (opts->tty ? WISP_EXEC_TTY : 0) | (opts->with_stdin ? WISP_EXEC_STDIN : 0);
     m.u.exec.rows = opts->rows ? opts->rows : 24;
@@ -706,6 +766,9 @@ agent_exec *agent_exec_adopt(agent_client *c, uint32_t stream, uint32_t window, 
         return NULL;
     }
     /* The increment becomes the session's credit; the guest answers with stdin credit. */
+    g_mutex_lock(&c->lock);
+    e->s->window = e->window;
+    g_mutex_unlock(&c->lock);
     m.u.window.increment = e->window;
     if (!agent_send(c, &m, error)) {
         agent_exec_free(e);
