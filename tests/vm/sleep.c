@@ -1,0 +1,165 @@
+/* sleep.c (vm_sleep): cold sleep to the real radosgw and wake, under TCG.
+ *
+ *   1. A sprite (RAM in its own file, disk over NBD from the Wisp plugin) runs a counter service
+ *      and writes a file of random bytes; then it is put to cold sleep into radosgw.
+ *   2. The local copy is deleted; the sprite wakes from the store.  The counter is the same
+ *      process and counts on from where it was; the file reads back with the same checksum.
+ *   3. Idle for a few seconds, then a second cold sleep: few new chunks (target: at most 16 MiB
+ *      for an idle 256 MiB sprite); it wakes from the local copy this time.
+ *   4. Warm sleep and wake (stop/cont): the counter goes on.
+ * FIGURE lines report bytes stored per sleep and the time of each step.
+ * Skips (77) without WISP_TEST_S3_ENDPOINT (tests/s3/rgw-fixture). */
+#include "sleep_fixture.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MiB (1024.0 * 1024.0)
+
+static void check_counter(struct sleepf_sprite *s, long pid_before, long n_before, const char *when)
+{
+    long pid = 0, n = 0, n2 = 0;
+
+    sleepf_counter_read(s, &pid, &n);
+    fx_sleep(0.5);
+    sleepf_counter_read(s, &pid, &n2);
+    fx_log("%s: counter pid %ld at %ld then %ld (before: pid %ld at %ld)", when, pid, n, n2,
+           pid_before, n_before);
+    FX_CHECK(pid == pid_before, "%s: the counter is another process (%ld, was %ld)", when, pid,
+             pid_before);
+    FX_CHECK(n >= n_before, "%s: the counter went back (%ld < %ld)", when, n, n_before);
+    FX_CHECK(n2 > n, "%s: the counter does not count (%ld then %ld)", when, n, n2);
+}
+
+static void delete_local_copy(const char *dir)
+{
+    g_autofree char *ram = sleep_ram_path(dir), *state = sleep_state_path(dir),
+                    *manifest = sleep_manifest_path(dir);
+    FX_CHECK(unlink(ram) == 0 && unlink(state) == 0 && unlink(manifest) == 0,
+             "delete the local copy in %s", dir);
+}
+
+static void print_sleep(const char *which, const struct cold_sleep_result *r)
+{
+    uint64_t up = r->ram.uploaded_bytes + r->state.uploaded_bytes;
+    printf("FIGURE cold_sleep_%s_bytes_stored=%llu (%.2f MiB; RAM %llu chunks: %llu zero, %llu "
+           "already stored, %llu new; state %llu bytes)\n",
+           which, (unsigned long long)up, (double)up / MiB, (unsigned long long)r->ram.chunks,
+           (unsigned long long)r->ram.zero_chunks, (unsigned long long)r->ram.known_chunks,
+           (unsigned long long)r->ram.uploaded_chunks, (unsigned long long)r->state_bytes);
+    printf("FIGURE cold_sleep_%s_ms=%.0f (sync %.0f, stop %.0f, migrate %.0f, quit %.0f, store "
+           "%.0f)\n",
+           which, r->total_s * 1e3, r->sync_s * 1e3, r->stop_s * 1e3, r->migrate_s * 1e3,
+           r->quit_s * 1e3, r->store_s * 1e3);
+}
+
+static void print_wake(const char *which, const struct wake_result *r)
+{
+    printf("FIGURE cold_wake_%s_ms=%.0f (fetch %.0f ms, %.2f MiB; launch %.0f, migrate %.0f, "
+           "cont %.1f)\n",
+           which, r->total_s * 1e3, r->fetch_s * 1e3, (double)r->fetched_bytes / MiB,
+           r->launch_s * 1e3, r->migrate_s * 1e3, r->cont_s * 1e3);
+}
+
+int main(void)
+{
+    struct vmf_image img;
+    struct vmf_disk disk;
+    struct sleepf_sprite s;
+    struct store *st = NULL;
+    GError *err = NULL;
+    char url[1200], prefix[128];
+    long pid0, n0;
+
+    fx_setup("vm-sleep");
+    if (!fx_s3_available())
+        fx_skip("WISP_TEST_S3_ENDPOINT is not set (start tests/s3/rgw-fixture)");
+    snprintf(prefix, sizeof prefix, "vm-sleep-%d-%lld", (int)getpid(),
+             (long long)g_get_real_time());
+    fx_s3_url(url, sizeof url, prefix, NULL);
+    fx_store_cleanup_register(url);
+    FX_CHECK(store_open(url, NULL, &st) == 0, "open %s: %s", url, store_last_error());
+
+    vmf_image_get(&img, false);
+    vmf_disk_new(&disk, &img, "sleeper");
+    sleepf_boot(&s, &img, &disk, "sleeper");
+    sleepf_counter_start(&s);
+    g_autofree char *sum =
+        vmf_sh_ok(&s.v, "head -c 4194304 /dev/urandom > /root/before-sleep &&"
+                        " md5sum /root/before-sleep | cut -d' ' -f1");
+
+    /* 1. Cold sleep to radosgw. */
+    g_autofree char *key1 = sleep_manifest_key(s.name, 1);
+    struct cold_sleep_opts so = {
+        .store = st,
+        .sprite = s.name,
+        .dir = s.dir,
+        .manifest_key = key1,
+        .mem_mib = 256,
+        .agent = s.v.agent,
+        .timeout_ms = 60000,
+    };
+    struct cold_sleep_result first, repeat;
+    sleepf_counter_read(&s, &pid0, &n0);
+    FX_CHECK(sleep_cold(s.v.vm, &so, &first, &err), "cold sleep: %s", err ? err->message : "?");
+    FX_CHECK(s.v.vm->pid == 0, "QEMU still runs after the cold sleep");
+    vmf_destroy(&s.v);
+    print_sleep("first", &first);
+
+    /* 2. The local copy deleted, wake from the store. */
+    delete_local_copy(s.dir);
+    struct wake_opts wo = {
+        .store = st, .dir = s.dir, .manifest_key = key1, .config = &s.cfg, .timeout_ms = 60000};
+    struct wake_result w1;
+    struct vm *vm = wake_cold(&wo, NULL, &w1, &err);
+    FX_CHECK(vm, "wake from the store: %s", err ? err->message : "?");
+    FX_CHECK(w1.from_store, "the wake did not use the store");
+    print_wake("from_store", &w1);
+    sleepf_adopt(&s, vm);
+    check_counter(&s, pid0, n0, "after the wake from the store");
+    g_autofree char *sum_after = vmf_sh_ok(&s.v, "md5sum /root/before-sleep | cut -d' ' -f1");
+    FX_CHECK(strcmp(sum, sum_after) == 0, "the file changed over sleep: %s then %s", sum,
+             sum_after);
+
+    /* 3. Idle, then a repeat sleep: the pages that did not change are stored already. */
+    fx_sleep(3);
+    g_autofree char *key2 = sleep_manifest_key(s.name, 2);
+    so.manifest_key = key2;
+    so.agent = s.v.agent;
+    sleepf_counter_read(&s, &pid0, &n0);
+    FX_CHECK(sleep_cold(s.v.vm, &so, &repeat, &err), "repeat cold sleep: %s",
+             err ? err->message : "?");
+    vmf_destroy(&s.v);
+    print_sleep("repeat", &repeat);
+    uint64_t repeat_bytes = repeat.ram.uploaded_bytes + repeat.state.uploaded_bytes;
+    uint64_t first_bytes = first.ram.uploaded_bytes + first.state.uploaded_bytes;
+    FX_CHECK(repeat_bytes < first_bytes, "the repeat sleep stored as much as the first");
+    FX_CHECK(repeat_bytes <= 16ull << 20, "the repeat sleep of an idle sprite stored %.2f MiB"
+             " (target: at most 16 MiB)", (double)repeat_bytes / MiB);
+
+    wo.manifest_key = key2;
+    struct wake_result w2;
+    vm = wake_cold(&wo, NULL, &w2, &err);
+    FX_CHECK(vm, "wake from the local copy: %s", err ? err->message : "?");
+    FX_CHECK(!w2.from_store, "the wake fetched from the store with a local copy there");
+    print_wake("from_local", &w2);
+    sleepf_adopt(&s, vm);
+    check_counter(&s, pid0, n0, "after the wake from the local copy");
+
+    /* 4. Warm sleep and wake. */
+    sleepf_counter_read(&s, &pid0, &n0);
+    double t0 = fx_now();
+    FX_CHECK(sleep_warm(s.v.vm, 10000, &err), "warm sleep: %s", err ? err->message : "?");
+    fx_sleep(0.5);
+    double t1 = fx_now();
+    FX_CHECK(wake_warm(s.v.vm, 10000, &err), "warm wake: %s", err ? err->message : "?");
+    printf("FIGURE warm_wake_ms=%.2f (stop %.2f ms)\n", (fx_now() - t1) * 1e3,
+           (t1 - 0.5 - t0) * 1e3);
+    check_counter(&s, pid0, n0, "after the warm wake");
+
+    vmf_shutdown(&s.v);
+    fx_server_stop(&disk.server);
+    store_close(st);
+    return 0;
+}
