@@ -72,14 +72,19 @@ int main(void)
     char url[1200], prefix[128];
     long pid0, n0;
 
-    fx_setup("vm-sleep");
     if (!fx_s3_available())
         fx_skip("WISP_TEST_S3_ENDPOINT is not set (start tests/s3/rgw-fixture)");
     snprintf(prefix, sizeof prefix, "vm-sleep-%d-%lld", (int)getpid(),
              (long long)g_get_real_time());
     fx_s3_url(url, sizeof url, prefix, NULL);
+    /* Opened before fx_setup registers its exit cleanup, so that the cleanup (which deletes the
+     * prefix) runs before OpenSSL's own exit handler tears the library down. */
+    if (store_open(url, NULL, &st) != 0) {
+        fprintf(stderr, "open %s: %s\n", url, store_last_error());
+        return 1;
+    }
+    fx_setup("vm-sleep");
     fx_store_cleanup_register(url);
-    FX_CHECK(store_open(url, NULL, &st) == 0, "open %s: %s", url, store_last_error());
 
     vmf_image_get(&img, false);
     vmf_disk_new(&disk, &img, "sleeper");
