@@ -50,8 +50,7 @@ crash_watch *crash_watch_pid(GMainContext *ctx, pid_t pid, crash_watch_cb cb, vo
     w->opaque = opaque;
     w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (w->pidfd < 0) {
-        g_set_error(error, VM_ERROR, VM_ERROR_IO, "pidfd_open %d: %s", (int)pid,
-                    g_strerror(errno));
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "pidfd_open %d: %s", (int)pid, g_strerror(errno));
         g_free(w);
         return NULL;
     }
@@ -68,9 +67,9 @@ static void crash_watch_mark_crashed(pid_t pid, void *opaque)
 
     /* Reap it now, so the status says how it died (and no zombie stays). */
     (void)vm_is_running(w->vm);
-    g_autofree char *why = g_strdup_printf("QEMU %d %s without being asked", (int)pid,
-                                           w->vm->pid ? "exited" :
-                                           proc_status_to_string(w->vm->exit_status));
+    g_autofree char *why =
+        g_strdup_printf("QEMU %d %s without being asked", (int)pid,
+                        w->vm->pid ? "exited" : proc_status_to_string(w->vm->exit_status));
     log_warn(WATCH_LOG, "sprite %s: %s", w->name, why);
     if (!sprite_db_end(w->db, w->name, SPRITE_CRASHED, 0, NULL, NULL, why, &err)) {
         log_error(WATCH_LOG, "sprite %s: recording the crash: %s", w->name, err->message);

@@ -6,9 +6,9 @@
 #include "vm_config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -205,7 +205,8 @@ bool chunk_list_store(struct store *st, const char *path, uint32_t chunk_bytes, 
     }
     if (stats)
         *stats = job.stats;
-    log_info(CHUNKS_LOG, "%s: %u chunks, %" G_GUINT64_FORMAT " zero, %" G_GUINT64_FORMAT
+    log_info(CHUNKS_LOG,
+             "%s: %u chunks, %" G_GUINT64_FORMAT " zero, %" G_GUINT64_FORMAT
              " already stored, %" G_GUINT64_FORMAT " uploaded (%" G_GUINT64_FORMAT " bytes)",
              path, n, job.stats.zero_chunks, job.stats.known_chunks, job.stats.uploaded_chunks,
              job.stats.uploaded_bytes);

@@ -4,9 +4,9 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -163,8 +163,7 @@ static char *manifest_build(const struct cold_sleep_opts *o, const struct chunk_
     return json_generator_to_data(gen, NULL);
 }
 
-static bool parse_chunks(JsonObject *root, const char *name, struct chunk_list *cl,
-                         GError **error)
+static bool parse_chunks(JsonObject *root, const char *name, struct chunk_list *cl, GError **error)
 {
     JsonObject *o = json_object_get_object_member(root, name);
     JsonArray *a = o ? json_object_get_array_member(o, "chunks") : NULL;
@@ -178,8 +177,10 @@ static bool parse_chunks(JsonObject *root, const char *name, struct chunk_list *
     guint n = json_array_get_length(a);
     if (bytes < 0 || chunk <= 0 || chunk > (1 << 30) ||
         (guint64)n != ((guint64)bytes + (guint64)chunk - 1) / (guint64)chunk) {
-        g_set_error(error, VM_ERROR, VM_ERROR_IO, "manifest: %s: %u chunks do not cover %" G_GINT64_FORMAT
-                    " bytes in chunks of %" G_GINT64_FORMAT, name, n, bytes, chunk);
+        g_set_error(error, VM_ERROR, VM_ERROR_IO,
+                    "manifest: %s: %u chunks do not cover %" G_GINT64_FORMAT
+                    " bytes in chunks of %" G_GINT64_FORMAT,
+                    name, n, bytes, chunk);
         return false;
     }
     chunk_list_init(cl, (uint64_t)bytes, (uint32_t)chunk);

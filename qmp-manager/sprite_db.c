@@ -215,8 +215,8 @@ bool sprite_db_begin(sprite_db *db, const char *name, enum sprite_state to,
     int n = db_run(db, error,
                    "UPDATE sprites SET state = ?, pending_manifest = ?, updated_us = ?"
                    " WHERE name = ?",
-                   "ssis", sprite_state_to_string(to), pending_manifest,
-                   (gint64)g_get_real_time(), name);
+                   "ssis", sprite_state_to_string(to), pending_manifest, (gint64)g_get_real_time(),
+                   name);
     bool ok = db_transition(db, name, "begin", to, pending_manifest, n, error);
     return db_commit(db, ok, error);
 }
@@ -252,8 +252,7 @@ bool sprite_db_fail(sprite_db *db, const char *name, enum sprite_state fallback,
                    "UPDATE sprites SET state = ?1, good_state = ?1, pending_manifest = NULL,"
                    " pid = CASE WHEN ?1 IN ('running', 'warm-asleep') THEN pid ELSE 0 END,"
                    " detail = ?2, updated_us = ?3 WHERE name = ?4",
-                   "ssis", sprite_state_to_string(fallback), why, (gint64)g_get_real_time(),
-                   name);
+                   "ssis", sprite_state_to_string(fallback), why, (gint64)g_get_real_time(), name);
     bool ok = db_transition(db, name, "fail", fallback, why, n, error);
     return db_commit(db, ok, error);
 }

@@ -128,8 +128,8 @@ int main(int argc, char **argv)
         const char *child[] = {self, "--recover", state_dir, store_url, NULL};
         g_autofree char *out = NULL;
         int status = -1;
-        FX_CHECK(self && g_spawn_sync(NULL, (char **)child, NULL, G_SPAWN_STDERR_TO_DEV_NULL,
-                                      NULL, NULL, &out, NULL, &status, &err),
+        FX_CHECK(self && g_spawn_sync(NULL, (char **)child, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL,
+                                      NULL, &out, NULL, &status, &err),
                  "run the recovery: %s", err ? err->message : "?");
         fprintf(stderr, "%s", out ? out : "");
         FX_CHECK(g_spawn_check_wait_status(status, NULL),
@@ -137,9 +137,9 @@ int main(int argc, char **argv)
     }
 
     /* 3. The victim syncs a file, then its QEMU is killed. */
-    g_autofree char *written = vmf_sh_ok(
-        &victim.v, "echo flushed-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n') >"
-                   " /root/flushed && sync && cat /root/flushed");
+    g_autofree char *written =
+        vmf_sh_ok(&victim.v, "echo flushed-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n') >"
+                             " /root/flushed && sync && cat /root/flushed");
     pid_t qemu = victim.v.vm->pid;
     double t0 = fx_now();
     FX_CHECK(kill(qemu, SIGKILL) == 0, "kill -9 %d", (int)qemu);

@@ -174,8 +174,8 @@ static qmp_client *run_case(const char *path, enum peer_case what, pthread_t *t,
 }
 
 /* The async form: on ctx, which the caller iterates. */
-static qmp_client *run_case_on(const char *path, enum peer_case what, pthread_t *t,
-                               struct peer *p, GMainContext *ctx, GError **err)
+static qmp_client *run_case_on(const char *path, enum peer_case what, pthread_t *t, struct peer *p,
+                               GMainContext *ctx, GError **err)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
 

@@ -90,9 +90,8 @@ int main(void)
     vmf_disk_new(&disk, &img, "sleeper");
     sleepf_boot(&s, &img, &disk, "sleeper");
     sleepf_counter_start(&s);
-    g_autofree char *sum =
-        vmf_sh_ok(&s.v, "head -c 4194304 /dev/urandom > /root/before-sleep &&"
-                        " md5sum /root/before-sleep | cut -d' ' -f1");
+    g_autofree char *sum = vmf_sh_ok(&s.v, "head -c 4194304 /dev/urandom > /root/before-sleep &&"
+                                           " md5sum /root/before-sleep | cut -d' ' -f1");
 
     /* 1. Cold sleep to radosgw. */
     g_autofree char *key1 = sleep_manifest_key(s.name, 1);
@@ -140,8 +139,10 @@ int main(void)
     uint64_t repeat_bytes = repeat.ram.uploaded_bytes + repeat.state.uploaded_bytes;
     uint64_t first_bytes = first.ram.uploaded_bytes + first.state.uploaded_bytes;
     FX_CHECK(repeat_bytes < first_bytes, "the repeat sleep stored as much as the first");
-    FX_CHECK(repeat_bytes <= 16ull << 20, "the repeat sleep of an idle sprite stored %.2f MiB"
-             " (target: at most 16 MiB)", (double)repeat_bytes / MiB);
+    FX_CHECK(repeat_bytes <= 16ull << 20,
+             "the repeat sleep of an idle sprite stored %.2f MiB"
+             " (target: at most 16 MiB)",
+             (double)repeat_bytes / MiB);
 
     wo.manifest_key = key2;
     struct wake_result w2;

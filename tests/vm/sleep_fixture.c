@@ -64,8 +64,8 @@ void sleepf_counter_start(struct sleepf_sprite *s)
                           " mv /tmp/counter.new /tmp/counter; i=$((i+1)); sleep 0.1; done",
                           NULL};
 
-    FX_CHECK(agent_client_service_start(s->v.agent, "counter", argv, NULL, NULL,
-                                        WISP_RESTART_NEVER, 0, 30000, &err),
+    FX_CHECK(agent_client_service_start(s->v.agent, "counter", argv, NULL, NULL, WISP_RESTART_NEVER,
+                                        0, 30000, &err),
              "counter service: %s", err ? err->message : "?");
     /* Until it has written once. */
     for (int i = 0; i < 100; i++) {

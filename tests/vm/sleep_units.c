@@ -71,8 +71,7 @@ static void test_chunks(const char *dir, struct store *st)
 
     /* Restore byte for byte. */
     uint64_t fetched = 0;
-    CHECK(chunk_list_restore(st, &cl, dst, &fetched, &err), "restore: %s",
-          err ? err->message : "");
+    CHECK(chunk_list_restore(st, &cl, dst, &fetched, &err), "restore: %s", err ? err->message : "");
     g_clear_error(&err);
     g_autofree char *back = NULL;
     gsize back_len = 0;
@@ -105,15 +104,18 @@ static void test_manifest_parse(void)
 {
     struct chunk_list ram = {0}, state = {0};
     GError *err = NULL;
-    const char *evil = "{\"format\": \"wisp-sleep-1\", \"mem_mib\": 1,"
-                       " \"ram\": {\"bytes\": 4096, \"chunk_bytes\": 4096, \"chunks\": [\"../../x\"]},"
-                       " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
-    const char *short_list = "{\"format\": \"wisp-sleep-1\","
-                             " \"ram\": {\"bytes\": 8192, \"chunk_bytes\": 4096, \"chunks\": [\"\"]},"
-                             " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
-    const char *good = "{\"format\": \"wisp-sleep-1\", \"mem_mib\": 7,"
-                       " \"ram\": {\"bytes\": 8192, \"chunk_bytes\": 4096, \"chunks\": [\"\", \"\"]},"
-                       " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
+    const char *evil =
+        "{\"format\": \"wisp-sleep-1\", \"mem_mib\": 1,"
+        " \"ram\": {\"bytes\": 4096, \"chunk_bytes\": 4096, \"chunks\": [\"../../x\"]},"
+        " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
+    const char *short_list =
+        "{\"format\": \"wisp-sleep-1\","
+        " \"ram\": {\"bytes\": 8192, \"chunk_bytes\": 4096, \"chunks\": [\"\"]},"
+        " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
+    const char *good =
+        "{\"format\": \"wisp-sleep-1\", \"mem_mib\": 7,"
+        " \"ram\": {\"bytes\": 8192, \"chunk_bytes\": 4096, \"chunks\": [\"\", \"\"]},"
+        " \"state\": {\"bytes\": 0, \"chunk_bytes\": 4096, \"chunks\": []}}";
     unsigned mem = 0;
 
     CHECK(!sleep_manifest_parse(evil, strlen(evil), &ram, &state, NULL, &err), "evil accepted");
@@ -138,7 +140,7 @@ static enum sprite_state state_of(GPtrArray *list, const char *name)
         if (strcmp(r->name, name) == 0)
             return r->state;
     }
-    return (enum sprite_state)-1;
+    return (enum sprite_state) - 1;
 }
 
 static void test_db(const char *dir, struct store *st)
