@@ -140,10 +140,19 @@ int main(int argc, char **argv)
                                          .mem_mib = 256,
                                          .agent = s.v.agent,
                                          .timeout_ms = 60000};
+            /* As the manager would: the last manifest's chunks are known to be stored. */
+            GHashTable *known = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+            if (seq > 1) {
+                g_autofree char *prev = sleep_manifest_key(s.name, seq - 1);
+                FX_CHECK(sleep_known_from_manifest(st, prev, known, &err), "known: %s",
+                         err ? err->message : "?");
+            }
+            so.known = known;
             struct cold_sleep_result sr;
             FX_CHECK(sleep_cold(s.v.vm, &so, &sr, &err), "cold sleep: %s",
                      err ? err->message : "?");
             vmf_destroy(&s.v);
+            g_hash_table_unref(known);
             double bytes = (double)(sr.ram.uploaded_bytes + sr.state.uploaded_bytes);
             if (seq == 1)
                 first_bytes = bytes;

@@ -232,6 +232,28 @@ bool sleep_manifest_parse(const char *text, size_t len, struct chunk_list *ram,
     return true;
 }
 
+bool sleep_known_from_manifest(struct store *st, const char *key, GHashTable *set, GError **error)
+{
+    struct chunk_list ram = {0}, state = {0};
+    void *text = NULL;
+    size_t len = 0;
+    int r = store_get(st, key, &text, &len);
+
+    if (r < 0) {
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "GET %s: %s", key, store_last_error());
+        return false;
+    }
+    bool ok = sleep_manifest_parse(text, len, &ram, &state, NULL, error);
+    free(text);
+    if (!ok)
+        return false;
+    chunk_list_add_to_set(&ram, set);
+    chunk_list_add_to_set(&state, set);
+    chunk_list_clear(&ram);
+    chunk_list_clear(&state);
+    return true;
+}
+
 static bool write_file_durably(const char *path, const char *data, size_t len, GError **error)
 {
     g_autofree char *tmp = g_strdup_printf("%s.tmp", path);

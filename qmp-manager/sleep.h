@@ -97,6 +97,10 @@ struct wake_result {
 bool sleep_manifest_parse(const char *text, size_t len, struct chunk_list *ram,
                           struct chunk_list *state, unsigned *mem_mib, GError **error);
 
+/* Adds the RAM and state chunk hashes of the manifest at key to set (for cold_sleep_opts.known:
+ * a repeat sleep then HEADs only chunks that changed). */
+bool sleep_known_from_manifest(struct store *st, const char *key, GHashTable *set, GError **error);
+
 /* Returns the running sprite, or NULL with error (nothing left running). */
 struct vm *wake_cold(const struct wake_opts *opts, GMainContext *ctx, struct wake_result *out,
                      GError **error);
