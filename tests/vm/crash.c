@@ -159,6 +159,24 @@ int main(int argc, char **argv)
     crash_watch_free(watch);
     vmf_destroy(&victim.v);
 
+    /* The operator's view: wisp-vm sprites reads the same database. */
+    {
+        const char *cli = fx_need_env("WISP_VM_CLI");
+        const char *args[] = {cli, "sprites", "--state", state_dir, NULL};
+        g_autofree char *out = NULL;
+        int status = -1;
+        FX_CHECK(g_spawn_sync(NULL, (char **)args, NULL, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL,
+                              &out, NULL, &status, &err) &&
+                     g_spawn_check_wait_status(status, NULL),
+                 "wisp-vm sprites failed");
+        fprintf(stderr, "%s", out);
+        g_autoptr(GRegex) victim_re = g_regex_new("^victim +crashed ", G_REGEX_MULTILINE, 0, NULL);
+        g_autoptr(GRegex) sleeper_re =
+            g_regex_new("^sleeper +cold-asleep .*manifest-000001", G_REGEX_MULTILINE, 0, NULL);
+        FX_CHECK(g_regex_match(victim_re, out, 0, NULL) && g_regex_match(sleeper_re, out, 0, NULL),
+                 "wisp-vm sprites does not show the victim crashed and the sleeper asleep");
+    }
+
     /* 4. The flushed file, read through the same export by a new VM. */
     vmf_boot(&check, &img, &disk, "check", false, "check");
     g_autofree char *read_back = vmf_sh_ok(&check, "cat /root/flushed");
