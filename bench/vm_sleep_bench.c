@@ -5,8 +5,9 @@
  * One 256 MiB sprite, RAM in its own file, its disk served by nbdkit with the Wisp plugin, a
  * counter service running.  Each run: a cold sleep and a wake from the local copy, then a cold
  * sleep, the local copy deleted, and a wake from the store.  Before the runs, N warm sleeps and
- * wakes.  Printed: medians (and min/max) of warm wake, cold wake from the local copy, cold wake
- * from the store, cold sleep, and bytes stored by the first cold sleep and by the repeats.
+ * wakes.  Printed: medians (and min/max) of warm wake (`cont`), cold wake from the local copy and
+ * from the store (to `cont`, and to the first exec's output on a new agent connection), cold
+ * sleep, and bytes stored by the first cold sleep and by the repeats.
  *
  * The store is radosgw when tests/s3/rgw-fixture's environment is set (WISP_TEST_S3_ENDPOINT...),
  * else a file:// directory.  The image, plugin and CLI are found as the VM tests find them
@@ -118,6 +119,7 @@ int main(int argc, char **argv)
            s3 ? "radosgw (tests/s3/rgw-fixture)" : "file://", runs);
 
     double *warm = g_new0(double, runs), *local = g_new0(double, runs);
+    double *local_ready = g_new0(double, runs), *remote_ready = g_new0(double, runs);
     double *remote = g_new0(double, runs), *sleep_s = g_new0(double, 2 * runs);
     double *repeat_bytes = g_new0(double, 2 * runs);
     double first_bytes = 0;
@@ -167,6 +169,7 @@ int main(int argc, char **argv)
                                    .config = &s.cfg,
                                    .timeout_ms = 60000};
             struct wake_result wr;
+            double wake_t0 = fx_now();
             struct vm *vm = wake_cold(&wo, NULL, &wr, &err);
             FX_CHECK(vm, "wake: %s", err ? err->message : "?");
             FX_CHECK(wr.from_store == (bool)from_store, "woke from the wrong copy");
@@ -178,6 +181,9 @@ int main(int argc, char **argv)
                     wr.total_s * 1e3, wr.fetch_s * 1e3, wr.launch_s * 1e3, wr.migrate_s * 1e3,
                     wr.cont_s * 1e3);
             sleepf_adopt(&s, vm);
+            /* Until the guest answers: the agent's READY on a new connection, then an exec. */
+            g_autofree char *out = vmf_sh_ok(&s.v, "echo awake");
+            (from_store ? remote_ready : local_ready)[i] = fx_now() - wake_t0;
         }
         fprintf(stderr, "run %d/%d: wake local %.0f ms, store %.0f ms\n", i + 1, runs,
                 local[i] * 1e3, remote[i] * 1e3);
@@ -189,6 +195,8 @@ int main(int argc, char **argv)
     print_stat("warm_wake", "ms", warm, runs, 1e3);
     print_stat("cold_wake_local", "ms", local, runs, 1e3);
     print_stat("cold_wake_store", "ms", remote, runs, 1e3);
+    print_stat("cold_wake_local_to_exec", "ms", local_ready, runs, 1e3);
+    print_stat("cold_wake_store_to_exec", "ms", remote_ready, runs, 1e3);
     print_stat("cold_sleep", "ms", sleep_s, n_sleep, 1e3);
     printf("FIGURE cold_sleep_first_stored_mib=%.2f\n", first_bytes / MiB);
     print_stat("cold_sleep_repeat_stored", "mib", repeat_bytes, n_repeat, 1.0 / MiB);
@@ -199,6 +207,8 @@ int main(int argc, char **argv)
     g_free(warm);
     g_free(local);
     g_free(remote);
+    g_free(local_ready);
+    g_free(remote_ready);
     g_free(sleep_s);
     g_free(repeat_bytes);
     return 0;
