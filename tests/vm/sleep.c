@@ -7,8 +7,10 @@
  *   3. Idle for a few seconds, then a second cold sleep: few new chunks (target: at most 16 MiB
  *      for an idle 256 MiB sprite); it wakes from the local copy this time.
  *   4. Warm sleep and wake (stop/cont): the counter goes on.
+ * Sleeps and wakes go through sleep_db.h, and the sprite database must say what happened.
  * FIGURE lines report bytes stored per sleep and the time of each step.
  * Skips (77) without WISP_TEST_S3_ENDPOINT (tests/s3/rgw-fixture). */
+#include "sleep_db.h"
 #include "sleep_fixture.h"
 
 #include <stdio.h>
@@ -30,6 +32,19 @@ static void check_counter(struct sleepf_sprite *s, long pid_before, long n_befor
              pid_before);
     FX_CHECK(n >= n_before, "%s: the counter went back (%ld < %ld)", when, n, n_before);
     FX_CHECK(n2 > n, "%s: the counter does not count (%ld then %ld)", when, n, n2);
+}
+
+static void expect_record(sprite_db *db, const char *name, enum sprite_state state,
+                          const char *manifest)
+{
+    GError *err = NULL;
+    struct sprite_record *r = sprite_db_get(db, name, &err);
+    FX_CHECK(r, "record of %s: %s", name, err ? err->message : "?");
+    FX_CHECK(r->state == state && g_strcmp0(r->manifest_key, manifest) == 0,
+             "%s is %s with manifest %s; expected %s with %s", name,
+             sprite_state_to_string(r->state), r->manifest_key ? r->manifest_key : "none",
+             sprite_state_to_string(state), manifest);
+    sprite_record_free(r);
 }
 
 static void delete_local_copy(const char *dir)
@@ -93,56 +108,64 @@ int main(void)
     g_autofree char *sum = vmf_sh_ok(&s.v, "head -c 4194304 /dev/urandom > /root/before-sleep &&"
                                            " md5sum /root/before-sleep | cut -d' ' -f1");
 
+    /* Every transition through the sprite database, as the manager runs them (sleep_db.h). */
+    g_autofree char *state_dir = g_strdup_printf("%s/state", fx_tmpdir());
+    sprite_db *db = sprite_db_open(state_dir, &err);
+    FX_CHECK(db, "sprite db: %s", err ? err->message : "?");
+    FX_CHECK(
+        sprite_db_create(db, s.name, &err) &&
+            sprite_db_end(db, s.name, SPRITE_RUNNING, s.v.vm->pid, s.run_dir, NULL, "booted", &err),
+        "record the sprite: %s", err ? err->message : "?");
+
     /* 1. Cold sleep to radosgw. */
     g_autofree char *key1 = sleep_manifest_key(s.name, 1);
+    g_autofree char *key2 = sleep_manifest_key(s.name, 2);
     struct cold_sleep_opts so = {
         .store = st,
         .sprite = s.name,
         .dir = s.dir,
-        .manifest_key = key1,
         .mem_mib = 256,
         .agent = s.v.agent,
         .timeout_ms = 60000,
     };
     struct cold_sleep_result first, repeat;
     sleepf_counter_read(&s, &pid0, &n0);
-    FX_CHECK(sleep_cold(s.v.vm, &so, &first, &err), "cold sleep: %s", err ? err->message : "?");
+    FX_CHECK(sprite_sleep_cold(db, s.v.vm, &so, &first, &err), "cold sleep: %s",
+             err ? err->message : "?");
     FX_CHECK(s.v.vm->pid == 0, "QEMU still runs after the cold sleep");
     vmf_destroy(&s.v);
     print_sleep("first", &first);
+    expect_record(db, s.name, SPRITE_COLD_ASLEEP, key1);
 
     /* 2. The local copy deleted, wake from the store. */
     delete_local_copy(s.dir);
-    struct wake_opts wo = {
-        .store = st, .dir = s.dir, .manifest_key = key1, .config = &s.cfg, .timeout_ms = 60000};
+    struct wake_opts wo = {.store = st, .dir = s.dir, .config = &s.cfg, .timeout_ms = 60000};
     struct wake_result w1;
-    struct vm *vm = wake_cold(&wo, NULL, &w1, &err);
+    struct vm *vm = sprite_wake_cold(db, s.name, &wo, NULL, &w1, &err);
     FX_CHECK(vm, "wake from the store: %s", err ? err->message : "?");
     FX_CHECK(w1.from_store, "the wake did not use the store");
     print_wake("from_store", &w1);
+    expect_record(db, s.name, SPRITE_RUNNING, key1);
     sleepf_adopt(&s, vm);
     check_counter(&s, pid0, n0, "after the wake from the store");
     g_autofree char *sum_after = vmf_sh_ok(&s.v, "md5sum /root/before-sleep | cut -d' ' -f1");
     FX_CHECK(strcmp(sum, sum_after) == 0, "the file changed over sleep: %s then %s", sum,
              sum_after);
+    /* A running sprite cannot be woken. */
+    FX_CHECK(!sprite_wake_cold(db, s.name, &wo, NULL, &w1, &err), "a running sprite was woken");
+    g_clear_error(&err);
 
-    /* 3. Idle, then a repeat sleep: the pages that did not change are stored already. */
+    /* 3. Idle, then a repeat sleep: the pages that did not change are stored already (the first
+     * manifest's chunks are the known set, so only changed chunks are even looked up). */
     fx_sleep(3);
-    g_autofree char *key2 = sleep_manifest_key(s.name, 2);
-    so.manifest_key = key2;
     so.agent = s.v.agent;
-    /* The last manifest's chunks are known to be stored: only changed chunks are looked up. */
-    GHashTable *known = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    FX_CHECK(sleep_known_from_manifest(st, key1, known, &err), "known set: %s",
-             err ? err->message : "?");
-    so.known = known;
     sleepf_counter_read(&s, &pid0, &n0);
-    FX_CHECK(sleep_cold(s.v.vm, &so, &repeat, &err), "repeat cold sleep: %s",
+    FX_CHECK(sprite_sleep_cold(db, s.v.vm, &so, &repeat, &err), "repeat cold sleep: %s",
              err ? err->message : "?");
     vmf_destroy(&s.v);
-    g_hash_table_unref(known);
-    so.known = NULL;
     print_sleep("repeat", &repeat);
+    expect_record(db, s.name, SPRITE_COLD_ASLEEP, key2);
+    FX_CHECK(repeat.ram.known_chunks > 0, "the known set was not used");
     uint64_t repeat_bytes = repeat.ram.uploaded_bytes + repeat.state.uploaded_bytes;
     uint64_t first_bytes = first.ram.uploaded_bytes + first.state.uploaded_bytes;
     FX_CHECK(repeat_bytes < first_bytes, "the repeat sleep stored as much as the first");
@@ -151,12 +174,12 @@ int main(void)
              " (target: at most 16 MiB)",
              (double)repeat_bytes / MiB);
 
-    wo.manifest_key = key2;
     struct wake_result w2;
-    vm = wake_cold(&wo, NULL, &w2, &err);
+    vm = sprite_wake_cold(db, s.name, &wo, NULL, &w2, &err);
     FX_CHECK(vm, "wake from the local copy: %s", err ? err->message : "?");
     FX_CHECK(!w2.from_store, "the wake fetched from the store with a local copy there");
     print_wake("from_local", &w2);
+    expect_record(db, s.name, SPRITE_RUNNING, key2);
     sleepf_adopt(&s, vm);
     check_counter(&s, pid0, n0, "after the wake from the local copy");
 
@@ -173,6 +196,7 @@ int main(void)
 
     vmf_shutdown(&s.v);
     fx_server_stop(&disk.server);
+    sprite_db_close(db);
     store_close(st);
     return 0;
 }
