@@ -2,11 +2,14 @@
  *
  *   1. A sprite (RAM in its own file, disk over NBD from the Wisp plugin) runs a counter service
  *      and writes a file of random bytes; then it is put to cold sleep into radosgw.
- *   2. The local copy is deleted; the sprite wakes from the store.  The counter is the same
+ *   2. The local copy is deleted; the sprite wakes from the store into another directory, as on
+ *      another host.  The counter is the same
  *      process and counts on from where it was; the file reads back with the same checksum.
  *   3. Idle for a few seconds, then a second cold sleep: few new chunks (target: at most 16 MiB
  *      for an idle 256 MiB sprite); it wakes from the local copy this time.
  *   4. Warm sleep and wake (stop/cont): the counter goes on.
+ *   5. A chunk of the third sleep overwritten in the store: the wake refuses it (the sprite stays
+ *      cold-asleep); put right, the wake works.
  * Sleeps and wakes go through sleep_db.h, and the sprite database must say what happened.
  * FIGURE lines report bytes stored per sleep and the time of each step.
  * Skips (77) without WISP_TEST_S3_ENDPOINT (tests/s3/rgw-fixture). */
@@ -14,6 +17,7 @@
 #include "sleep_fixture.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -45,6 +49,30 @@ static void expect_record(sprite_db *db, const char *name, enum sprite_state sta
              sprite_state_to_string(r->state), r->manifest_key ? r->manifest_key : "none",
              sprite_state_to_string(state), manifest);
     sprite_record_free(r);
+}
+
+/* The store key of the manifest's first non-zero RAM chunk. */
+static char *first_ram_chunk_key(struct store *st, const char *manifest_key)
+{
+    struct chunk_list ram = {0}, state = {0};
+    void *text = NULL;
+    size_t len = 0;
+    GError *err = NULL;
+    char *key = NULL;
+
+    FX_CHECK(store_get(st, manifest_key, &text, &len) == 0, "GET %s", manifest_key);
+    FX_CHECK(sleep_manifest_parse(text, len, &ram, &state, NULL, &err), "parse: %s",
+             err ? err->message : "?");
+    free(text);
+    for (guint i = 0; i < ram.hashes->len && !key; i++) {
+        const char *h = g_ptr_array_index(ram.hashes, i);
+        if (*h)
+            key = g_strdup_printf("%s%s", RAM_CHUNK_PREFIX, h);
+    }
+    chunk_list_clear(&ram);
+    chunk_list_clear(&state);
+    FX_CHECK(key, "no non-zero chunk in %s", manifest_key);
+    return key;
 }
 
 static void delete_local_copy(const char *dir)
@@ -137,11 +165,18 @@ int main(void)
     print_sleep("first", &first);
     expect_record(db, s.name, SPRITE_COLD_ASLEEP, key1);
 
-    /* 2. The local copy deleted, wake from the store. */
+    /* 2. The local copy deleted, wake from the store, as another host would: into a new
+     * directory, through a store connection of its own (the manifest and chunks are all). */
     delete_local_copy(s.dir);
-    struct wake_opts wo = {.store = st, .dir = s.dir, .config = &s.cfg, .timeout_ms = 60000};
+    FX_CHECK(rmdir(s.dir) == 0, "rmdir %s", s.dir);
+    snprintf(s.dir, sizeof s.dir, "%s/other-host/sprite-%s", fx_tmpdir(), s.name);
+    struct store *st2 = NULL;
+    FX_CHECK(store_open(url, NULL, &st2) == 0, "open %s again: %s", url, store_last_error());
+    struct wake_opts wo = {.store = st2, .dir = s.dir, .config = &s.cfg, .timeout_ms = 60000};
     struct wake_result w1;
     struct vm *vm = sprite_wake_cold(db, s.name, &wo, NULL, &w1, &err);
+    store_close(st2);
+    wo.store = st;
     FX_CHECK(vm, "wake from the store: %s", err ? err->message : "?");
     FX_CHECK(w1.from_store, "the wake did not use the store");
     print_wake("from_store", &w1);
@@ -193,6 +228,39 @@ int main(void)
     printf("FIGURE warm_wake_ms=%.2f (stop %.2f ms)\n", (fx_now() - t1) * 1e3,
            (t1 - 0.5 - t0) * 1e3);
     check_counter(&s, pid0, n0, "after the warm wake");
+
+    /* 5. A corrupt chunk in the store: the wake refuses it and the sprite stays asleep; with
+     * the chunk put right, it wakes. */
+    struct cold_sleep_result third;
+    so.agent = s.v.agent;
+    sleepf_counter_read(&s, &pid0, &n0);
+    FX_CHECK(sprite_sleep_cold(db, s.v.vm, &so, &third, &err), "third cold sleep: %s",
+             err ? err->message : "?");
+    vmf_destroy(&s.v);
+    delete_local_copy(s.dir);
+    g_autofree char *key3 = sleep_manifest_key(s.name, 3);
+    g_autofree char *chunk_key = first_ram_chunk_key(st, key3);
+    void *good = NULL;
+    size_t good_len = 0;
+    FX_CHECK(store_get(st, chunk_key, &good, &good_len) == 0, "GET %s", chunk_key);
+    char *bad = g_memdup2(good, good_len);
+    bad[good_len / 2] ^= 0x55;
+    FX_CHECK(store_put(st, chunk_key, bad, good_len) == 0, "overwrite %s", chunk_key);
+    g_free(bad);
+    struct wake_result w3;
+    vm = sprite_wake_cold(db, s.name, &wo, NULL, &w3, &err);
+    FX_CHECK(!vm, "the wake used a corrupt chunk");
+    fx_log("wake with a corrupt chunk: %s", err ? err->message : "?");
+    FX_CHECK(err && strstr(err->message, "refused"), "unexpected error: %s",
+             err ? err->message : "none");
+    g_clear_error(&err);
+    expect_record(db, s.name, SPRITE_COLD_ASLEEP, key3);
+    FX_CHECK(store_put(st, chunk_key, good, good_len) == 0, "put %s back", chunk_key);
+    free(good);
+    vm = sprite_wake_cold(db, s.name, &wo, NULL, &w3, &err);
+    FX_CHECK(vm, "wake with the chunk put right: %s", err ? err->message : "?");
+    sleepf_adopt(&s, vm);
+    check_counter(&s, pid0, n0, "after the wake with the chunk put right");
 
     vmf_shutdown(&s.v);
     fx_server_stop(&disk.server);
