@@ -62,6 +62,7 @@ struct chunk_job {
     GHashTable *known;
     const uint8_t *map; /* store: the file, mapped read-only */
     int fd;             /* restore: the file being written */
+    guint *first;       /* restore: the index of each chunk's first occurrence of its hash */
     gint next;
     GMutex lock;
     char *error; /* the first failure */
@@ -226,6 +227,8 @@ static gpointer chunk_restore_worker(gpointer opaque)
         const char *hex = g_ptr_array_index(cl->hashes, i);
         if (!*hex)
             continue; /* a hole reads as zeroes */
+        if (job->first[i] != i)
+            continue; /* a repeat: copied from its first occurrence afterwards */
         uint64_t off = (uint64_t)i * cl->chunk_bytes;
         size_t want = (size_t)MIN((uint64_t)cl->chunk_bytes, cl->file_bytes - off);
         char key[128], got_hex[HASH_SHA256_HEX_LEN + 1];
@@ -267,6 +270,52 @@ static gpointer chunk_restore_worker(gpointer opaque)
     return NULL;
 }
 
+/* Fills job->first: each hash is fetched once, however many times the file repeats it. */
+static void chunk_restore_plan(struct chunk_job *job)
+{
+    const struct chunk_list *cl = job->cl;
+    GHashTable *seen = g_hash_table_new(g_str_hash, g_str_equal);
+
+    job->first = g_new(guint, MAX(cl->hashes->len, 1));
+    for (guint i = 0; i < cl->hashes->len; i++) {
+        const char *hex = g_ptr_array_index(cl->hashes, i);
+        gpointer at;
+        if (*hex && g_hash_table_lookup_extended(seen, hex, NULL, &at)) {
+            job->first[i] = GPOINTER_TO_UINT(at);
+        } else {
+            job->first[i] = i;
+            if (*hex)
+                g_hash_table_insert(seen, (gpointer)hex, GUINT_TO_POINTER(i));
+        }
+    }
+    g_hash_table_unref(seen);
+}
+
+/* Copies each repeated chunk from its first occurrence, which was fetched and verified. */
+static bool chunk_restore_repeats(struct chunk_job *job, GError **error)
+{
+    const struct chunk_list *cl = job->cl;
+    g_autofree uint8_t *buf = g_malloc(cl->chunk_bytes);
+
+    for (guint i = 0; i < cl->hashes->len; i++) {
+        if (job->first[i] == i)
+            continue;
+        uint64_t off = (uint64_t)i * cl->chunk_bytes;
+        uint64_t from = (uint64_t)job->first[i] * cl->chunk_bytes;
+        size_t len = (size_t)MIN((uint64_t)cl->chunk_bytes, cl->file_bytes - off);
+        /* Equal hashes mean equal content, so equal lengths: a short tail has its own hash. */
+        ssize_t r = pread(job->fd, buf, len, (off_t)from);
+        if (r == (ssize_t)len)
+            r = pwrite(job->fd, buf, len, (off_t)off);
+        if (r != (ssize_t)len) {
+            g_set_error(error, VM_ERROR, VM_ERROR_IO, "copy chunk %u from chunk %u: %s", i,
+                        job->first[i], r < 0 ? g_strerror(errno) : "short read or write");
+            return false;
+        }
+    }
+    return true;
+}
+
 bool chunk_list_restore(struct store *st, const struct chunk_list *cl, const char *path,
                         uint64_t *fetched_bytes, GError **error)
 {
@@ -275,7 +324,7 @@ bool chunk_list_restore(struct store *st, const struct chunk_list *cl, const cha
     int fd;
 
     unlink(tmp);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         g_set_error(error, VM_ERROR, VM_ERROR_IO, "create %s: %s", tmp, g_strerror(errno));
         return false;
@@ -285,6 +334,7 @@ bool chunk_list_restore(struct store *st, const struct chunk_list *cl, const cha
         goto fail;
     }
     job.fd = fd;
+    chunk_restore_plan(&job);
     g_mutex_init(&job.lock);
     chunk_job_run(&job, chunk_restore_worker);
     g_mutex_clear(&job.lock);
@@ -294,6 +344,8 @@ bool chunk_list_restore(struct store *st, const struct chunk_list *cl, const cha
         g_free(job.error);
         goto fail;
     }
+    if (!chunk_restore_repeats(&job, error))
+        goto fail;
     if (fsync(fd) < 0) {
         g_set_error(error, VM_ERROR, VM_ERROR_IO, "fsync %s: %s", tmp, g_strerror(errno));
         goto fail;
@@ -310,11 +362,13 @@ bool chunk_list_restore(struct store *st, const struct chunk_list *cl, const cha
     }
     if (fetched_bytes)
         *fetched_bytes = job.fetched_bytes;
+    g_free(job.first);
     return true;
 
 fail:
     if (fd >= 0)
         close(fd);
     unlink(tmp);
+    g_free(job.first);
     return false;
 }

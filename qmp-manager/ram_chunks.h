@@ -7,8 +7,9 @@
  * Before uploading, a chunk is looked up in `known` (hashes the caller knows to be in the store,
  * e.g. from the sprite's previous manifest), then with a HEAD; only missing chunks are PUT.
  *
- * Restore writes a sparse file of the recorded size: zero chunks stay holes, every other chunk
- * is fetched and its SHA-256 compared to its name; a chunk that does not match is never written,
+ * Restore writes a sparse file of the recorded size: zero chunks stay holes, every other distinct
+ * chunk is fetched once and its SHA-256 compared to its name (repeats are copied from the first
+ * occurrence); a chunk that does not match is never written,
  * and the restore fails naming it.
  *
  * Both directions run RAM_CHUNK_WORKERS threads against the store (store.h is thread-safe). */
