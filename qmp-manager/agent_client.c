@@ -511,6 +511,26 @@ bool agent_client_attach(agent_client *c, const char *device, const char *hostna
     return true;
 }
 
+bool agent_client_seed(agent_client *c, const void *bytes, size_t len, int timeout_ms,
+                       GError **error)
+{
+    struct wisp_msg m = {.type = WISP_MSG_SEED};
+    struct agent_reply *r;
+
+    if (len < WISP_SEED_MIN_BYTES || len > WISP_SEED_MAX_BYTES) {
+        g_set_error(error, AGENT_ERROR, AGENT_ERROR_PROTOCOL, "seed: %zu bytes (%d to %d)", len,
+                    WISP_SEED_MIN_BYTES, WISP_SEED_MAX_BYTES);
+        return false;
+    }
+    m.u.data.data = bytes;
+    m.u.data.len = (uint32_t)len;
+    r = agent_request(c, &m, WISP_MSG_OK, timeout_ms, error);
+    if (!r)
+        return false;
+    agent_reply_free(r);
+    return true;
+}
+
 bool agent_client_freeze(agent_client *c, int timeout_ms, GError **error)
 {
     return agent_simple(c, WISP_MSG_FREEZE, timeout_ms, error);

@@ -65,6 +65,10 @@ bool agent_client_wait_ready(agent_client *c, int timeout_ms, struct agent_ready
 /* attach: device (NULL: /dev/vda), hostname, env (NULL-terminated "K=V", may be NULL). */
 bool agent_client_attach(agent_client *c, const char *device, const char *hostname,
                          const char *const *env, int timeout_ms, GError **error);
+/* SEED: len (WISP_SEED_MIN_BYTES..WISP_SEED_MAX_BYTES) random bytes that wisp-init mixes into
+ * the kernel's RNG and reseeds it with; a clone's first message after it is claimed. */
+bool agent_client_seed(agent_client *c, const void *bytes, size_t len, int timeout_ms,
+                       GError **error);
 bool agent_client_freeze(agent_client *c, int timeout_ms, GError **error);
 bool agent_client_thaw(agent_client *c, int timeout_ms, GError **error);
 /* A clean unmount and poweroff; QEMU then exits. */

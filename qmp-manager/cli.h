@@ -11,6 +11,9 @@
 #define CLI_EXIT_USAGE   2
 
 int cli_boot(int argc, char **argv);
+int cli_template(int argc, char **argv);
+int cli_pool(int argc, char **argv);
+int cli_claim(int argc, char **argv);
 int cli_exec(int argc, char **argv);
 int cli_attach(int argc, char **argv);
 int cli_status(int argc, char **argv);

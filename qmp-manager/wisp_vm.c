@@ -1,6 +1,9 @@
 /* wisp-vm: boot a Wisp microvm and talk to its wisp-init, for people and tests.
  *
  *   wisp-vm boot --kernel K --initrd I [--nbd SOCK[:EXPORT] | --placeholder] --run-dir D ...
+ *   wisp-vm template build --image-dir D --state-dir S
+ *   wisp-vm pool run --image-dir D --state-dir S --run-root R [--size N] [--claim SOCK:EXPORT]
+ *   wisp-vm claim --image-dir D --state-dir S --run-root R --nbd SOCK:EXPORT [-- CMD...]
  *   wisp-vm exec --run-dir D [--tty] [--stdin] -- CMD ARGS...
  *   wisp-vm attach|status|freeze|thaw|shutdown|kill --run-dir D
  *   wisp-vm probe-accel [--kernel K]
@@ -21,6 +24,9 @@ static const struct {
     const char *help;
 } cli_verbs[] = {
     {"boot", cli_boot, "start QEMU and wait for wisp-init's READY (the VM keeps running)"},
+    {"template", cli_template, "build: boot the image once and snapshot it (once per image)"},
+    {"pool", cli_pool, "run: keep N paused clones ready, in the foreground"},
+    {"claim", cli_claim, "restore a clone, attach a disk, seed, attach; times per step"},
     {"exec", cli_exec, "run a command in the sprite's container, streaming its I/O"},
     {"attach", cli_attach, "mount the disk and start the container"},
     {"status", cli_status, "uptime, memory, load, listeners, sessions"},

@@ -166,7 +166,8 @@ int main(int argc, char **argv)
     g_free(err);
 
     /* In a sanitizer build nbdkit hangs on its way out of a failed start (p11-kit's
-     * destructor, docs/storage.md): the import would only wait for its start-up timeout. */
+     * destructor on glibc's setlocale lock, tests/storagefault/meson.build): the import
+     * would only wait for its start-up timeout. */
     if (!ws_sanitizer_build()) {
         r = import(s, "broken", file, NULL, &err, "--plugin=/nonexistent/nbdkit-wisp-plugin.so");
         WS_CHECK(r == 1 && strstr(err, "failed") && strstr(err, "deleted"),

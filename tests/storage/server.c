@@ -567,6 +567,12 @@ void ws_server_set(struct ws_server *s, const char *key, const char *value)
     s->params[s->n_params++] = g_strdup_printf("%s=%s", key, value);
 }
 
+bool ws_sanitizer_build(void)
+{
+    const char *preload = getenv("WISP_NBDKIT_PRELOAD");
+    return preload && *preload;
+}
+
 /* The environment nbdkit runs with: a sanitizer runtime when the plugin was built with one
  * (nbdkit itself is not instrumented). */
 static void ws_nbdkit_env(const char *env[4], char **asan_opts)

@@ -78,6 +78,9 @@ const char *ws_tmpdir(void);
 const char *ws_cli_path(void);
 const char *ws_plugin_path(void);
 
+/* true in the sanitizer build (nbdkit runs with a preloaded sanitizer runtime). */
+bool ws_sanitizer_build(void);
+
 /* true if a radosgw is configured (WISP_TEST_S3_ENDPOINT and friends). */
 bool ws_have_s3(void);
 /* true if `tool` is an executable on PATH. */

@@ -1,7 +1,12 @@
 /* dispatch.c: one frame from the host to the function that handles its message type.  Each
  * handler answers on the request's stream; a frame that does not decode is answered here. */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/random.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "log.h"
@@ -62,6 +67,62 @@ static void handle_attach(struct agent *a, const struct wisp_msg *m)
     services_restore(a);
 }
 
+/* Clones restored from one template snapshot start with the template's CRNG state: without
+ * this, every sprite of a pool would draw the same "random" numbers.  The host's bytes are
+ * mixed in and credited (RNDADDENTROPY), then the CRNG is rekeyed at once (RNDRESEEDCRNG)
+ * rather than at its next scheduled reseed, so the very next getrandom() differs per clone. */
+static int seed_kernel_rng(const uint8_t *bytes, uint32_t len, const char **step)
+{
+    struct rand_pool_info *info = calloc(1, sizeof *info + len);
+    int fd, r = 0;
+
+    *step = "allocate";
+    if (info == NULL)
+        return -ENOMEM;
+    info->entropy_count = (int)(len * 8);
+    info->buf_size = (int)len;
+    memcpy(info->buf, bytes, len);
+    *step = "open /dev/urandom";
+    fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        r = -errno;
+        goto out;
+    }
+    *step = "RNDADDENTROPY";
+    if (ioctl(fd, RNDADDENTROPY, info) < 0) {
+        r = -errno;
+        goto out;
+    }
+    *step = "RNDRESEEDCRNG";
+    if (ioctl(fd, RNDRESEEDCRNG) < 0)
+        r = -errno;
+out:
+    if (fd >= 0)
+        close(fd);
+    explicit_bzero(info->buf, len);
+    free(info);
+    return r;
+}
+
+static void handle_seed(struct agent *a, const struct wisp_msg *m)
+{
+    const char *step = "";
+    if (a->serve_fd_mode) {
+        /* A test on a host, whose kernel RNG is not ours to feed. */
+        channel_send_error(&a->chan, m->stream, WISP_E_BAD_STATE, 0, "no seed in --serve-fd mode");
+        return;
+    }
+    int r = seed_kernel_rng(m->u.data.data, m->u.data.len, &step);
+    if (r < 0) {
+        errno = -r;
+        log_error("seed: %s: %m", step);
+        channel_send_error(&a->chan, m->stream, WISP_E_SYSTEM, -r, "seed: %s: %m", step);
+        return;
+    }
+    log_info("kernel RNG re-seeded with %u host bytes", m->u.data.len);
+    channel_send_ok(&a->chan, m->stream);
+}
+
 static void handle_freeze(struct agent *a, const struct wisp_msg *m)
 {
     bool freeze = m->type == WISP_MSG_FREEZE;
@@ -102,6 +163,8 @@ static handler_fn handler_for(uint8_t type)
         return handle_hello;
     case WISP_MSG_ATTACH:
         return handle_attach;
+    case WISP_MSG_SEED:
+        return handle_seed;
     case WISP_MSG_EXEC:
         return session_exec;
     case WISP_MSG_STDIN:

@@ -60,6 +60,8 @@ const char *wisp_msg_type_to_string(uint8_t type)
         return "error";
     case WISP_MSG_ATTACH:
         return "attach";
+    case WISP_MSG_SEED:
+        return "seed";
     case WISP_MSG_EXEC:
         return "exec";
     case WISP_MSG_STARTED:

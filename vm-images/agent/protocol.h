@@ -38,6 +38,7 @@ enum wisp_msg_type {
     WISP_MSG_ERROR = 0x04, /* reply, or a connection-level error on stream 0 */
     /* the sprite's disk and container */
     WISP_MSG_ATTACH = 0x10,
+    WISP_MSG_SEED = 0x11, /* host -> guest: entropy for a clone (since 1, added with pools) */
     /* exec sessions: the stream id names the session */
     WISP_MSG_EXEC = 0x20,
     WISP_MSG_STARTED = 0x21,
@@ -104,6 +105,10 @@ int wisp_header_decode(const uint8_t buf[WISP_PROTO_HEADER_SIZE], uint32_t max_p
                        struct wisp_header *out);
 void wisp_header_encode(uint8_t buf[WISP_PROTO_HEADER_SIZE], uint8_t type, uint32_t stream,
                         uint32_t length);
+
+/* SEED carries this many random bytes: at least 32 (the CRNG's key size), at most 512. */
+#define WISP_SEED_MIN_BYTES 32
+#define WISP_SEED_MAX_BYTES 512
 
 /* Exec flags. */
 #define WISP_EXEC_TTY   0x1u /* a pty for stdin/stdout (stderr goes to the pty too) */
@@ -201,7 +206,7 @@ struct wisp_msg {
         struct {
             const uint8_t *data;
             uint32_t len;
-        } data; /* STDIN, STDOUT, STDERR, SERVICE_LOGS_REPLY */
+        } data; /* STDIN, STDOUT, STDERR, SERVICE_LOGS_REPLY, SEED */
         struct {
             uint32_t increment;
         } window;

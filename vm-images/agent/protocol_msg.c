@@ -178,6 +178,10 @@ static int msg_validate(const struct wisp_msg *m)
         if (m->stream == 0)
             return -WISP_E_BAD_FIELD;
         break;
+    case WISP_MSG_SEED:
+        if (m->u.data.len < WISP_SEED_MIN_BYTES || m->u.data.len > WISP_SEED_MAX_BYTES)
+            return -WISP_E_BAD_FIELD;
+        break;
     case WISP_MSG_SIGNAL:
         if (m->u.signal.signo < 1 || m->u.signal.signo > 64)
             return -WISP_E_BAD_FIELD;
@@ -261,6 +265,7 @@ static void decode_fields(struct cursor *c, struct wisp_msg *m)
     case WISP_MSG_STDOUT:
     case WISP_MSG_STDERR:
     case WISP_MSG_SERVICE_LOGS_REPLY:
+    case WISP_MSG_SEED:
         m->u.data.data = c->p;
         m->u.data.len = (uint32_t)c->len;
         c->off = c->len;
@@ -346,7 +351,7 @@ static void decode_fields(struct cursor *c, struct wisp_msg *m)
 static bool type_carries_data(uint8_t type)
 {
     return type == WISP_MSG_STDIN || type == WISP_MSG_STDOUT || type == WISP_MSG_STDERR ||
-           type == WISP_MSG_SERVICE_LOGS_REPLY;
+           type == WISP_MSG_SERVICE_LOGS_REPLY || type == WISP_MSG_SEED;
 }
 
 int wisp_msg_decode(const struct wisp_header *h, const uint8_t *payload, struct wisp_msg *out)
@@ -487,6 +492,7 @@ static void encode_fields(struct writer *w, const struct wisp_msg *m)
     case WISP_MSG_STDOUT:
     case WISP_MSG_STDERR:
     case WISP_MSG_SERVICE_LOGS_REPLY:
+    case WISP_MSG_SEED:
         w_bytes(w, m->u.data.data, m->u.data.len);
         break;
     case WISP_MSG_WINDOW:

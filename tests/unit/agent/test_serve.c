@@ -242,6 +242,20 @@ int main(int argc, char **argv)
     wisp_msg_free(&m);
     check_still_serving(23);
 
+    /* SEED: too few bytes is a bad field; a good one is refused in --serve-fd mode (the host's
+     * kernel RNG is not wisp-init's to feed). */
+    uint8_t short_seed[WISP_PROTO_HEADER_SIZE + WISP_SEED_MIN_BYTES - 1] = {0};
+    wisp_header_encode(short_seed, WISP_MSG_SEED, 30, WISP_SEED_MIN_BYTES - 1);
+    send_bytes(short_seed, sizeof short_seed);
+    expect_error(30, WISP_E_BAD_FIELD, "seed of 31 bytes");
+    static const uint8_t seed_bytes[WISP_SEED_MIN_BYTES] = {1, 2, 3};
+    struct wisp_msg seed = {.type = WISP_MSG_SEED, .stream = 31};
+    seed.u.data.data = seed_bytes;
+    seed.u.data.len = sizeof seed_bytes;
+    send_msg(&seed);
+    expect_error(31, WISP_E_BAD_STATE, "seed in --serve-fd mode");
+    check_still_serving(32);
+
     /* SHUTDOWN: OK, then wisp-init exits (not being PID 1, it powers nothing off). */
     send_simple(WISP_MSG_SHUTDOWN, 24);
     expect_type(WISP_MSG_OK, 24, &m);

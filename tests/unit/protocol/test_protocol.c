@@ -89,6 +89,28 @@ static void test_round_trips(void)
         wisp_msg_free(&d);
     }
 
+    /* SEED: the bytes come back as they went, and only 32 to 512 of them are accepted. */
+    uint8_t seed[WISP_SEED_MAX_BYTES + 1];
+    for (size_t i = 0; i < sizeof seed; i++)
+        seed[i] = (uint8_t)(i * 7 + 1);
+    memset(&m, 0, sizeof m);
+    m.type = WISP_MSG_SEED;
+    m.stream = 4;
+    m.u.data.data = seed;
+    m.u.data.len = WISP_SEED_MIN_BYTES;
+    if (round_trip(&m, &d) > 0) {
+        CHECK(d.u.data.len == WISP_SEED_MIN_BYTES);
+        CHECK(memcmp(d.u.data.data, seed, WISP_SEED_MIN_BYTES) == 0);
+        wisp_msg_free(&d);
+    }
+    m.u.data.len = WISP_SEED_MAX_BYTES;
+    if (round_trip(&m, &d) > 0)
+        wisp_msg_free(&d);
+    m.u.data.len = WISP_SEED_MIN_BYTES - 1;
+    CHECK(wisp_msg_encode(&m, buf, sizeof buf) == -WISP_E_BAD_FIELD);
+    m.u.data.len = WISP_SEED_MAX_BYTES + 1;
+    CHECK(wisp_msg_encode(&m, buf, sizeof buf) == -WISP_E_BAD_FIELD);
+
     memset(&m, 0, sizeof m);
     m.type = WISP_MSG_EXEC;
     m.stream = 77;
@@ -314,6 +336,11 @@ static void test_malformed(void)
     CHECK(decode_raw(WISP_MSG_WINDOW, "\1\0\0", 3) == -WISP_E_TRUNCATED);
     CHECK(decode_raw(WISP_MSG_WINDOW, "\1\0\0\0\0", 5) == -WISP_E_TRAILING);
     CHECK(decode_raw(WISP_MSG_SIGNAL, "\0\0\0\0", 4) == -WISP_E_BAD_FIELD);
+    static const uint8_t seed[WISP_SEED_MAX_BYTES + 1];
+    CHECK(decode_raw(WISP_MSG_SEED, seed, WISP_SEED_MIN_BYTES - 1) == -WISP_E_BAD_FIELD);
+    CHECK(decode_raw(WISP_MSG_SEED, seed, 0) == -WISP_E_BAD_FIELD);
+    CHECK(decode_raw(WISP_MSG_SEED, seed, WISP_SEED_MAX_BYTES + 1) == -WISP_E_BAD_FIELD);
+    CHECK(decode_raw(WISP_MSG_SEED, seed, WISP_SEED_MIN_BYTES) == 0);
     CHECK(decode_raw(WISP_MSG_SIGNAL, "\x41\0\0\0", 4) == -WISP_E_BAD_FIELD);
     /* A string of length 2 holding a NUL. */
     CHECK(decode_raw(WISP_MSG_SERVICE_STOP, "\2\0\0\0a\0\0\0\0\0", 10) == -WISP_E_BAD_FIELD);
@@ -473,7 +500,7 @@ static void test_strings(void)
     int known = 0;
     for (int t = 0; t < 256; t++)
         known += wisp_msg_type_known((uint8_t)t);
-    CHECK(known == 26);
+    CHECK(known == 27);
 }
 
 int main(void)
