@@ -1,5 +1,6 @@
 /* sleep.c: warm and cold sleep, and wake (see sleep.h). */
 #include "sleep.h"
+#include "sleep_internal.h"
 
 #include "log.h"
 
@@ -11,11 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SLEEP_LOG        "sleep"
-#define SLEEP_FD_OUT     "wisp-sleep"
-#define SLEEP_FD_IN      "wisp-wake"
-#define MIGRATE_POLL_US  (2 * 1000)
-#define MAX_BANDWIDTH_BS ((gint64)100 << 30) /* the default, 32 MiB/s, throttles the save */
+#define SLEEP_LOG       "sleep"
+#define SLEEP_FD_OUT    "wisp-sleep"
+#define SLEEP_FD_IN     "wisp-wake"
+#define MIGRATE_POLL_US (2 * 1000)
 
 char *sleep_ram_path(const char *dir)
 {
@@ -42,8 +42,8 @@ static double secs_since(gint64 t0)
     return (double)(g_get_monotonic_time() - t0) / 1e6;
 }
 
-static bool qmp_ok(qmp_client *c, int timeout_ms, GError **error, const char *what,
-                   const char *command, const char *args)
+bool sleep_qmp_ok(qmp_client *c, int timeout_ms, GError **error, const char *what,
+                  const char *command, const char *args)
 {
     JsonNode *ret = args ? qmp_client_executef(c, timeout_ms, error, command, "%s", args)
                          : qmp_client_execute(c, command, NULL, timeout_ms, error);
@@ -57,16 +57,16 @@ static bool qmp_ok(qmp_client *c, int timeout_ms, GError **error, const char *wh
 
 bool sleep_warm(struct vm *vm, int timeout_ms, GError **error)
 {
-    return qmp_ok(vm->qmp, timeout_ms, error, "warm sleep", "stop", NULL);
+    return sleep_qmp_ok(vm->qmp, timeout_ms, error, "warm sleep", "stop", NULL);
 }
 
 bool wake_warm(struct vm *vm, int timeout_ms, GError **error)
 {
-    return qmp_ok(vm->qmp, timeout_ms, error, "warm wake", "cont", NULL);
+    return sleep_qmp_ok(vm->qmp, timeout_ms, error, "warm wake", "cont", NULL);
 }
 
 /* Polls query-migrate until completed (true) or failed/cancelled/timeout (false). */
-static bool migrate_wait(qmp_client *c, int timeout_ms, const char *what, GError **error)
+bool sleep_migrate_wait(qmp_client *c, int timeout_ms, const char *what, GError **error)
 {
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
 
@@ -98,13 +98,14 @@ static bool migrate_wait(qmp_client *c, int timeout_ms, const char *what, GError
     }
 }
 
-static bool set_ignore_shared(qmp_client *c, int timeout_ms, const char *what, GError **error)
+bool sleep_set_ignore_shared(qmp_client *c, int timeout_ms, const char *what, GError **error)
 {
-    return qmp_ok(c, timeout_ms, error, what, "migrate-set-capabilities",
-                  "{\"capabilities\": [{\"capability\": \"x-ignore-shared\", \"state\": true}]}");
+    return sleep_qmp_ok(
+        c, timeout_ms, error, what, "migrate-set-capabilities",
+        "{\"capabilities\": [{\"capability\": \"x-ignore-shared\", \"state\": true}]}");
 }
 
-static bool guest_sync(agent_client *agent, int timeout_ms, GError **error)
+bool sleep_guest_sync(agent_client *agent, int timeout_ms, GError **error)
 {
     const char *argv[] = {"/bin/sync", NULL};
     g_autofree char *errout = NULL;
@@ -285,71 +286,17 @@ static bool write_file_durably(const char *path, const char *data, size_t len, G
     return true;
 }
 
-bool sleep_cold(struct vm *vm, const struct cold_sleep_opts *o, struct cold_sleep_result *out,
-                GError **error)
+bool sleep_store_local_copy(const struct cold_sleep_opts *o, struct cold_sleep_result *out,
+                            GError **error)
 {
     g_autofree char *ram_path = sleep_ram_path(o->dir);
     g_autofree char *state_path = sleep_state_path(o->dir);
     g_autofree char *manifest_path = sleep_manifest_path(o->dir);
-    g_autofree char *bw = NULL, *manifest = NULL;
+    g_autofree char *manifest = NULL;
     struct chunk_list ram = {0}, state = {0};
-    gint64 t0 = g_get_monotonic_time(), t;
-    int timeout = o->timeout_ms > 0 ? o->timeout_ms : 30000;
+    gint64 t = g_get_monotonic_time();
     bool ok = false;
-    int fd;
 
-    memset(out, 0, sizeof *out);
-    if (!vm->pid || !vm->qmp) {
-        g_set_error(error, VM_ERROR, VM_ERROR_EXITED, "cold sleep: QEMU is not running");
-        return false;
-    }
-    /* The local copy is about to change: it describes no manifest until the new one is written. */
-    if (unlink(manifest_path) < 0 && errno != ENOENT) {
-        g_set_error(error, VM_ERROR, VM_ERROR_IO, "unlink %s: %s", manifest_path,
-                    g_strerror(errno));
-        return false;
-    }
-    t = g_get_monotonic_time();
-    if (o->agent && !guest_sync(o->agent, timeout, error))
-        return false;
-    out->sync_s = secs_since(t);
-
-    t = g_get_monotonic_time();
-    if (!qmp_ok(vm->qmp, timeout, error, "cold sleep", "stop", NULL))
-        return false;
-    out->stop_s = secs_since(t);
-
-    t = g_get_monotonic_time();
-    bw = g_strdup_printf("{\"max-bandwidth\": %" G_GINT64_FORMAT "}", MAX_BANDWIDTH_BS);
-    if (!set_ignore_shared(vm->qmp, timeout, "cold sleep", error) ||
-        !qmp_ok(vm->qmp, timeout, error, "cold sleep", "migrate-set-parameters", bw))
-        goto resume;
-    fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        g_set_error(error, VM_ERROR, VM_ERROR_IO, "cold sleep: create %s: %s", state_path,
-                    g_strerror(errno));
-        goto resume;
-    }
-    bool sent = qmp_client_send_fd(vm->qmp, fd, SLEEP_FD_OUT, timeout, error);
-    close(fd); /* QEMU has its own copy now */
-    if (!sent) {
-        g_prefix_error(error, "cold sleep: getfd: ");
-        goto resume;
-    }
-    if (!qmp_ok(vm->qmp, timeout, error, "cold sleep", "migrate",
-                "{\"uri\": \"fd:" SLEEP_FD_OUT "\"}") ||
-        !migrate_wait(vm->qmp, timeout, "cold sleep", error))
-        goto resume;
-    out->migrate_s = secs_since(t);
-
-    t = g_get_monotonic_time();
-    if (!vm_quit(vm, timeout, error)) {
-        g_prefix_error(error, "cold sleep: ");
-        return false;
-    }
-    out->quit_s = secs_since(t);
-
-    t = g_get_monotonic_time();
     if (!chunk_list_store(o->store, ram_path, o->chunk_bytes, o->known, &ram, &out->ram, error) ||
         !chunk_list_store(o->store, state_path, o->chunk_bytes, o->known, &state, &out->state,
                           error))
@@ -368,6 +315,76 @@ bool sleep_cold(struct vm *vm, const struct cold_sleep_opts *o, struct cold_slee
         goto done;
     }
     out->store_s = secs_since(t);
+    ok = true;
+done:
+    chunk_list_clear(&ram);
+    chunk_list_clear(&state);
+    return ok;
+}
+
+bool sleep_cold(struct vm *vm, const struct cold_sleep_opts *o, struct cold_sleep_result *out,
+                GError **error)
+{
+    g_autofree char *state_path = sleep_state_path(o->dir);
+    g_autofree char *manifest_path = sleep_manifest_path(o->dir);
+    g_autofree char *bw = NULL;
+    gint64 t0 = g_get_monotonic_time(), t;
+    int timeout = o->timeout_ms > 0 ? o->timeout_ms : 30000;
+    int fd;
+
+    memset(out, 0, sizeof *out);
+    if (!vm->pid || !vm->qmp) {
+        g_set_error(error, VM_ERROR, VM_ERROR_EXITED, "cold sleep: QEMU is not running");
+        return false;
+    }
+    /* The local copy is about to change: it describes no manifest until the new one is written. */
+    if (unlink(manifest_path) < 0 && errno != ENOENT) {
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "unlink %s: %s", manifest_path,
+                    g_strerror(errno));
+        return false;
+    }
+    t = g_get_monotonic_time();
+    if (o->agent && !sleep_guest_sync(o->agent, timeout, error))
+        return false;
+    out->sync_s = secs_since(t);
+
+    t = g_get_monotonic_time();
+    if (!sleep_qmp_ok(vm->qmp, timeout, error, "cold sleep", "stop", NULL))
+        return false;
+    out->stop_s = secs_since(t);
+
+    t = g_get_monotonic_time();
+    bw = g_strdup_printf("{\"max-bandwidth\": %" G_GINT64_FORMAT "}", SLEEP_MAX_BANDWIDTH_BS);
+    if (!sleep_set_ignore_shared(vm->qmp, timeout, "cold sleep", error) ||
+        !sleep_qmp_ok(vm->qmp, timeout, error, "cold sleep", "migrate-set-parameters", bw))
+        goto resume;
+    fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "cold sleep: create %s: %s", state_path,
+                    g_strerror(errno));
+        goto resume;
+    }
+    bool sent = qmp_client_send_fd(vm->qmp, fd, SLEEP_FD_OUT, timeout, error);
+    close(fd); /* QEMU has its own copy now */
+    if (!sent) {
+        g_prefix_error(error, "cold sleep: getfd: ");
+        goto resume;
+    }
+    if (!sleep_qmp_ok(vm->qmp, timeout, error, "cold sleep", "migrate",
+                      "{\"uri\": \"fd:" SLEEP_FD_OUT "\"}") ||
+        !sleep_migrate_wait(vm->qmp, timeout, "cold sleep", error))
+        goto resume;
+    out->migrate_s = secs_since(t);
+
+    t = g_get_monotonic_time();
+    if (!vm_quit(vm, timeout, error)) {
+        g_prefix_error(error, "cold sleep: ");
+        return false;
+    }
+    out->quit_s = secs_since(t);
+
+    if (!sleep_store_local_copy(o, out, error))
+        return false;
     out->total_s = secs_since(t0);
     log_info(SLEEP_LOG,
              "sprite %s asleep as %s: %.0f ms (sync %.0f, stop %.0f, migrate %.0f, quit %.0f,"
@@ -375,17 +392,13 @@ bool sleep_cold(struct vm *vm, const struct cold_sleep_opts *o, struct cold_slee
              o->sprite, o->manifest_key, out->total_s * 1e3, out->sync_s * 1e3, out->stop_s * 1e3,
              out->migrate_s * 1e3, out->quit_s * 1e3, out->store_s * 1e3,
              out->ram.uploaded_bytes + out->state.uploaded_bytes);
-    ok = true;
-done:
-    chunk_list_clear(&ram);
-    chunk_list_clear(&state);
-    return ok;
+    return true;
 
 resume:
     /* The migration did not happen: the sprite goes on running rather than stay stopped. */
     {
         GError *ignored = NULL;
-        if (!qmp_ok(vm->qmp, timeout, &ignored, "cold sleep (undo)", "cont", NULL)) {
+        if (!sleep_qmp_ok(vm->qmp, timeout, &ignored, "cold sleep (undo)", "cont", NULL)) {
             log_warn(SLEEP_LOG, "%s", ignored->message);
             g_error_free(ignored);
         }
@@ -489,7 +502,7 @@ struct vm *wake_cold(const struct wake_opts *o, GMainContext *ctx, struct wake_r
     out->launch_s = secs_since(t);
 
     t = g_get_monotonic_time();
-    if (!set_ignore_shared(vm->qmp, timeout, "wake", error))
+    if (!sleep_set_ignore_shared(vm->qmp, timeout, "wake", error))
         goto fail;
     fd = open(state_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -503,14 +516,14 @@ struct vm *wake_cold(const struct wake_opts *o, GMainContext *ctx, struct wake_r
         g_prefix_error(error, "wake: getfd: ");
         goto fail;
     }
-    if (!qmp_ok(vm->qmp, timeout, error, "wake", "migrate-incoming",
-                "{\"uri\": \"fd:" SLEEP_FD_IN "\"}") ||
-        !migrate_wait(vm->qmp, timeout, "wake", error))
+    if (!sleep_qmp_ok(vm->qmp, timeout, error, "wake", "migrate-incoming",
+                      "{\"uri\": \"fd:" SLEEP_FD_IN "\"}") ||
+        !sleep_migrate_wait(vm->qmp, timeout, "wake", error))
         goto fail;
     out->migrate_s = secs_since(t);
 
     t = g_get_monotonic_time();
-    if (!qmp_ok(vm->qmp, timeout, error, "wake", "cont", NULL))
+    if (!sleep_qmp_ok(vm->qmp, timeout, error, "wake", "cont", NULL))
         goto fail;
     out->cont_s = secs_since(t);
     out->total_s = secs_since(t0);

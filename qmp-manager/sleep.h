@@ -76,6 +76,13 @@ struct cold_sleep_result {
 bool sleep_cold(struct vm *vm, const struct cold_sleep_opts *opts, struct cold_sleep_result *out,
                 GError **error);
 
+/* The same for a sprite whose RAM is a private (share=off) mapping, e.g. a pool clone: the RAM
+ * goes through a helper QEMU into DIR/ram first (sleep_private.c).  cfg: the sprite's config as
+ * launched (the helper copies its machine).  The woken sprite runs share=on on DIR/ram. */
+bool sleep_cold_private(struct vm *vm, const struct vm_config *cfg,
+                        const struct cold_sleep_opts *opts, struct cold_sleep_result *out,
+                        GError **error);
+
 struct wake_opts {
     struct store *store;
     const char *dir;

@@ -1,15 +1,18 @@
 /* crash.c (vm_crash): a QEMU killed with kill -9, and a manager restart, under TCG.
  *
- *   1. Sprite "victim" runs with its disk; sprite "sleeper" (no disk) is put to cold sleep into a
- *      file:// store; sprite "interrupted" has a cold sleep recorded as begun but no manifest
- *      (a manager that died mid-sleep, its QEMU gone).  Every transition goes through sprite_db.
+ *   1. Sprite "victim" runs with its disk; sprite "sleeper" (no disk, its RAM a private mapping
+ *      as a pool clone's) is put to cold sleep into a file:// store (sleep_cold_private); sprite
+ * "interrupted" has a cold sleep recorded as begun but no manifest (a manager that died mid-sleep,
+ * its QEMU gone).  Every transition goes through sprite_db.
  *   2. A new process (this program, --recover) opens the same state dir and recovers: victim
  *      running (its QEMU is alive and ours), sleeper cold-asleep (its manifest is complete),
  *      interrupted crashed.
  *   3. The victim writes a file and syncs (the guest's flush is acknowledged), then its QEMU gets
  *      SIGKILL: the pidfd watch must see it within 1 s and the database say crashed.
- *   4. A new VM on the same disk export reads the file back: the acknowledged flush survived. */
+ *   4. A new VM on the same disk export reads the file back: the acknowledged flush survived.
+ * The sleeper is woken too (sprite_wake_cold) and must answer READY. */
 #include "crash_watch.h"
+#include "sleep_db.h"
 #include "sleep_fixture.h"
 #include "sprite_db.h"
 
@@ -96,7 +99,8 @@ int main(int argc, char **argv)
 
     /* The sleeper, cold asleep. */
     db_ok(sprite_db_create(db, "sleeper", &err), err, "create sleeper");
-    sleepf_boot(&sleeper, &img, NULL, "sleeper");
+    /* Its RAM a private mapping, as a pool clone's: it sleeps through the RAM helper. */
+    sleepf_boot_private(&sleeper, &img, NULL, "sleeper");
     db_ok(sprite_db_end(db, "sleeper", SPRITE_RUNNING, sleeper.v.vm->pid, sleeper.run_dir, NULL,
                         "booted", &err),
           err, "sleeper running");
@@ -109,7 +113,14 @@ int main(int argc, char **argv)
                                  .mem_mib = 256,
                                  .timeout_ms = 60000};
     struct cold_sleep_result sr;
-    FX_CHECK(sleep_cold(sleeper.v.vm, &so, &sr, &err), "cold sleep: %s", err ? err->message : "?");
+    FX_CHECK(sleep_cold_private(sleeper.v.vm, &sleeper.cfg, &so, &sr, &err), "cold sleep: %s",
+             err ? err->message : "?");
+    printf("FIGURE private_ram_cold_sleep_ms=%.0f (through the helper %.0f, store %.0f; %.2f MiB"
+           " stored)\n",
+           sr.total_s * 1e3, sr.migrate_s * 1e3, sr.store_s * 1e3,
+           (double)(sr.ram.uploaded_bytes + sr.state.uploaded_bytes) / (1024.0 * 1024.0));
+    FX_CHECK(sr.state_bytes < 1024 * 1024, "the state holds the RAM (%llu bytes)",
+             (unsigned long long)sr.state_bytes);
     db_ok(sprite_db_end(db, "sleeper", SPRITE_COLD_ASLEEP, 0, NULL, key, "slept", &err), err,
           "sleeper asleep");
     vmf_destroy(&sleeper.v);
@@ -175,6 +186,19 @@ int main(int argc, char **argv)
             g_regex_new("^sleeper +cold-asleep .*manifest-000001", G_REGEX_MULTILINE, 0, NULL);
         FX_CHECK(g_regex_match(victim_re, out, 0, NULL) && g_regex_match(sleeper_re, out, 0, NULL),
                  "wisp-vm sprites does not show the victim crashed and the sleeper asleep");
+    }
+
+    /* The sleeper (slept from private RAM) wakes from its local copy and answers. */
+    {
+        struct wake_opts wo = {
+            .store = st, .dir = sleeper.dir, .config = &sleeper.cfg, .timeout_ms = 60000};
+        struct wake_result wr;
+        struct vm *vm = sprite_wake_cold(db, "sleeper", &wo, NULL, &wr, &err);
+        FX_CHECK(vm, "wake the sleeper: %s", err ? err->message : "?");
+        sleepf_adopt(&sleeper, vm);
+        fx_log("sleeper woke in %.0f ms (%s), READY again", wr.total_s * 1e3,
+               wr.from_store ? "from the store" : "from the local copy");
+        vmf_destroy(&sleeper.v);
     }
 
     /* 4. The flushed file, read through the same export by a new VM. */

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-void sleepf_boot(struct sleepf_sprite *s, const struct vmf_image *img, const struct vmf_disk *d,
-                 const char *name)
+static void sleepf_boot_ram(struct sleepf_sprite *s, const struct vmf_image *img,
+                            const struct vmf_disk *d, const char *name, bool private_ram)
 {
     GError *err = NULL;
 
@@ -24,9 +24,10 @@ void sleepf_boot(struct sleepf_sprite *s, const struct vmf_image *img, const str
         .nbd_export = d ? d->name : NULL,
     };
     struct vm_config cfg = s->cfg;
-    g_autofree char *ram = sleep_ram_path(s->dir);
+    g_autofree char *ram =
+        private_ram ? g_strdup_printf("%s/template-ram", s->dir) : sleep_ram_path(s->dir);
     cfg.mem_path = ram;
-    cfg.mem_share = true;
+    cfg.mem_share = !private_ram;
     s->v.vm = vm_launch(&cfg, NULL, 30000, &err);
     FX_CHECK(s->v.vm, "launch %s: %s", name, err ? err->message : "?");
     s->v.agent = agent_client_connect(s->v.vm->ctl_path, 10000, &err);
@@ -41,6 +42,18 @@ void sleepf_boot(struct sleepf_sprite *s, const struct vmf_image *img, const str
     if (d)
         FX_CHECK(agent_client_attach(s->v.agent, NULL, name, NULL, 120000, &err), "attach: %s",
                  err ? err->message : "?");
+}
+
+void sleepf_boot(struct sleepf_sprite *s, const struct vmf_image *img, const struct vmf_disk *d,
+                 const char *name)
+{
+    sleepf_boot_ram(s, img, d, name, false);
+}
+
+void sleepf_boot_private(struct sleepf_sprite *s, const struct vmf_image *img,
+                         const struct vmf_disk *d, const char *name)
+{
+    sleepf_boot_ram(s, img, d, name, true);
 }
 
 void sleepf_adopt(struct sleepf_sprite *s, struct vm *vm)

@@ -18,6 +18,10 @@ struct sleepf_sprite {
  * attach), waits for READY and attaches (hostname = name) when there is a disk. */
 void sleepf_boot(struct sleepf_sprite *s, const struct vmf_image *img, const struct vmf_disk *d,
                  const char *name);
+/* The same with the RAM a private (share=off) mapping of DIR/template-ram, as a pool clone's is
+ * of the template's RAM file: cold sleep then needs sleep_cold_private. */
+void sleepf_boot_private(struct sleepf_sprite *s, const struct vmf_image *img,
+                         const struct vmf_disk *d, const char *name);
 /* After a wake: the new vm, a new agent connection, READY. */
 void sleepf_adopt(struct sleepf_sprite *s, struct vm *vm);
 /* Starts the counter service: /tmp/counter holds "PID N", N counting up every 100 ms. */
