@@ -63,7 +63,10 @@ struct cold_sleep_opts {
     uint32_t chunk_bytes;     /* 0: RAM_CHUNK_BYTES_DEFAULT */
     GHashTable *known;        /* hashes known to be stored (e.g. the last manifest's), or NULL */
     agent_client *agent;      /* NULL: no guest sync (a sprite not attached yet) */
-    int timeout_ms;           /* per step */
+    /* sprite_sleep_cold only: non-NULL when the sprite's RAM is a private mapping (a pool clone):
+     * its config as launched, and the sleep goes through sleep_cold_private. */
+    const struct vm_config *private_ram_config;
+    int timeout_ms; /* per step */
 };
 
 struct cold_sleep_result {

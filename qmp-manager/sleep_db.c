@@ -45,7 +45,9 @@ bool sprite_sleep_cold(sprite_db *db, struct vm *vm, struct cold_sleep_opts *opt
     opts->known = known;
     bool ok = sprite_db_begin(db, opts->sprite, SPRITE_GOING_COLD, key, error);
     if (ok) {
-        ok = sleep_cold(vm, opts, out, error);
+        ok = opts->private_ram_config
+                 ? sleep_cold_private(vm, opts->private_ram_config, opts, out, error)
+                 : sleep_cold(vm, opts, out, error);
         if (ok)
             ok = sprite_db_end(db, opts->sprite, SPRITE_COLD_ASLEEP, 0, NULL, key, "cold sleep",
                                error);

@@ -2,9 +2,9 @@
  * way the manager runs them.
  *
  *   sprite_sleep_cold: begin GOING_COLD (with the manifest key it will write, sleep_seq + 1),
- *     sleep_cold, then end COLD_ASLEEP with the key.  On failure: RUNNING if QEMU still runs
- *     (sleep_cold resumes it), else CRASHED with the reason (QEMU is gone and no manifest was
- *     written; the RAM file and state stay in DIR).
+ *     sleep_cold (sleep_cold_private if opts->private_ram_config), then end COLD_ASLEEP with the
+ * key.  On failure: RUNNING if QEMU still runs (sleep_cold resumes it), else CRASHED with the
+ * reason (QEMU is gone and no manifest was written; the RAM file and state stay in DIR).
  *   sprite_wake_cold: begin WAKING, wake_cold, then end RUNNING with QEMU's pid and run dir.  On
  *     failure: back to COLD_ASLEEP (the manifest in the store is untouched).
  * A manager that dies between a begin and its end leaves the row for sprite_db_recover. */

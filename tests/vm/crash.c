@@ -105,24 +105,27 @@ int main(int argc, char **argv)
                         "booted", &err),
           err, "sleeper running");
     g_autofree char *key = sleep_manifest_key("sleeper", 1);
-    db_ok(sprite_db_begin(db, "sleeper", SPRITE_GOING_COLD, key, &err), err, "sleeper going cold");
     struct cold_sleep_opts so = {.store = st,
                                  .sprite = "sleeper",
                                  .dir = sleeper.dir,
-                                 .manifest_key = key,
                                  .mem_mib = 256,
+                                 .private_ram_config = &sleeper.cfg,
                                  .timeout_ms = 60000};
     struct cold_sleep_result sr;
-    FX_CHECK(sleep_cold_private(sleeper.v.vm, &sleeper.cfg, &so, &sr, &err), "cold sleep: %s",
+    FX_CHECK(sprite_sleep_cold(db, sleeper.v.vm, &so, &sr, &err), "cold sleep: %s",
              err ? err->message : "?");
+    struct sprite_record *slept = sprite_db_get(db, "sleeper", &err);
+    FX_CHECK(slept && slept->state == SPRITE_COLD_ASLEEP &&
+                 g_strcmp0(slept->manifest_key, key) == 0,
+             "the sleeper's record after the sleep: %s",
+             slept ? sprite_state_to_string(slept->state) : err->message);
+    sprite_record_free(slept);
     printf("FIGURE private_ram_cold_sleep_ms=%.0f (through the helper %.0f, store %.0f; %.2f MiB"
            " stored)\n",
            sr.total_s * 1e3, sr.migrate_s * 1e3, sr.store_s * 1e3,
            (double)(sr.ram.uploaded_bytes + sr.state.uploaded_bytes) / (1024.0 * 1024.0));
     FX_CHECK(sr.state_bytes < 1024 * 1024, "the state holds the RAM (%llu bytes)",
              (unsigned long long)sr.state_bytes);
-    db_ok(sprite_db_end(db, "sleeper", SPRITE_COLD_ASLEEP, 0, NULL, key, "slept", &err), err,
-          "sleeper asleep");
     vmf_destroy(&sleeper.v);
 
     /* Interrupted mid-sleep: begun, no manifest, no QEMU. */
