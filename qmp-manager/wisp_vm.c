@@ -7,6 +7,7 @@
  *   wisp-vm exec --run-dir D [--tty] [--stdin] -- CMD ARGS...
  *   wisp-vm attach|status|freeze|thaw|shutdown|kill --run-dir D
  *   wisp-vm probe-accel [--kernel K]
+ *   wisp-vm sprites --state DIR [--recover [--store URL]]
  *
  * The VM outlives `boot`; the other verbs find it through its run directory (the sockets, the
  * serial log, qemu.log and qemu.pid). */
@@ -34,6 +35,8 @@ static const struct {
     {"shutdown", cli_shutdown, "clean unmount and poweroff; waits for QEMU to exit"},
     {"kill", cli_kill, "stop QEMU at once"},
     {"probe-accel", cli_probe_accel, "say whether KVM really works here, and why"},
+    {"sprites", cli_sprites,
+     "the sprite database's sprites and states (--recover: as at start-up)"},
 };
 
 static void usage(FILE *f)

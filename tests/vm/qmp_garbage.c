@@ -2,7 +2,10 @@
  * so a real QEMU cannot test it).  Each case is one connection to a socket served by a thread
  * here: a reply with an unknown id and an event before the real reply; bad JSON; a JSON value
  * that is not an object; no greeting; a greeting but no answer to qmp_capabilities; the peer
- * closing in the middle of a line.  Every case must end in a clean error, with no crash and
+ * closing in the middle of a line; two replies in the reverse order of their commands, with odd
+ * events (data not an object, no timestamp, a MIGRATION "completed" before the migrate reply)
+ * in between; a reply sent a few bytes at a time; an event cut short by a newline (truncated
+ * JSON) while a command waits.  Every case must end in a clean error, with no crash and
  * no hang. */
 #include "qmp.h"
 
@@ -38,6 +41,9 @@ enum peer_case {
     PEER_NO_GREETING,
     PEER_SILENT,
     PEER_CLOSE_MID_LINE,
+    PEER_OUT_OF_ORDER,
+    PEER_FRAGMENTED,
+    PEER_TRUNCATED_EVENT,
 };
 
 struct peer {
@@ -114,6 +120,33 @@ static void *peer_thread(void *opaque)
     case PEER_CLOSE_MID_LINE:
         send_text(fd, "{\"return\": {\"tru");
         break;
+    case PEER_OUT_OF_ORDER: {
+        long second = read_command(fd);
+        send_text(fd, "{\"event\": \"MIGRATION\", \"data\": {\"status\": \"completed\"},"
+                      " \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}\n");
+        send_text(fd, "{\"event\": \"ODD\", \"data\": 42}\n");
+        snprintf(buf, sizeof buf, "{\"return\": {\"n\": %ld}, \"id\": %ld}\n", second, second);
+        send_text(fd, buf);
+        send_text(fd, "{\"event\": \"RESUME\"}\n");
+        snprintf(buf, sizeof buf, "{\"return\": {\"n\": %ld}, \"id\": %ld}\n", id, id);
+        send_text(fd, buf);
+        read_command(fd);
+        break;
+    }
+    case PEER_FRAGMENTED:
+        snprintf(buf, sizeof buf, "{\"return\": {\"status\": \"running\"}, \"id\": %ld}\n", id);
+        for (size_t i = 0; buf[i]; i += 3) {
+            char piece[4] = {0};
+            memcpy(piece, buf + i, strnlen(buf + i, 3));
+            send_text(fd, piece);
+            usleep(2000);
+        }
+        read_command(fd);
+        break;
+    case PEER_TRUNCATED_EVENT:
+        send_text(fd, "{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1\n");
+        read_command(fd);
+        break;
     default:
         break;
     }
@@ -138,6 +171,44 @@ static qmp_client *run_case(const char *path, enum peer_case what, pthread_t *t,
     }
     pthread_create(t, NULL, peer_thread, p);
     return qmp_client_connect(path, NULL, 1000, err);
+}
+
+/* The async form: on ctx, which the caller iterates. */
+static qmp_client *run_case_on(const char *path, enum peer_case what, pthread_t *t, struct peer *p,
+                               GMainContext *ctx, GError **err)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+
+    unlink(path);
+    p->what = what;
+    p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
+    if (p->listen_fd < 0 || bind(p->listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        listen(p->listen_fd, 1) < 0) {
+        fprintf(stderr, "listen %s: %s\n", path, strerror(errno));
+        exit(1);
+    }
+    pthread_create(t, NULL, peer_thread, p);
+    return qmp_client_connect(path, ctx, 1000, err);
+}
+
+struct async_reply {
+    bool done;
+    gint64 n; /* the "n" member of the return, -1 if none */
+    char *error;
+};
+
+static void async_done(qmp_client *c, JsonNode *ret, const GError *error, void *opaque)
+{
+    struct async_reply *a = opaque;
+
+    (void)c;
+    a->done = true;
+    a->n = -1;
+    if (ret && JSON_NODE_HOLDS_OBJECT(ret))
+        a->n = json_object_get_int_member_with_default(json_node_get_object(ret), "n", -1);
+    if (error)
+        a->error = g_strdup(error->message);
 }
 
 static void end_case(pthread_t t, struct peer *p, qmp_client *q)
@@ -213,6 +284,67 @@ int main(void)
     r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
     CHECK(!r && g_error_matches(err, QMP_ERROR, QMP_ERROR_CLOSED), "mid-line: %s",
           err ? err->message : "a reply");
+    g_clear_error(&err);
+    end_case(t, &p, q);
+
+    /* Two commands answered in reverse order, odd events in between: each callback gets the
+     * reply to its own command (the peer echoes the id as "n"), the events are queued. */
+    {
+        GMainContext *ctx = g_main_context_new();
+        struct async_reply a1 = {0}, a2 = {0};
+        q = run_case_on(path, PEER_OUT_OF_ORDER, &t, &p, ctx, &err);
+        CHECK(q, "connect: %s", err ? err->message : "");
+        g_clear_error(&err);
+        if (q) {
+            qmp_client_execute_async(q, "query-status", NULL, 2000, async_done, &a1);
+            qmp_client_execute_async(q, "query-migrate", NULL, 2000, async_done, &a2);
+            gint64 deadline = g_get_monotonic_time() + 3 * G_USEC_PER_SEC;
+            while ((!a1.done || !a2.done) && g_get_monotonic_time() < deadline)
+                if (!g_main_context_iteration(ctx, FALSE))
+                    g_usleep(1000);
+            CHECK(a1.done && a2.done, "out of order: a reply never came");
+            CHECK(!a1.error && !a2.error, "out of order: %s %s", a1.error ? a1.error : "",
+                  a2.error ? a2.error : "");
+            CHECK(a1.n >= 0 && a2.n >= 0 && a1.n != a2.n,
+                  "out of order: the replies were crossed (%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
+                  ")",
+                  a1.n, a2.n);
+            r = qmp_client_wait_event(q, "MIGRATION", 100, &err);
+            CHECK(r, "the early MIGRATION event was queued: %s", err ? err->message : "");
+            if (r)
+                json_node_unref(r);
+            g_clear_error(&err);
+            r = qmp_client_wait_event(q, "RESUME", 100, &err);
+            CHECK(r, "an event without timestamp was queued: %s", err ? err->message : "");
+            if (r)
+                json_node_unref(r);
+            g_clear_error(&err);
+        }
+        g_free(a1.error);
+        g_free(a2.error);
+        end_case(t, &p, q);
+        g_main_context_unref(ctx);
+    }
+
+    /* A reply that arrives three bytes at a time is one reply. */
+    q = run_case(path, PEER_FRAGMENTED, &t, &p, &err);
+    CHECK(q, "connect: %s", err ? err->message : "");
+    r = q ? qmp_client_execute(q, "query-status", NULL, 3000, &err) : NULL;
+    CHECK(r && json_object_has_member(json_node_get_object(r), "status"), "fragmented: %s",
+          err ? err->message : "no status");
+    if (r)
+        json_node_unref(r);
+    g_clear_error(&err);
+    end_case(t, &p, q);
+
+    /* An event cut short by a newline while a command waits: a protocol error, not a hang. */
+    t0 = g_get_monotonic_time();
+    q = run_case(path, PEER_TRUNCATED_EVENT, &t, &p, &err);
+    CHECK(q, "connect: %s", err ? err->message : "");
+    r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
+    CHECK(!r && g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL), "truncated event: %s",
+          err ? err->message : "a reply");
+    CHECK(g_get_monotonic_time() - t0 < 1900 * 1000, "the truncated event was waited on");
     g_clear_error(&err);
     end_case(t, &p, q);
 
