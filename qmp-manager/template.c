@@ -406,5 +406,11 @@ void vm_template_clone_config(const struct vm_template *t, const char *run_dir,
         .paused = true,
         .incoming_defer = true,
         .sandbox = t->sandbox,
+        /* No parent-death signal: the kernel ties it to the thread that forked, here the
+         * pool's refill thread, so stopping a pool would kill the sprites claimed from it; and
+         * a manager that restarts must find its sprites running.  Members are killed
+         * explicitly (vm_pool_free, destroy); a manager that crashes leaves its unclaimed
+         * members behind, in its run directory. */
+        .keep_on_exit = true,
     };
 }

@@ -84,7 +84,10 @@ struct vm *vm_launch(const struct vm_config *cfg, GMainContext *ctx, int timeout
     unlink(vm->serial_path);
 
     /* The probe (once per host boot) is not counted in the launch's timeout. */
-    vm->accel = vm_accel_resolve(cfg->accel, cfg->qemu, cfg->kernel, &vm->accel_why);
+    /* The reason is the probe's shared cache entry, which a later probe may replace: a copy. */
+    const char *why = NULL;
+    vm->accel = vm_accel_resolve(cfg->accel, cfg->qemu, cfg->kernel, &why);
+    vm->accel_why = g_strdup(why ? why : "");
     deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     vm->argv = vm_config_build_argv(cfg, vm->accel, vm_host_cpu_khz(), vm->qmp_path, vm->ctl_path,
                                     vm->serial_path, error);
@@ -296,6 +299,7 @@ void vm_free(struct vm *vm)
         unlink(vm->qmp_path);
     if (vm->ctl_path)
         unlink(vm->ctl_path);
+    g_free(vm->accel_why);
     g_free(vm->run_dir);
     g_free(vm->qmp_path);
     g_free(vm->ctl_path);

@@ -25,7 +25,7 @@ struct vm {
     pid_t pid; /* QEMU, leader of its process group; 0 once reaped */
     int exit_status;
     enum vm_accel accel;
-    const char *accel_why;
+    char *accel_why; /* why this accelerator (owned) */
     char *run_dir, *qmp_path, *ctl_path, *serial_path, *log_path;
     char **argv;
     qmp_client *qmp;

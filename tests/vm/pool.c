@@ -345,17 +345,26 @@ int main(void)
     fx_log("without SEED, two clones' first /dev/urandom bytes: %s and %s (%s)", u1, u2,
            strcmp(u1, u2) == 0 ? "identical: the bug SEED fixes" : "different");
 
+    /* ---- the pool stops; the sprites claimed from it go on ---- */
+    vm_pool_get_stats(pool, &st);
+    fx_log("pool: %llu restored, %llu taken, %llu failed, %u ready",
+           (unsigned long long)st.restored, (unsigned long long)st.taken,
+           (unsigned long long)st.failed, st.ready);
+    /* Its refill thread forked A and B: a parent-death signal would kill them with it. */
+    vm_pool_free(pool);
+    g_usleep(200 * 1000);
+    FX_CHECK(vm_is_running(a->vm) && vm_is_running(b->vm),
+             "stopping the pool killed sprites claimed from it");
+    g_autofree char *alive = sprite_sh(a, "echo alive");
+    FX_CHECK(strstr(alive, "alive") != NULL, "A after the pool stopped: %s", alive);
+    fx_log("the pool stopped; A and B still run");
+
     /* ---- destroy ---- */
     FX_CHECK(sprite_destroy(a, true, record_delete, "sprite-a", &err), "destroy A: %s",
              err ? err->message : "?");
     FX_CHECK(sprite_destroy(b, false, record_delete, "sprite-b", &err), "destroy B: %s",
              err ? err->message : "?");
     FX_CHECK(deleted_calls == 1, "disk delete called %u times", deleted_calls);
-    vm_pool_get_stats(pool, &st);
-    fx_log("pool: %llu restored, %llu taken, %llu failed, %u ready",
-           (unsigned long long)st.restored, (unsigned long long)st.taken,
-           (unsigned long long)st.failed, st.ready);
-    vm_pool_free(pool);
     vm_template_free(tpl);
 
     /* ---- the CLI, on the same template ---- */
