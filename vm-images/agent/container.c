@@ -335,7 +335,14 @@ static int start_container_init(struct container *ct, const char *hostname, char
         if (ct->ns_fds[i] < 0) {
             int e = -errno;
             snprintf(msg, msg_cap, "open %s: %s", path, strerror(errno));
+            /* Leave nothing that a later ATTACH would build on. */
+            for (int j = 0; j < i; j++) {
+                close(ct->ns_fds[j]);
+                ct->ns_fds[j] = -1;
+            }
             kill((pid_t)pid, SIGKILL);
+            waitpid((pid_t)pid, NULL, 0);
+            ct->init_pid = 0;
             return e;
         }
     }
@@ -343,15 +350,28 @@ static int start_container_init(struct container *ct, const char *hostname, char
     return 0;
 }
 
+static void free_env(struct container *ct)
+{
+    for (uint32_t i = 0; ct->env != NULL && ct->env[i] != NULL; i++)
+        free(ct->env[i]);
+    free(ct->env);
+    ct->env = NULL;
+    ct->env_count = 0;
+}
+
+/* Replaces ct->env (an ATTACH after a failed one must not leak the first one's). */
 static int copy_env(struct container *ct, const struct wisp_strv *env)
 {
+    free_env(ct);
     ct->env = calloc((size_t)env->count + 1, sizeof(char *));
     if (ct->env == NULL)
         return -ENOMEM;
     for (uint32_t i = 0; i < env->count; i++) {
         ct->env[i] = strdup(env->v[i]);
-        if (ct->env[i] == NULL)
+        if (ct->env[i] == NULL) {
+            free_env(ct); /* the NULL just stored ends the list */
             return -ENOMEM;
+        }
     }
     ct->env_count = env->count;
     return 0;
