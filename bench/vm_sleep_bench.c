@@ -183,6 +183,7 @@ int main(int argc, char **argv)
             sleepf_adopt(&s, vm);
             /* Until the guest answers: the agent's READY on a new connection, then an exec. */
             g_autofree char *out = vmf_sh_ok(&s.v, "echo awake");
+            FX_CHECK(strstr(out, "awake") != NULL, "after the wake: %s", out);
             (from_store ? remote_ready : local_ready)[i] = fx_now() - wake_t0;
         }
         fprintf(stderr, "run %d/%d: wake local %.0f ms, store %.0f ms\n", i + 1, runs,
