@@ -183,6 +183,7 @@ static void api_job_done(GObject *source, GAsyncResult *res, gpointer data)
 static void api_job_start(struct api_job *j)
 {
     GTask *task = g_task_new(NULL, NULL, api_job_done, j);
+    g_task_set_task_data(task, j, NULL); /* freed by api_job_done */
     soup_server_message_pause(j->msg);
     g_task_run_in_thread(task, api_job_run);
     g_object_unref(task);

@@ -217,7 +217,7 @@ static void svc_leave(sprite_service *svc)
 
 static char *svc_disk_name(const char *account, const char *name)
 {
-    return g_strdup_printf("s.%s.%s", account, name);
+    return g_strdup_printf("s_%s_%s", account, name);
 }
 
 /* The live record of a sprite that exists in db, referenced; NULL with NOT_FOUND. */
@@ -617,7 +617,8 @@ static gpointer svc_feed_stdin(gpointer opaque)
 /* Output as a JSON string: invalid UTF-8 is replaced (binary output waits for streaming). */
 static void svc_set_output(JsonObject *o, const char *member, GByteArray *buf)
 {
-    g_autofree char *text = g_utf8_make_valid((const char *)buf->data, buf->len);
+    g_autofree char *text =
+        buf->len ? g_utf8_make_valid((const char *)buf->data, buf->len) : g_strdup("");
     json_object_set_string_member(o, member, text);
 }
 

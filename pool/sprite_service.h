@@ -1,8 +1,9 @@
 /* sprite_service.h: what wispd does to sprites, for the API (one function per verb).
  *
  * A sprite belongs to one account; its record lives in the account's database (account_db.h)
- * and its root disk, "s.ACCOUNT.NAME", in the storage server (cloned from "base").  Its VM,
- * when it has one, is a member claimed from the pool (sprite.h).  States:
+ * and its root disk, "s_ACCOUNT_NAME" (no name has a '_'), in the storage server (cloned
+ * from "base").  Its VM, when it has one, is a member claimed from the pool (sprite.h).
+ * States:
  *
  *   running   the VM runs
  *   asleep    warm sleep: the VM is paused, its memory kept (QMP stop)
