@@ -48,8 +48,7 @@ account_db *account_db_open(const char *path, GError **error)
     }
     sqlite3_busy_timeout(db->db, 5000);
     if (sqlite3_exec(db->db, account_db_schema, NULL, NULL, &msg) != SQLITE_OK) {
-        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: schema: %s", path,
-                    msg ? msg : "?");
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: schema: %s", path, msg ? msg : "?");
         sqlite3_free(msg);
         account_db_close(db);
         return NULL;
@@ -140,8 +139,8 @@ int account_db_sprite_get(account_db *db, const char *name, struct account_sprit
 
 GPtrArray *account_db_sprite_list(account_db *db, GError **error)
 {
-    sqlite3_stmt *st =
-        account_db_prepare(db, error, "SELECT name, disk, created FROM sprites ORDER BY name", NULL);
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT name, disk, created FROM sprites ORDER BY name", NULL);
     if (!st)
         return NULL;
     GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
@@ -199,8 +198,7 @@ bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *i
                           error);
 }
 
-int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id,
-                                 GError **error)
+int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id, GError **error)
 {
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT 1 FROM checkpoints WHERE sprite = ? AND id = ?", sprite, id, NULL);

@@ -38,8 +38,7 @@ bool account_db_sprite_delete(account_db *db, const char *name, GError **error);
 
 /* The next checkpoint id of a sprite: "ckN", N one past the highest (g_free it). */
 char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError **error);
-bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id,
-                               GError **error);
+bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id, GError **error);
 /* 1 found, 0 not, -1 error. */
 int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id,
                                  GError **error);

@@ -391,7 +391,8 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     api_server *api = opaque;
     const char *method = soup_server_message_get_method(msg);
     SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
-    const char *account = api_auth_account(api->tokens, soup_message_headers_get_one(h, "Authorization"));
+    const char *account =
+        api_auth_account(api->tokens, soup_message_headers_get_one(h, "Authorization"));
 
     if (!account) {
         api_error(msg, SOUP_STATUS_UNAUTHORIZED, "unknown bearer token");
@@ -440,8 +441,7 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
         ok = SOUP_STATUS_CREATED;
     } else if (n == 5 && get && strcmp(sub, "checkpoints") == 0)
         verb = API_CHECKPOINTS;
-    else if (n == 7 && post && strcmp(sub, "checkpoints") == 0 &&
-             strcmp(seg[6], "restore") == 0) {
+    else if (n == 7 && post && strcmp(sub, "checkpoints") == 0 && strcmp(seg[6], "restore") == 0) {
         if (!sprite_service_name_valid(seg[5])) {
             api_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid checkpoint id");
             return;
@@ -489,8 +489,8 @@ api_server *api_server_start(const char *socket_path, sprite_service *svc, GHash
                     g_strerror(errno));
         goto fail;
     }
-    sock = g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_DEFAULT,
-                        error);
+    sock =
+        g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_DEFAULT, error);
     if (!sock)
         goto fail;
     addr = g_unix_socket_address_new(socket_path);

@@ -17,7 +17,7 @@
 
 #define SVC_LOG "wispd"
 
-G_DEFINE_QUARK(sprite-service-error-quark, sprite_service_error)
+G_DEFINE_QUARK(sprite - service - error - quark, sprite_service_error)
 
 enum live_state {
     LIVE_STOPPED,
@@ -40,13 +40,13 @@ static const char *live_state_to_string(enum live_state s)
 
 /* A sprite someone has touched since wispd started. */
 struct live_sprite {
-    GMutex op;            /* held across a verb */
-    char *key;            /* ACCOUNT/NAME */
+    GMutex op; /* held across a verb */
+    char *key; /* ACCOUNT/NAME */
     char *name, *disk;
-    struct sprite *vm;    /* NULL: stopped; under op */
+    struct sprite *vm;     /* NULL: stopped; under op */
     enum live_state state; /* under svc->mu (a copy for readers without op) */
-    unsigned refs;        /* under svc->mu */
-    bool gone;            /* deleted; under svc->mu */
+    unsigned refs;         /* under svc->mu */
+    bool gone;             /* deleted; under svc->mu */
 };
 
 struct sprite_service {
@@ -91,8 +91,14 @@ static bool svc_label_valid(const char *s, size_t max)
     return true;
 }
 
-bool sprite_service_name_valid(const char *name) { return svc_label_valid(name, 63); }
-bool sprite_service_account_valid(const char *account) { return svc_label_valid(account, 32); }
+bool sprite_service_name_valid(const char *name)
+{
+    return svc_label_valid(name, 63);
+}
+bool sprite_service_account_valid(const char *account)
+{
+    return svc_label_valid(account, 32);
+}
 
 sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GError **error)
 {
@@ -323,8 +329,7 @@ static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GE
 
 /* A control call that retries while the disk is busy: a VM just killed may still hold its
  * NBD connection for a moment, until nbdkit notices the close. */
-static JsonObject *svc_control(sprite_service *svc, const char *op, JsonObject *req,
-                               GError **error)
+static JsonObject *svc_control(sprite_service *svc, const char *op, JsonObject *req, GError **error)
 {
     for (int attempt = 0;; attempt++) {
         GError *err = NULL;
@@ -339,8 +344,8 @@ static JsonObject *svc_control(sprite_service *svc, const char *op, JsonObject *
     }
 }
 
-static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk,
-                        const char *member, const char *value, GError **error)
+static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk, const char *member,
+                        const char *value, GError **error)
 {
     JsonObject *req = json_object_new();
     json_object_set_string_member(req, "name", disk);
@@ -426,8 +431,8 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
     JsonObject *answer = svc_control(svc, "disk-clone", req, &err);
     if (!answer && g_error_matches(err, G_IO_ERROR, G_IO_ERROR_EXISTS)) {
         /* Left by a create or delete that wispd did not finish: no record names it. */
-        log_warn(SVC_LOG, "%s/%s: disk %s existed without a record; replacing it", account,
-                 name, disk);
+        log_warn(SVC_LOG, "%s/%s: disk %s existed without a record; replacing it", account, name,
+                 disk);
         g_clear_error(&err);
         if (svc_disk_op(svc, "disk-delete", disk, NULL, NULL, &err))
             answer = svc_control(svc, "disk-clone", req, &err);
@@ -466,8 +471,7 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
         result = svc_sprite_json(name, disk, g_get_real_time() / G_USEC_PER_SEC, LIVE_RUNNING);
         JsonObject *o = json_node_get_object(result);
         json_object_set_double_member(o, "claim_ms", claim_ms);
-        json_object_set_double_member(o, "create_ms",
-                                      (double)g_get_monotonic_time() / 1000 - t0);
+        json_object_set_double_member(o, "create_ms", (double)g_get_monotonic_time() / 1000 - t0);
         account_db_audit(db, "create", name, true, NULL);
     }
     svc_unlock_put(svc, l);
@@ -520,8 +524,8 @@ JsonNode *sprite_service_get(sprite_service *svc, const char *account, const cha
     else if (found == 0)
         svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
     else
-        result = svc_sprite_json(rec.name, rec.disk, rec.created,
-                                 svc_peek_state(svc, account, name));
+        result =
+            svc_sprite_json(rec.name, rec.disk, rec.created, svc_peek_state(svc, account, name));
     svc_leave(svc);
     return result;
 }
@@ -625,10 +629,8 @@ static void svc_set_output(JsonObject *o, const char *member, GByteArray *buf)
 static JsonNode *svc_exec_locked(struct live_sprite *l, const struct sprite_exec_request *r,
                                  GError **error)
 {
-    struct agent_exec_opts opts = {.argv = r->argv,
-                                   .env = r->env,
-                                   .cwd = r->cwd,
-                                   .with_stdin = r->stdin_data != NULL};
+    struct agent_exec_opts opts = {
+        .argv = r->argv, .env = r->env, .cwd = r->cwd, .with_stdin = r->stdin_data != NULL};
     int timeout = r->timeout_ms > 0 ? r->timeout_ms : 60000;
     gint64 deadline = g_get_monotonic_time() + (gint64)timeout * 1000;
     g_autoptr(GByteArray) out = g_byte_array_new();

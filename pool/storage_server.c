@@ -53,8 +53,8 @@ static bool storage_server_spawn(storage_server *s, GError **error)
     g_autofree char *cache = g_strdup_printf("cache=%s", s->cache_dir);
     g_autofree char *meta = g_strdup_printf("meta=%s", s->meta_dir);
     g_autofree char *control = g_strdup_printf("control=%s", s->ctl_sock);
-    const char *argv[] = {"nbdkit", "-f", "-U", s->nbd_sock, s->plugin, store, cache, meta,
-                          control,  NULL};
+    const char *argv[] = {"nbdkit", "-f",  "-U", s->nbd_sock, s->plugin,
+                          store,    cache, meta, control,     NULL};
     g_auto(GStrv) env = g_get_environ();
     /* A sanitizer build's plugin needs its runtime in the uninstrumented nbdkit. */
     const char *preload = g_getenv("WISP_NBDKIT_PRELOAD");
@@ -70,10 +70,9 @@ static bool storage_server_spawn(storage_server *s, GError **error)
     }
     unlink(s->nbd_sock);
     unlink(s->ctl_sock);
-    bool ok = g_spawn_async_with_fds(NULL, (char **)argv, env,
-                                     G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD,
-                                     storage_server_child_setup, NULL, &s->pid, -1, log_fd,
-                                     log_fd, error);
+    bool ok = g_spawn_async_with_fds(
+        NULL, (char **)argv, env, G_SPAWN_SEARCH_PATH | G_SPAWN_DO_NOT_REAP_CHILD,
+        storage_server_child_setup, NULL, &s->pid, -1, log_fd, log_fd, error);
     close(log_fd);
     if (!ok)
         return false;
@@ -189,10 +188,22 @@ void storage_server_stop(storage_server *s)
     g_free(s);
 }
 
-const char *storage_server_nbd_socket(const storage_server *s) { return s->nbd_sock; }
-const char *storage_server_control_socket(const storage_server *s) { return s->ctl_sock; }
-unsigned storage_server_restarts(const storage_server *s) { return s->restarts; }
-int storage_server_pid(const storage_server *s) { return (int)s->pid; }
+const char *storage_server_nbd_socket(const storage_server *s)
+{
+    return s->nbd_sock;
+}
+const char *storage_server_control_socket(const storage_server *s)
+{
+    return s->ctl_sock;
+}
+unsigned storage_server_restarts(const storage_server *s)
+{
+    return s->restarts;
+}
+int storage_server_pid(const storage_server *s)
+{
+    return (int)s->pid;
+}
 
 /* One request line out, one answer line back, on a fresh connection with a 120 s timeout. */
 static char *storage_control_exchange(const char *path, const char *line, GError **error)

@@ -38,8 +38,8 @@ struct wispd {
 /* Whether the storage server has the base disk. */
 static int wispd_has_base(struct wispd *d, GError **error)
 {
-    JsonObject *answer = storage_control_call(storage_server_control_socket(d->storage),
-                                              "disk-list", NULL, error);
+    JsonObject *answer =
+        storage_control_call(storage_server_control_socket(d->storage), "disk-list", NULL, error);
     if (!answer)
         return -1;
     JsonArray *disks = json_object_get_array_member(answer, "disks");
@@ -58,10 +58,9 @@ static int wispd_has_base(struct wispd *d, GError **error)
 static bool wispd_import_base(struct wispd *d, GError **error)
 {
     g_autofree char *rootfs = g_build_filename(d->cfg.image_dir, "rootfs.ext4", NULL);
-    const char *argv[] = {d->cfg.wisp_cli, "disk",   "import",          "base",
-                          rootfs,          "--store", d->cfg.store_url, "--meta",
-                          d->meta_dir,     "--cache", d->cfg.cache_dir, "--plugin",
-                          d->cfg.plugin,   NULL};
+    const char *argv[] = {d->cfg.wisp_cli,  "disk",           "import",      "base",      rootfs,
+                          "--store",        d->cfg.store_url, "--meta",      d->meta_dir, "--cache",
+                          d->cfg.cache_dir, "--plugin",       d->cfg.plugin, NULL};
     g_autofree char *out = NULL, *err_text = NULL;
     int status = 0;
     double t0 = g_get_monotonic_time() / 1e6;
@@ -118,8 +117,7 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
     d->tpl = vm_template_ensure(&tc, error);
     if (!d->tpl)
         return false;
-    log_info(WISPD_LOG, "template %.12s %s", key,
-             d->tpl->built_now ? "built" : "reused");
+    log_info(WISPD_LOG, "template %.12s %s", key, d->tpl->built_now ? "built" : "reused");
     /* Members of an earlier wispd's pool died with it; their directories are stale. */
     GError *ignored = NULL;
     g_autoptr(GFile) f = g_file_new_for_path(runs);
@@ -127,8 +125,8 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
         g_autofree char *old = g_strdup_printf("%s.old.%d", runs, (int)getpid());
         if (rename(runs, old) == 0) {
             const char *rm[] = {"rm", "-rf", old, NULL};
-            g_spawn_sync(NULL, (char **)rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL,
-                         NULL, &ignored);
+            g_spawn_sync(NULL, (char **)rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL,
+                         &ignored);
             g_clear_error(&ignored);
         }
     }
@@ -251,8 +249,7 @@ int main(int argc, char **argv)
     } else {
         /* One line on stderr whatever the log level: scripts wait for it. */
         fprintf(stderr, "wispd: ready on %s in %.1f s (pool %u, nbdkit %d)\n", d.cfg.listen,
-                g_get_monotonic_time() / 1e6 - t0, d.cfg.pool_size,
-                storage_server_pid(d.storage));
+                g_get_monotonic_time() / 1e6 - t0, d.cfg.pool_size, storage_server_pid(d.storage));
         g_main_loop_run(d.loop);
     }
     g_source_remove(term);

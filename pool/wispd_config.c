@@ -72,8 +72,8 @@ static void wispd_config_defaults(struct wispd_config *cfg)
         /* The one built beside wispd in a build tree, else nbdkit's installed "wisp". */
         g_autofree char *built =
             g_build_filename(dir, "..", "nbdkit-plugin", "nbdkit-wisp-plugin.so", NULL);
-        cfg->plugin = g_file_test(built, G_FILE_TEST_EXISTS) ? g_steal_pointer(&built)
-                                                             : g_strdup("wisp");
+        cfg->plugin =
+            g_file_test(built, G_FILE_TEST_EXISTS) ? g_steal_pointer(&built) : g_strdup("wisp");
     }
     /* Installed side by side (and so are they in the build tree's pool/). */
     if (!cfg->wisp_cli)
@@ -106,8 +106,8 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
         {"tokens", 0, 0, G_OPTION_ARG_FILENAME, &cfg->tokens_file,
          "bearer tokens, ACCOUNT TOKEN per line (STATE/tokens)", "FILE"},
         {"plugin", 0, 0, G_OPTION_ARG_FILENAME, &cfg->plugin, "nbdkit plugin (wisp)", "PATH"},
-        {"wisp-cli", 0, 0, G_OPTION_ARG_FILENAME, &cfg->wisp_cli,
-         "the wisp CLI (next to wispd)", "PATH"},
+        {"wisp-cli", 0, 0, G_OPTION_ARG_FILENAME, &cfg->wisp_cli, "the wisp CLI (next to wispd)",
+         "PATH"},
         {"pool-size", 0, 0, G_OPTION_ARG_INT, &pool_size, "warm VMs kept ready (2)", "N"},
         {"memory-mib", 0, 0, G_OPTION_ARG_INT, &mem, "guest memory per sprite (256)", "MIB"},
         {"cpus", 0, 0, G_OPTION_ARG_INT, &cpus, "vCPUs per sprite (1)", "N"},
@@ -145,8 +145,7 @@ bool wispd_config_reload(const struct wispd_config *cur, struct wispd_config *ou
 {
     *out = (struct wispd_config){0};
     out->pool_size = cur->pool_size;
-    if (cur->config_file &&
-        !wispd_config_read_file(out, cur->config_file, true, error)) {
+    if (cur->config_file && !wispd_config_read_file(out, cur->config_file, true, error)) {
         wispd_config_clear(out);
         return false;
     }

@@ -35,8 +35,8 @@ static size_t collect(char *data, size_t size, size_t n, void *opaque)
 }
 
 /* One request; returns the answer's JSON object (the test fails if it is not one). */
-static JsonObject *http(const char *method, const char *path, const char *token,
-                        const char *body, size_t body_len, long *status)
+static JsonObject *http(const char *method, const char *path, const char *token, const char *body,
+                        size_t body_len, long *status)
 {
     CURL *c = curl_easy_init();
     GString *answer = g_string_new(NULL);
@@ -176,10 +176,22 @@ int main(void)
     /* The pool size comes from the file, the rest from flags (flags win where both say). */
     FX_CHECK(g_file_set_contents(conf, "[wispd]\npool-size = 1\nmemory-mib = 256\n", -1, NULL),
              "write %s", conf);
-    const char *argv[] = {wispd,       "--config",    conf,        "--state-dir", state,
-                          "--image-dir", image_dir,   "--tokens",  tokens,        "--listen",
-                          api_socket,  "--plugin",    fx_need_env("WISP_TEST_PLUGIN"),
-                          "--wisp-cli", fx_need_env("WISP_TEST_CLI"), NULL};
+    const char *argv[] = {wispd,
+                          "--config",
+                          conf,
+                          "--state-dir",
+                          state,
+                          "--image-dir",
+                          image_dir,
+                          "--tokens",
+                          tokens,
+                          "--listen",
+                          api_socket,
+                          "--plugin",
+                          fx_need_env("WISP_TEST_PLUGIN"),
+                          "--wisp-cli",
+                          fx_need_env("WISP_TEST_CLI"),
+                          NULL};
     const char *env[] = {"WISP_LOG_LEVEL=info", NULL};
 
     /* ---- start ---- */
@@ -305,8 +317,8 @@ int main(void)
     t0 = fx_now();
     int st = fx_reap(pid, SIGTERM, 60);
     fx_log("SIGTERM: wispd exited in %.2f s, status 0x%x", fx_now() - t0, st);
-    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "wispd did not exit cleanly: 0x%x (see %s)",
-             st, log);
+    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "wispd did not exit cleanly: 0x%x (see %s)", st,
+             log);
     fx_sleep(0.3); /* QEMU and nbdkit are reaped by wispd; let /proc catch up */
     FX_CHECK(!process_mentions(state), "a process of wispd's state directory is still running");
     FX_CHECK(!g_file_test(api_socket, G_FILE_TEST_EXISTS), "the API socket is left behind");
