@@ -120,7 +120,6 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
     log_info(WISPD_LOG, "template %.12s %s", key, d->tpl->built_now ? "built" : "reused");
     /* Members of an earlier wispd's pool died with it; their directories are stale. */
     GError *ignored = NULL;
-    g_autoptr(GFile) f = g_file_new_for_path(runs);
     if (g_file_test(runs, G_FILE_TEST_IS_DIR)) {
         g_autofree char *old = g_strdup_printf("%s.old.%d", runs, (int)getpid());
         if (rename(runs, old) == 0) {

@@ -112,7 +112,7 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
         {"memory-mib", 0, 0, G_OPTION_ARG_INT, &mem, "guest memory per sprite (256)", "MIB"},
         {"cpus", 0, 0, G_OPTION_ARG_INT, &cpus, "vCPUs per sprite (1)", "N"},
         {"sandbox", 0, 0, G_OPTION_ARG_NONE, &sandbox, "QEMU under -sandbox on", NULL},
-        {NULL},
+        G_OPTION_ENTRY_NULL,
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- the Wisp daemon");
 
