@@ -10,6 +10,8 @@
  *   bad input  malformed JSON, an unknown field, names with '/' or "..", a body over the limit:
  *              each a 4xx with a JSON error, and wispd still answers afterwards
  *   sleep      warm sleep, a second sleep refused (409), an exec wakes it
+ *   CLI        `wisp exec` (stdin, the remote exit code passed through), `wisp list` per
+ *              account, a 404 through the CLI
  *   stop       SIGTERM: wispd exits 0 within 60 s, and no QEMU or nbdkit of it is left
  *
  * HTTP goes through libcurl on the unix socket; every answer must be a JSON object. */
@@ -18,6 +20,7 @@
 #include <curl/curl.h>
 #include <json-glib/json-glib.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -151,6 +154,57 @@ static bool process_mentions(const char *path)
     }
     g_dir_close(d);
     return found;
+}
+
+/* Runs `wisp VERB [NAME] ARGS...` against wispd (stdin "from-stdin"); checks its exit code and
+ * returns its stdout (g_free it).  token: WISP_TOKEN, or NULL for none. */
+static char *cli(const char *verb, const char *name, const char *token, int want, ...)
+    __attribute__((sentinel));
+static char *cli(const char *verb, const char *name, const char *token, int want, ...)
+{
+    GPtrArray *argv = g_ptr_array_new();
+    va_list ap;
+    const char *a;
+
+    g_ptr_array_add(argv, (char *)fx_need_env("WISP_TEST_CLI"));
+    g_ptr_array_add(argv, (char *)verb);
+    if (name)
+        g_ptr_array_add(argv, (char *)name);
+    va_start(ap, want);
+    while ((a = va_arg(ap, const char *)))
+        g_ptr_array_add(argv, (char *)a);
+    va_end(ap);
+    g_ptr_array_add(argv, NULL);
+    g_auto(GStrv) env = g_get_environ();
+    env = g_environ_setenv(env, "WISP_SOCKET", api_socket, TRUE);
+    env = token ? g_environ_setenv(env, "WISP_TOKEN", token, TRUE)
+                : g_environ_unsetenv(env, "WISP_TOKEN");
+    g_autofree char *in_path = g_strdup_printf("%s/cli-stdin", fx_tmpdir());
+    FX_CHECK(g_file_set_contents(in_path, "from-stdin\n", -1, NULL), "write %s", in_path);
+    g_autofree char *cmd = g_strjoinv(" ", (char **)argv->pdata);
+    char *out = NULL, *err = NULL;
+    int status = -1;
+    GError *error = NULL;
+    /* stdin from the file: g_spawn_sync gives no stdin pipe, so run it under sh. */
+    g_autofree char *line = g_strdup_printf("exec \"$@\" < '%s'", in_path);
+    GPtrArray *sh_argv = g_ptr_array_new();
+    g_ptr_array_add(sh_argv, "/bin/sh");
+    g_ptr_array_add(sh_argv, "-c");
+    g_ptr_array_add(sh_argv, line);
+    g_ptr_array_add(sh_argv, "sh");
+    for (guint i = 0; i + 1 < argv->len; i++)
+        g_ptr_array_add(sh_argv, argv->pdata[i]);
+    g_ptr_array_add(sh_argv, NULL);
+    FX_CHECK(g_spawn_sync(NULL, (char **)sh_argv->pdata, env, G_SPAWN_DEFAULT, NULL, NULL, &out,
+                          &err, &status, &error),
+             "spawn %s: %s", cmd, error ? error->message : "?");
+    fx_log("%s -> exit %d: %s%s", cmd, WIFEXITED(status) ? WEXITSTATUS(status) : -1, out, err);
+    FX_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == want, "%s: exit 0x%x, expected %d: %s",
+             cmd, status, want, err);
+    g_free(err);
+    g_ptr_array_free(sh_argv, TRUE);
+    g_ptr_array_free(argv, TRUE);
+    return out;
 }
 
 int main(void)
@@ -312,6 +366,17 @@ int main(void)
     expect_free(404, "GET", "/v1/sprites/demo", TOKEN_A, NULL);
     expect_free(404, "DELETE", "/v1/sprites/demo", TOKEN_A, NULL);
     expect_free(201, "POST", "/v1/sprites", NULL, "{\"name\":\"left-running\"}");
+
+    /* ---- the wisp CLI on the API ---- */
+    g_autofree char *cli_out = cli("exec", "left-running", NULL, 3, "-i", "--", "sh", "-c",
+                                   "read x; echo got $x; exit 3", NULL);
+    FX_CHECK(strcmp(cli_out, "got from-stdin\n") == 0, "wisp exec printed '%s'", cli_out);
+    g_autofree char *cli_list = cli("list", NULL, TOKEN_B, 0, NULL);
+    FX_CHECK(strcmp(cli_list, "") == 0, "wisp list as B printed '%s'", cli_list);
+    g_autofree char *cli_list_a = cli("list", NULL, NULL, 0, NULL);
+    FX_CHECK(g_str_has_prefix(cli_list_a, "left-running ") && strstr(cli_list_a, "running\n"),
+             "wisp list printed '%s'", cli_list_a);
+    g_free(cli("exec", "left-running", TOKEN_B, 1, "--", "true", NULL)); /* 404: not B's */
 
     /* ---- SIGTERM ---- */
     t0 = fx_now();
