@@ -12,6 +12,7 @@
  *   sleep      warm sleep, a second sleep refused (409), an exec wakes it
  *   CLI        `wisp exec` (stdin, the remote exit code passed through), `wisp list` per
  *              account, a 404 through the CLI
+ *   nbdkit     killed with SIGKILL: wispd starts it again, and a new sprite is created
  *   stop       SIGTERM: wispd exits 0 within 60 s, and no QEMU or nbdkit of it is left
  *
  * HTTP goes through libcurl on the unix socket; every answer must be a JSON object. */
@@ -22,6 +23,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -207,6 +209,30 @@ static char *cli(const char *verb, const char *name, const char *token, int want
     return out;
 }
 
+/* The pid of the nbdkit whose command line mentions text, or 0. */
+static pid_t nbdkit_serving(const char *text)
+{
+    GDir *d = g_dir_open("/proc", 0, NULL);
+    const char *name;
+    pid_t pid = 0;
+
+    FX_CHECK(d, "open /proc");
+    while (!pid && (name = g_dir_read_name(d))) {
+        g_autofree char *file = g_strdup_printf("/proc/%s/cmdline", name);
+        g_autofree char *cmd = NULL;
+        gsize len = 0;
+        if (!g_ascii_isdigit(name[0]) || !g_file_get_contents(file, &cmd, &len, NULL))
+            continue;
+        for (gsize i = 0; i < len; i++)
+            if (cmd[i] == '\0')
+                cmd[i] = ' ';
+        if (g_str_has_prefix(cmd, "nbdkit ") && strstr(cmd, text))
+            pid = (pid_t)atoi(name);
+    }
+    g_dir_close(d);
+    return pid;
+}
+
 int main(void)
 {
     struct vmf_image img;
@@ -377,6 +403,33 @@ int main(void)
     FX_CHECK(g_str_has_prefix(cli_list_a, "left-running ") && strstr(cli_list_a, "running\n"),
              "wisp list printed '%s'", cli_list_a);
     g_free(cli("exec", "left-running", TOKEN_B, 1, "--", "true", NULL)); /* 404: not B's */
+
+    /* ---- nbdkit killed: wispd starts it again ---- */
+    g_autofree char *nbd_sock = g_strdup_printf("%s/run/nbd.sock", state);
+    pid_t nbdkit = nbdkit_serving(nbd_sock);
+    FX_CHECK(nbdkit > 0, "no nbdkit serving %s", nbd_sock);
+    FX_CHECK(kill(nbdkit, SIGKILL) == 0, "kill nbdkit %d", (int)nbdkit);
+    t0 = fx_now();
+    pid_t again = 0;
+    while ((again = nbdkit_serving(nbd_sock)) == 0 || again == nbdkit) {
+        FX_CHECK(fx_now() - t0 < 30, "nbdkit was not started again within 30 s");
+        fx_sleep(0.1);
+    }
+    /* Serving again: a new sprite's disk is cloned and attached through it. */
+    for (;;) {
+        long st = 0;
+        JsonObject *o = http("POST", "/v1/sprites", NULL, "{\"name\":\"after-restart\"}",
+                             strlen("{\"name\":\"after-restart\"}"), &st);
+        json_object_unref(o);
+        if (st == 201)
+            break;
+        FX_CHECK(fx_now() - t0 < 30, "no sprite could be created after the nbdkit restart: %ld",
+                 st);
+        fx_sleep(0.5);
+    }
+    fx_log("nbdkit %d killed: pid %d serving again, and a sprite created, %.2f s later",
+           (int)nbdkit, (int)again, fx_now() - t0);
+    g_free(sh("after-restart", NULL, "true", 0));
 
     /* ---- SIGTERM ---- */
     t0 = fx_now();
