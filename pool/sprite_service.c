@@ -151,6 +151,13 @@ void sprite_service_free(sprite_service *svc)
     while (g_hash_table_iter_next(&it, NULL, &value)) {
         struct live_sprite *l = value;
         GError *err = NULL;
+        /* A call still running holds the op lock and uses the VM: leave that one to the pool's
+         * end (its QEMU dies with the refill thread, PR_SET_PDEATHSIG). */
+        if (!g_mutex_trylock(&l->op)) {
+            log_warn(SVC_LOG, "%s: still busy; its VM goes with the pool", l->key);
+            continue;
+        }
+        g_mutex_unlock(&l->op);
         if (l->vm && !sprite_destroy(l->vm, false, NULL, NULL, &err)) {
             log_warn(SVC_LOG, "%s: %s", l->key, err->message);
             g_clear_error(&err);
