@@ -147,10 +147,12 @@ static gboolean wispd_on_hup(gpointer opaque)
     struct wispd *d = opaque;
     struct wispd_config fresh;
     GError *err = NULL;
+    bool ok = true;
 
     if (!wispd_config_reload(&d->cfg, &fresh, &err)) {
         log_error(WISPD_LOG, "reload: %s (the old config stays)", err->message);
         g_clear_error(&err);
+        ok = false;
     } else {
         if (fresh.pool_size && fresh.pool_size != d->cfg.pool_size) {
             log_info(WISPD_LOG, "pool size %u -> %u", d->cfg.pool_size, fresh.pool_size);
@@ -163,10 +165,12 @@ static gboolean wispd_on_hup(gpointer opaque)
     if (!tokens) {
         log_error(WISPD_LOG, "reload: %s (the old tokens stay)", err->message);
         g_clear_error(&err);
+        ok = false;
     } else {
         api_server_set_tokens(d->api, tokens);
     }
-    log_info(WISPD_LOG, "config reloaded");
+    if (ok)
+        log_info(WISPD_LOG, "config and tokens reloaded");
     return G_SOURCE_CONTINUE;
 }
 
