@@ -12,6 +12,10 @@ enum {
 /* `wisp store ...`: argv[0] is "store". */
 int cli_store_main(int argc, char **argv);
 
+/* `wisp create|list|exec|checkpoint|restore|sleep|wake|destroy ...` on wispd's API
+ * (cli_sprite.c): argv[0] is the verb. */
+int cli_sprite_main(int argc, char **argv);
+
 /* `wisp disk ...`: argv[0] is "disk". */
 int cli_disk_main(int argc, char **argv);
 

@@ -17,6 +17,14 @@ struct cli_command {
 };
 
 static const struct cli_command cli_commands[] = {
+    {"create", cli_sprite_main, "create a sprite (through wispd)"},
+    {"list", cli_sprite_main, "list your sprites"},
+    {"exec", cli_sprite_main, "run a command in a sprite: wisp exec NAME -- CMD..."},
+    {"checkpoint", cli_sprite_main, "checkpoint create|list NAME"},
+    {"restore", cli_sprite_main, "restore NAME CHECKPOINT"},
+    {"sleep", cli_sprite_main, "put a sprite to (warm) sleep"},
+    {"wake", cli_sprite_main, "wake a sprite"},
+    {"destroy", cli_sprite_main, "destroy a sprite and its disk"},
     {"disk", cli_disk_main, "create, list, delete disks and show their statistics"},
     {"store", cli_store_main, "check and use an object store: ls, put, get, rm, stat"},
 };
@@ -66,8 +74,9 @@ static void cli_usage(FILE *out)
     for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
         fprintf(out, "  %-10s %s\n", cli_commands[i].name, cli_commands[i].summary);
     fprintf(out, "\nRun 'wisp COMMAND --help' for a command's options.\n"
-                 "Environment: WISP_STORE, WISP_META, WISP_CONTROL (defaults for --store, --meta,\n"
-                 "--control), WISP_LOG_LEVEL, WISP_DEBUG.\n");
+                 "Environment: WISP_SOCKET, WISP_TOKEN (wispd's socket and your token),\n"
+                 "WISP_STORE, WISP_META, WISP_CONTROL (defaults for --store, --meta, --control),\n"
+                 "WISP_LOG_LEVEL, WISP_DEBUG.\n");
 }
 
 /* Library messages carry detail the CLI already reports in its own words, so they are shown

@@ -211,6 +211,14 @@ bool vm_pool_wait_full(vm_pool *p, int timeout_ms)
     return full;
 }
 
+void vm_pool_set_size(vm_pool *p, unsigned size)
+{
+    g_mutex_lock(&p->mu);
+    p->cfg.size = size ? size : 2;
+    g_cond_broadcast(&p->cond); /* a larger size: the refill thread goes on */
+    g_mutex_unlock(&p->mu);
+}
+
 void vm_pool_get_stats(vm_pool *p, struct vm_pool_stats *out)
 {
     g_mutex_lock(&p->mu);

@@ -54,6 +54,9 @@ struct vm *vm_pool_take(vm_pool *p, int timeout_ms, GError **error);
 /* Waits until `size` members are ready (true) or the timeout. */
 bool vm_pool_wait_full(vm_pool *p, int timeout_ms);
 void vm_pool_get_stats(vm_pool *p, struct vm_pool_stats *out);
+/* Changes the number of members to keep ready (0: 2).  A larger size refills at once; with a
+ * smaller one, the members already waiting stay until they are taken. */
+void vm_pool_set_size(vm_pool *p, unsigned size);
 
 /* Back to nice 0 for every thread of the member's QEMU (at claim). */
 bool vm_pool_unnice(struct vm *vm, GError **error);

@@ -1,0 +1,257 @@
+/* account_db.c: one account's SQLite database (account_db.h). */
+#include "account_db.h"
+
+#include "log.h"
+
+#include <gio/gio.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <string.h>
+
+#define ADB_LOG "account"
+
+struct account_db {
+    sqlite3 *db;
+    char *path;
+};
+
+static const char account_db_schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS sprites ("
+    "  name TEXT PRIMARY KEY, disk TEXT NOT NULL, created INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    "  sprite TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, created INTEGER NOT NULL,"
+    "  PRIMARY KEY (sprite, id));"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    "  ts INTEGER NOT NULL, action TEXT NOT NULL, sprite TEXT, ok INTEGER NOT NULL,"
+    "  detail TEXT);";
+
+static void account_db_set_error(account_db *db, GError **error, const char *what)
+{
+    g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: %s: %s", db->path, what,
+                sqlite3_errmsg(db->db));
+}
+
+account_db *account_db_open(const char *path, GError **error)
+{
+    account_db *db = g_new0(account_db, 1);
+    char *msg = NULL;
+
+    db->path = g_strdup(path);
+    if (sqlite3_open_v2(path, &db->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        NULL) != SQLITE_OK) {
+        account_db_set_error(db, error, "open");
+        account_db_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db->db, 5000);
+    if (sqlite3_exec(db->db, account_db_schema, NULL, NULL, &msg) != SQLITE_OK) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: schema: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        account_db_close(db);
+        return NULL;
+    }
+    return db;
+}
+
+void account_db_close(account_db *db)
+{
+    if (!db)
+        return;
+    sqlite3_close(db->db);
+    g_free(db->path);
+    g_free(db);
+}
+
+/* Prepares sql and binds the text arguments (NULL-terminated after sql). */
+static sqlite3_stmt *account_db_prepare(account_db *db, GError **error, const char *sql, ...)
+{
+    sqlite3_stmt *st = NULL;
+    va_list ap;
+    const char *arg;
+    int i = 1;
+
+    if (sqlite3_prepare_v2(db->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        account_db_set_error(db, error, "prepare");
+        return NULL;
+    }
+    va_start(ap, sql);
+    while ((arg = va_arg(ap, const char *)))
+        sqlite3_bind_text(st, i++, arg, -1, SQLITE_TRANSIENT);
+    va_end(ap);
+    return st;
+}
+
+/* Steps a statement that returns no rows. */
+static bool account_db_run(account_db *db, sqlite3_stmt *st, GError **error)
+{
+    if (!st)
+        return false;
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r == SQLITE_DONE)
+        return true;
+    if (r == SQLITE_CONSTRAINT)
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_EXISTS, "exists already");
+    else
+        account_db_set_error(db, error, "write");
+    return false;
+}
+
+bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    return account_db_run(
+        db,
+        account_db_prepare(db, error, "INSERT INTO sprites (name, disk, created) VALUES (?, ?, ?)",
+                           name, disk, now, NULL),
+        error);
+}
+
+static void account_db_row_to_sprite(sqlite3_stmt *st, struct account_sprite *out)
+{
+    g_strlcpy(out->name, (const char *)sqlite3_column_text(st, 0), sizeof out->name);
+    g_strlcpy(out->disk, (const char *)sqlite3_column_text(st, 1), sizeof out->disk);
+    out->created = sqlite3_column_int64(st, 2);
+}
+
+int account_db_sprite_get(account_db *db, const char *name, struct account_sprite *out,
+                          GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT name, disk, created FROM sprites WHERE name = ?", name, NULL);
+    if (!st)
+        return -1;
+    int r = sqlite3_step(st), found = 0;
+    if (r == SQLITE_ROW) {
+        if (out)
+            account_db_row_to_sprite(st, out);
+        found = 1;
+    } else if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+GPtrArray *account_db_sprite_list(account_db *db, GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT name, disk, created FROM sprites ORDER BY name", NULL);
+    if (!st)
+        return NULL;
+    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        struct account_sprite *s = g_new0(struct account_sprite, 1);
+        account_db_row_to_sprite(st, s);
+        g_ptr_array_add(a, s);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        g_ptr_array_unref(a);
+        return NULL;
+    }
+    return a;
+}
+
+bool account_db_sprite_delete(account_db *db, const char *name, GError **error)
+{
+    return account_db_run(db,
+                          account_db_prepare(db, error, "DELETE FROM checkpoints WHERE sprite = ?",
+                                             name, NULL),
+                          error) &&
+           account_db_run(
+               db, account_db_prepare(db, error, "DELETE FROM sprites WHERE name = ?", name, NULL),
+               error);
+}
+
+char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE sprite = ?", sprite, NULL);
+    if (!st)
+        return NULL;
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        account_db_set_error(db, error, "read");
+        sqlite3_finalize(st);
+        return NULL;
+    }
+    char *id = g_strdup_printf("ck%" G_GINT64_FORMAT, (gint64)sqlite3_column_int64(st, 0) + 1);
+    sqlite3_finalize(st);
+    return id;
+}
+
+bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id, GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    const char *seq = g_str_has_prefix(id, "ck") ? id + 2 : "0";
+    return account_db_run(db,
+                          account_db_prepare(db, error,
+                                             "INSERT INTO checkpoints (sprite, id, seq, created) "
+                                             "VALUES (?, ?, CAST(? AS INTEGER), ?)",
+                                             sprite, id, seq, now, NULL),
+                          error);
+}
+
+int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id, GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT 1 FROM checkpoints WHERE sprite = ? AND id = ?", sprite, id, NULL);
+    if (!st)
+        return -1;
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r == SQLITE_ROW)
+        return 1;
+    if (r == SQLITE_DONE)
+        return 0;
+    account_db_set_error(db, error, "read");
+    return -1;
+}
+
+GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT id, created FROM checkpoints WHERE sprite = ? ORDER BY seq", sprite,
+        NULL);
+    if (!st)
+        return NULL;
+    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        struct account_checkpoint *c = g_new0(struct account_checkpoint, 1);
+        g_strlcpy(c->id, (const char *)sqlite3_column_text(st, 0), sizeof c->id);
+        c->created = sqlite3_column_int64(st, 1);
+        g_ptr_array_add(a, c);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        g_ptr_array_unref(a);
+        return NULL;
+    }
+    return a;
+}
+
+void account_db_audit(account_db *db, const char *action, const char *sprite, bool ok,
+                      const char *detail)
+{
+    GError *err = NULL;
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+
+    if (!account_db_run(db,
+                        account_db_prepare(db, &err,
+                                           "INSERT INTO audit (ts, action, sprite, ok, detail) "
+                                           "VALUES (?, ?, ?, ?, ?)",
+                                           now, action, sprite ? sprite : "", ok ? "1" : "0",
+                                           detail ? detail : "", NULL),
+                        &err)) {
+        log_warn(ADB_LOG, "audit %s %s: %s", action, sprite ? sprite : "", err->message);
+        g_clear_error(&err);
+    }
+}

@@ -1,0 +1,52 @@
+/* account_db.h: one account's SQLite database: its sprites, their checkpoints, an audit log.
+ *
+ * STATE/accounts/ACCOUNT/account.db, one per account, so that one account's data never sits in
+ * a query of another's.  The connection is opened in serialized mode: any thread may call. */
+#ifndef WISP_ACCOUNT_DB_H
+#define WISP_ACCOUNT_DB_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct account_db account_db;
+
+struct account_checkpoint {
+    char id[64];
+    int64_t created; /* Unix seconds */
+};
+
+struct account_sprite {
+    char name[64];
+    char disk[160];
+    int64_t created;
+};
+
+/* Opens (creating) the database at path. */
+account_db *account_db_open(const char *path, GError **error);
+void account_db_close(account_db *db);
+
+/* Adds a sprite; G_IO_ERROR_EXISTS if the name is taken. */
+bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error);
+/* 1 found, 0 not, -1 error. */
+int account_db_sprite_get(account_db *db, const char *name, struct account_sprite *out,
+                          GError **error);
+/* The account's sprites (struct account_sprite *, g_free'd by the array). */
+GPtrArray *account_db_sprite_list(account_db *db, GError **error);
+/* Removes the sprite and its checkpoints. */
+bool account_db_sprite_delete(account_db *db, const char *name, GError **error);
+
+/* The next checkpoint id of a sprite: "ckN", N one past the highest (g_free it). */
+char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError **error);
+bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id, GError **error);
+/* 1 found, 0 not, -1 error. */
+int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id,
+                                 GError **error);
+/* Oldest first (struct account_checkpoint *, g_free'd by the array). */
+GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError **error);
+
+/* Appends to the audit log; failures are logged, not returned (the action happened). */
+void account_db_audit(account_db *db, const char *action, const char *sprite, bool ok,
+                      const char *detail);
+
+#endif

@@ -1,0 +1,71 @@
+/* api_auth.c: bearer tokens per account (api_auth.h). */
+#include "api_auth.h"
+
+#include "sprite_service.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+GHashTable *api_auth_load(const char *path, GError **error)
+{
+    GHashTable *tokens = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    struct stat st;
+
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return tokens;
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "stat %s: %s", path,
+                    g_strerror(errno));
+        goto fail;
+    }
+    if (st.st_mode & 077) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
+                    "%s is readable by group or others: chmod 600 it", path);
+        goto fail;
+    }
+    if (!g_file_get_contents(path, &text, NULL, error))
+        goto fail;
+    lines = g_strsplit(text, "\n", -1);
+    for (guint i = 0; lines[i]; i++) {
+        g_strstrip(lines[i]);
+        if (!*lines[i] || lines[i][0] == '#')
+            continue;
+        g_auto(GStrv) f = g_strsplit_set(lines[i], " \t", -1);
+        GPtrArray *words = g_ptr_array_new();
+        for (guint j = 0; f[j]; j++)
+            if (*f[j])
+                g_ptr_array_add(words, f[j]);
+        bool ok = words->len == 2 && sprite_service_account_valid(words->pdata[0]) &&
+                  strlen(words->pdata[1]) >= 16;
+        if (ok)
+            g_hash_table_replace(tokens, g_strdup(words->pdata[1]), g_strdup(words->pdata[0]));
+        g_ptr_array_free(words, TRUE);
+        if (!ok) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                        "%s:%u: expected ACCOUNT TOKEN (account: a-z, 0-9, '-'; token: 16 or "
+                        "more characters)",
+                        path, i + 1);
+            goto fail;
+        }
+    }
+    return tokens;
+fail:
+    g_hash_table_unref(tokens);
+    return NULL;
+}
+
+const char *api_auth_account(GHashTable *tokens, const char *authorization)
+{
+    if (!authorization)
+        return "default";
+    if (g_ascii_strncasecmp(authorization, "Bearer ", 7) != 0)
+        return NULL;
+    const char *token = authorization + 7;
+    while (*token == ' ')
+        token++;
+    return g_hash_table_lookup(tokens, token);
+}

@@ -1,0 +1,545 @@
+/* api_server.c: routes, request checks and JSON answers of wispd's API (api_server.h). */
+#include "api_server.h"
+
+#include "api_auth.h"
+#include "log.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
+#include <libsoup/soup.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define API_LOG "api"
+
+struct api_server {
+    SoupServer *server;
+    sprite_service *svc;
+    GHashTable *tokens;
+    char *socket_path;
+};
+
+static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
+{
+    gsize len = 0;
+    char *text = json_to_string(body, FALSE);
+    len = strlen(text);
+    soup_server_message_set_status(msg, status, NULL);
+    soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_TAKE, text, len);
+}
+
+static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *text = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "error", text);
+    json_object_set_int_member(o, "status", status);
+    JsonNode *n = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(n, o);
+    api_respond(msg, status, n);
+    json_node_unref(n);
+}
+
+static guint api_status_of(const GError *err)
+{
+    if (err->domain != SPRITE_SERVICE_ERROR)
+        return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+    switch ((enum sprite_service_error_code)err->code) {
+    case SPRITE_SERVICE_ERROR_INVALID:
+        return SOUP_STATUS_BAD_REQUEST;
+    case SPRITE_SERVICE_ERROR_NOT_FOUND:
+        return SOUP_STATUS_NOT_FOUND;
+    case SPRITE_SERVICE_ERROR_EXISTS:
+    case SPRITE_SERVICE_ERROR_CONFLICT:
+        return SOUP_STATUS_CONFLICT;
+    case SPRITE_SERVICE_ERROR_SHUTDOWN:
+        return SOUP_STATUS_SERVICE_UNAVAILABLE;
+    case SPRITE_SERVICE_ERROR_FAILED:
+        break;
+    }
+    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
+}
+
+/* ---- jobs: one verb, run in a worker thread ------------------------------------------------ */
+
+enum api_verb {
+    API_CREATE,
+    API_LIST,
+    API_GET,
+    API_DELETE,
+    API_EXEC,
+    API_CHECKPOINT,
+    API_CHECKPOINTS,
+    API_RESTORE,
+    API_SLEEP,
+    API_WAKE,
+};
+
+struct api_job {
+    enum api_verb verb;
+    sprite_service *svc;
+    SoupServerMessage *msg;
+    guint ok_status;
+    char *account, *name, *checkpoint;
+    char **argv, **env;
+    char *cwd, *stdin_data;
+    size_t stdin_len;
+    int timeout_ms;
+};
+
+static void api_job_free(struct api_job *j)
+{
+    g_object_unref(j->msg);
+    g_free(j->account);
+    g_free(j->name);
+    g_free(j->checkpoint);
+    g_strfreev(j->argv);
+    g_strfreev(j->env);
+    g_free(j->cwd);
+    g_free(j->stdin_data);
+    g_free(j);
+}
+
+static void api_job_run(GTask *task, gpointer source, gpointer data, GCancellable *cancel)
+{
+    struct api_job *j = data;
+    GError *err = NULL;
+    JsonNode *r = NULL;
+
+    switch (j->verb) {
+    case API_CREATE:
+        r = sprite_service_create(j->svc, j->account, j->name, &err);
+        break;
+    case API_LIST:
+        r = sprite_service_list(j->svc, j->account, &err);
+        break;
+    case API_GET:
+        r = sprite_service_get(j->svc, j->account, j->name, &err);
+        break;
+    case API_DELETE:
+        r = sprite_service_delete(j->svc, j->account, j->name, &err);
+        break;
+    case API_EXEC: {
+        struct sprite_exec_request req = {.argv = (const char *const *)j->argv,
+                                          .env = (const char *const *)j->env,
+                                          .cwd = j->cwd,
+                                          .stdin_data = j->stdin_data,
+                                          .stdin_len = j->stdin_len,
+                                          .timeout_ms = j->timeout_ms};
+        r = sprite_service_exec(j->svc, j->account, j->name, &req, &err);
+        break;
+    }
+    case API_CHECKPOINT:
+        r = sprite_service_checkpoint(j->svc, j->account, j->name, &err);
+        break;
+    case API_CHECKPOINTS:
+        r = sprite_service_checkpoints(j->svc, j->account, j->name, &err);
+        break;
+    case API_RESTORE:
+        r = sprite_service_restore(j->svc, j->account, j->name, j->checkpoint, &err);
+        break;
+    case API_SLEEP:
+        r = sprite_service_sleep(j->svc, j->account, j->name, &err);
+        break;
+    case API_WAKE:
+        r = sprite_service_wake(j->svc, j->account, j->name, &err);
+        break;
+    }
+    if (r)
+        g_task_return_pointer(task, r, (GDestroyNotify)json_node_unref);
+    else
+        g_task_return_error(task, err);
+}
+
+/* Back in the main loop: the answer, and the paused message goes on. */
+static void api_job_done(GObject *source, GAsyncResult *res, gpointer data)
+{
+    struct api_job *j = data;
+    GError *err = NULL;
+    JsonNode *r = g_task_propagate_pointer(G_TASK(res), &err);
+
+    if (r) {
+        api_respond(j->msg, j->ok_status, r);
+        json_node_unref(r);
+    } else {
+        guint status = api_status_of(err);
+        if (status >= 500)
+            log_warn(API_LOG, "%s %s: %s", soup_server_message_get_method(j->msg),
+                     g_uri_get_path(soup_server_message_get_uri(j->msg)), err->message);
+        api_error(j->msg, status, "%s", err->message);
+        g_clear_error(&err);
+    }
+    soup_server_message_unpause(j->msg);
+    api_job_free(j);
+}
+
+static void api_job_start(struct api_job *j)
+{
+    GTask *task = g_task_new(NULL, NULL, api_job_done, j);
+    g_task_set_task_data(task, j, NULL); /* freed by api_job_done */
+    soup_server_message_pause(j->msg);
+    g_task_run_in_thread(task, api_job_run);
+    g_object_unref(task);
+}
+
+/* ---- request bodies ------------------------------------------------------------------------ */
+
+/* The body as a JSON object whose members are all in allowed (NULL-terminated).  An empty body
+ * is an empty object.  NULL after answering 400. */
+static JsonObject *api_body_object(SoupServerMessage *msg, const char *const *allowed)
+{
+    SoupMessageBody *body = soup_server_message_get_request_body(msg);
+    g_autoptr(JsonParser) parser = json_parser_new();
+    GError *err = NULL;
+
+    if (body->length > API_BODY_MAX) {
+        api_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "the body is over %d bytes",
+                  API_BODY_MAX);
+        return NULL;
+    }
+    if (body->length == 0)
+        return json_object_new();
+    if (!json_parser_load_from_data(parser, body->data, (gssize)body->length, &err)) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "malformed JSON: %s", err->message);
+        g_clear_error(&err);
+        return NULL;
+    }
+    JsonNode *root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "the body must be a JSON object");
+        return NULL;
+    }
+    JsonObject *o = json_node_get_object(root);
+    g_autoptr(GList) members = json_object_get_members(o);
+    for (GList *m = members; m; m = m->next) {
+        if (!allowed || !g_strv_contains(allowed, m->data)) {
+            api_error(msg, SOUP_STATUS_BAD_REQUEST, "unknown field '%s'", (const char *)m->data);
+            return NULL;
+        }
+    }
+    return json_object_ref(o);
+}
+
+/* A string member (NULL if absent); false after answering 400 if it is not a string. */
+static bool api_get_string(SoupServerMessage *msg, JsonObject *o, const char *member,
+                           const char **out)
+{
+    JsonNode *n = json_object_get_member(o, member);
+    *out = NULL;
+    if (!n)
+        return true;
+    if (!JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_STRING) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "'%s' must be a string", member);
+        return false;
+    }
+    *out = json_node_get_string(n);
+    return true;
+}
+
+/* A string array member as a NULL-terminated vector (NULL if absent). */
+static bool api_get_strv(SoupServerMessage *msg, JsonObject *o, const char *member, char ***out)
+{
+    JsonNode *n = json_object_get_member(o, member);
+    *out = NULL;
+    if (!n)
+        return true;
+    if (!JSON_NODE_HOLDS_ARRAY(n))
+        goto bad;
+    JsonArray *a = json_node_get_array(n);
+    guint len = json_array_get_length(a);
+    if (len > 4096)
+        goto bad;
+    char **v = g_new0(char *, len + 1);
+    for (guint i = 0; i < len; i++) {
+        JsonNode *e = json_array_get_element(a, i);
+        if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING) {
+            g_strfreev(v);
+            goto bad;
+        }
+        v[i] = g_strdup(json_node_get_string(e));
+    }
+    *out = v;
+    return true;
+bad:
+    api_error(msg, SOUP_STATUS_BAD_REQUEST, "'%s' must be an array of strings", member);
+    return false;
+}
+
+/* An "env" object {"K": "V"} as "K=V" strings. */
+static bool api_get_env(SoupServerMessage *msg, JsonObject *o, char ***out)
+{
+    JsonNode *n = json_object_get_member(o, "env");
+    g_autoptr(GList) keys = NULL;
+    *out = NULL;
+    if (!n)
+        return true;
+    if (!JSON_NODE_HOLDS_OBJECT(n))
+        goto bad;
+    JsonObject *eo = json_node_get_object(n);
+    keys = json_object_get_members(eo);
+    GPtrArray *v = g_ptr_array_new();
+    for (GList *k = keys; k; k = k->next) {
+        JsonNode *e = json_object_get_member(eo, k->data);
+        const char *key = k->data;
+        if (!*key || strchr(key, '=') || !JSON_NODE_HOLDS_VALUE(e) ||
+            json_node_get_value_type(e) != G_TYPE_STRING) {
+            g_ptr_array_add(v, NULL);
+            g_strfreev((char **)g_ptr_array_free(v, FALSE));
+            goto bad;
+        }
+        g_ptr_array_add(v, g_strdup_printf("%s=%s", key, json_node_get_string(e)));
+    }
+    g_ptr_array_add(v, NULL);
+    *out = (char **)g_ptr_array_free(v, FALSE);
+    return true;
+bad:
+    api_error(msg, SOUP_STATUS_BAD_REQUEST, "'env' must be an object of string values");
+    return false;
+}
+
+/* ---- routes -------------------------------------------------------------------------------- */
+
+static struct api_job *api_job_new(api_server *api, SoupServerMessage *msg, enum api_verb verb,
+                                   const char *account, const char *name, guint ok_status)
+{
+    struct api_job *j = g_new0(struct api_job, 1);
+    j->verb = verb;
+    j->svc = api->svc;
+    j->msg = g_object_ref(msg);
+    j->account = g_strdup(account);
+    j->name = g_strdup(name);
+    j->ok_status = ok_status;
+    return j;
+}
+
+static void api_route_exec(api_server *api, SoupServerMessage *msg, const char *account,
+                           const char *name)
+{
+    static const char *const allowed[] = {"argv", "stdin", "env", "cwd", "timeout_s", NULL};
+    g_autoptr(JsonObject) o = api_body_object(msg, allowed);
+    const char *stdin_text = NULL, *cwd = NULL;
+    char **argv = NULL, **env = NULL;
+
+    if (!o)
+        return;
+    if (!api_get_strv(msg, o, "argv", &argv) || !api_get_string(msg, o, "stdin", &stdin_text) ||
+        !api_get_string(msg, o, "cwd", &cwd) || !api_get_env(msg, o, &env))
+        goto fail;
+    if (!argv || !argv[0] || !*argv[0]) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "'argv' must name a program");
+        goto fail;
+    }
+    gint64 timeout_s = 60;
+    JsonNode *t = json_object_get_member(o, "timeout_s");
+    if (t) {
+        if (!JSON_NODE_HOLDS_VALUE(t) || json_node_get_value_type(t) != G_TYPE_INT64 ||
+            json_node_get_int(t) < 1 || json_node_get_int(t) > 3600) {
+            api_error(msg, SOUP_STATUS_BAD_REQUEST, "'timeout_s' must be 1 to 3600");
+            goto fail;
+        }
+        timeout_s = json_node_get_int(t);
+    }
+    struct api_job *j = api_job_new(api, msg, API_EXEC, account, name, SOUP_STATUS_OK);
+    j->argv = argv;
+    j->env = env;
+    j->cwd = g_strdup(cwd);
+    if (stdin_text) {
+        j->stdin_data = g_strdup(stdin_text);
+        j->stdin_len = strlen(stdin_text);
+    }
+    j->timeout_ms = (int)timeout_s * 1000;
+    api_job_start(j);
+    return;
+fail:
+    g_strfreev(argv);
+    g_strfreev(env);
+}
+
+static void api_route_create(api_server *api, SoupServerMessage *msg, const char *account)
+{
+    static const char *const allowed[] = {"name", NULL};
+    g_autoptr(JsonObject) o = api_body_object(msg, allowed);
+    const char *name = NULL;
+
+    if (!o || !api_get_string(msg, o, "name", &name))
+        return;
+    if (!name || !sprite_service_name_valid(name)) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST,
+                  "'name' must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit");
+        return;
+    }
+    api_job_start(api_job_new(api, msg, API_CREATE, account, name, SOUP_STATUS_CREATED));
+}
+
+/* Verbs without a body: any body given must be empty or {}. */
+static bool api_no_body(SoupServerMessage *msg)
+{
+    g_autoptr(JsonObject) o = api_body_object(msg, NULL);
+    return o != NULL;
+}
+
+static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *path,
+                       GHashTable *query, gpointer opaque)
+{
+    api_server *api = opaque;
+    const char *method = soup_server_message_get_method(msg);
+    SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
+    const char *account =
+        api_auth_account(api->tokens, soup_message_headers_get_one(h, "Authorization"));
+
+    if (!account) {
+        api_error(msg, SOUP_STATUS_UNAUTHORIZED, "unknown bearer token");
+        return;
+    }
+    g_auto(GStrv) seg = g_strsplit(path, "/", -1);
+    guint n = g_strv_length(seg);
+    /* "/v1/sprites/NAME/..." splits into "", "v1", "sprites", NAME, ... */
+    if (n < 3 || seg[0][0] || strcmp(seg[1], "v1") != 0 || strcmp(seg[2], "sprites") != 0) {
+        api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s", path);
+        return;
+    }
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+    bool del = strcmp(method, "DELETE") == 0;
+    if (n == 3) {
+        if (get && api_no_body(msg))
+            api_job_start(api_job_new(api, msg, API_LIST, account, NULL, SOUP_STATUS_OK));
+        else if (post)
+            api_route_create(api, msg, account);
+        else if (!get)
+            api_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "%s is not allowed here", method);
+        return;
+    }
+    const char *name = seg[3];
+    if (!sprite_service_name_valid(name)) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST,
+                  "invalid sprite name: 1-63 of a-z, 0-9 and '-', starting with a letter or digit");
+        return;
+    }
+    const char *sub = n > 4 ? seg[4] : NULL;
+    enum api_verb verb;
+    guint ok = SOUP_STATUS_OK;
+    if (n == 4 && get)
+        verb = API_GET;
+    else if (n == 4 && del)
+        verb = API_DELETE;
+    else if (n == 5 && post && strcmp(sub, "exec") == 0) {
+        api_route_exec(api, msg, account, name);
+        return;
+    } else if (n == 5 && post && strcmp(sub, "sleep") == 0)
+        verb = API_SLEEP;
+    else if (n == 5 && post && strcmp(sub, "wake") == 0)
+        verb = API_WAKE;
+    else if (n == 5 && post && strcmp(sub, "checkpoints") == 0) {
+        verb = API_CHECKPOINT;
+        ok = SOUP_STATUS_CREATED;
+    } else if (n == 5 && get && strcmp(sub, "checkpoints") == 0)
+        verb = API_CHECKPOINTS;
+    else if (n == 7 && post && strcmp(sub, "checkpoints") == 0 && strcmp(seg[6], "restore") == 0) {
+        if (!sprite_service_name_valid(seg[5])) {
+            api_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid checkpoint id");
+            return;
+        }
+        verb = API_RESTORE;
+    } else {
+        api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s %s", method, path);
+        return;
+    }
+    if (!api_no_body(msg))
+        return;
+    struct api_job *j = api_job_new(api, msg, verb, account, name, ok);
+    if (verb == API_RESTORE)
+        j->checkpoint = g_strdup(seg[5]);
+    api_job_start(j);
+}
+
+/* Before the body is read: a declared length over the limit is refused without reading it. */
+static void api_early(SoupServer *server, SoupServerMessage *msg, const char *path,
+                      GHashTable *query, gpointer opaque)
+{
+    SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
+    goffset len = soup_message_headers_get_content_length(h);
+
+    if (len > API_BODY_MAX)
+        api_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "the body is over %d bytes",
+                  API_BODY_MAX);
+}
+
+api_server *api_server_start(const char *socket_path, sprite_service *svc, GHashTable *tokens,
+                             GError **error)
+{
+    api_server *api = g_new0(api_server, 1);
+    GSocket *sock = NULL;
+    GSocketAddress *addr = NULL;
+
+    api->svc = svc;
+    api->tokens = tokens;
+    api->socket_path = g_strdup(socket_path);
+    api->server = soup_server_new("server-header", "wispd", NULL);
+    soup_server_add_early_handler(api->server, NULL, api_early, api, NULL);
+    soup_server_add_handler(api->server, NULL, api_handle, api, NULL);
+    if (unlink(socket_path) < 0 && errno != ENOENT) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "unlink %s: %s", socket_path,
+                    g_strerror(errno));
+        goto fail;
+    }
+    sock =
+        g_socket_new(G_SOCKET_FAMILY_UNIX, G_SOCKET_TYPE_STREAM, G_SOCKET_PROTOCOL_DEFAULT, error);
+    if (!sock)
+        goto fail;
+    addr = g_unix_socket_address_new(socket_path);
+    /* 0600 from the start: no moment when another user could connect. */
+    mode_t old = umask(0177);
+    gboolean bound = g_socket_bind(sock, addr, TRUE, error);
+    umask(old);
+    if (!bound)
+        goto fail;
+    if (chmod(socket_path, 0600) < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "chmod %s: %s", socket_path,
+                    g_strerror(errno));
+        goto fail;
+    }
+    g_socket_set_listen_backlog(sock, 128);
+    if (!g_socket_listen(sock, error) || !soup_server_listen_socket(api->server, sock, 0, error))
+        goto fail;
+    g_object_unref(sock);
+    g_object_unref(addr);
+    log_info(API_LOG, "listening on %s", socket_path);
+    return api;
+fail:
+    if (sock)
+        g_object_unref(sock);
+    if (addr)
+        g_object_unref(addr);
+    api->tokens = NULL; /* the caller's on failure */
+    api_server_stop(api);
+    return NULL;
+}
+
+void api_server_set_tokens(api_server *api, GHashTable *tokens)
+{
+    if (api->tokens)
+        g_hash_table_unref(api->tokens);
+    api->tokens = tokens;
+}
+
+void api_server_stop(api_server *api)
+{
+    if (!api)
+        return;
+    if (api->server) {
+        soup_server_disconnect(api->server);
+        g_object_unref(api->server);
+    }
+    unlink(api->socket_path);
+    if (api->tokens)
+        g_hash_table_unref(api->tokens);
+    g_free(api->socket_path);
+    g_free(api);
+}

@@ -1,0 +1,29 @@
+/* api_server.h: wispd's HTTP/JSON API (docs/api.md) on a unix socket, with libsoup 3.
+ *
+ * Requests are parsed and checked in the main loop (strictly: unknown members, wrong types,
+ * bad names and bodies over API_BODY_MAX are 4xx with a JSON error); the work itself (claims,
+ * execs, checkpoints) runs in worker threads while libsoup holds the message paused, so one
+ * slow request never stalls the others. */
+#ifndef WISP_API_SERVER_H
+#define WISP_API_SERVER_H
+
+#include "sprite_service.h"
+
+#include <glib.h>
+#include <stdbool.h>
+
+/* The largest request body: an exec's stdin is at most this, minus its JSON. */
+#define API_BODY_MAX (1 << 20)
+
+typedef struct api_server api_server;
+
+/* Listens on socket_path (mode 0600; a stale socket there is replaced).  tokens: token ->
+ * account (api_auth.h), taken. */
+api_server *api_server_start(const char *socket_path, sprite_service *svc, GHashTable *tokens,
+                             GError **error);
+/* Replaces the tokens (SIGHUP). */
+void api_server_set_tokens(api_server *api, GHashTable *tokens);
+/* Stops listening and closes connections; the socket file is removed.  NULL is allowed. */
+void api_server_stop(api_server *api);
+
+#endif

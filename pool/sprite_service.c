@@ -1,0 +1,918 @@
+/* sprite_service.c: the sprite verbs behind wispd's API (sprite_service.h).
+ *
+ * Locking: svc->mu guards the tables (accounts, live sprites), the busy count and each live
+ * sprite's state and refs; it is held only for lookups, never across a claim, a QMP call, a
+ * control-socket call or an exec.  A live sprite's op lock serialises the verbs on it (the VM
+ * layer wants one thread at a time per sprite) and is held across them. */
+#include "sprite_service.h"
+
+#include "account_db.h"
+#include "log.h"
+#include "sprite.h"
+#include "storage_server.h"
+
+#include <errno.h>
+#include <gio/gio.h>
+#include <string.h>
+
+#define SVC_LOG "wispd"
+
+G_DEFINE_QUARK(sprite - service - error - quark, sprite_service_error)
+
+enum live_state {
+    LIVE_STOPPED,
+    LIVE_RUNNING,
+    LIVE_ASLEEP,
+};
+
+static const char *live_state_to_string(enum live_state s)
+{
+    switch (s) {
+    case LIVE_STOPPED:
+        return "stopped";
+    case LIVE_RUNNING:
+        return "running";
+    case LIVE_ASLEEP:
+        return "asleep";
+    }
+    return "?";
+}
+
+/* A sprite someone has touched since wispd started. */
+struct live_sprite {
+    GMutex op; /* held across a verb */
+    char *key; /* ACCOUNT/NAME */
+    char *name, *disk;
+    struct sprite *vm;     /* NULL: stopped; under op */
+    enum live_state state; /* under svc->mu (a copy for readers without op) */
+    unsigned refs;         /* under svc->mu */
+    bool gone;             /* deleted; under svc->mu */
+};
+
+struct sprite_service {
+    char *accounts_dir, *nbd_socket, *control_socket, *base_disk;
+    vm_pool *pool;
+    GMutex mu;
+    GCond idle;
+    GHashTable *accounts; /* name -> account_db * */
+    GHashTable *live;     /* ACCOUNT/NAME -> struct live_sprite * */
+    unsigned busy;
+    bool stopping;
+};
+
+static bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error_literal(error, SPRITE_SERVICE_ERROR, code, msg);
+    return false;
+}
+
+/* Wraps a lower layer's error as FAILED with a prefix. */
+static void svc_wrap(GError **error, GError *cause, const char *what)
+{
+    g_set_error(error, SPRITE_SERVICE_ERROR, SPRITE_SERVICE_ERROR_FAILED, "%s: %s", what,
+                cause ? cause->message : "failed");
+    g_clear_error(&cause);
+}
+
+static bool svc_label_valid(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max || !(g_ascii_islower(s[0]) || g_ascii_isdigit(s[0])))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!(g_ascii_islower(s[i]) || g_ascii_isdigit(s[i]) || s[i] == '-'))
+            return false;
+    return true;
+}
+
+bool sprite_service_name_valid(const char *name)
+{
+    return svc_label_valid(name, 63);
+}
+bool sprite_service_account_valid(const char *account)
+{
+    return svc_label_valid(account, 32);
+}
+
+sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GError **error)
+{
+    sprite_service *svc = g_new0(sprite_service, 1);
+
+    svc->accounts_dir = g_build_filename(cfg->state_dir, "accounts", NULL);
+    if (g_mkdir_with_parents(svc->accounts_dir, 0700) < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "mkdir %s: %s",
+                    svc->accounts_dir, g_strerror(errno));
+        g_free(svc->accounts_dir);
+        g_free(svc);
+        return NULL;
+    }
+    svc->nbd_socket = g_strdup(cfg->nbd_socket);
+    svc->control_socket = g_strdup(cfg->control_socket);
+    svc->base_disk = g_strdup(cfg->base_disk ? cfg->base_disk : "base");
+    svc->pool = cfg->pool;
+    g_mutex_init(&svc->mu);
+    g_cond_init(&svc->idle);
+    svc->accounts =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)account_db_close);
+    svc->live = g_hash_table_new(g_str_hash, g_str_equal);
+    return svc;
+}
+
+static void live_sprite_free(struct live_sprite *l)
+{
+    g_mutex_clear(&l->op);
+    g_free(l->key);
+    g_free(l->name);
+    g_free(l->disk);
+    g_free(l);
+}
+
+void sprite_service_free(sprite_service *svc)
+{
+    if (!svc)
+        return;
+    g_mutex_lock(&svc->mu);
+    svc->stopping = true;
+    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
+        ;
+    if (svc->busy > 0)
+        log_error(SVC_LOG, "%u calls still running after 60 s; destroying their VMs anyway",
+                  svc->busy);
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, svc->live);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct live_sprite *l = value;
+        GError *err = NULL;
+        /* A call still running holds the op lock and uses the VM: leave that one to the pool's
+         * end (its QEMU dies with the refill thread, PR_SET_PDEATHSIG). */
+        if (!g_mutex_trylock(&l->op)) {
+            log_warn(SVC_LOG, "%s: still busy; its VM goes with the pool", l->key);
+            continue;
+        }
+        g_mutex_unlock(&l->op);
+        if (l->vm && !sprite_destroy(l->vm, false, NULL, NULL, &err)) {
+            log_warn(SVC_LOG, "%s: %s", l->key, err->message);
+            g_clear_error(&err);
+        }
+        if (l->vm)
+            log_info(SVC_LOG, "%s: VM destroyed, disk %s kept", l->key, l->disk);
+        l->vm = NULL;
+        if (svc->busy == 0)
+            live_sprite_free(l);
+    }
+    g_hash_table_destroy(svc->live);
+    g_hash_table_destroy(svc->accounts);
+    g_mutex_unlock(&svc->mu);
+    if (svc->busy == 0) {
+        g_mutex_clear(&svc->mu);
+        g_cond_clear(&svc->idle);
+    }
+    g_free(svc->accounts_dir);
+    g_free(svc->nbd_socket);
+    g_free(svc->control_socket);
+    g_free(svc->base_disk);
+    if (svc->busy == 0)
+        g_free(svc); /* else leaked on purpose: a stuck call still holds it */
+}
+
+/* Enters a call: refused while stopping.  Returns the account's database (opened on first use). */
+static account_db *svc_enter(sprite_service *svc, const char *account, GError **error)
+{
+    account_db *db = NULL;
+
+    if (!sprite_service_account_valid(account)) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_INVALID, "invalid account name");
+        return NULL;
+    }
+    g_mutex_lock(&svc->mu);
+    if (svc->stopping) {
+        g_mutex_unlock(&svc->mu);
+        svc_fail(error, SPRITE_SERVICE_ERROR_SHUTDOWN, "wispd is shutting down");
+        return NULL;
+    }
+    db = g_hash_table_lookup(svc->accounts, account);
+    if (!db) {
+        g_autofree char *dir = g_build_filename(svc->accounts_dir, account, NULL);
+        g_autofree char *path = g_build_filename(dir, "account.db", NULL);
+        GError *err = NULL;
+        if (g_mkdir_with_parents(dir, 0700) < 0)
+            g_set_error(&err, G_IO_ERROR, g_io_error_from_errno(errno), "mkdir %s: %s", dir,
+                        g_strerror(errno));
+        else
+            db = account_db_open(path, &err);
+        if (!db) {
+            g_mutex_unlock(&svc->mu);
+            svc_wrap(error, err, "account database");
+            return NULL;
+        }
+        g_hash_table_insert(svc->accounts, g_strdup(account), db);
+    }
+    svc->busy++;
+    g_mutex_unlock(&svc->mu);
+    return db;
+}
+
+static void svc_leave(sprite_service *svc)
+{
+    g_mutex_lock(&svc->mu);
+    svc->busy--;
+    g_cond_broadcast(&svc->idle);
+    g_mutex_unlock(&svc->mu);
+}
+
+static char *svc_disk_name(const char *account, const char *name)
+{
+    return g_strdup_printf("s_%s_%s", account, name);
+}
+
+/* The live record of a sprite that exists in db, referenced; NULL with NOT_FOUND. */
+static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, const char *account,
+                                        const char *name, GError **error)
+{
+    struct account_sprite rec;
+    GError *err = NULL;
+
+    if (!sprite_service_name_valid(name)) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
+        return NULL;
+    }
+    int found = account_db_sprite_get(db, name, &rec, &err);
+    if (found < 0) {
+        svc_wrap(error, err, "account database");
+        return NULL;
+    }
+    if (found == 0) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
+        return NULL;
+    }
+    g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+    g_mutex_lock(&svc->mu);
+    struct live_sprite *l = g_hash_table_lookup(svc->live, key);
+    if (!l) {
+        l = g_new0(struct live_sprite, 1);
+        g_mutex_init(&l->op);
+        l->key = g_steal_pointer(&key);
+        l->name = g_strdup(name);
+        l->disk = g_strdup(rec.disk);
+        l->state = LIVE_STOPPED;
+        g_hash_table_insert(svc->live, l->key, l);
+    }
+    l->refs++;
+    g_mutex_unlock(&svc->mu);
+    return l;
+}
+
+/* Locks a live sprite for a verb; NOT_FOUND if it was deleted meanwhile (then unreferenced). */
+static bool svc_lock_live(sprite_service *svc, struct live_sprite *l, GError **error);
+static void svc_put_live(sprite_service *svc, struct live_sprite *l);
+
+static bool svc_lock_live(sprite_service *svc, struct live_sprite *l, GError **error)
+{
+    g_mutex_lock(&l->op);
+    g_mutex_lock(&svc->mu);
+    bool gone = l->gone;
+    g_mutex_unlock(&svc->mu);
+    if (!gone)
+        return true;
+    g_mutex_unlock(&l->op);
+    svc_put_live(svc, l);
+    return svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", l->name);
+}
+
+static void svc_set_state(sprite_service *svc, struct live_sprite *l, enum live_state s)
+{
+    g_mutex_lock(&svc->mu);
+    l->state = s;
+    g_mutex_unlock(&svc->mu);
+}
+
+/* Unlocks (the caller held op) and unreferences; frees a deleted record no one holds. */
+static void svc_unlock_put(sprite_service *svc, struct live_sprite *l)
+{
+    g_mutex_unlock(&l->op);
+    svc_put_live(svc, l);
+}
+
+static void svc_put_live(sprite_service *svc, struct live_sprite *l)
+{
+    g_mutex_lock(&svc->mu);
+    bool free_it = --l->refs == 0 && l->gone;
+    g_mutex_unlock(&svc->mu);
+    if (free_it)
+        live_sprite_free(l);
+}
+
+/* Claims a pool member for the sprite's disk (op held). */
+static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GError **error)
+{
+    struct sprite_claim_request req = {
+        .nbd_socket = svc->nbd_socket,
+        .export_name = l->disk,
+        .hostname = l->name,
+        .take_timeout_ms = 60000,
+    };
+    struct sprite_claim_times t = {0};
+    GError *err = NULL;
+
+    l->vm = sprite_claim(svc->pool, &req, &t, &err);
+    if (!l->vm) {
+        svc_wrap(error, err, "claim");
+        return false;
+    }
+    if (ms)
+        *ms = t.total_ms;
+    log_info(SVC_LOG, "%s: claimed in %.1f ms (attach %.1f)", l->key, t.total_ms, t.attach_ms);
+    svc_set_state(svc, l, LIVE_RUNNING);
+    return true;
+}
+
+/* A control call that retries while the disk is busy: a VM just killed may still hold its
+ * NBD connection for a moment, until nbdkit notices the close. */
+static JsonObject *svc_control(sprite_service *svc, const char *op, JsonObject *req, GError **error)
+{
+    for (int attempt = 0;; attempt++) {
+        GError *err = NULL;
+        JsonObject *answer = storage_control_call(svc->control_socket, op, req, &err);
+        if (answer || attempt >= 50 || !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_BUSY)) {
+            if (!answer)
+                g_propagate_error(error, err);
+            return answer;
+        }
+        g_clear_error(&err);
+        g_usleep(100 * 1000);
+    }
+}
+
+static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk, const char *member,
+                        const char *value, GError **error)
+{
+    JsonObject *req = json_object_new();
+    json_object_set_string_member(req, "name", disk);
+    if (member)
+        json_object_set_string_member(req, member, value);
+    JsonObject *answer = svc_control(svc, op, req, error);
+    json_object_unref(req);
+    if (answer)
+        json_object_unref(answer);
+    return answer != NULL;
+}
+
+/* Makes the VM run: claims one when stopped, wakes it when asleep (op held). */
+static bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error)
+{
+    GError *err = NULL;
+
+    if (!l->vm)
+        return svc_claim(svc, l, NULL, error);
+    if (l->vm->state == SPRITE_VM_WARM_ASLEEP) {
+        if (!sprite_wake_warm(l->vm, NULL, &err)) {
+            svc_wrap(error, err, "wake");
+            return false;
+        }
+        svc_set_state(svc, l, LIVE_RUNNING);
+    }
+    return true;
+}
+
+static JsonNode *svc_sprite_json(const char *name, const char *disk, int64_t created,
+                                 enum live_state state)
+{
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "name", name);
+    json_object_set_string_member(o, "state", live_state_to_string(state));
+    json_object_set_string_member(o, "disk", disk);
+    json_object_set_int_member(o, "created", created);
+    JsonNode *n = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(n, o);
+    return n;
+}
+
+/* The state of a sprite not held: stopped unless a live record says otherwise. */
+static enum live_state svc_peek_state(sprite_service *svc, const char *account, const char *name)
+{
+    g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+    g_mutex_lock(&svc->mu);
+    struct live_sprite *l = g_hash_table_lookup(svc->live, key);
+    enum live_state s = l ? l->state : LIVE_STOPPED;
+    g_mutex_unlock(&svc->mu);
+    return s;
+}
+
+JsonNode *sprite_service_create(sprite_service *svc, const char *account, const char *name,
+                                GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+    g_autofree char *disk = NULL;
+    double t0 = (double)g_get_monotonic_time() / 1000, claim_ms = 0;
+
+    if (!db)
+        return NULL;
+    if (!sprite_service_name_valid(name)) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_INVALID,
+                 "invalid sprite name: 1-63 of a-z, 0-9 and '-', starting with a letter or digit");
+        goto out;
+    }
+    disk = svc_disk_name(account, name);
+    /* The row reserves the name: a second create of it fails here, at once. */
+    if (!account_db_sprite_add(db, name, disk, &err)) {
+        if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_EXISTS))
+            svc_fail(error, SPRITE_SERVICE_ERROR_EXISTS, "a sprite named '%s' exists", name);
+        else
+            svc_wrap(error, g_steal_pointer(&err), "account database");
+        g_clear_error(&err);
+        goto out;
+    }
+    JsonObject *req = json_object_new();
+    json_object_set_string_member(req, "source", svc->base_disk);
+    json_object_set_string_member(req, "name", disk);
+    JsonObject *answer = svc_control(svc, "disk-clone", req, &err);
+    if (!answer && g_error_matches(err, G_IO_ERROR, G_IO_ERROR_EXISTS)) {
+        /* Left by a create or delete that wispd did not finish: no record names it. */
+        log_warn(SVC_LOG, "%s/%s: disk %s existed without a record; replacing it", account, name,
+                 disk);
+        g_clear_error(&err);
+        if (svc_disk_op(svc, "disk-delete", disk, NULL, NULL, &err))
+            answer = svc_control(svc, "disk-clone", req, &err);
+    }
+    json_object_unref(req);
+    if (!answer) {
+        GError *e2 = NULL;
+        if (!account_db_sprite_delete(db, name, &e2))
+            g_clear_error(&e2);
+        svc_wrap(error, err, "disk clone");
+        account_db_audit(db, "create", name, false, (*error)->message);
+        goto out;
+    }
+    json_object_unref(answer);
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l)
+        goto out;
+    if (!svc_lock_live(svc, l, error))
+        goto out;
+    bool claimed = svc_claim(svc, l, &claim_ms, error);
+    if (!claimed) {
+        /* No half-made sprite: the disk and the record go. */
+        GError *e2 = NULL;
+        if (!svc_disk_op(svc, "disk-delete", disk, NULL, NULL, &e2)) {
+            log_warn(SVC_LOG, "%s: %s", l->key, e2->message);
+            g_clear_error(&e2);
+        }
+        if (!account_db_sprite_delete(db, name, &e2))
+            g_clear_error(&e2);
+        g_mutex_lock(&svc->mu);
+        l->gone = true;
+        g_hash_table_remove(svc->live, l->key);
+        g_mutex_unlock(&svc->mu);
+        account_db_audit(db, "create", name, false, (*error)->message);
+    } else {
+        result = svc_sprite_json(name, disk, g_get_real_time() / G_USEC_PER_SEC, LIVE_RUNNING);
+        JsonObject *o = json_node_get_object(result);
+        json_object_set_double_member(o, "claim_ms", claim_ms);
+        json_object_set_double_member(o, "create_ms", (double)g_get_monotonic_time() / 1000 - t0);
+        account_db_audit(db, "create", name, true, NULL);
+    }
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_list(sprite_service *svc, const char *account, GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    GError *err = NULL;
+
+    if (!db)
+        return NULL;
+    GPtrArray *rows = account_db_sprite_list(db, &err);
+    JsonNode *result = NULL;
+    if (!rows) {
+        svc_wrap(error, err, "account database");
+    } else {
+        JsonArray *a = json_array_new();
+        for (guint i = 0; i < rows->len; i++) {
+            const struct account_sprite *s = rows->pdata[i];
+            json_array_add_element(a, svc_sprite_json(s->name, s->disk, s->created,
+                                                      svc_peek_state(svc, account, s->name)));
+        }
+        JsonObject *o = json_object_new();
+        json_object_set_array_member(o, "sprites", a);
+        result = json_node_new(JSON_NODE_OBJECT);
+        json_node_take_object(result, o);
+        g_ptr_array_unref(rows);
+    }
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_get(sprite_service *svc, const char *account, const char *name,
+                             GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    struct account_sprite rec;
+    GError *err = NULL;
+    JsonNode *result = NULL;
+
+    if (!db)
+        return NULL;
+    int found = sprite_service_name_valid(name) ? account_db_sprite_get(db, name, &rec, &err) : 0;
+    if (found < 0)
+        svc_wrap(error, err, "account database");
+    else if (found == 0)
+        svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
+    else
+        result =
+            svc_sprite_json(rec.name, rec.disk, rec.created, svc_peek_state(svc, account, name));
+    svc_leave(svc);
+    return result;
+}
+
+static bool svc_delete_disk_cb(const char *export_name, void *opaque, GError **error)
+{
+    return svc_disk_op(opaque, "disk-delete", export_name, NULL, NULL, error);
+}
+
+static JsonNode *svc_ok_node(const char *name, const char *state)
+{
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "name", name);
+    if (state)
+        json_object_set_string_member(o, "state", state);
+    JsonNode *n = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(n, o);
+    return n;
+}
+
+JsonNode *sprite_service_delete(sprite_service *svc, const char *account, const char *name,
+                                GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    bool ok;
+    if (l->vm)
+        ok = sprite_destroy(l->vm, true, svc_delete_disk_cb, svc, &err);
+    else
+        ok = svc_delete_disk_cb(l->disk, svc, &err);
+    l->vm = NULL;
+    svc_set_state(svc, l, LIVE_STOPPED);
+    if (!ok && !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)) {
+        /* The VM is gone; the record stays, so that a second DELETE tries the disk again. */
+        svc_wrap(error, err, "disk delete");
+        account_db_audit(db, "delete", name, false, (*error)->message);
+    } else {
+        g_clear_error(&err);
+        if (!account_db_sprite_delete(db, name, &err)) {
+            svc_wrap(error, err, "account database");
+        } else {
+            g_mutex_lock(&svc->mu);
+            l->gone = true;
+            g_hash_table_remove(svc->live, l->key);
+            g_mutex_unlock(&svc->mu);
+            account_db_audit(db, "delete", name, true, NULL);
+            result = svc_ok_node(name, "deleted");
+        }
+    }
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+/* Appends to a stream's buffer up to the cap. */
+static void svc_exec_keep(GByteArray *buf, const uint8_t *data, size_t n, bool *truncated)
+{
+    size_t room = SPRITE_EXEC_OUTPUT_MAX - MIN(buf->len, SPRITE_EXEC_OUTPUT_MAX);
+    if (n > room)
+        *truncated = true;
+    g_byte_array_append(buf, data, (guint)MIN(n, room));
+}
+
+struct svc_feeder {
+    agent_exec *e;
+    const char *data;
+    size_t len;
+    int timeout_ms;
+};
+
+static gpointer svc_feed_stdin(gpointer opaque)
+{
+    struct svc_feeder *f = opaque;
+    GError *err = NULL;
+
+    /* A process may exit without reading its input: not an error of the exec. */
+    if (!agent_exec_write(f->e, f->data, f->len, f->timeout_ms, &err) ||
+        !agent_exec_close_stdin(f->e, &err)) {
+        log_debug(SVC_LOG, "stdin: %s", err->message);
+        g_clear_error(&err);
+    }
+    return NULL;
+}
+
+/* Output as a JSON string: invalid UTF-8 is replaced (binary output waits for streaming). */
+static void svc_set_output(JsonObject *o, const char *member, GByteArray *buf)
+{
+    g_autofree char *text =
+        buf->len ? g_utf8_make_valid((const char *)buf->data, buf->len) : g_strdup("");
+    json_object_set_string_member(o, member, text);
+}
+
+static JsonNode *svc_exec_locked(struct live_sprite *l, const struct sprite_exec_request *r,
+                                 GError **error)
+{
+    struct agent_exec_opts opts = {
+        .argv = r->argv, .env = r->env, .cwd = r->cwd, .with_stdin = r->stdin_data != NULL};
+    int timeout = r->timeout_ms > 0 ? r->timeout_ms : 60000;
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout * 1000;
+    g_autoptr(GByteArray) out = g_byte_array_new();
+    g_autoptr(GByteArray) err_buf = g_byte_array_new();
+    bool truncated = false;
+    struct svc_feeder feeder = {0};
+    GThread *feeder_thread = NULL;
+    JsonNode *result = NULL;
+    GError *err = NULL;
+    int kind = 0, code = 0;
+    g_autofree uint8_t *buf = g_malloc(65536);
+    double t0 = (double)g_get_monotonic_time() / 1000;
+
+    agent_exec *e = agent_exec_start(l->vm->agent, &opts, timeout, &err);
+    if (!e) {
+        /* wisp-init's own refusal (no such program is exit 127, not this) */
+        g_set_error(error, SPRITE_SERVICE_ERROR,
+                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
+                        ? SPRITE_SERVICE_ERROR_INVALID
+                        : SPRITE_SERVICE_ERROR_FAILED,
+                    "exec: %s", err->message);
+        g_clear_error(&err);
+        return NULL;
+    }
+    if (r->stdin_data) {
+        feeder = (struct svc_feeder){e, r->stdin_data, r->stdin_len, timeout};
+        feeder_thread = g_thread_new("wispd-stdin", svc_feed_stdin, &feeder);
+    }
+    for (;;) {
+        enum agent_stream_kind k;
+        int left = (int)MAX((deadline - g_get_monotonic_time()) / 1000, 1);
+        ssize_t n = agent_exec_read(e, buf, 65536, &k, left, &err);
+        if (n < 0)
+            break;
+        if (n == 0)
+            break;
+        svc_exec_keep(k == AGENT_STDERR ? err_buf : out, buf, (size_t)n, &truncated);
+    }
+    if (!err)
+        agent_exec_wait(e, 5000, &kind, &code, &err); /* err says if it failed */
+    if (err && g_error_matches(err, AGENT_ERROR, AGENT_ERROR_TIMEOUT))
+        agent_exec_signal(e, 9, NULL); /* the command outlived its timeout: it goes */
+    agent_exec_free(e);
+    if (feeder_thread)
+        g_thread_join(feeder_thread); /* ends once the session is freed */
+    if (err) {
+        svc_wrap(error, err, "exec");
+        return NULL;
+    }
+    JsonObject *o = json_object_new();
+    json_object_set_int_member(o, "exit_code", agent_exec_status_code(kind, code));
+    svc_set_output(o, "stdout", out);
+    svc_set_output(o, "stderr", err_buf);
+    json_object_set_boolean_member(o, "truncated", truncated);
+    json_object_set_double_member(o, "ms", (double)g_get_monotonic_time() / 1000 - t0);
+    result = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(result, o);
+    return result;
+}
+
+JsonNode *sprite_service_exec(sprite_service *svc, const char *account, const char *name,
+                              const struct sprite_exec_request *req, GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    if (svc_ensure_running(svc, l, error))
+        result = svc_exec_locked(l, req, error);
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_checkpoint(sprite_service *svc, const char *account, const char *name,
+                                    GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+    g_autofree char *id = NULL;
+    double t0 = (double)g_get_monotonic_time() / 1000;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    id = account_db_checkpoint_next_id(db, name, &err);
+    if (!id) {
+        svc_wrap(error, err, "account database");
+        goto unlock;
+    }
+    /* A running guest's filesystem is frozen, so that the checkpoint is consistent; a sleeping
+     * one is woken for that.  A stopped sprite has no guest: its disk is as it was left. */
+    bool frozen = false;
+    if (l->vm) {
+        if (!svc_ensure_running(svc, l, error))
+            goto unlock;
+        if (!agent_client_freeze(l->vm->agent, 60000, &err)) {
+            svc_wrap(error, err, "freeze");
+            goto unlock;
+        }
+        frozen = true;
+    }
+    bool ok = svc_disk_op(svc, "disk-checkpoint", l->disk, "checkpoint", id, &err);
+    if (frozen && !agent_client_thaw(l->vm->agent, 60000, err ? NULL : &err) && ok) {
+        ok = false;
+    }
+    if (!ok) {
+        svc_wrap(error, err, "checkpoint");
+        account_db_audit(db, "checkpoint", name, false, (*error)->message);
+        goto unlock;
+    }
+    if (!account_db_checkpoint_add(db, name, id, &err)) {
+        svc_wrap(error, err, "account database");
+        goto unlock;
+    }
+    account_db_audit(db, "checkpoint", name, true, id);
+    JsonObject *o = json_object_new();
+    json_object_set_string_member(o, "id", id);
+    json_object_set_int_member(o, "created", g_get_real_time() / G_USEC_PER_SEC);
+    json_object_set_double_member(o, "ms", (double)g_get_monotonic_time() / 1000 - t0);
+    result = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(result, o);
+unlock:
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_checkpoints(sprite_service *svc, const char *account, const char *name,
+                                     GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+
+    if (!db)
+        return NULL;
+    int found = sprite_service_name_valid(name) ? account_db_sprite_get(db, name, NULL, &err) : 0;
+    if (found <= 0) {
+        if (found < 0)
+            svc_wrap(error, err, "account database");
+        else
+            svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
+        goto out;
+    }
+    GPtrArray *rows = account_db_checkpoint_list(db, name, &err);
+    if (!rows) {
+        svc_wrap(error, err, "account database");
+        goto out;
+    }
+    JsonArray *a = json_array_new();
+    for (guint i = 0; i < rows->len; i++) {
+        const struct account_checkpoint *c = rows->pdata[i];
+        JsonObject *co = json_object_new();
+        json_object_set_string_member(co, "id", c->id);
+        json_object_set_int_member(co, "created", c->created);
+        json_array_add_object_element(a, co);
+    }
+    g_ptr_array_unref(rows);
+    JsonObject *o = json_object_new();
+    json_object_set_array_member(o, "checkpoints", a);
+    result = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(result, o);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const char *name,
+                                 const char *checkpoint, GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+    double t0 = (double)g_get_monotonic_time() / 1000;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    int found = account_db_checkpoint_exists(db, name, checkpoint, &err);
+    if (found <= 0) {
+        if (found < 0)
+            svc_wrap(error, err, "account database");
+        else
+            svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "sprite '%s' has no checkpoint '%s'",
+                     name, checkpoint);
+        goto unlock;
+    }
+    /* The VM goes first: its guest's view of the disk would be wrong after the restore. */
+    if (l->vm && !sprite_destroy(l->vm, false, NULL, NULL, &err)) {
+        log_warn(SVC_LOG, "%s: destroy before restore: %s", l->key, err->message);
+        g_clear_error(&err);
+    }
+    l->vm = NULL;
+    svc_set_state(svc, l, LIVE_STOPPED);
+    if (!svc_disk_op(svc, "disk-restore", l->disk, "checkpoint", checkpoint, &err)) {
+        svc_wrap(error, err, "restore");
+        account_db_audit(db, "restore", name, false, (*error)->message);
+        goto unlock;
+    }
+    double claim_ms = 0;
+    if (!svc_claim(svc, l, &claim_ms, error)) {
+        account_db_audit(db, "restore", name, false, (*error)->message);
+        goto unlock;
+    }
+    account_db_audit(db, "restore", name, true, checkpoint);
+    result = svc_ok_node(name, "running");
+    json_object_set_string_member(json_node_get_object(result), "checkpoint", checkpoint);
+    json_object_set_double_member(json_node_get_object(result), "ms",
+                                  (double)g_get_monotonic_time() / 1000 - t0);
+unlock:
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const char *name,
+                               GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+    GError *err = NULL;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    if (!l->vm || l->vm->state != SPRITE_VM_RUNNING) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is not running (%s)", name,
+                 l->vm ? "asleep" : "stopped");
+    } else if (!sprite_sleep_warm(l->vm, NULL, &err)) {
+        svc_wrap(error, err, "sleep");
+    } else {
+        svc_set_state(svc, l, LIVE_ASLEEP);
+        account_db_audit(db, "sleep", name, true, "warm");
+        result = svc_ok_node(name, "asleep");
+    }
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}
+
+JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const char *name,
+                              GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (!l || !svc_lock_live(svc, l, error))
+        goto out;
+    if (l->vm && l->vm->state == SPRITE_VM_RUNNING) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is awake", name);
+    } else if (svc_ensure_running(svc, l, error)) {
+        account_db_audit(db, "wake", name, true, NULL);
+        result = svc_ok_node(name, "running");
+    }
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return result;
+}

@@ -1,0 +1,267 @@
+/* wispd: the Wisp daemon (docs/operations.md, docs/api.md).
+ *
+ * Start-up, in order: the config; the storage server (nbdkit with the Wisp plugin, supervised);
+ * the base disk, imported from the image's rootfs.ext4 on the first start; the template (built
+ * once per image); the warm pool; the sprite service and its HTTP/JSON API on a unix socket.
+ * SIGTERM and SIGINT stop it in the reverse order: no new requests, the running ones finish,
+ * every sprite's VM is destroyed (its disk is kept), the pool and nbdkit stop.  SIGHUP reads the
+ * config file and the tokens file again (the pool size and the tokens take effect). */
+#include "api_auth.h"
+#include "api_server.h"
+#include "log.h"
+#include "pool.h"
+#include "sprite_service.h"
+#include "storage_server.h"
+#include "template.h"
+#include "wispd_config.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <json-glib/json-glib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WISPD_LOG "wispd"
+
+struct wispd {
+    struct wispd_config cfg;
+    GMainLoop *loop;
+    storage_server *storage;
+    struct vm_template *tpl;
+    vm_pool *pool;
+    sprite_service *svc;
+    api_server *api;
+    char *meta_dir, *run_dir;
+};
+
+/* Whether the storage server has the base disk. */
+static int wispd_has_base(struct wispd *d, GError **error)
+{
+    JsonObject *answer =
+        storage_control_call(storage_server_control_socket(d->storage), "disk-list", NULL, error);
+    if (!answer)
+        return -1;
+    JsonArray *disks = json_object_get_array_member(answer, "disks");
+    int found = 0;
+    for (guint i = 0; disks && i < json_array_get_length(disks); i++) {
+        JsonObject *o = json_array_get_object_element(disks, i);
+        if (o && g_strcmp0(json_object_get_string_member_with_default(o, "name", ""), "base") == 0)
+            found = 1;
+    }
+    json_object_unref(answer);
+    return found;
+}
+
+/* wisp disk import base IMAGE/rootfs.ext4: the import runs its own nbdkit on the metadata,
+ * which a running server holds, so it runs while ours is stopped. */
+static bool wispd_import_base(struct wispd *d, GError **error)
+{
+    g_autofree char *rootfs = g_build_filename(d->cfg.image_dir, "rootfs.ext4", NULL);
+    const char *argv[] = {d->cfg.wisp_cli,  "disk",           "import",      "base",      rootfs,
+                          "--store",        d->cfg.store_url, "--meta",      d->meta_dir, "--cache",
+                          d->cfg.cache_dir, "--plugin",       d->cfg.plugin, NULL};
+    g_autofree char *out = NULL, *err_text = NULL;
+    int status = 0;
+    double t0 = g_get_monotonic_time() / 1e6;
+
+    log_info(WISPD_LOG, "importing %s as the base disk", rootfs);
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out, &err_text,
+                      &status, error))
+        return false;
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "wisp disk import base: %s%s",
+                    out ? out : "", err_text ? err_text : "");
+        return false;
+    }
+    log_info(WISPD_LOG, "base disk imported in %.1f s", g_get_monotonic_time() / 1e6 - t0);
+    return true;
+}
+
+static bool wispd_start_storage(struct wispd *d, GError **error)
+{
+    struct storage_server_config sc = {.plugin = d->cfg.plugin,
+                                       .store_url = d->cfg.store_url,
+                                       .cache_dir = d->cfg.cache_dir,
+                                       .meta_dir = d->meta_dir,
+                                       .run_dir = d->run_dir};
+    d->storage = storage_server_start(&sc, error);
+    if (!d->storage)
+        return false;
+    int has = wispd_has_base(d, error);
+    if (has != 0)
+        return has > 0;
+    storage_server_stop(d->storage);
+    d->storage = NULL;
+    if (!wispd_import_base(d, error))
+        return false;
+    d->storage = storage_server_start(&sc, error);
+    return d->storage != NULL;
+}
+
+static bool wispd_start_vms(struct wispd *d, GError **error)
+{
+    g_autofree char *key = vm_template_image_key(d->cfg.image_dir, error);
+    g_autofree char *kernel = g_build_filename(d->cfg.image_dir, "vmlinux", NULL);
+    g_autofree char *initrd = g_build_filename(d->cfg.image_dir, "initramfs.cpio.gz", NULL);
+    g_autofree char *runs = g_build_filename(d->run_dir, "vms", NULL);
+
+    if (!key)
+        return false;
+    struct vm_template_config tc = {.state_dir = d->cfg.state_dir,
+                                    .key = key,
+                                    .kernel = kernel,
+                                    .initrd = initrd,
+                                    .mem_mib = d->cfg.mem_mib,
+                                    .sandbox = d->cfg.sandbox};
+    d->tpl = vm_template_ensure(&tc, error);
+    if (!d->tpl)
+        return false;
+    log_info(WISPD_LOG, "template %.12s %s", key, d->tpl->built_now ? "built" : "reused");
+    /* Members of an earlier wispd's pool died with it; their directories are stale. */
+    GError *ignored = NULL;
+    if (g_file_test(runs, G_FILE_TEST_IS_DIR)) {
+        g_autofree char *old = g_strdup_printf("%s.old.%d", runs, (int)getpid());
+        if (rename(runs, old) == 0) {
+            const char *rm[] = {"rm", "-rf", old, NULL};
+            g_spawn_sync(NULL, (char **)rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL,
+                         &ignored);
+            g_clear_error(&ignored);
+        }
+    }
+    struct vm_pool_config pc = {.tpl = d->tpl, .size = d->cfg.pool_size, .run_root = runs};
+    d->pool = vm_pool_new(&pc, error);
+    return d->pool != NULL;
+}
+
+static gboolean wispd_on_term(gpointer opaque)
+{
+    struct wispd *d = opaque;
+    log_info(WISPD_LOG, "stopping");
+    g_main_loop_quit(d->loop);
+    return G_SOURCE_CONTINUE;
+}
+
+static gboolean wispd_on_hup(gpointer opaque)
+{
+    struct wispd *d = opaque;
+    struct wispd_config fresh;
+    GError *err = NULL;
+    bool ok = true;
+
+    if (!wispd_config_reload(&d->cfg, &fresh, &err)) {
+        log_error(WISPD_LOG, "reload: %s (the old config stays)", err->message);
+        g_clear_error(&err);
+        ok = false;
+    } else {
+        if (fresh.pool_size && fresh.pool_size != d->cfg.pool_size) {
+            log_info(WISPD_LOG, "pool size %u -> %u", d->cfg.pool_size, fresh.pool_size);
+            d->cfg.pool_size = fresh.pool_size;
+            vm_pool_set_size(d->pool, fresh.pool_size);
+        }
+        wispd_config_clear(&fresh);
+    }
+    GHashTable *tokens = api_auth_load(d->cfg.tokens_file, &err);
+    if (!tokens) {
+        log_error(WISPD_LOG, "reload: %s (the old tokens stay)", err->message);
+        g_clear_error(&err);
+        ok = false;
+    } else {
+        api_server_set_tokens(d->api, tokens);
+    }
+    if (ok)
+        log_info(WISPD_LOG, "config and tokens reloaded");
+    return G_SOURCE_CONTINUE;
+}
+
+static bool wispd_start(struct wispd *d, GError **error)
+{
+    d->meta_dir = g_build_filename(d->cfg.state_dir, "meta", NULL);
+    d->run_dir = g_build_filename(d->cfg.state_dir, "run", NULL);
+    if (g_mkdir_with_parents(d->cfg.state_dir, 0700) < 0 ||
+        g_mkdir_with_parents(d->run_dir, 0700) < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "mkdir %s: %s",
+                    d->cfg.state_dir, g_strerror(errno));
+        return false;
+    }
+    if (g_str_has_prefix(d->cfg.store_url, "file://") &&
+        g_mkdir_with_parents(d->cfg.store_url + strlen("file://"), 0700) < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "mkdir %s: %s",
+                    d->cfg.store_url, g_strerror(errno));
+        return false;
+    }
+    GHashTable *tokens = api_auth_load(d->cfg.tokens_file, error);
+    if (!tokens)
+        return false;
+    if (!wispd_start_storage(d, error) || !wispd_start_vms(d, error)) {
+        g_hash_table_unref(tokens);
+        return false;
+    }
+    struct sprite_service_config sc = {
+        .state_dir = d->cfg.state_dir,
+        .nbd_socket = storage_server_nbd_socket(d->storage),
+        .control_socket = storage_server_control_socket(d->storage),
+        .pool = d->pool,
+    };
+    d->svc = sprite_service_new(&sc, error);
+    if (!d->svc) {
+        g_hash_table_unref(tokens);
+        return false;
+    }
+    d->api = api_server_start(d->cfg.listen, d->svc, tokens, error);
+    if (!d->api) {
+        g_hash_table_unref(tokens);
+        return false;
+    }
+    return true;
+}
+
+static void wispd_stop(struct wispd *d)
+{
+    api_server_stop(d->api);
+    sprite_service_free(d->svc);
+    vm_pool_free(d->pool);
+    vm_template_free(d->tpl);
+    storage_server_stop(d->storage);
+    g_free(d->meta_dir);
+    g_free(d->run_dir);
+}
+
+int main(int argc, char **argv)
+{
+    struct wispd d = {0};
+    GError *err = NULL;
+
+    if (!wispd_config_load(&d.cfg, &argc, &argv, &err)) {
+        fprintf(stderr, "wispd: %s\n", err->message);
+        g_clear_error(&err);
+        wispd_config_clear(&d.cfg);
+        return 2;
+    }
+    wisp_log_init();
+    d.loop = g_main_loop_new(NULL, FALSE);
+    guint term = g_unix_signal_add(SIGTERM, wispd_on_term, &d);
+    guint intr = g_unix_signal_add(SIGINT, wispd_on_term, &d);
+    guint hup = g_unix_signal_add(SIGHUP, wispd_on_hup, &d);
+    int status = 0;
+    double t0 = g_get_monotonic_time() / 1e6;
+    if (!wispd_start(&d, &err)) {
+        fprintf(stderr, "wispd: %s\n", err->message);
+        g_clear_error(&err);
+        status = 1;
+    } else {
+        /* One line on stderr whatever the log level: scripts wait for it. */
+        fprintf(stderr, "wispd: ready on %s in %.1f s (pool %u, nbdkit %d)\n", d.cfg.listen,
+                g_get_monotonic_time() / 1e6 - t0, d.cfg.pool_size, storage_server_pid(d.storage));
+        g_main_loop_run(d.loop);
+    }
+    g_source_remove(term);
+    g_source_remove(intr);
+    g_source_remove(hup);
+    wispd_stop(&d);
+    g_main_loop_unref(d.loop);
+    if (!status)
+        fprintf(stderr, "wispd: stopped\n");
+    wispd_config_clear(&d.cfg);
+    return status;
+}
