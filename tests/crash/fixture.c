@@ -339,6 +339,9 @@ void fx_server_start(struct fx_server *s, const char *name, const char *store_ur
     argv[n++] = meta_arg;
     argv[n++] = control_arg;
     argv[n++] = "stats-interval=0";
+    /* Sanitizer build: leases off, as in tests/storage/server.c (ws_server_start). */
+    if (preload && *preload)
+        argv[n++] = "lease-ttl=0";
     for (int i = 0; params && params[i] && n < 38; i++)
         argv[n++] = params[i];
     argv[n] = NULL;
