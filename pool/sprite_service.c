@@ -310,6 +310,28 @@ static void svc_put_live(sprite_service *svc, struct live_sprite *l)
         live_sprite_free(l);
 }
 
+/* A verb on one sprite, called inside svc_enter with the sprite's op lock held. */
+typedef JsonNode *(*svc_verb_fn)(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                 const void *arg, GError **error);
+
+/* Enters, finds and locks the sprite, runs the verb, and undoes all that in reverse. */
+static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const char *name,
+                               svc_verb_fn verb, const void *arg, GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    JsonNode *result = NULL;
+
+    if (!db)
+        return NULL;
+    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
+    if (l && svc_lock_live(svc, l, error)) {
+        result = verb(svc, db, l, arg, error);
+        svc_unlock_put(svc, l);
+    }
+    svc_leave(svc);
+    return result;
+}
+
 /* Claims a pool member for the sprite's disk (op held). */
 static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GError **error)
 {
@@ -553,19 +575,15 @@ static JsonNode *svc_ok_node(const char *name, const char *state)
     return n;
 }
 
-JsonNode *sprite_service_delete(sprite_service *svc, const char *account, const char *name,
-                                GError **error)
+static JsonNode *svc_delete_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                   const void *unused, GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
+    const char *name = l->name;
     JsonNode *result = NULL;
     GError *err = NULL;
-
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
     bool ok;
+
+    (void)unused;
     if (l->vm)
         ok = sprite_destroy(l->vm, true, svc_delete_disk_cb, svc, &err);
     else
@@ -589,10 +607,13 @@ JsonNode *sprite_service_delete(sprite_service *svc, const char *account, const 
             result = svc_ok_node(name, "deleted");
         }
     }
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
     return result;
+}
+
+JsonNode *sprite_service_delete(sprite_service *svc, const char *account, const char *name,
+                                GError **error)
+{
+    return svc_on_sprite(svc, account, name, svc_delete_locked, NULL, error);
 }
 
 /* Appends to a stream's buffer up to the cap. */
@@ -698,53 +719,41 @@ static JsonNode *svc_exec_locked(struct live_sprite *l, const struct sprite_exec
     return result;
 }
 
+static JsonNode *svc_exec_verb(sprite_service *svc, account_db *db, struct live_sprite *l,
+                               const void *req, GError **error)
+{
+    (void)db;
+    return svc_ensure_running(svc, l, error) ? svc_exec_locked(l, req, error) : NULL;
+}
+
 JsonNode *sprite_service_exec(sprite_service *svc, const char *account, const char *name,
                               const struct sprite_exec_request *req, GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
-    JsonNode *result = NULL;
-
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
-    if (svc_ensure_running(svc, l, error))
-        result = svc_exec_locked(l, req, error);
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
-    return result;
+    return svc_on_sprite(svc, account, name, svc_exec_verb, req, error);
 }
 
-JsonNode *sprite_service_checkpoint(sprite_service *svc, const char *account, const char *name,
-                                    GError **error)
+static JsonNode *svc_checkpoint_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                       const void *unused, GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
-    JsonNode *result = NULL;
+    const char *name = l->name;
     GError *err = NULL;
-    g_autofree char *id = NULL;
     double t0 = (double)g_get_monotonic_time() / 1000;
 
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
-    id = account_db_checkpoint_next_id(db, name, &err);
+    (void)unused;
+    g_autofree char *id = account_db_checkpoint_next_id(db, name, &err);
     if (!id) {
         svc_wrap(error, err, "account database");
-        goto unlock;
+        return NULL;
     }
     /* A running guest's filesystem is frozen, so that the checkpoint is consistent; a sleeping
      * one is woken for that.  A stopped sprite has no guest: its disk is as it was left. */
     bool frozen = false;
     if (l->vm) {
         if (!svc_ensure_running(svc, l, error))
-            goto unlock;
+            return NULL;
         if (!agent_client_freeze(l->vm->agent, 60000, &err)) {
             svc_wrap(error, err, "freeze");
-            goto unlock;
+            return NULL;
         }
         frozen = true;
     }
@@ -755,24 +764,26 @@ JsonNode *sprite_service_checkpoint(sprite_service *svc, const char *account, co
     if (!ok) {
         svc_wrap(error, err, "checkpoint");
         account_db_audit(db, "checkpoint", name, false, (*error)->message);
-        goto unlock;
+        return NULL;
     }
     if (!account_db_checkpoint_add(db, name, id, &err)) {
         svc_wrap(error, err, "account database");
-        goto unlock;
+        return NULL;
     }
     account_db_audit(db, "checkpoint", name, true, id);
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "id", id);
     json_object_set_int_member(o, "created", g_get_real_time() / G_USEC_PER_SEC);
     json_object_set_double_member(o, "ms", (double)g_get_monotonic_time() / 1000 - t0);
-    result = json_node_new(JSON_NODE_OBJECT);
+    JsonNode *result = json_node_new(JSON_NODE_OBJECT);
     json_node_take_object(result, o);
-unlock:
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
     return result;
+}
+
+JsonNode *sprite_service_checkpoint(sprite_service *svc, const char *account, const char *name,
+                                    GError **error)
+{
+    return svc_on_sprite(svc, account, name, svc_checkpoint_locked, NULL, error);
 }
 
 JsonNode *sprite_service_checkpoints(sprite_service *svc, const char *account, const char *name,
@@ -815,19 +826,14 @@ out:
     return result;
 }
 
-JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const char *name,
-                                 const char *checkpoint, GError **error)
+static JsonNode *svc_restore_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                    const void *checkpoint_id, GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
+    const char *name = l->name, *checkpoint = checkpoint_id;
     JsonNode *result = NULL;
     GError *err = NULL;
     double t0 = (double)g_get_monotonic_time() / 1000;
 
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
     int found = account_db_checkpoint_exists(db, name, checkpoint, &err);
     if (found <= 0) {
         if (found < 0)
@@ -835,7 +841,7 @@ JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const
         else
             svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "sprite '%s' has no checkpoint '%s'",
                      name, checkpoint);
-        goto unlock;
+        return NULL;
     }
     /* The VM goes first: its guest's view of the disk would be wrong after the restore. */
     if (l->vm && !sprite_destroy(l->vm, false, NULL, NULL, &err)) {
@@ -847,37 +853,35 @@ JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const
     if (!svc_disk_op(svc, "disk-restore", l->disk, "checkpoint", checkpoint, &err)) {
         svc_wrap(error, err, "restore");
         account_db_audit(db, "restore", name, false, (*error)->message);
-        goto unlock;
+        return NULL;
     }
     double claim_ms = 0;
     if (!svc_claim(svc, l, &claim_ms, error)) {
         account_db_audit(db, "restore", name, false, (*error)->message);
-        goto unlock;
+        return NULL;
     }
     account_db_audit(db, "restore", name, true, checkpoint);
     result = svc_ok_node(name, "running");
     json_object_set_string_member(json_node_get_object(result), "checkpoint", checkpoint);
     json_object_set_double_member(json_node_get_object(result), "ms",
                                   (double)g_get_monotonic_time() / 1000 - t0);
-unlock:
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
     return result;
 }
 
-JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const char *name,
-                               GError **error)
+JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const char *name,
+                                 const char *checkpoint, GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
+    return svc_on_sprite(svc, account, name, svc_restore_locked, checkpoint, error);
+}
+
+static JsonNode *svc_sleep_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                  const void *unused, GError **error)
+{
+    const char *name = l->name;
     JsonNode *result = NULL;
     GError *err = NULL;
 
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
+    (void)unused;
     if (!l->vm || l->vm->state != SPRITE_VM_RUNNING) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is not running (%s)", name,
                  l->vm ? "asleep" : "stopped");
@@ -888,31 +892,33 @@ JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const c
         account_db_audit(db, "sleep", name, true, "warm");
         result = svc_ok_node(name, "asleep");
     }
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
     return result;
 }
 
-JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const char *name,
-                              GError **error)
+JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const char *name,
+                               GError **error)
 {
-    account_db *db = svc_enter(svc, account, error);
+    return svc_on_sprite(svc, account, name, svc_sleep_locked, NULL, error);
+}
+
+static JsonNode *svc_wake_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                 const void *unused, GError **error)
+{
+    const char *name = l->name;
     JsonNode *result = NULL;
 
-    if (!db)
-        return NULL;
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l || !svc_lock_live(svc, l, error))
-        goto out;
+    (void)unused;
     if (l->vm && l->vm->state == SPRITE_VM_RUNNING) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is awake", name);
     } else if (svc_ensure_running(svc, l, error)) {
         account_db_audit(db, "wake", name, true, NULL);
         result = svc_ok_node(name, "running");
     }
-    svc_unlock_put(svc, l);
-out:
-    svc_leave(svc);
     return result;
+}
+
+JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const char *name,
+                              GError **error)
+{
+    return svc_on_sprite(svc, account, name, svc_wake_locked, NULL, error);
 }
