@@ -1,22 +1,11 @@
 /* config.c: the microvm command line built from a vm_config (no QEMU run): the options
  * FINDINGS.md requires, both disk modes, comma escaping, the optional parts, and refusals. */
+#include "unit_check.h"
 #include "vm_config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 /* The value after option `opt` (the first occurrence after index `from`), or NULL. */
 static const char *arg_after(char **argv, const char *opt, const char *contains)
@@ -126,6 +115,5 @@ int main(void)
     CHECK(vm_accel_resolve(VM_ACCEL_AUTO, NULL, NULL, &why) == VM_ACCEL_TCG && why, "forced");
     CHECK(vm_accel_resolve(VM_ACCEL_KVM, NULL, NULL, &why) == VM_ACCEL_KVM, "caller wins");
 
-    printf("%s\n", failures ? "FAILED" : "ok");
-    return failures ? 1 : 0;
+    return unit_check_result();
 }

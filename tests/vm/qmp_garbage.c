@@ -8,6 +8,7 @@
  * JSON) while a command waits.  Every case must end in a clean error, with no crash and
  * no hang. */
 #include "qmp.h"
+#include "unit_check.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -21,18 +22,6 @@
 #define GREETING                                                                                   \
     "{\"QMP\": {\"version\": {\"qemu\": {\"major\": 9, \"minor\": 8, \"micro\": 7}}, "             \
     "\"capabilities\": []}}\n"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 enum peer_case {
     PEER_UNKNOWN_ID_AND_EVENT,
@@ -155,25 +144,8 @@ out:
     return NULL;
 }
 
-static qmp_client *run_case(const char *path, enum peer_case what, pthread_t *t, struct peer *p,
-                            GError **err)
-{
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-
-    unlink(path);
-    p->what = what;
-    p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path);
-    if (p->listen_fd < 0 || bind(p->listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
-        listen(p->listen_fd, 1) < 0) {
-        fprintf(stderr, "listen %s: %s\n", path, strerror(errno));
-        exit(1);
-    }
-    pthread_create(t, NULL, peer_thread, p);
-    return qmp_client_connect(path, NULL, 1000, err);
-}
-
-/* The async form: on ctx, which the caller iterates. */
+/* Starts the peer on path and connects to it; on ctx (NULL: the client's own), which the caller
+ * iterates. */
 static qmp_client *run_case_on(const char *path, enum peer_case what, pthread_t *t, struct peer *p,
                                GMainContext *ctx, GError **err)
 {
@@ -229,7 +201,7 @@ int main(void)
     JsonNode *r;
 
     /* An event and a reply to nobody, then the reply: the command gets its own answer. */
-    q = run_case(path, PEER_UNKNOWN_ID_AND_EVENT, &t, &p, &err);
+    q = run_case_on(path, PEER_UNKNOWN_ID_AND_EVENT, &t, &p, NULL, &err);
     CHECK(q, "connect: %s", err ? err->message : "");
     CHECK(q && strcmp(qmp_client_qemu_version(q), "9.8.7") == 0, "version");
     r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
@@ -248,7 +220,7 @@ int main(void)
     /* Bad JSON, and a value that is not an object: the command fails, the client closes. */
     enum peer_case bad[] = {PEER_BAD_JSON, PEER_NOT_OBJECT};
     for (int i = 0; i < 2; i++) {
-        q = run_case(path, bad[i], &t, &p, &err);
+        q = run_case_on(path, bad[i], &t, &p, NULL, &err);
         CHECK(q, "connect: %s", err ? err->message : "");
         r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
         CHECK(!r && g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL), "case %d: %s", i,
@@ -263,7 +235,7 @@ int main(void)
     }
 
     /* Not QEMU at all: connect fails. */
-    q = run_case(path, PEER_NO_GREETING, &t, &p, &err);
+    q = run_case_on(path, PEER_NO_GREETING, &t, &p, NULL, &err);
     CHECK(!q && err, "no greeting: connected");
     fprintf(stderr, "no greeting: %s\n", err ? err->message : "");
     g_clear_error(&err);
@@ -271,7 +243,7 @@ int main(void)
 
     /* Greeting, then silence: connect times out (1 s). */
     gint64 t0 = g_get_monotonic_time();
-    q = run_case(path, PEER_SILENT, &t, &p, &err);
+    q = run_case_on(path, PEER_SILENT, &t, &p, NULL, &err);
     CHECK(!q && g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT), "silent: %s",
           err ? err->message : "connected");
     CHECK(g_get_monotonic_time() - t0 < 1900 * 1000, "the timeout took too long");
@@ -279,7 +251,7 @@ int main(void)
     end_case(t, &p, q);
 
     /* The peer closes in the middle of a line: CLOSED. */
-    q = run_case(path, PEER_CLOSE_MID_LINE, &t, &p, &err);
+    q = run_case_on(path, PEER_CLOSE_MID_LINE, &t, &p, NULL, &err);
     CHECK(q, "connect: %s", err ? err->message : "");
     r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
     CHECK(!r && g_error_matches(err, QMP_ERROR, QMP_ERROR_CLOSED), "mid-line: %s",
@@ -327,7 +299,7 @@ int main(void)
     }
 
     /* A reply that arrives three bytes at a time is one reply. */
-    q = run_case(path, PEER_FRAGMENTED, &t, &p, &err);
+    q = run_case_on(path, PEER_FRAGMENTED, &t, &p, NULL, &err);
     CHECK(q, "connect: %s", err ? err->message : "");
     r = q ? qmp_client_execute(q, "query-status", NULL, 3000, &err) : NULL;
     CHECK(r && json_object_has_member(json_node_get_object(r), "status"), "fragmented: %s",
@@ -339,7 +311,7 @@ int main(void)
 
     /* An event cut short by a newline while a command waits: a protocol error, not a hang. */
     t0 = g_get_monotonic_time();
-    q = run_case(path, PEER_TRUNCATED_EVENT, &t, &p, &err);
+    q = run_case_on(path, PEER_TRUNCATED_EVENT, &t, &p, NULL, &err);
     CHECK(q, "connect: %s", err ? err->message : "");
     r = q ? qmp_client_execute(q, "query-status", NULL, 2000, &err) : NULL;
     CHECK(!r && g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL), "truncated event: %s",
@@ -350,6 +322,5 @@ int main(void)
 
     unlink(path);
     rmdir(dir);
-    printf("%s\n", failures ? "FAILED" : "ok");
-    return failures ? 1 : 0;
+    return unit_check_result();
 }

@@ -9,24 +9,13 @@
 #include "ram_chunks.h"
 #include "sleep.h"
 #include "sprite_db.h"
+#include "unit_check.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            failures++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 #define CHUNK 4096u
 
@@ -249,6 +238,5 @@ int main(void)
     g_autofree char *rm = g_strdup_printf("rm -rf '%s'", dir);
     if (system(rm) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
-    printf("%s\n", failures ? "FAILED" : "ok");
-    return failures ? 1 : 0;
+    return unit_check_result();
 }
