@@ -3,24 +3,42 @@
 
 #include <string.h>
 
+void meta_json_member_int(JsonBuilder *b, const char *name, gint64 value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_int_value(b, value);
+}
+
+void meta_json_member_string(JsonBuilder *b, const char *name, const char *value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_string_value(b, value);
+}
+
+void meta_json_member_bool(JsonBuilder *b, const char *name, bool value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_boolean_value(b, value);
+}
+
+void meta_json_member_double(JsonBuilder *b, const char *name, double value)
+{
+    json_builder_set_member_name(b, name);
+    json_builder_add_double_value(b, value);
+}
+
 void meta_json_add_disk(JsonBuilder *b, const struct meta_disk *d)
 {
     char root[2 * CHUNK_HASH_LEN + 1];
 
     chunk_hash_to_hex(&d->head_root, root);
     json_builder_begin_object(b);
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, d->name);
-    json_builder_set_member_name(b, "size");
-    json_builder_add_int_value(b, (gint64)d->size);
-    json_builder_set_member_name(b, "chunk_size");
-    json_builder_add_int_value(b, d->chunk_size);
-    json_builder_set_member_name(b, "head");
-    json_builder_add_string_value(b, root);
-    json_builder_set_member_name(b, "flush_gen");
-    json_builder_add_int_value(b, (gint64)d->flush_gen);
-    json_builder_set_member_name(b, "created");
-    json_builder_add_int_value(b, (gint64)d->created);
+    meta_json_member_string(b, "name", d->name);
+    meta_json_member_int(b, "size", (gint64)d->size);
+    meta_json_member_int(b, "chunk_size", d->chunk_size);
+    meta_json_member_string(b, "head", root);
+    meta_json_member_int(b, "flush_gen", (gint64)d->flush_gen);
+    meta_json_member_int(b, "created", (gint64)d->created);
     json_builder_end_object(b);
 }
 
@@ -30,14 +48,10 @@ void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c)
 
     chunk_hash_to_hex(&c->root, root);
     json_builder_begin_object(b);
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, c->name);
-    json_builder_set_member_name(b, "root");
-    json_builder_add_string_value(b, root);
-    json_builder_set_member_name(b, "created");
-    json_builder_add_int_value(b, (gint64)c->created);
-    json_builder_set_member_name(b, "comment");
-    json_builder_add_string_value(b, c->comment);
+    meta_json_member_string(b, "name", c->name);
+    meta_json_member_string(b, "root", root);
+    meta_json_member_int(b, "created", (gint64)c->created);
+    meta_json_member_string(b, "comment", c->comment);
     json_builder_end_object(b);
 }
 
@@ -65,19 +79,13 @@ void meta_json_add_checkpoint(JsonBuilder *b, const struct meta_checkpoint *c)
 void meta_json_add_gc_report(JsonBuilder *b, const struct chunk_gc_report *r)
 {
     json_builder_begin_object(b);
-    json_builder_set_member_name(b, "dry_run");
-    json_builder_add_boolean_value(b, r->dry_run);
-    json_builder_set_member_name(b, "grace");
-    json_builder_add_int_value(b, (gint64)r->grace_s);
-    json_builder_set_member_name(b, "store_time");
-    json_builder_add_int_value(b, (gint64)r->store_time);
-#define META_JSON_GC_ADD(name)                                                                     \
-    json_builder_set_member_name(b, #name);                                                        \
-    json_builder_add_int_value(b, (gint64)r->name);
+    meta_json_member_bool(b, "dry_run", r->dry_run);
+    meta_json_member_int(b, "grace", (gint64)r->grace_s);
+    meta_json_member_int(b, "store_time", (gint64)r->store_time);
+#define META_JSON_GC_ADD(name) meta_json_member_int(b, #name, (gint64)r->name);
     META_JSON_GC_COUNTS(META_JSON_GC_ADD)
 #undef META_JSON_GC_ADD
-    json_builder_set_member_name(b, "seconds");
-    json_builder_add_double_value(b, r->seconds);
+    meta_json_member_double(b, "seconds", r->seconds);
     json_builder_end_object(b);
 }
 

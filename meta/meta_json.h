@@ -7,6 +7,13 @@
 #include "meta.h"
 
 #include <json-glib/json-glib.h>
+#include <stdbool.h>
+
+/* One member of the object being built: its name, then its value. */
+void meta_json_member_int(JsonBuilder *b, const char *name, gint64 value);
+void meta_json_member_string(JsonBuilder *b, const char *name, const char *value);
+void meta_json_member_bool(JsonBuilder *b, const char *name, bool value);
+void meta_json_member_double(JsonBuilder *b, const char *name, double value);
 
 /* {"name", "size", "chunk_size", "head", "flush_gen", "created"} */
 void meta_json_add_disk(JsonBuilder *b, const struct meta_disk *d);

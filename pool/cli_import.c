@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "disk_import.h"
 #include "meta.h"
+#include "meta_json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -169,26 +170,17 @@ static void cli_import_print(const char *name, const struct meta_disk *d,
     if (json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-#define MEMBER_INT(k, v)                                                                           \
-    do {                                                                                           \
-        json_builder_set_member_name(b, k);                                                        \
-        json_builder_add_int_value(b, (gint64)(v));                                                \
-    } while (0)
-        json_builder_set_member_name(b, "ok");
-        json_builder_add_boolean_value(b, TRUE);
-        json_builder_set_member_name(b, "name");
-        json_builder_add_string_value(b, name);
-        MEMBER_INT("size", d->size);
-        MEMBER_INT("chunk_size", d->chunk_size);
-        MEMBER_INT("bytes", st->file_bytes);
-        MEMBER_INT("data_bytes", st->data_bytes);
-        MEMBER_INT("written_bytes", st->written_bytes);
-        MEMBER_INT("chunks", st->chunks_total);
-        MEMBER_INT("chunks_written", st->chunks_written);
-        MEMBER_INT("chunks_zero", st->chunks_zero);
-#undef MEMBER_INT
-        json_builder_set_member_name(b, "seconds");
-        json_builder_add_double_value(b, st->seconds);
+        meta_json_member_bool(b, "ok", TRUE);
+        meta_json_member_string(b, "name", name);
+        meta_json_member_int(b, "size", (gint64)d->size);
+        meta_json_member_int(b, "chunk_size", (gint64)d->chunk_size);
+        meta_json_member_int(b, "bytes", (gint64)st->file_bytes);
+        meta_json_member_int(b, "data_bytes", (gint64)st->data_bytes);
+        meta_json_member_int(b, "written_bytes", (gint64)st->written_bytes);
+        meta_json_member_int(b, "chunks", (gint64)st->chunks_total);
+        meta_json_member_int(b, "chunks_written", (gint64)st->chunks_written);
+        meta_json_member_int(b, "chunks_zero", (gint64)st->chunks_zero);
+        meta_json_member_double(b, "seconds", st->seconds);
         json_builder_end_object(b);
         JsonNode *root = json_builder_get_root(b);
         char *text = json_to_string(root, TRUE);

@@ -9,6 +9,7 @@
  * whose files are there is kept; otherwise (a fresh host) it is dropped and each disk comes
  * back at its last committed head. */
 #include "cli.h"
+#include "meta_json.h"
 #include "replica.h"
 #include "store.h"
 
@@ -46,34 +47,24 @@ static void cli_restore_meta_print(const struct replica_restore_info *info, cons
     if (json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-#define MEMBER_INT(k, v)                                                                           \
-    do {                                                                                           \
-        json_builder_set_member_name(b, k);                                                        \
-        json_builder_add_int_value(b, (gint64)(v));                                                \
-    } while (0)
-        json_builder_set_member_name(b, "ok");
-        json_builder_add_boolean_value(b, TRUE);
-        json_builder_set_member_name(b, "replica");
-        json_builder_add_string_value(b, name);
-        json_builder_set_member_name(b, "meta");
-        json_builder_add_string_value(b, dir);
-        json_builder_set_member_name(b, "verify");
-        json_builder_add_string_value(b, replica_verify_to_string(verify));
-        MEMBER_INT("generation", info->generation);
-        MEMBER_INT("seq", info->seq);
-        MEMBER_INT("segments", info->segments);
-        MEMBER_INT("segments_ignored", info->segments_ignored);
-        MEMBER_INT("snapshot_bytes", info->snapshot_bytes);
-        MEMBER_INT("wal_bytes", info->wal_bytes);
-        MEMBER_INT("db_bytes", info->db_bytes);
-        MEMBER_INT("replicated_at", info->replicated_at);
-        MEMBER_INT("age_s", age);
-        MEMBER_INT("disks", info->disks);
-        MEMBER_INT("checkpoints", info->checkpoints);
-        MEMBER_INT("pending_dropped", info->pending_dropped);
-        MEMBER_INT("chunks", info->chunks);
-        MEMBER_INT("chunks_hashed", info->chunks_hashed);
-#undef MEMBER_INT
+        meta_json_member_bool(b, "ok", TRUE);
+        meta_json_member_string(b, "replica", name);
+        meta_json_member_string(b, "meta", dir);
+        meta_json_member_string(b, "verify", replica_verify_to_string(verify));
+        meta_json_member_int(b, "generation", (gint64)info->generation);
+        meta_json_member_int(b, "seq", (gint64)info->seq);
+        meta_json_member_int(b, "segments", (gint64)info->segments);
+        meta_json_member_int(b, "segments_ignored", (gint64)info->segments_ignored);
+        meta_json_member_int(b, "snapshot_bytes", (gint64)info->snapshot_bytes);
+        meta_json_member_int(b, "wal_bytes", (gint64)info->wal_bytes);
+        meta_json_member_int(b, "db_bytes", (gint64)info->db_bytes);
+        meta_json_member_int(b, "replicated_at", (gint64)info->replicated_at);
+        meta_json_member_int(b, "age_s", (gint64)age);
+        meta_json_member_int(b, "disks", (gint64)info->disks);
+        meta_json_member_int(b, "checkpoints", (gint64)info->checkpoints);
+        meta_json_member_int(b, "pending_dropped", (gint64)info->pending_dropped);
+        meta_json_member_int(b, "chunks", (gint64)info->chunks);
+        meta_json_member_int(b, "chunks_hashed", (gint64)info->chunks_hashed);
         json_builder_end_object(b);
         JsonNode *root = json_builder_get_root(b);
         char *text = json_to_string(root, FALSE);
