@@ -146,6 +146,7 @@ static JsonNode *vm_blockdev_args_nbd(const char *node, const char *sock, const 
     json_object_set_string_member(server, "type", "unix");
     json_object_set_string_member(server, "path", sock);
     json_object_set_object_member(o, "server", server);
+    json_object_set_int_member(o, "reconnect-delay", VM_NBD_RECONNECT_DELAY_S);
     if (export_name && *export_name)
         json_object_set_string_member(o, "export", export_name);
     json_node_take_object(n, o);

@@ -142,12 +142,9 @@ char **vm_config_build_argv(const struct vm_config *cfg, enum vm_accel accel, un
         g_autofree char *sock = qemu_opt_escape(cfg->nbd_socket);
         g_autofree char *exp = qemu_opt_escape(cfg->nbd_export ? cfg->nbd_export : "");
         argv_add(a, "-blockdev");
-        if (*exp)
-            argv_addf(a, "driver=nbd,node-name=%s,server.type=unix,server.path=%s,export=%s",
-                      VM_NODE_DIRECT_NBD, sock, exp);
-        else
-            argv_addf(a, "driver=nbd,node-name=%s,server.type=unix,server.path=%s",
-                      VM_NODE_DIRECT_NBD, sock);
+        argv_addf(a,
+                  "driver=nbd,node-name=%s,server.type=unix,server.path=%s,reconnect-delay=%d%s%s",
+                  VM_NODE_DIRECT_NBD, sock, VM_NBD_RECONNECT_DELAY_S, *exp ? ",export=" : "", exp);
         argv_add(a, "-blockdev");
         argv_addf(a, "driver=raw,node-name=%s,file=%s", VM_NODE_SLOT, VM_NODE_DIRECT_NBD);
         break;

@@ -45,6 +45,11 @@ enum vm_error_code {
 #define VM_NODE_SLOT        "slot0"
 #define VM_NODE_PLACEHOLDER "ph0"
 #define VM_NODE_DIRECT_NBD  "disk0"
+
+/* QEMU's NBD client: on a lost connection (the storage server killed or restarted), requests
+ * wait and the client reconnects for this long before failing them.  wispd starts a dead
+ * nbdkit again after about a second, so the guest sees a pause, not I/O errors. */
+#define VM_NBD_RECONNECT_DELAY_S 60
 /* The control port's name, which wisp-init looks for in /sys/class/virtio-ports. */
 #define VM_CONTROL_PORT_NAME "wisp.ctl"
 

@@ -51,7 +51,7 @@ int main(void)
           "cmdline %s", a);
     a = arg_after(argv, "-blockdev", "driver=nbd");
     CHECK(a && strstr(a, "server.path=/run/nbd,,1.sock") && strstr(a, "export=sprite") &&
-              strstr(a, "node-name=disk0"),
+              strstr(a, "reconnect-delay=60") && strstr(a, "node-name=disk0"),
           "nbd blockdev %s", a);
     CHECK(arg_after(argv, "-blockdev", "node-name=slot0,file=disk0"), "slot0 on the export");
     CHECK(arg_after(argv, "-device", "virtserialport,chardev=ctl,name=wisp.ctl"), "port");
