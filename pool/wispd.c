@@ -2,7 +2,9 @@
  *
  * Start-up, in order: the config; the storage server (nbdkit with the Wisp plugin, supervised);
  * the base disk, imported from the image's rootfs.ext4 on the first start; the template (built
- * once per image); the warm pool; the sprite service and its HTTP/JSON API on a unix socket.
+ * once per image); the warm pool; the accounts reconciled with the storage server (what a killed
+ * wispd left half done, sprite_reconcile.h); the sprite service and its HTTP/JSON API on a unix
+ * socket.
  * SIGTERM and SIGINT stop it in the reverse order: no new requests, the running ones finish,
  * every sprite's VM is destroyed (its disk is kept), the pool and nbdkit stop.  SIGHUP reads the
  * config file and the tokens file again (the pool size and the tokens take effect). */
@@ -10,6 +12,8 @@
 #include "api_server.h"
 #include "log.h"
 #include "pool.h"
+#include "sprite_db.h"
+#include "sprite_reconcile.h"
 #include "sprite_service.h"
 #include "storage_server.h"
 #include "template.h"
@@ -18,6 +22,7 @@
 #include <errno.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,7 +123,8 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
     if (!d->tpl)
         return false;
     log_info(WISPD_LOG, "template %.12s %s", key, d->tpl->built_now ? "built" : "reused");
-    /* Members of an earlier wispd's pool died with it; their directories are stale. */
+    /* Members of an earlier wispd's pool were killed at start (wispd_kill_leftovers); their
+     * directories are stale. */
     GError *ignored = NULL;
     if (g_file_test(runs, G_FILE_TEST_IS_DIR)) {
         g_autofree char *old = g_strdup_printf("%s.old.%d", runs, (int)getpid());
@@ -174,6 +180,51 @@ static gboolean wispd_on_hup(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+/* Whether pid is a QEMU or an nbdkit whose command line names a path in state_dir. */
+static bool wispd_is_leftover(pid_t pid, const char *state_dir)
+{
+    if (sprite_pid_is_our_qemu(pid, state_dir))
+        return true;
+    g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
+    g_autofree char *cmd = NULL;
+    gsize len = 0;
+    if (!g_file_get_contents(path, &cmd, &len, NULL) || len == 0 || strcmp(cmd, "nbdkit") != 0)
+        return false;
+    for (gsize i = 0; i + 1 < len; i++)
+        if (cmd[i] == '\0')
+            cmd[i] = ' ';
+    return strstr(cmd, state_dir) != NULL;
+}
+
+/* Kills every QEMU and nbdkit of this state directory that an earlier wispd left.  Pool
+ * members and sprites outlive a wispd killed with SIGKILL (template.c: no parent-death
+ * signal), and one left running would reconnect to the new nbdkit (reconnect-delay) and write
+ * to a disk that a new VM of the same sprite also writes.  nbdkit has a parent-death signal,
+ * yet one was seen to outlive a SIGKILL of wispd (tests/wispd/crash.c), and it would hold the
+ * metadata.  So this runs before the storage server starts. */
+static void wispd_kill_leftovers(const char *state_dir)
+{
+    GArray *pids = g_array_new(FALSE, FALSE, sizeof(pid_t));
+    GDir *proc = g_dir_open("/proc", 0, NULL);
+    const char *name;
+
+    while (proc && (name = g_dir_read_name(proc))) {
+        pid_t pid = (pid_t)atoi(name);
+        if (pid > 0 && wispd_is_leftover(pid, state_dir) && kill(pid, SIGKILL) == 0) {
+            log_warn(WISPD_LOG, "killed %d, a QEMU or nbdkit left by an earlier wispd", (int)pid);
+            g_array_append_val(pids, pid);
+        }
+    }
+    if (proc)
+        g_dir_close(proc);
+    /* Gone once reaped by init, or a zombie: then its command line is empty. */
+    for (guint i = 0; i < pids->len; i++)
+        for (int tries = 0;
+             tries < 100 && wispd_is_leftover(g_array_index(pids, pid_t, i), state_dir); tries++)
+            g_usleep(50000);
+    g_array_free(pids, TRUE);
+}
+
 static bool wispd_start(struct wispd *d, GError **error)
 {
     d->meta_dir = g_build_filename(d->cfg.state_dir, "meta", NULL);
@@ -193,7 +244,15 @@ static bool wispd_start(struct wispd *d, GError **error)
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, error);
     if (!tokens)
         return false;
+    wispd_kill_leftovers(d->cfg.state_dir);
     if (!wispd_start_storage(d, error) || !wispd_start_vms(d, error)) {
+        g_hash_table_unref(tokens);
+        return false;
+    }
+    /* Before the API serves: what a killed wispd left half done is finished first. */
+    if (!sprite_reconcile(d->cfg.state_dir, storage_server_control_socket(d->storage), NULL,
+                          error)) {
+        g_prefix_error(error, "reconcile the accounts with the storage server: ");
         g_hash_table_unref(tokens);
         return false;
     }

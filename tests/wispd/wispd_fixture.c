@@ -71,6 +71,8 @@ void wfx_start(struct wispd_fx *w, const struct vmf_image *img, const char *stat
     g_ptr_array_add(argv, NULL);
     const char *env[] = {"WISP_LOG_LEVEL=info", NULL};
 
+    /* A wispd killed with SIGKILL leaves its socket; wispd makes a new one once it serves. */
+    unlink(w->socket);
     double t0 = fx_now();
     w->pid = fx_spawn((const char *const *)argv->pdata, w->log, env);
     g_ptr_array_free(argv, TRUE);
@@ -152,6 +154,60 @@ JsonObject *wfx_http(const char *method, const char *path, const char *token, co
     g_object_unref(p);
     g_string_free(answer, TRUE);
     return o;
+}
+
+long wfx_try(const char *method, const char *path, const char *token, const char *body)
+{
+    CURL *c = curl_easy_init();
+    GString *answer = g_string_new(NULL);
+    struct curl_slist *headers = NULL;
+    g_autofree char *url = g_strdup_printf("http://wispd%s", path);
+    long status = -1;
+
+    FX_CHECK(c, "curl_easy_init");
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, wfx_socket);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, wfx_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, answer);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 180L);
+    headers = curl_slist_append(headers, "Expect:");
+    if (token) {
+        g_autofree char *auth = g_strdup_printf("Authorization: Bearer %s", token);
+        headers = curl_slist_append(headers, auth);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(c);
+    g_string_free(answer, TRUE);
+    return status;
+}
+
+JsonNode *wfx_disk_json(const struct wispd_fx *w, const char *verb, const char *arg)
+{
+    g_autofree char *control = g_strdup_printf("%s/run/storage.ctl", w->state);
+    const char *argv[] = {
+        fx_need_env("WISP_TEST_CLI"), "disk", verb, "--control", control, "--json", arg, NULL};
+    char *out = NULL, *err = NULL;
+    int status = -1;
+    GError *error = NULL;
+
+    FX_CHECK(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_DEFAULT, NULL, NULL, &out, &err,
+                          &status, &error),
+             "spawn wisp disk %s: %s", verb, error ? error->message : "?");
+    FX_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "wisp disk %s %s: 0x%x: %s", verb,
+             arg ? arg : "", status, err);
+    JsonParser *p = json_parser_new();
+    FX_CHECK(json_parser_load_from_data(p, out, -1, NULL), "wisp disk %s: not JSON: %s", verb, out);
+    JsonNode *n = json_node_copy(json_parser_get_root(p));
+    g_object_unref(p);
+    g_free(out);
+    g_free(err);
+    return n;
 }
 
 JsonObject *wfx_expect(long want, const char *method, const char *path, const char *token,
@@ -257,14 +313,14 @@ char *wfx_cli(const char *verb, const char *name, const char *token, int want, .
     return out;
 }
 
-pid_t wfx_find_process(const char *prefix, const char *text)
+GArray *wfx_processes(const char *prefix, const char *text)
 {
+    GArray *pids = g_array_new(FALSE, FALSE, sizeof(pid_t));
     GDir *d = g_dir_open("/proc", 0, NULL);
     const char *name;
-    pid_t pid = 0;
 
     FX_CHECK(d, "open /proc");
-    while (!pid && (name = g_dir_read_name(d))) {
+    while ((name = g_dir_read_name(d))) {
         g_autofree char *file = g_strdup_printf("/proc/%s/cmdline", name);
         g_autofree char *cmd = NULL;
         gsize len = 0;
@@ -275,10 +331,19 @@ pid_t wfx_find_process(const char *prefix, const char *text)
             if (cmd[i] == '\0')
                 cmd[i] = ' ';
         if (g_str_has_prefix(cmd, prefix) && strstr(cmd, text)) {
-            fx_log("found pid %s: %s", name, cmd);
-            pid = (pid_t)atoi(name);
+            fx_log("found pid %s: %.200s", name, cmd);
+            pid_t pid = (pid_t)atoi(name);
+            g_array_append_val(pids, pid);
         }
     }
     g_dir_close(d);
+    return pids;
+}
+
+pid_t wfx_find_process(const char *prefix, const char *text)
+{
+    GArray *pids = wfx_processes(prefix, text);
+    pid_t pid = pids->len ? g_array_index(pids, pid_t, 0) : 0;
+    g_array_unref(pids);
     return pid;
 }

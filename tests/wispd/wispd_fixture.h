@@ -42,6 +42,12 @@ void wfx_kill(struct wispd_fx *w);
 /* One request to the current wispd; returns the answer (json_object_unref it). */
 JsonObject *wfx_http(const char *method, const char *path, const char *token, const char *body,
                      size_t body_len, long *status);
+/* A request that may fail: the HTTP status, or -1 when wispd did not answer (it was killed).
+ * For requests racing a kill from another thread. */
+long wfx_try(const char *method, const char *path, const char *token, const char *body);
+/* `wisp disk VERB ARGS... --json` on the storage server of the current wispd (its control
+ * socket in STATE/run/); returns the JSON answer (json_node_unref it). */
+JsonNode *wfx_disk_json(const struct wispd_fx *w, const char *verb, const char *arg);
 /* A request that must answer `want` (an error answer must have "error"). */
 JsonObject *wfx_expect(long want, const char *method, const char *path, const char *token,
                        const char *body);
@@ -61,5 +67,7 @@ char *wfx_cli(const char *verb, const char *name, const char *token, int want, .
 /* The pid of a process whose command line starts with prefix and contains text, or 0.  This
  * test's own process never counts. */
 pid_t wfx_find_process(const char *prefix, const char *text);
+/* All of them (g_array_unref it). */
+GArray *wfx_processes(const char *prefix, const char *text);
 
 #endif
