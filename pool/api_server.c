@@ -28,6 +28,11 @@ static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
     len = strlen(text);
     soup_server_message_set_status(msg, status, NULL);
     soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_TAKE, text, len);
+    /* libsoup 3.2 (Debian 12) never notices a client closing an idle keep-alive connection,
+     * so each one would keep its file forever (fixed in 3.3.0, libsoup commit d20c6601).
+     * One request per connection is cheap on a unix socket; tests/wispd/load.c counts. */
+    soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Connection",
+                                 "close");
 }
 
 static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
@@ -505,7 +510,9 @@ api_server *api_server_start(const char *socket_path, sprite_service *svc, GHash
                     g_strerror(errno));
         goto fail;
     }
-    g_socket_set_listen_backlog(sock, 128);
+    /* Room for a burst of clients while the main loop is busy (the kernel caps it at
+     * net.core.somaxconn): a full backlog refuses a unix-socket connect outright. */
+    g_socket_set_listen_backlog(sock, API_LISTEN_BACKLOG);
     if (!g_socket_listen(sock, error) || !soup_server_listen_socket(api->server, sock, 0, error))
         goto fail;
     g_object_unref(sock);

@@ -12,6 +12,9 @@
 #include <glib.h>
 #include <stdbool.h>
 
+/* Pending connections the API socket queues before it refuses more. */
+#define API_LISTEN_BACKLOG 4096
+
 /* The largest request body: an exec's stdin is at most this, minus its JSON. */
 #define API_BODY_MAX (1 << 20)
 

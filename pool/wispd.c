@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #define WISPD_LOG "wispd"
 
@@ -225,8 +226,23 @@ static void wispd_kill_leftovers(const char *state_dir)
     g_array_free(pids, TRUE);
 }
 
+/* Every API connection is a file: raise the soft limit to the hard one, so that a burst of
+ * clients (1,000 at once in tests/wispd/load.c) is not refused with EMFILE. */
+static void wispd_raise_file_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rlim_t was = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            log_warn(WISPD_LOG, "open files limit stays %llu: %s", (unsigned long long)was,
+                     g_strerror(errno));
+    }
+}
+
 static bool wispd_start(struct wispd *d, GError **error)
 {
+    wispd_raise_file_limit();
     d->meta_dir = g_build_filename(d->cfg.state_dir, "meta", NULL);
     d->run_dir = g_build_filename(d->cfg.state_dir, "run", NULL);
     if (g_mkdir_with_parents(d->cfg.state_dir, 0700) < 0 ||
