@@ -300,15 +300,9 @@ out:
 
 static void vm_template_remove_dir(const char *dir)
 {
-    const char *names[] = {"ram",
-                           "state",
-                           "manifest.json",
-                           "run/qemu.log",
-                           "run/serial.log",
-                           "run/qmp.sock",
-                           "run/ctl.sock",
-                           "run",
-                           NULL};
+    const char *names[] = {
+        "ram",          "state",          "manifest.json", "store-manifest", /* template_store.c */
+        "run/qemu.log", "run/serial.log", "run/qmp.sock",  "run/ctl.sock",   "run", NULL};
 
     for (int i = 0; names[i]; i++) {
         g_autofree char *p = g_build_filename(dir, names[i], NULL);
