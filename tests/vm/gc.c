@@ -6,7 +6,8 @@
  *      first cold sleep into store 1, where no template is: the figure "before".  The template is
  *      then published into store 2, sprite B claimed and put to its first cold sleep there with
  *      the template as its known set: the figure "after".  B must store less than A, and no more
- *      than half of it (an idle clone differs from its template in few pages).
+ *      than half of it (an idle clone differs from its template in few pages), with fewer
+ *      store requests than it has non-zero chunks (the template's are not even looked up).
  *   2. B wakes from the store (local copy deleted) twice more and sleeps after each (3 manifests,
  *      a counter service running all along).  After the grace period (4 s here), a chunk nobody
  *      names is put: a sleep in progress.
@@ -255,8 +256,20 @@ int main(void)
              "a second publish did not find the first: %s", err ? err->message : tkey_again);
     long pid0, n0;
     sleepf_counter_read(&b, &pid0, &n0);
+    struct store_stats req0, req1;
+    store_get_stats(st2, &req0);
     first_sleep(db, st2, &b, tpl, tkey, &after);
+    store_get_stats(st2, &req1);
     print_first_sleep("with_template", &after);
+    /* The template's chunks were the known set: only the others were even looked up (a HEAD
+     * each, and a PUT for the new ones), not every non-zero chunk. */
+    uint64_t nonzero = after.ram.chunks - after.ram.zero_chunks;
+    fx_log("store requests of B's first sleep: %llu for %llu non-zero RAM chunks",
+           (unsigned long long)(req1.requests - req0.requests), (unsigned long long)nonzero);
+    FX_CHECK(req1.requests - req0.requests < nonzero,
+             "B's first sleep made %llu store requests for %llu non-zero chunks: the template's "
+             "chunks were looked up",
+             (unsigned long long)(req1.requests - req0.requests), (unsigned long long)nonzero);
     uint64_t bytes_before = before.ram.uploaded_bytes + before.state.uploaded_bytes;
     uint64_t bytes_after = after.ram.uploaded_bytes + after.state.uploaded_bytes;
     FX_CHECK(after.ram.known_chunks > 0, "the template's chunks were not the known set");
