@@ -184,18 +184,16 @@ int main(void)
     g_autofree char *s1 = sleep_manifest_key("s", 1), *s2 = sleep_manifest_key("s", 2),
                     *s3 = sleep_manifest_key("s", 3), *ss1 = sleep_manifest_key("ss", 1);
     const char *tpl = VM_TEMPLATE_PREFIX "0123456789abcdef/fedcba9876543210/manifest.json";
-    g_autofree char *f1 = sleep_file(dir, "s", s1, "abc", NULL);
+    g_free(sleep_file(dir, "s", s1, "abc", NULL));
     g_autofree char *f2 = sleep_file(dir, "s", s2, "abd", NULL);
     g_autofree char *f3 = sleep_file(dir, "s", s3, "abg", NULL);
-    g_autofree char *f4 = sleep_file(dir, "ss", ss1, "h", NULL);
-    g_autofree char *f5 = sleep_file(dir, "template/0123456789abcdef", tpl, "af", NULL);
-    g_autofree char *f6 =
-        sleep_file(dir, "orphan", "vm/sprites/orphan/manifest-000001.json", "o", NULL);
+    g_free(sleep_file(dir, "ss", ss1, "h", NULL));
+    g_free(sleep_file(dir, "template/0123456789abcdef", tpl, "af", NULL));
+    g_free(sleep_file(dir, "orphan", "vm/sprites/orphan/manifest-000001.json", "o", NULL));
     CHECK(vm_gc_delete_sprite(st, "orphan", NULL, &err), "delete orphan: %s",
           err ? err->message : "");
     age_all_chunks("abcdfgho");
-    g_autofree char *f7 =
-        sleep_file(dir, "young", "vm/sprites/young/manifest-000001.json", "y", NULL);
+    g_free(sleep_file(dir, "young", "vm/sprites/young/manifest-000001.json", "y", NULL));
     CHECK(vm_gc_delete_sprite(st, "young", NULL, &err), "delete young");
     CHECK(store_put(st, RAM_CHUNK_PREFIX "not-a-chunk", "x", 1) == 0, "put foreign");
     set_age(RAM_CHUNK_PREFIX "not-a-chunk", OLD_S);
@@ -237,12 +235,11 @@ int main(void)
     check_restore(dir, s3, f3);
 
     /* A sleep that finds an old orphan by HEAD refreshes it, so a GC now keeps it. */
-    g_autofree char *f8 =
-        sleep_file(dir, "orphan2", "vm/sprites/orphan2/manifest-000001.json", "k", NULL);
+    g_free(sleep_file(dir, "orphan2", "vm/sprites/orphan2/manifest-000001.json", "k", NULL));
     CHECK(vm_gc_delete_sprite(st, "orphan2", NULL, &err), "delete orphan2");
     age_all_chunks("k");
     struct chunk_upload_stats stats;
-    g_autofree char *f9 = sleep_file(dir, "s", "vm/sprites/s/manifest-000004.json", "abk", &stats);
+    g_free(sleep_file(dir, "s", "vm/sprites/s/manifest-000004.json", "abk", &stats));
     CHECK(stats.refreshed_chunks == 3 && stats.uploaded_chunks == 0,
           "refreshed %llu uploaded %llu (a, b and k are old and found by HEAD)",
           (unsigned long long)stats.refreshed_chunks, (unsigned long long)stats.uploaded_chunks);
@@ -252,8 +249,7 @@ int main(void)
 
     /* An unreadable root: the run fails and deletes nothing. */
     CHECK(store_put(st, "vm/sprites/s/manifest-000005.json", "{\"format\":", 10) == 0, "put bad");
-    g_autofree char *f10 =
-        sleep_file(dir, "orphan3", "vm/sprites/orphan3/manifest-000001.json", "z", NULL);
+    g_free(sleep_file(dir, "orphan3", "vm/sprites/orphan3/manifest-000001.json", "z", NULL));
     CHECK(vm_gc_delete_sprite(st, "orphan3", NULL, &err), "delete orphan3");
     age_all_chunks("z");
     CHECK(!run_gc(1, false, NULL, &r, &err), "a run with a bad root succeeded");
