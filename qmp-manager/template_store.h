@@ -35,7 +35,8 @@
 char *vm_template_store_publish(struct store *st, const struct vm_template *t,
                                 struct chunk_upload_stats *stats, GError **error);
 
-/* Deletes a template manifest (its chunks go at the next GC). */
+/* Deletes a template manifest (its chunks go at the next GC).  Only once no sprite will take it
+ * as its first sleep's known set (its pool is gone): a sleep relies on its chunks staying. */
 bool vm_template_store_delete(struct store *st, const char *manifest_key, GError **error);
 
 #endif
