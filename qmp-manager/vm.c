@@ -97,7 +97,11 @@ struct vm *vm_launch(const struct vm_config *cfg, GMainContext *ctx, int timeout
     if (cfg->run_as && *cfg->run_as && !vm_runas_resolve(cfg->run_as, &uid, &gid, &run_as_why)) {
         eff.run_as = NULL;
         uid = geteuid();
-        log_info(VM_LOG, "QEMU runs as uid %u, not as %s: %s", (unsigned)uid, cfg->run_as,
+        /* Once at info, as the KVM probe's answer: a pool would say it at every refill. */
+        static gint said;
+        enum wisp_log_level level =
+            g_atomic_int_compare_and_exchange(&said, 0, 1) ? WISP_LOG_INFO : WISP_LOG_DEBUG;
+        wisp_log(level, VM_LOG, "QEMU runs as uid %u, not as %s: %s", (unsigned)uid, cfg->run_as,
                  run_as_why);
     }
     vm->run_as_uid = uid;
