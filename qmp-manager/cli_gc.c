@@ -14,25 +14,15 @@
 
 #include <stdio.h>
 
-/* The manifests the database needs: current and pending, of every sprite not destroyed. */
+/* The manifests the database at state_dir needs kept (sprite_db_manifest_pins). */
 static bool cli_gc_pins_from_db(const char *state_dir, GPtrArray *pins, GError **error)
 {
     sprite_db *db = sprite_db_open(state_dir, error);
     if (!db)
         return false;
-    GPtrArray *list = sprite_db_list(db, error);
-    if (list) {
-        for (guint i = 0; i < list->len; i++) {
-            struct sprite_record *r = g_ptr_array_index(list, i);
-            if (r->manifest_key)
-                g_ptr_array_add(pins, g_strdup(r->manifest_key));
-            if (r->pending_manifest)
-                g_ptr_array_add(pins, g_strdup(r->pending_manifest));
-        }
-        g_ptr_array_unref(list);
-    }
+    bool ok = sprite_db_manifest_pins(db, pins, error);
     sprite_db_close(db);
-    return list != NULL;
+    return ok;
 }
 
 int cli_gc(int argc, char **argv)

@@ -10,7 +10,8 @@
  *   - dry run (keep 1): counts what a run would delete, and deletes nothing;
  *   - keep 2: s's manifest 1 goes, c and o go, y stays (young: a sleep in progress), f stays
  *     (the template is a root), the foreign key stays; s's manifest 2 restores byte for byte;
- *   - keep 1 with s's manifest 2 pinned: nothing more goes; then unpinned: manifest 2 and d go;
+ *   - keep 1 with s's manifest 2 pinned (from a sprite database whose record names it): nothing
+ *     more goes; then unpinned: manifest 2 and d go;
  *   - a sleep that finds an old orphan by HEAD refreshes it (PUT again): the next run keeps it;
  *   - an unreadable root fails the run before anything is deleted;
  *   - vm_gc_delete_sprite deletes s's manifests and not ss's; a name with '/' is refused. */
@@ -18,6 +19,7 @@
 #include "ram_chunks.h"
 #include "sleep.h"
 #include "sleep_internal.h"
+#include "sprite_db.h"
 #include "template_store.h"
 #include "vm_gc.h"
 
@@ -224,8 +226,21 @@ int main(void)
     check_restore(dir, s2, f2);
     check_restore(dir, s3, f3);
 
-    /* Keep 1 with s2 pinned (a sprite woken from it), then unpinned. */
-    const char *pins[] = {s2, "vm/sprites/nobody/manifest-000009.json", NULL};
+    /* Keep 1 with s2 pinned (a sprite woken from it, so its record names it: the pins come
+     * from the sprite database, as wispd's do), then unpinned. */
+    g_autofree char *db_dir = g_build_filename(dir, "db", NULL);
+    sprite_db *db = sprite_db_open(db_dir, &err);
+    CHECK(db && sprite_db_create(db, "s", &err) &&
+              sprite_db_end(db, "s", SPRITE_COLD_ASLEEP, 0, NULL, s2, "slept", &err),
+          "sprite db: %s", err ? err->message : "");
+    g_autoptr(GPtrArray) db_pins = g_ptr_array_new_with_free_func(g_free);
+    CHECK(sprite_db_manifest_pins(db, db_pins, &err) && db_pins->len == 1 &&
+              strcmp(g_ptr_array_index(db_pins, 0), s2) == 0,
+          "pins from the database: %u", db_pins->len);
+    sprite_db_close(db);
+    g_ptr_array_add(db_pins, g_strdup("vm/sprites/nobody/manifest-000009.json"));
+    g_ptr_array_add(db_pins, NULL);
+    const char *const *pins = (const char *const *)db_pins->pdata;
     CHECK(run_gc(1, false, pins, &r, &err), "gc pinned: %s", err ? err->message : "");
     CHECK(has(s2) && has_chunk('d') && r.manifests_pinned == 1 && r.pins_missing == 1,
           "a pinned manifest or its chunk was deleted (pinned %llu, missing %llu)",
