@@ -173,8 +173,7 @@ void chunk_gc_format_report(const struct chunk_gc_report *r, char *buf, size_t s
 
 /* ---- 1. the store's clock ------------------------------------------------------------------- */
 
-/* T0 is the mtime the store gives a marker object written now. */
-static int gc_store_clock(struct store *st, time_t *t0)
+int chunk_gc_store_clock(struct store *st, time_t *t0)
 {
     static const char body[] = "wisp gc clock\n";
     char key[64], hex[17];
@@ -408,7 +407,7 @@ int chunk_gc_run(struct store *st, struct meta *m, const struct chunk_gc_options
     }
 
     /* 1. T0 first: everything committed from here on is either in R or young. */
-    r = gc_store_clock(st, &t0);
+    r = chunk_gc_store_clock(st, &t0);
     if (r < 0)
         return r;
     out->store_time = t0;

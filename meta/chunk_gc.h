@@ -122,6 +122,10 @@ struct chunk_gc_report {
 int chunk_gc_run(struct store *st, struct meta *m, const struct chunk_gc_options *o,
                  struct chunk_gc_report *out);
 
+/* Step 1 on its own, for other collectors of the same store (qmp-manager/vm_gc.c): *t0 := the
+ * mtime the store gives a marker object gc/clock-<random> written now (the marker is deleted
+ * again).  Returns 0 or a negative errno (logged). */
+int chunk_gc_store_clock(struct store *st, time_t *t0);
 /* Parses a duration: whole seconds ("3600") or a number with one unit, s, m, h or d ("90s",
  * "30m", "1h", "2d"), up to CHUNK_GC_DURATION_MAX.  Returns 0 or -EINVAL (nothing logged: the
  * caller names the option). */

@@ -23,6 +23,7 @@ int cli_shutdown(int argc, char **argv);
 int cli_kill(int argc, char **argv);
 int cli_probe_accel(int argc, char **argv);
 int cli_sprites(int argc, char **argv);
+int cli_gc(int argc, char **argv);
 
 /* The run directory of a booted VM: --run-dir, else $WISP_VM_RUN_DIR. */
 const char *cli_run_dir(const char *given);

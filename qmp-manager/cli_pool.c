@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 struct cli_pool_opts {
-    char *image_dir, *state_dir, *run_root, *accel, *claim, *hostname;
+    char *image_dir, *state_dir, *run_root, *accel, *claim, *hostname, *run_as;
     int mem, size, fill_timeout_s;
     gboolean json, sandbox;
 };
@@ -39,6 +39,8 @@ static GOptionEntry *cli_pool_entries(struct cli_pool_opts *o, bool with_pool, b
         {"json", 0, 0, G_OPTION_ARG_NONE, &o->json, "figures as one JSON object per line", NULL},
         {"sandbox", 0, 0, G_OPTION_ARG_NONE, &o->sandbox,
          "QEMU under its seccomp sandbox (-sandbox on, spawn and privileges denied)", NULL},
+        {"run-as", 0, 0, G_OPTION_ARG_STRING, &o->run_as,
+         "QEMU drops to this user where the host allows (root, the user exists)", "USER"},
         G_OPTION_ENTRY_NULL};
     GOptionEntry pool[] = {
         {"run-root", 0, 0, G_OPTION_ARG_FILENAME, &o->run_root, "members' run directories (RUN/mN)",
@@ -84,6 +86,7 @@ static struct vm_template *cli_template_ensure(const struct cli_pool_opts *o, GE
     tc.initrd = initrd;
     tc.mem_mib = o->mem > 0 ? (unsigned)o->mem : 0;
     tc.sandbox = o->sandbox;
+    tc.run_as = o->run_as;
     if (o->accel && !vm_accel_from_string(o->accel, &tc.accel)) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "--accel %s: kvm, tcg or auto", o->accel);
         return NULL;

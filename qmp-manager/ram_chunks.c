@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CHUNKS_LOG "ram-chunks"
@@ -129,7 +130,12 @@ static gpointer chunk_store_worker(gpointer opaque)
         snprintf(key, sizeof key, "%s%s", RAM_CHUNK_PREFIX, hex);
         struct store_stat stat;
         r = store_head(job->st, key, &stat);
-        if (r == 0 && stat.size == len) {
+        /* Found, and young enough that no GC can delete it before the manifest names it
+         * (vm_gc.h, (a)): nothing to do.  An older one may be a GC's candidate right now (an
+         * orphan of a deleted sprite): PUT again, same bytes, and it is young. */
+        bool refresh = r == 0 && stat.size == len &&
+                       (int64_t)stat.mtime < (int64_t)time(NULL) - RAM_CHUNK_REFRESH_AGE_S;
+        if (r == 0 && stat.size == len && !refresh) {
             chunk_job_count(job, &job->stats.known_chunks);
             continue;
         }
@@ -143,8 +149,13 @@ static gpointer chunk_store_worker(gpointer opaque)
             break;
         }
         g_mutex_lock(&job->lock);
-        job->stats.uploaded_chunks++;
-        job->stats.uploaded_bytes += len;
+        if (refresh) {
+            job->stats.known_chunks++;
+            job->stats.refreshed_chunks++;
+        } else {
+            job->stats.uploaded_chunks++;
+            job->stats.uploaded_bytes += len;
+        }
         g_mutex_unlock(&job->lock);
     }
     return NULL;
@@ -208,9 +219,10 @@ bool chunk_list_store(struct store *st, const char *path, uint32_t chunk_bytes, 
         *stats = job.stats;
     log_info(CHUNKS_LOG,
              "%s: %u chunks, %" G_GUINT64_FORMAT " zero, %" G_GUINT64_FORMAT
-             " already stored, %" G_GUINT64_FORMAT " uploaded (%" G_GUINT64_FORMAT " bytes)",
-             path, n, job.stats.zero_chunks, job.stats.known_chunks, job.stats.uploaded_chunks,
-             job.stats.uploaded_bytes);
+             " already stored (%" G_GUINT64_FORMAT " refreshed), %" G_GUINT64_FORMAT
+             " uploaded (%" G_GUINT64_FORMAT " bytes)",
+             path, n, job.stats.zero_chunks, job.stats.known_chunks, job.stats.refreshed_chunks,
+             job.stats.uploaded_chunks, job.stats.uploaded_bytes);
     return true;
 }
 

@@ -5,7 +5,10 @@
  * the list is ""); any other chunk is stored once under RAM_CHUNK_PREFIX + its hex SHA-256, so a
  * page range equal to the template's, or to an earlier sleep's, costs nothing the second time.
  * Before uploading, a chunk is looked up in `known` (hashes the caller knows to be in the store,
- * e.g. from the sprite's previous manifest), then with a HEAD; only missing chunks are PUT.
+ * e.g. from the sprite's previous manifest), then with a HEAD; only missing chunks are PUT, and
+ * found ones older than RAM_CHUNK_REFRESH_AGE_S, which are PUT again (refreshed) so that a
+ * garbage collection running now keeps them (vm_gc.h).  `known` must therefore come from a
+ * manifest that GC keeps (a root: the sprite's newest, a pinned one, a template's).
  *
  * Restore writes a sparse file of the recorded size: zero chunks stay holes, every other distinct
  * chunk is fetched once and its SHA-256 compared to its name (repeats are copied from the first
@@ -25,6 +28,8 @@
 #define RAM_CHUNK_PREFIX        "vm/chunks/"
 #define RAM_CHUNK_BYTES_DEFAULT (64u * 1024u)
 #define RAM_CHUNK_WORKERS       8
+/* Half of VM_GC_GRACE_DEFAULT (vm_gc.h): a chunk found by HEAD and older than this is PUT again. */
+#define RAM_CHUNK_REFRESH_AGE_S 1800
 
 /* A file as chunk hashes. */
 struct chunk_list {
@@ -36,6 +41,7 @@ struct chunk_list {
 struct chunk_upload_stats {
     uint64_t chunks, zero_chunks, known_chunks, uploaded_chunks;
     uint64_t uploaded_bytes;
+    uint64_t refreshed_chunks; /* found by HEAD but old, PUT again (counted in known_chunks) */
 };
 
 void chunk_list_init(struct chunk_list *cl, uint64_t file_bytes, uint32_t chunk_bytes);

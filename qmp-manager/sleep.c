@@ -139,8 +139,8 @@ static void json_add_chunks(JsonBuilder *b, const char *name, const struct chunk
     json_builder_end_object(b);
 }
 
-static char *manifest_build(const struct cold_sleep_opts *o, const struct chunk_list *ram,
-                            const struct chunk_list *state)
+char *sleep_manifest_build(const char *sprite, const char *key, unsigned mem_mib,
+                           const struct chunk_list *ram, const struct chunk_list *state)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
     g_autoptr(JsonGenerator) gen = json_generator_new();
@@ -149,11 +149,11 @@ static char *manifest_build(const struct cold_sleep_opts *o, const struct chunk_
     json_builder_set_member_name(b, "format");
     json_builder_add_string_value(b, SLEEP_MANIFEST_FORMAT);
     json_builder_set_member_name(b, "sprite");
-    json_builder_add_string_value(b, o->sprite);
+    json_builder_add_string_value(b, sprite);
     json_builder_set_member_name(b, "key");
-    json_builder_add_string_value(b, o->manifest_key);
+    json_builder_add_string_value(b, key);
     json_builder_set_member_name(b, "mem_mib");
-    json_builder_add_int_value(b, o->mem_mib);
+    json_builder_add_int_value(b, mem_mib);
     json_builder_set_member_name(b, "created_us");
     json_builder_add_int_value(b, g_get_real_time());
     json_add_chunks(b, "ram", ram);
@@ -297,13 +297,33 @@ bool sleep_store_local_copy(const struct cold_sleep_opts *o, struct cold_sleep_r
     gint64 t = g_get_monotonic_time();
     bool ok = false;
 
-    if (!chunk_list_store(o->store, ram_path, o->chunk_bytes, o->known, &ram, &out->ram, error) ||
-        !chunk_list_store(o->store, state_path, o->chunk_bytes, o->known, &state, &out->state,
-                          error))
-        goto done;
+    /* GC (vm_gc.h, (a)): a chunk the manifest names must have been uploaded or refreshed less
+     * than the grace before the manifest lands.  A pass that HEADs a chunk refreshes it if it is
+     * older than the refresh age, so a pass shorter than the refresh age is enough; a longer one
+     * (a slow store) is done again, which only HEADs and refreshes. */
+    for (int pass = 1;; pass++) {
+        gint64 pass_start = g_get_monotonic_time();
+        chunk_list_clear(&ram);
+        chunk_list_clear(&state);
+        if (!chunk_list_store(o->store, ram_path, o->chunk_bytes, o->known, &ram,
+                              pass == 1 ? &out->ram : NULL, error) ||
+            !chunk_list_store(o->store, state_path, o->chunk_bytes, o->known, &state,
+                              pass == 1 ? &out->state : NULL, error))
+            goto done;
+        if (secs_since(pass_start) < RAM_CHUNK_REFRESH_AGE_S)
+            break;
+        if (pass == 3) {
+            g_set_error(error, VM_ERROR, VM_ERROR_TIMEOUT,
+                        "cold sleep: storing the chunks took longer than %d s three times",
+                        RAM_CHUNK_REFRESH_AGE_S);
+            goto done;
+        }
+        log_warn(SLEEP_LOG, "sprite %s: storing the chunks took %.0f s: again, for GC's grace",
+                 o->sprite, secs_since(pass_start));
+    }
     out->ram_bytes = ram.file_bytes;
     out->state_bytes = state.file_bytes;
-    manifest = manifest_build(o, &ram, &state);
+    manifest = sleep_manifest_build(o->sprite, o->manifest_key, o->mem_mib, &ram, &state);
     /* The store's copy is the durable one and is written last: its presence means complete. */
     if (!write_file_durably(manifest_path, manifest, strlen(manifest), error))
         goto done;

@@ -67,6 +67,10 @@ struct cold_sleep_opts {
      * its config as launched, and the sleep goes through sleep_cold_private. */
     const struct vm_config *private_ram_config;
     int timeout_ms; /* per step */
+    /* sprite_sleep_cold only: the sprite's template in the store (vm_template_store_publish), or
+     * NULL.  A sprite's first cold sleep takes its chunks as the known set, so the pages a
+     * clone did not change since the template are neither looked up nor stored again. */
+    const char *template_manifest_key;
 };
 
 struct cold_sleep_result {

@@ -32,12 +32,16 @@ bool sprite_sleep_cold(sprite_db *db, struct vm *vm, struct cold_sleep_opts *opt
         return false;
     }
     g_autofree char *key = sleep_manifest_key(opts->sprite, r->sleep_seq + 1);
-    if (r->manifest_key) {
+    /* The previous manifest, else (a first sleep) the template's: both are GC roots while this
+     * sleep runs (vm_gc.h, (b)), so their chunks need no HEAD. */
+    const char *known_from = r->manifest_key ? r->manifest_key : opts->template_manifest_key;
+    if (known_from) {
         known = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         /* Only an optimisation: without it every chunk is looked up in the store. */
-        if (!sleep_known_from_manifest(opts->store, r->manifest_key, known, &ignored)) {
+        if (!sleep_known_from_manifest(opts->store, known_from, known, &ignored)) {
             log_warn(SLEEP_DB_LOG, "sprite %s: no known set: %s", opts->sprite, ignored->message);
             g_clear_error(&ignored);
+            g_hash_table_remove_all(known);
         }
     }
     sprite_record_free(r);

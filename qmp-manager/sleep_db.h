@@ -15,7 +15,8 @@
 #include "sprite_db.h"
 
 /* opts->manifest_key and opts->known are filled in here: the key from the record's sleep count,
- * the known set from the previous manifest (if the store still has it). */
+ * the known set from the previous manifest (if the store still has it), or on a first sleep
+ * from opts->template_manifest_key's (template_store.h) when it is set. */
 bool sprite_sleep_cold(sprite_db *db, struct vm *vm, struct cold_sleep_opts *opts,
                        struct cold_sleep_result *out, GError **error);
 /* opts->manifest_key is taken from the record. */

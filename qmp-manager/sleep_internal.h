@@ -14,6 +14,9 @@ bool sleep_migrate_wait(qmp_client *c, int timeout_ms, const char *what, GError 
 bool sleep_set_ignore_shared(qmp_client *c, int timeout_ms, const char *what, GError **error);
 /* Agent exec `sync` in the guest. */
 bool sleep_guest_sync(agent_client *agent, int timeout_ms, GError **error);
+/* The manifest's JSON text (g_free it): format, sprite, key, mem_mib, created_us, ram, state. */
+char *sleep_manifest_build(const char *sprite, const char *key, unsigned mem_mib,
+                           const struct chunk_list *ram, const struct chunk_list *state);
 /* DIR/ram and DIR/state as chunks in the store, then the manifest (local, then store). */
 bool sleep_store_local_copy(const struct cold_sleep_opts *o, struct cold_sleep_result *out,
                             GError **error);

@@ -419,3 +419,20 @@ GPtrArray *sprite_db_recover(sprite_db *db, struct store *st, GError **error)
     }
     return sprite_db_list(db, error);
 }
+
+bool sprite_db_manifest_pins(sprite_db *db, GPtrArray *keys, GError **error)
+{
+    GPtrArray *list = sprite_db_list(db, error);
+
+    if (!list)
+        return false;
+    for (guint i = 0; i < list->len; i++) {
+        struct sprite_record *r = g_ptr_array_index(list, i);
+        if (r->manifest_key)
+            g_ptr_array_add(keys, g_strdup(r->manifest_key));
+        if (r->pending_manifest)
+            g_ptr_array_add(keys, g_strdup(r->pending_manifest));
+    }
+    g_ptr_array_unref(list);
+    return true;
+}

@@ -76,6 +76,10 @@ struct sprite_record *sprite_db_get(sprite_db *db, const char *name, GError **er
 GPtrArray *sprite_db_list(sprite_db *db, GError **error);
 void sprite_record_free(struct sprite_record *r);
 
+/* Appends (g_strdup) the manifest keys the database needs kept, each sprite's current one and a
+ * sleep's pending one (sprites not DESTROYED): the pins of a GC run (vm_gc.h). */
+bool sprite_db_manifest_pins(sprite_db *db, GPtrArray *keys, GError **error);
+
 /* Whether pid is alive, is a qemu-system binary, and has run_dir on its command line. */
 bool sprite_pid_is_our_qemu(pid_t pid, const char *run_dir);
 

@@ -142,6 +142,7 @@ static struct vm_template *vm_template_new(const struct vm_template_config *cfg,
     t->mem_mib = cfg->mem_mib ? cfg->mem_mib : 256;
     t->placeholder_bytes = cfg->placeholder_bytes ? cfg->placeholder_bytes : (uint64_t)1 << 30;
     t->sandbox = cfg->sandbox;
+    t->run_as = g_strdup(cfg->run_as);
     return t;
 }
 
@@ -154,6 +155,7 @@ void vm_template_free(struct vm_template *t)
     g_free(t->kernel);
     g_free(t->initrd);
     g_free(t->qemu);
+    g_free(t->run_as);
     g_free(t->ram_path);
     g_free(t->state_path);
     g_free(t);
@@ -254,6 +256,7 @@ static bool vm_template_build(struct vm_template *t, const struct vm_template_co
         .mem_path = ram,
         .mem_share = true,
         .sandbox = cfg->sandbox,
+        .run_as = cfg->run_as,
     };
     int boot_timeout = cfg->boot_timeout_ms > 0 ? cfg->boot_timeout_ms : 120000;
     agent_client *agent = NULL;
@@ -300,15 +303,9 @@ out:
 
 static void vm_template_remove_dir(const char *dir)
 {
-    const char *names[] = {"ram",
-                           "state",
-                           "manifest.json",
-                           "run/qemu.log",
-                           "run/serial.log",
-                           "run/qmp.sock",
-                           "run/ctl.sock",
-                           "run",
-                           NULL};
+    const char *names[] = {
+        "ram",          "state",          "manifest.json", "store-manifest", /* template_store.c */
+        "run/qemu.log", "run/serial.log", "run/qmp.sock",  "run/ctl.sock",   "run", NULL};
 
     for (int i = 0; names[i]; i++) {
         g_autofree char *p = g_build_filename(dir, names[i], NULL);
@@ -406,6 +403,7 @@ void vm_template_clone_config(const struct vm_template *t, const char *run_dir,
         .paused = true,
         .incoming_defer = true,
         .sandbox = t->sandbox,
+        .run_as = t->run_as,
         /* No parent-death signal: the kernel ties it to the thread that forked, here the
          * pool's refill thread, so stopping a pool would kill the sprites claimed from it; and
          * a manager that restarts must find its sprites running.  Members are killed

@@ -37,6 +37,8 @@ struct vm_template_config {
     bool sandbox;
     const char *qemu;    /* NULL: $WISP_QEMU, else qemu-system-x86_64 */
     int boot_timeout_ms; /* to READY; 0: 120 s */
+    /* QEMU's user for the template boot and every clone (vm_config.run_as, runas.h), or NULL. */
+    const char *run_as;
 };
 
 struct vm_template {
@@ -49,6 +51,7 @@ struct vm_template {
     bool built_now;     /* false: reused from disk */
     double boot_ms;     /* launch to READY, when it was built */
     double snapshot_ms; /* stop + migrate + completed */
+    char *run_as;       /* vm_template_config.run_as (owned), or NULL */
 };
 
 /* The image's input hash from IMAGE_DIR/image.json (g_free it). */

@@ -3,6 +3,7 @@
 
 #include "log.h"
 #include "proc.h"
+#include "runas.h"
 
 #include <errno.h>
 #include <string.h>
@@ -88,6 +89,24 @@ struct vm *vm_launch(const struct vm_config *cfg, GMainContext *ctx, int timeout
     const char *why = NULL;
     vm->accel = vm_accel_resolve(cfg->accel, cfg->qemu, cfg->kernel, &why);
     vm->accel_why = g_strdup(why ? why : "");
+    /* -runas only where it can work; otherwise QEMU stays the caller's, and the log says why. */
+    struct vm_config eff = *cfg;
+    uid_t uid = geteuid();
+    gid_t gid;
+    const char *run_as_why = "";
+    if (cfg->run_as && *cfg->run_as && !vm_runas_resolve(cfg->run_as, &uid, &gid, &run_as_why)) {
+        eff.run_as = NULL;
+        uid = geteuid();
+        /* Once at info, as the KVM probe's answer: a pool would say it at every refill. */
+        static gint said;
+        enum wisp_log_level level =
+            g_atomic_int_compare_and_exchange(&said, 0, 1) ? WISP_LOG_INFO : WISP_LOG_DEBUG;
+        wisp_log(level, VM_LOG, "QEMU runs as uid %u, not as %s: %s", (unsigned)uid, cfg->run_as,
+                 run_as_why);
+    }
+    vm->run_as_uid = uid;
+    vm->run_as_why = g_strdup(run_as_why);
+    cfg = &eff;
     deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
     vm->argv = vm_config_build_argv(cfg, vm->accel, vm_host_cpu_khz(), vm->qmp_path, vm->ctl_path,
                                     vm->serial_path, error);
@@ -126,8 +145,8 @@ struct vm *vm_launch(const struct vm_config *cfg, GMainContext *ctx, int timeout
         g_error_free(err);
         goto fail;
     }
-    log_info(VM_LOG, "QEMU %d started (%s; %s), QMP after %.1f ms", (int)pid,
-             vm_accel_to_string(vm->accel), vm->accel_why,
+    log_info(VM_LOG, "QEMU %d started (%s; %s; uid %u), QMP after %.1f ms", (int)pid,
+             vm_accel_to_string(vm->accel), vm->accel_why, (unsigned)vm->run_as_uid,
              (double)(g_get_monotonic_time() - vm->launched_us) / 1000.0);
     return vm;
 
@@ -301,6 +320,7 @@ void vm_free(struct vm *vm)
     if (vm->ctl_path)
         unlink(vm->ctl_path);
     g_free(vm->accel_why);
+    g_free(vm->run_as_why);
     g_free(vm->run_dir);
     g_free(vm->qmp_path);
     g_free(vm->ctl_path);

@@ -35,6 +35,10 @@ struct vm {
     /* The disk size the guest was last told (virtio-blk capacity): the placeholder's at launch.
      * A reopen onto a node of another size does not tell the guest; block_resize does. */
     gint64 guest_disk_bytes;
+    /* QEMU's user once the guest runs: the config's run_as when the host allowed it (runas.h),
+     * else the caller's (run_as_why says why: "" when it was not asked). */
+    uid_t run_as_uid;
+    char *run_as_why;
 };
 
 /* Starts QEMU and connects QMP within timeout_ms.  On failure *error includes the end of

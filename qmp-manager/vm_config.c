@@ -182,9 +182,17 @@ char **vm_config_build_argv(const struct vm_config *cfg, enum vm_accel accel, un
         argv_add(a, "-incoming");
         argv_add(a, "defer");
     }
+    bool run_as = cfg->run_as && *cfg->run_as;
     if (cfg->sandbox) {
+        /* With -runas, set*id must be allowed: QEMU 7.2 installs the filter before its setuid
+         * (runas.h).  Once QEMU is the user, set*id cannot give root back. */
         argv_add(a, "-sandbox");
-        argv_add(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        argv_addf(a, "on,obsolete=deny,elevateprivileges=%s,spawn=deny,resourcecontrol=deny",
+                  run_as ? "allow" : "deny");
+    }
+    if (run_as) {
+        argv_add(a, "-runas");
+        argv_add(a, cfg->run_as);
     }
     g_ptr_array_add(a, NULL);
     return (char **)g_ptr_array_free(a, FALSE);

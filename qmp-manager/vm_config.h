@@ -74,6 +74,9 @@ struct vm_config {
     bool incoming_defer;  /* -incoming defer, for migrate-incoming */
     bool sandbox;         /* -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny */
     bool keep_on_exit;    /* QEMU survives the caller's death (default: killed with it) */
+    /* QEMU drops to this user (-runas) where the host allows it (runas.h: root, and the user
+     * exists); vm_launch falls back to the caller's user otherwise and says why.  NULL: none. */
+    const char *run_as;
 };
 
 /* The host CPU's frequency in kHz for tsc_early_khz, from /proc/cpuinfo ("cpu MHz"), else

@@ -8,6 +8,7 @@
  *   wisp-vm attach|status|freeze|thaw|shutdown|kill --run-dir D
  *   wisp-vm probe-accel [--kernel K]
  *   wisp-vm sprites --state DIR [--recover [--store URL]]
+ *   wisp-vm gc --store URL [--keep K] [--grace S] [--dry-run] [--pin KEY]... [--state DIR]
  *
  * The VM outlives `boot`; the other verbs find it through its run directory (the sockets, the
  * serial log, qemu.log and qemu.pid). */
@@ -37,6 +38,7 @@ static const struct {
     {"probe-accel", cli_probe_accel, "say whether KVM really works here, and why"},
     {"sprites", cli_sprites,
      "the sprite database's sprites and states (--recover: as at start-up)"},
+    {"gc", cli_gc, "delete old sleep manifests and RAM chunks no manifest names (JSON report)"},
 };
 
 static void usage(FILE *f)

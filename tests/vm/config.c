@@ -1,7 +1,12 @@
 /* config.c: the microvm command line built from a vm_config (no QEMU run): the options
  * FINDINGS.md requires, both disk modes, comma escaping, the optional parts, and refusals. */
+#include "runas.h"
 #include "unit_check.h"
 #include "vm_config.h"
+
+#include <pwd.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +27,40 @@ static bool has(char **argv, const char *arg)
         if (strcmp(argv[i], arg) == 0)
             return true;
     return false;
+}
+
+/* When QEMU may change user (runas.h): root, and a user that exists and is not root; else the
+ * reason.  Not root is tried in a child that dropped to nobody. */
+static void test_runas(void)
+{
+    uid_t uid = 0;
+    gid_t gid = 0;
+    const char *why = NULL;
+
+    CHECK(!vm_runas_resolve(NULL, &uid, &gid, &why) && strcmp(why, "not asked") == 0, "NULL");
+    if (geteuid() != 0) {
+        CHECK(!vm_runas_resolve("nobody", &uid, &gid, &why) && strstr(why, "not root"),
+              "not root: %s", why);
+        return;
+    }
+    CHECK(!vm_runas_resolve("no-such-user-wisp", &uid, &gid, &why) && strstr(why, "no user"),
+          "missing user: %s", why);
+    CHECK(!vm_runas_resolve("root", &uid, &gid, &why) && strstr(why, "root"), "root: %s", why);
+    struct passwd *pw = getpwnam("nobody");
+    if (!pw)
+        return;
+    CHECK(vm_runas_resolve("nobody", &uid, &gid, &why) && uid == pw->pw_uid && gid == pw->pw_gid,
+          "nobody: %s", why);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+            _exit(2);
+        _exit(!vm_runas_resolve("nobody", &uid, &gid, &why) && strstr(why, "not root") ? 0 : 1);
+    }
+    int status = -1;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+              WEXITSTATUS(status) == 0,
+          "as nobody, resolve did not say 'not root' (status %d)", status);
 }
 
 int main(void)
@@ -86,7 +125,20 @@ int main(void)
     CHECK(arg_after(argv, "-sandbox", "spawn=deny"), "sandbox");
     a = arg_after(argv, "-append", NULL);
     CHECK(a && !strstr(a, "tsc_early_khz") && strstr(a, " wisp.debug=1"), "cmdline %s", a);
+
+    /* -runas: the sandbox must then allow set*id (QEMU 7.2 filters before its setuid). */
+    CHECK(arg_after(argv, "-sandbox", "elevateprivileges=deny") && !has(argv, "-runas"),
+          "no runas: set*id denied");
     g_strfreev(argv);
+    cfg.run_as = "wisp-qemu";
+    argv = vm_config_build_argv(&cfg, VM_ACCEL_KVM, 0, "/r/q", "/r/c", "/r/s", &err);
+    CHECK(argv && strcmp(arg_after(argv, "-runas", NULL), "wisp-qemu") == 0 &&
+              arg_after(argv, "-sandbox", "elevateprivileges=allow,spawn=deny"),
+          "runas with the sandbox");
+    g_strfreev(argv);
+    argv = NULL;
+    cfg.run_as = NULL;
+    test_runas();
 
     /* Refusals. */
     cfg.kernel = NULL;
