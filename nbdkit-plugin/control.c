@@ -98,18 +98,25 @@ static int control_list_one(const struct meta_disk *d, void *opaque)
 
 static void control_disk_list(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
 {
-    struct control_list l = {s, b};
+    JsonBuilder *list = json_builder_new();
+    struct control_list l = {s, list};
     int r;
 
-    control_ok(b);
-    json_builder_set_member_name(b, "disks");
-    json_builder_begin_array(b);
+    /* Built apart, so that a failure midway answers an error, never half a list: a caller
+     * (wispd's reconcile) takes a disk missing from the list as a disk that does not exist. */
+    json_builder_begin_array(list);
     pthread_mutex_lock(&s->meta_lock);
     r = meta_disk_list(s->meta, control_list_one, &l);
     pthread_mutex_unlock(&s->meta_lock);
-    json_builder_end_array(b);
-    if (r < 0)
-        log_error("control", "disk-list: %s", strerror(-r));
+    json_builder_end_array(list);
+    if (r == 0) {
+        control_ok(b);
+        json_builder_set_member_name(b, "disks");
+        json_builder_add_value(b, json_builder_get_root(list));
+    } else {
+        control_error(b, -r, "disk-list: %s", strerror(-r));
+    }
+    g_object_unref(list);
 }
 
 static void control_disk_delete(struct plugin_state *s, JsonObject *req, JsonBuilder *b)

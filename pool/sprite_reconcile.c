@@ -34,9 +34,16 @@ static GHashTable *reconcile_disks(const char *control_socket, GError **error)
     JsonObject *answer = storage_control_call(control_socket, "disk-list", NULL, error);
     if (!answer)
         return NULL;
+    JsonNode *member = json_object_get_member(answer, "disks");
+    if (!member || !JSON_NODE_HOLDS_ARRAY(member)) {
+        json_object_unref(answer);
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                    "disk-list answered without a list of disks");
+        return NULL;
+    }
     GHashTable *disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
-    JsonArray *a = json_object_get_array_member(answer, "disks");
-    for (guint i = 0; a && i < json_array_get_length(a); i++) {
+    JsonArray *a = json_node_get_array(member);
+    for (guint i = 0; i < json_array_get_length(a); i++) {
         JsonObject *o = json_array_get_object_element(a, i);
         const char *name = o ? json_object_get_string_member_with_default(o, "name", NULL) : NULL;
         if (name)

@@ -1,6 +1,8 @@
 /* storage_server.c: nbdkit with the Wisp plugin, supervised; its control socket (see the .h). */
 #include "storage_server.h"
 
+#include "runas.h"
+
 #include "log.h"
 
 #include <errno.h>
@@ -16,7 +18,7 @@
 #define SS_LOG "storage"
 
 struct storage_server {
-    char *plugin, *store_url, *cache_dir, *meta_dir, *run_dir;
+    char *plugin, *store_url, *cache_dir, *meta_dir, *run_dir, *socket_user;
     char *nbd_sock, *ctl_sock, *log_path;
     GPid pid; /* 0: not running */
     guint watch, restart_timer;
@@ -82,7 +84,16 @@ static bool storage_server_spawn(storage_server *s, GError **error)
             storage_server_socket_accepts(s->ctl_sock)) {
             log_info(SS_LOG, "nbdkit %d serving %s (control %s)", (int)s->pid, s->nbd_sock,
                      s->ctl_sock);
-            return true;
+            if (!s->socket_user || vm_runas_grant_socket(s->nbd_sock, s->socket_user, error))
+                return true;
+            /* A server QEMU cannot reach is no server: stop it, so that a restart tries again. */
+            g_source_remove(s->watch);
+            s->watch = 0;
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, NULL, 0);
+            g_spawn_close_pid(s->pid);
+            s->pid = 0;
+            return false;
         }
         if (waitpid(s->pid, NULL, WNOHANG) != 0)
             break;
@@ -134,6 +145,7 @@ storage_server *storage_server_start(const struct storage_server_config *cfg, GE
     s->cache_dir = g_strdup(cfg->cache_dir);
     s->meta_dir = g_strdup(cfg->meta_dir);
     s->run_dir = g_strdup(cfg->run_dir);
+    s->socket_user = g_strdup(cfg->socket_user);
     s->nbd_sock = g_build_filename(cfg->run_dir, "nbd.sock", NULL);
     s->ctl_sock = g_build_filename(cfg->run_dir, "storage.ctl", NULL);
     s->log_path = g_build_filename(cfg->run_dir, "nbdkit.log", NULL);
@@ -182,6 +194,7 @@ void storage_server_stop(storage_server *s)
     g_free(s->cache_dir);
     g_free(s->meta_dir);
     g_free(s->run_dir);
+    g_free(s->socket_user);
     g_free(s->nbd_sock);
     g_free(s->ctl_sock);
     g_free(s->log_path);

@@ -16,6 +16,9 @@
 
 struct storage_server_config {
     const char *plugin, *store_url, *cache_dir, *meta_dir, *run_dir;
+    /* QEMU's user (runas.h), or NULL: after every start, the NBD socket is given to its group
+     * (mode 0660), since QEMU attaches and reconnects to it after dropping root. */
+    const char *socket_user;
 };
 
 typedef struct storage_server storage_server;

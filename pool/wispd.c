@@ -12,6 +12,8 @@
 #include "api_server.h"
 #include "log.h"
 #include "pool.h"
+#include "proc.h"
+#include "runas.h"
 #include "sprite_db.h"
 #include "sprite_reconcile.h"
 #include "sprite_service.h"
@@ -20,13 +22,17 @@
 #include "wispd_config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define WISPD_LOG "wispd"
 
@@ -39,6 +45,8 @@ struct wispd {
     sprite_service *svc;
     api_server *api;
     char *meta_dir, *run_dir;
+    const char *qemu_user; /* cfg.qemu_user when QEMU can drop to it here, else NULL */
+    int lock_fd;           /* STATE/wispd.lock, flocked for wispd's life; -1: none */
 };
 
 /* Whether the storage server has the base disk. */
@@ -84,13 +92,42 @@ static bool wispd_import_base(struct wispd *d, GError **error)
     return true;
 }
 
+/* Decides QEMU's user (runas.h), as the KVM probe decides the accelerator: where the host
+ * allows, QEMU drops root after start-up.  It then reaches nbdkit's socket through the group
+ * of that user: the state and run directories become root:GROUP 0750 (the other directories in
+ * the state directory stay 0700), and the socket itself is given to the group after every
+ * nbdkit start (storage_server.h). */
+static bool wispd_choose_qemu_user(struct wispd *d, GError **error)
+{
+    uid_t uid;
+    gid_t gid;
+    const char *why = NULL;
+
+    if (!vm_runas_resolve(d->cfg.qemu_user, &uid, &gid, &why)) {
+        log_info(WISPD_LOG, "QEMU runs as uid %d, not as '%s': %s", (int)getuid(), d->cfg.qemu_user,
+                 why);
+        return true;
+    }
+    const char *dirs[] = {d->cfg.state_dir, d->run_dir};
+    for (size_t i = 0; i < G_N_ELEMENTS(dirs); i++)
+        if (chown(dirs[i], 0, gid) < 0 || chmod(dirs[i], 0750) < 0) {
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno),
+                        "give %s to QEMU's group %d: %s", dirs[i], (int)gid, g_strerror(errno));
+            return false;
+        }
+    d->qemu_user = d->cfg.qemu_user;
+    log_info(WISPD_LOG, "QEMU drops to user '%s' (uid %d) after start-up", d->qemu_user, (int)uid);
+    return true;
+}
+
 static bool wispd_start_storage(struct wispd *d, GError **error)
 {
     struct storage_server_config sc = {.plugin = d->cfg.plugin,
                                        .store_url = d->cfg.store_url,
                                        .cache_dir = d->cfg.cache_dir,
                                        .meta_dir = d->meta_dir,
-                                       .run_dir = d->run_dir};
+                                       .run_dir = d->run_dir,
+                                       .socket_user = d->qemu_user};
     d->storage = storage_server_start(&sc, error);
     if (!d->storage)
         return false;
@@ -119,7 +156,8 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
                                     .kernel = kernel,
                                     .initrd = initrd,
                                     .mem_mib = d->cfg.mem_mib,
-                                    .sandbox = d->cfg.sandbox};
+                                    .sandbox = d->cfg.sandbox,
+                                    .run_as = d->qemu_user};
     d->tpl = vm_template_ensure(&tc, error);
     if (!d->tpl)
         return false;
@@ -181,6 +219,28 @@ static gboolean wispd_on_hup(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+/* One wispd per state directory: a second would kill the first one's VMs as leftovers
+ * (wispd_kill_leftovers) and share its disks.  The lock dies with the process, however it
+ * ends; its file descriptor is close-on-exec, so QEMU and nbdkit never hold it. */
+static bool wispd_lock_state(struct wispd *d, GError **error)
+{
+    g_autofree char *path = g_build_filename(d->cfg.state_dir, "wispd.lock", NULL);
+    d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (d->lock_fd < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "open %s: %s", path,
+                    g_strerror(errno));
+        return false;
+    }
+    if (flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(e), "%s: %s", path,
+                    e == EWOULDBLOCK ? "another wispd runs on this state directory; stop it first"
+                                     : g_strerror(e));
+        return false;
+    }
+    return true;
+}
+
 /* Whether pid is a QEMU or an nbdkit whose command line names a path in state_dir. */
 static bool wispd_is_leftover(pid_t pid, const char *state_dir)
 {
@@ -188,13 +248,8 @@ static bool wispd_is_leftover(pid_t pid, const char *state_dir)
         return true;
     g_autofree char *path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
     g_autofree char *cmd = NULL;
-    gsize len = 0;
-    if (!g_file_get_contents(path, &cmd, &len, NULL) || len == 0 || strcmp(cmd, "nbdkit") != 0)
-        return false;
-    for (gsize i = 0; i + 1 < len; i++)
-        if (cmd[i] == '\0')
-            cmd[i] = ' ';
-    return strstr(cmd, state_dir) != NULL;
+    return g_file_get_contents(path, &cmd, NULL, NULL) && strcmp(cmd, "nbdkit") == 0 &&
+           proc_cmdline_names_path(pid, state_dir);
 }
 
 /* Kills every QEMU and nbdkit of this state directory that an earlier wispd left.  Pool
@@ -218,11 +273,20 @@ static void wispd_kill_leftovers(const char *state_dir)
     }
     if (proc)
         g_dir_close(proc);
-    /* Gone once reaped by init, or a zombie: then its command line is empty. */
-    for (guint i = 0; i < pids->len; i++)
-        for (int tries = 0;
-             tries < 100 && wispd_is_leftover(g_array_index(pids, pid_t, i), state_dir); tries++)
+    /* Gone once reaped by init, or a zombie: then its command line is empty, and its files,
+     * the metadata lock among them, are closed.  A process in uninterruptible I/O (nbdkit in
+     * an fsync on a busy disk) dies only when that returns: wait for it, up to a minute. */
+    for (guint i = 0; i < pids->len; i++) {
+        pid_t pid = g_array_index(pids, pid_t, i);
+        int tries = 0;
+        while (tries < 1200 && wispd_is_leftover(pid, state_dir)) {
             g_usleep(50000);
+            if (++tries == 100)
+                log_warn(WISPD_LOG, "%d is still dying after 5 s; waiting", (int)pid);
+        }
+        if (tries == 1200)
+            log_error(WISPD_LOG, "%d survived SIGKILL for a minute; starting anyway", (int)pid);
+    }
     g_array_free(pids, TRUE);
 }
 
@@ -257,11 +321,14 @@ static bool wispd_start(struct wispd *d, GError **error)
                     d->cfg.store_url, g_strerror(errno));
         return false;
     }
+    if (!wispd_lock_state(d, error))
+        return false;
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, error);
     if (!tokens)
         return false;
     wispd_kill_leftovers(d->cfg.state_dir);
-    if (!wispd_start_storage(d, error) || !wispd_start_vms(d, error)) {
+    if (!wispd_choose_qemu_user(d, error) || !wispd_start_storage(d, error) ||
+        !wispd_start_vms(d, error)) {
         g_hash_table_unref(tokens);
         return false;
     }
@@ -300,11 +367,13 @@ static void wispd_stop(struct wispd *d)
     storage_server_stop(d->storage);
     g_free(d->meta_dir);
     g_free(d->run_dir);
+    if (d->lock_fd >= 0)
+        close(d->lock_fd);
 }
 
 int main(int argc, char **argv)
 {
-    struct wispd d = {0};
+    struct wispd d = {.lock_fd = -1};
     GError *err = NULL;
 
     if (!wispd_config_load(&d.cfg, &argc, &argv, &err)) {

@@ -1,6 +1,9 @@
 /* wispd_config.c: wispd's settings from flags, an INI file and defaults (wispd_config.h). */
 #include "wispd_config.h"
 
+#include "runas.h"
+
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -22,6 +25,7 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
         {"image-dir", &cfg->image_dir}, {"store", &cfg->store_url},
         {"listen", &cfg->listen},       {"tokens", &cfg->tokens_file},
         {"plugin", &cfg->plugin},       {"wisp-cli", &cfg->wisp_cli},
+        {"qemu-user", &cfg->qemu_user},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(strings); i++)
         if (!*strings[i].field && g_key_file_has_key(kf, WISPD_GROUP, strings[i].key, NULL))
@@ -49,8 +53,17 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
         }
         *numbers[i].field = (unsigned)v;
     }
-    if (g_key_file_has_key(kf, WISPD_GROUP, "sandbox", NULL))
-        cfg->sandbox = g_key_file_get_boolean(kf, WISPD_GROUP, "sandbox", NULL);
+    if (!cfg->sandbox_set && g_key_file_has_key(kf, WISPD_GROUP, "sandbox", NULL)) {
+        GError *e = NULL;
+        cfg->sandbox = g_key_file_get_boolean(kf, WISPD_GROUP, "sandbox", &e);
+        if (e) {
+            g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+                        "%s: sandbox must be true or false", path);
+            g_clear_error(&e);
+            return false;
+        }
+        cfg->sandbox_set = true;
+    }
     return true;
 }
 
@@ -84,12 +97,16 @@ static void wispd_config_defaults(struct wispd_config *cfg)
         cfg->mem_mib = 256;
     if (!cfg->vcpus)
         cfg->vcpus = 1;
+    if (!cfg->sandbox_set)
+        cfg->sandbox = true;
+    if (!cfg->qemu_user)
+        cfg->qemu_user = g_strdup(VM_RUNAS_DEFAULT_USER);
 }
 
 bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError **error)
 {
     gint pool_size = -1, mem = 0, cpus = 0;
-    gboolean sandbox = FALSE;
+    gboolean no_sandbox = FALSE;
     GOptionEntry entries[] = {
         {"config", 'c', 0, G_OPTION_ARG_FILENAME, &cfg->config_file, "INI file ([wispd] group)",
          "FILE"},
@@ -111,7 +128,11 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
         {"pool-size", 0, 0, G_OPTION_ARG_INT, &pool_size, "warm VMs kept ready (2)", "N"},
         {"memory-mib", 0, 0, G_OPTION_ARG_INT, &mem, "guest memory per sprite (256)", "MIB"},
         {"cpus", 0, 0, G_OPTION_ARG_INT, &cpus, "vCPUs per sprite (1)", "N"},
-        {"sandbox", 0, 0, G_OPTION_ARG_NONE, &sandbox, "QEMU under -sandbox on", NULL},
+        {"no-sandbox", 0, 0, G_OPTION_ARG_NONE, &no_sandbox,
+         "QEMU without -sandbox on (on by default)", NULL},
+        {"qemu-user", 0, 0, G_OPTION_ARG_STRING, &cfg->qemu_user,
+         "QEMU drops to this user where the host allows (" VM_RUNAS_DEFAULT_USER "; \"\": no)",
+         "USER"},
         G_OPTION_ENTRY_NULL,
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- the Wisp daemon");
@@ -132,11 +153,21 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
     cfg->pool_size = pool_size > 0 ? (unsigned)pool_size : 0;
     cfg->mem_mib = (unsigned)mem;
     cfg->vcpus = (unsigned)cpus;
-    cfg->sandbox = sandbox;
+    if (no_sandbox) {
+        cfg->sandbox = false;
+        cfg->sandbox_set = true;
+    }
     if (cfg->config_file && !wispd_config_read_file(cfg, cfg->config_file, false, error))
         return false;
     if (!cfg->state_dir)
         cfg->state_dir = g_strdup("/var/lib/wisp");
+    /* One spelling of it, absolute and without symlinks where it exists: every path derived
+     * from it, and the search for what an earlier wispd left (its command lines), use it. */
+    char *real = realpath(cfg->state_dir, NULL);
+    char *canonical = real ? g_strdup(real) : g_canonicalize_filename(cfg->state_dir, NULL);
+    free(real);
+    g_free(cfg->state_dir);
+    cfg->state_dir = canonical;
     wispd_config_defaults(cfg);
     return true;
 }
@@ -163,5 +194,6 @@ void wispd_config_clear(struct wispd_config *cfg)
     g_free(cfg->tokens_file);
     g_free(cfg->plugin);
     g_free(cfg->wisp_cli);
+    g_free(cfg->qemu_user);
     *cfg = (struct wispd_config){0};
 }

@@ -20,7 +20,9 @@ struct wispd_config {
     char *wisp_cli;    /* the wisp CLI, for the first import of the base disk */
     unsigned pool_size;
     unsigned mem_mib, vcpus;
-    bool sandbox;
+    bool sandbox;     /* QEMU under -sandbox on; default true */
+    bool sandbox_set; /* said by a flag or the file */
+    char *qemu_user;  /* QEMU's user where the host allows (runas.h); "" : the caller's */
 };
 
 /* Parses argv (GOption) and the config file it names; fills in the defaults.  false with error

@@ -1,6 +1,8 @@
 /* proc.c: spawning and reaping (see proc.h). */
 #include "proc.h"
 
+#include <glib.h>
+
 #include "log.h"
 
 #include <errno.h>
@@ -113,4 +115,36 @@ const char *proc_status_to_string(int status)
     else
         snprintf(buf, sizeof buf, "wait status 0x%x", status);
     return buf;
+}
+
+/* Whether arg names path (proc_cmdline_names_path's rule). */
+static bool proc_arg_names_path(const char *arg, const char *path)
+{
+    size_t n = strlen(path);
+    for (const char *p = strstr(arg, path); p; p = strstr(p + 1, path)) {
+        bool starts = p == arg || p[-1] == '=' || p[-1] == ',';
+        bool ends = p[n] == '\0' || p[n] == '/' || p[n] == ',';
+        if (starts && ends)
+            return true;
+    }
+    return false;
+}
+
+bool proc_cmdline_names_path(pid_t pid, const char *path)
+{
+    char file[64];
+    char *text = NULL;
+    gsize len = 0;
+    bool found = false;
+
+    if (!path || !*path)
+        return false;
+    snprintf(file, sizeof file, "/proc/%d/cmdline", (int)pid);
+    if (!g_file_get_contents(file, &text, &len, NULL))
+        return false;
+    /* The arguments are NUL-terminated, one after the other. */
+    for (gsize at = 0; !found && at < len; at += strlen(text + at) + 1)
+        found = proc_arg_names_path(text + at, path);
+    g_free(text);
+    return found;
 }

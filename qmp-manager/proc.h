@@ -16,6 +16,12 @@ int proc_wait(pid_t pid, int timeout_ms, int *status);
 /* SIGKILL to the child's process group, then reaps the child (it cannot survive SIGKILL, so
  * this does not block for long).  Returns its wait status, or -errno. */
 int proc_kill_and_reap(pid_t pid);
+/* Whether one of pid's command-line arguments names path or a file under it: the argument is
+ * path, or has it right after its start, an '=' or a ',' (QEMU's "key=value,key=value"), and
+ * followed by its end, a '/' or a ','.  So "/srv/wisp" is not found in "/srv/wisp-staging/x"
+ * nor in "/srv/wisp2".  Never true for a zombie (no command line) or another user's process
+ * that cannot be read. */
+bool proc_cmdline_names_path(pid_t pid, const char *path);
 /* "exit status N" or "killed by signal S" for a wait status (static buffer per thread). */
 const char *proc_status_to_string(int status);
 

@@ -1,6 +1,8 @@
 /* sprite_db.c: the durable sprite state (see sprite_db.h). */
 #include "sprite_db.h"
 
+#include "proc.h"
+
 #include "log.h"
 #include "vm_config.h"
 
@@ -340,24 +342,17 @@ GPtrArray *sprite_db_list(sprite_db *db, GError **error)
 
 bool sprite_pid_is_our_qemu(pid_t pid, const char *run_dir)
 {
-    g_autofree char *exe_link = NULL, *exe = NULL, *cmdline = NULL;
-    gsize len = 0;
+    g_autofree char *exe_link = NULL, *exe = NULL;
 
     if (pid <= 0 || !run_dir || (kill(pid, 0) < 0 && errno == ESRCH))
         return false;
-    /* A pid can be reused: the binary and our run dir on its command line must both match. */
+    /* A pid can be reused: the binary and our run dir on its command line must both match
+     * (a zombie, exited and not reaped by its dead parent's successor yet, has neither). */
     exe_link = g_strdup_printf("/proc/%d/exe", (int)pid);
     exe = g_file_read_link(exe_link, NULL);
     if (!exe || !strstr(exe, "qemu-system"))
         return false;
-    g_autofree char *cmd_path = g_strdup_printf("/proc/%d/cmdline", (int)pid);
-    if (!g_file_get_contents(cmd_path, &cmdline, &len, NULL))
-        return false;
-    for (gsize i = 0; i + 1 < len; i++)
-        if (cmdline[i] == '\0')
-            cmdline[i] = ' ';
-    /* A zombie (exited, not reaped by its dead parent's successor yet) has an empty cmdline. */
-    return len > 0 && strstr(cmdline, run_dir) != NULL;
+    return proc_cmdline_names_path(pid, run_dir);
 }
 
 static bool manifest_present(struct store *st, const char *key)

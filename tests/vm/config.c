@@ -1,5 +1,6 @@
 /* config.c: the microvm command line built from a vm_config (no QEMU run): the options
  * FINDINGS.md requires, both disk modes, comma escaping, the optional parts, and refusals. */
+#include "proc.h"
 #include "runas.h"
 #include "unit_check.h"
 #include "vm_config.h"
@@ -63,8 +64,38 @@ static void test_runas(void)
           "as nobody, resolve did not say 'not root' (status %d)", status);
 }
 
+/* proc_cmdline_names_path on a real process: the path itself, under it, after '=' or ',', and
+ * never a longer name that merely starts the same. */
+static void check_cmdline_names_path(void)
+{
+    const char *argv[] = {"/bin/sh",
+                          "-c",
+                          "sleep 30",
+                          "sh",
+                          "/srv/wisp-staging/run/x.sock",
+                          "cache=/srv/wisp2/cache",
+                          "socket,id=ctl,path=/srv/wispy/ctl.sock,server=on",
+                          NULL};
+    pid_t pid = proc_spawn(argv, NULL, true);
+    CHECK(pid > 0, "spawn sh");
+    if (pid <= 0)
+        return;
+    g_usleep(100000); /* until exec: the command line is sh's */
+    CHECK(!proc_cmdline_names_path(pid, "/srv/wisp"), "a longer name is not the path");
+    CHECK(proc_cmdline_names_path(pid, "/srv/wisp-staging"), "an argument under the path");
+    CHECK(proc_cmdline_names_path(pid, "/srv/wisp-staging/run/x.sock"), "the path itself");
+    CHECK(proc_cmdline_names_path(pid, "/srv/wisp2"), "after '='");
+    CHECK(proc_cmdline_names_path(pid, "/srv/wispy/ctl.sock"), "between ',' and ','");
+    CHECK(!proc_cmdline_names_path(pid, "/srv/wispy/ctl"), "a prefix of a file name");
+    CHECK(!proc_cmdline_names_path(pid, "wisp"), "a bare word");
+    CHECK(!proc_cmdline_names_path(pid, ""), "an empty path");
+    proc_kill_and_reap(pid);
+    CHECK(!proc_cmdline_names_path(pid, "/srv/wisp2"), "a reaped process");
+}
+
 int main(void)
 {
+    check_cmdline_names_path();
     struct vm_config cfg = {
         .kernel = "/img/vmlinux",
         .initrd = "/img/initramfs.cpio.gz",

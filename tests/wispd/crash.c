@@ -42,6 +42,7 @@ static void kill_during(struct wispd_fx *w, const struct vmf_image *img, const c
     /* Its QEMUs outlive it (template.c), and so may its nbdkit; the next wispd must kill them
      * before its own nbdkit serves, or they would write to the disks again. */
     GArray *left = wfx_processes("qemu-system", w->state);
+    FX_CHECK(left->len > 0, "no QEMU of the killed wispd to look for (a pool member at least)");
     GArray *left_nbdkit = wfx_processes("nbdkit ", w->state);
     g_array_append_vals(left, left_nbdkit->data, left_nbdkit->len);
     g_array_unref(left_nbdkit);

@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -143,7 +144,21 @@ int main(void)
     wfx_start(&w, &img, state, NULL, NULL);
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"s\"}");
     g_free(wfx_sh("s", WFX_TOKEN_A, "true", 0));
+    /* The baseline once the pool has refilled the member the create took: the same count
+     * four times in a row. */
     unsigned fds_before = open_fds(w.pid);
+    for (int same = 0, tries = 0; same < 4 && tries < 120; fx_sleep(0.5), tries++) {
+        unsigned now = open_fds(w.pid);
+        same = now == fds_before ? same + 1 : 0;
+        fds_before = now;
+    }
+    /* This test holds a connection per request, 1,000 at once. */
+    struct rlimit rl;
+    FX_CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0, "getrlimit");
+    rl.rlim_cur = rl.rlim_max;
+    FX_CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > CONCURRENT + 100,
+             "open files limit %llu is too low for %d connections", (unsigned long long)rl.rlim_cur,
+             CONCURRENT);
 
     /* ---- 1,000 at once ---- */
     struct load_request *rs = g_new0(struct load_request, CONCURRENT);

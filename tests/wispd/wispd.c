@@ -1,7 +1,7 @@
 /* wispd.c: the daemon end to end (issue 7's core), against a real wispd, nbdkit and QEMU.
  *
  *   start      wispd on a fresh state directory (file:// store, pool of 1); the API socket
- *              answers and has mode 0600
+ *              answers and has mode 0600; every QEMU runs as wisp-qemu under seccomp
  *   demo       create a sprite, exec `uname -a` and `df -h /`, write a file, checkpoint,
  *              delete the file, restore: the file is back
  *   accounts   with bearer tokens, account B gets 404 (never 403) for A's sprite on GET, exec,
@@ -19,11 +19,45 @@
 #include "wispd_fixture.h"
 
 #include <json-glib/json-glib.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+
+/* Every QEMU of this wispd (the sprite's and the pool's) runs as wisp-qemu, which scripts/deps
+ * makes, under seccomp (-sandbox on, wispd's default). */
+static void check_qemu_user(const char *state)
+{
+    struct passwd *pw = getpwnam("wisp-qemu");
+    FX_CHECK(pw, "no user wisp-qemu: scripts/deps makes it");
+    GArray *pids = wfx_processes("qemu-system", state);
+    FX_CHECK(pids->len >= 2, "%u QEMUs, expected the sprite's and a pool member", pids->len);
+    g_autofree char *uids =
+        g_strdup_printf("\nUid:\t%u\t%u\t%u\t%u\n", pw->pw_uid, pw->pw_uid, pw->pw_uid, pw->pw_uid);
+    g_autofree char *gids =
+        g_strdup_printf("\nGid:\t%u\t%u\t%u\t%u\n", pw->pw_gid, pw->pw_gid, pw->pw_gid, pw->pw_gid);
+    for (guint i = 0; i < pids->len; i++) {
+        g_autofree char *path = g_strdup_printf("/proc/%d/status", g_array_index(pids, pid_t, i));
+        g_autofree char *status = NULL;
+        /* QEMU drops root once its set-up is done: a pool member just spawned may not be there. */
+        for (double t0 = fx_now();; fx_sleep(0.2)) {
+            g_free(status);
+            status = NULL;
+            FX_CHECK(g_file_get_contents(path, &status, NULL, NULL), "read %s", path);
+            if ((strstr(status, uids) && strstr(status, gids)) || fx_now() - t0 > 30)
+                break;
+        }
+        FX_CHECK(strstr(status, uids) && strstr(status, gids),
+                 "QEMU %d does not run as wisp-qemu (%u:%u): %s", g_array_index(pids, pid_t, i),
+                 pw->pw_uid, pw->pw_gid, status);
+        FX_CHECK(strstr(status, "\nSeccomp:\t2\n"), "QEMU %d is not under seccomp",
+                 g_array_index(pids, pid_t, i));
+    }
+    fx_log("%u QEMUs, all as wisp-qemu (uid %u) under seccomp", pids->len, pw->pw_uid);
+    g_array_unref(pids);
+}
 
 int main(void)
 {
@@ -51,6 +85,7 @@ int main(void)
              "a new sprite is not running");
     json_object_unref(made);
     fx_log("create: %.0f ms", (fx_now() - t0) * 1000);
+    check_qemu_user(state);
     wfx_expect_free(409, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"demo\"}");
     g_autofree char *uname = wfx_sh("demo", WFX_TOKEN_A, "uname -a", 0);
     FX_CHECK(g_str_has_prefix(uname, "Linux demo "), "uname -a: %s", uname);

@@ -14,8 +14,26 @@
 /* The socket of the wispd started last: the one the HTTP helpers talk to. */
 static char wfx_socket[700];
 
+/* At exit, after the test's own children (wispd) are gone or not: QEMUs outlive a wispd that
+ * was killed (template.c), so any process that names this test's directory goes too, before
+ * the directory is removed under it.  Registered after fx_setup's handler, so it runs first. */
+static void wfx_kill_leftovers(void)
+{
+    for (int round = 0; round < 3; round++) {
+        GArray *pids = wfx_processes("", fx_tmpdir());
+        for (guint i = 0; i < pids->len; i++)
+            kill(g_array_index(pids, pid_t, i), SIGKILL);
+        guint n = pids->len;
+        g_array_unref(pids);
+        if (n == 0)
+            return;
+        fx_sleep(0.2);
+    }
+}
+
 void wfx_init(struct vmf_image *img)
 {
+    atexit(wfx_kill_leftovers);
     vmf_image_get(img, true);
     FX_CHECK(curl_global_init(CURL_GLOBAL_DEFAULT) == 0, "curl_global_init");
 }
@@ -26,6 +44,9 @@ void wfx_start(struct wispd_fx *w, const struct vmf_image *img, const char *stat
     g_autofree char *image_dir = g_path_get_dirname(img->kernel);
 
     memset(w, 0, sizeof *w);
+    /* As /var/lib is: QEMU, which wispd runs as wisp-qemu, reaches nbdkit's socket through the
+     * state directory (wispd gives that one to its group) and the directories above it. */
+    FX_CHECK(chmod(fx_tmpdir(), 0711) == 0, "chmod %s", fx_tmpdir());
     g_strlcpy(w->state, state, sizeof w->state);
     g_strlcpy(w->image_dir, image_dir, sizeof w->image_dir);
     snprintf(w->socket, sizeof w->socket, "%s/api.sock", fx_tmpdir());
