@@ -4,12 +4,15 @@
  * the base disk, imported from the image's rootfs.ext4 on the first start; the template (built
  * once per image); the warm pool; the sprite service and its HTTP/JSON API on a unix socket.
  * SIGTERM and SIGINT stop it in the reverse order: no new requests, the running ones finish,
- * every sprite's VM is destroyed (its disk is kept), the pool and nbdkit stop.  SIGHUP reads the
+ * the idle policy stops, every sprite with a VM goes to cold sleep (one that cannot has its VM
+ * destroyed and its disk kept), the pool and nbdkit stop.  SIGHUP reads the
  * config file and the tokens file again (the pool size and the tokens take effect). */
 #include "api_auth.h"
 #include "api_server.h"
+#include "idle_policy.h"
 #include "log.h"
 #include "pool.h"
+#include "sprite_cold.h"
 #include "sprite_service.h"
 #include "storage_server.h"
 #include "template.h"
@@ -32,8 +35,17 @@ struct wispd {
     vm_pool *pool;
     sprite_service *svc;
     api_server *api;
+    idle_policy *idle;
     char *meta_dir, *run_dir;
 };
+
+static void wispd_idle_config(const struct wispd_config *c, struct idle_policy_config *out)
+{
+    *out = (struct idle_policy_config){.warm_s = (unsigned)c->idle_warm_s,
+                                       .cold_s = (unsigned)c->idle_cold_s,
+                                       .memory_low_mib = (unsigned)c->memory_low_mib,
+                                       .memory_psi = (unsigned)c->memory_psi};
+}
 
 /* Whether the storage server has the base disk. */
 static int wispd_has_base(struct wispd *d, GError **error)
@@ -108,6 +120,10 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
 
     if (!key)
         return false;
+    /* VMs of a wispd that was killed (-9) outlived it (keep_on_exit): they serve no one now. */
+    unsigned strays = sprite_cold_kill_strays(d->run_dir);
+    if (strays)
+        log_warn(WISPD_LOG, "%u QEMU processes of an earlier wispd killed", strays);
     struct vm_template_config tc = {.state_dir = d->cfg.state_dir,
                                     .key = key,
                                     .kernel = kernel,
@@ -159,6 +175,13 @@ static gboolean wispd_on_hup(gpointer opaque)
             d->cfg.pool_size = fresh.pool_size;
             vm_pool_set_size(d->pool, fresh.pool_size);
         }
+        d->cfg.idle_warm_s = fresh.idle_warm_s;
+        d->cfg.idle_cold_s = fresh.idle_cold_s;
+        d->cfg.memory_low_mib = fresh.memory_low_mib;
+        d->cfg.memory_psi = fresh.memory_psi;
+        struct idle_policy_config ic;
+        wispd_idle_config(&d->cfg, &ic);
+        idle_policy_set_config(d->idle, &ic);
         wispd_config_clear(&fresh);
     }
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, &err);
@@ -202,6 +225,9 @@ static bool wispd_start(struct wispd *d, GError **error)
         .nbd_socket = storage_server_nbd_socket(d->storage),
         .control_socket = storage_server_control_socket(d->storage),
         .pool = d->pool,
+        .tpl = d->tpl,
+        .store_url = d->cfg.store_url,
+        .run_dir = d->run_dir,
     };
     d->svc = sprite_service_new(&sc, error);
     if (!d->svc) {
@@ -213,12 +239,18 @@ static bool wispd_start(struct wispd *d, GError **error)
         g_hash_table_unref(tokens);
         return false;
     }
+    struct idle_policy_config ic;
+    wispd_idle_config(&d->cfg, &ic);
+    d->idle = idle_policy_start(d->svc, &ic);
     return true;
 }
 
 static void wispd_stop(struct wispd *d)
 {
     api_server_stop(d->api);
+    idle_policy_free(d->idle);
+    /* Nothing lost: every sprite with a VM goes to cold sleep (docs/operations.md). */
+    sprite_service_sleep_all_cold(d->svc);
     sprite_service_free(d->svc);
     vm_pool_free(d->pool);
     vm_template_free(d->tpl);

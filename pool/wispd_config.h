@@ -1,7 +1,7 @@
 /* wispd_config.h: wispd's settings, from an INI file (GKeyFile, group [wispd]) and flags.
  *
  * Flags win over the file; the file wins over the defaults.  SIGHUP reads the file again, and
- * only the settings that can change at run time (the pool size) take effect. */
+ * only the settings that can change at run time (the pool size, the idle policy's) take effect. */
 #ifndef WISP_WISPD_CONFIG_H
 #define WISP_WISPD_CONFIG_H
 
@@ -21,6 +21,12 @@ struct wispd_config {
     unsigned pool_size;
     unsigned mem_mib, vcpus;
     bool sandbox;
+    /* The idle policy (idle_policy.h); -1 until set, then the defaults.  Reloaded on SIGHUP
+     * (the file's values then win over the flags'). */
+    int idle_warm_s;    /* idle-warm: 30 */
+    int idle_cold_s;    /* idle-cold: 600 */
+    int memory_low_mib; /* memory-low-mib: 1024 (0: not checked) */
+    int memory_psi;     /* memory-psi: 20 (percent of some avg10; 0: not checked) */
 };
 
 /* Parses argv (GOption) and the config file it names; fills in the defaults.  false with error

@@ -1,0 +1,205 @@
+/* sprite_cold.c: cold sleep and wake of a wispd sprite's VM (sprite_cold.h). */
+#include "sprite_cold.h"
+
+#include "log.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <gio/gio.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define COLD_LOG "wispd"
+
+static int sprite_cold_timeout(const struct sprite_cold_config *c)
+{
+    return c->timeout_ms > 0 ? c->timeout_ms : 120000;
+}
+
+char *sprite_cold_dir(const struct sprite_cold_config *c, const char *disk)
+{
+    return g_build_filename(c->sleep_root, disk, NULL);
+}
+
+/* RUN_ROOT/w-HASH: a disk name may be 100 bytes long, a socket path no more than 108. */
+static char *sprite_cold_run_dir(const struct sprite_cold_config *c, const char *disk)
+{
+    g_autofree char *hash = g_compute_checksum_for_string(G_CHECKSUM_SHA256, disk, -1);
+    g_autofree char *leaf = g_strdup_printf("w-%.16s", hash);
+    return g_build_filename(c->run_root, leaf, NULL);
+}
+
+static bool sprite_cold_mkdir(const char *dir, GError **error)
+{
+    if (g_mkdir_with_parents(dir, 0700) == 0)
+        return true;
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "mkdir %s: %s", dir,
+                g_strerror(errno));
+    return false;
+}
+
+bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, bool woken,
+                       const char *disk, const char *manifest_key, const char *known_manifest,
+                       struct cold_sleep_result *out, GError **error)
+{
+    g_autofree char *dir = sprite_cold_dir(c, disk);
+    GHashTable *known = NULL;
+    GError *ignored = NULL;
+    struct vm_config clone_cfg;
+
+    if (!sprite_cold_mkdir(dir, error))
+        return false;
+    if (known_manifest && *known_manifest) {
+        known = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        /* Only an optimisation: without it every chunk is looked up in the store. */
+        if (!sleep_known_from_manifest(c->store, known_manifest, known, &ignored)) {
+            log_info(COLD_LOG, "%s: no known set from %s: %s", disk, known_manifest,
+                     ignored->message);
+            g_clear_error(&ignored);
+        }
+    }
+    if (!woken)
+        vm_template_clone_config(c->tpl, s->vm->run_dir, &clone_cfg);
+    struct cold_sleep_opts opts = {
+        .store = c->store,
+        .sprite = disk,
+        .dir = dir,
+        .manifest_key = manifest_key,
+        .mem_mib = c->tpl->mem_mib,
+        .known = known,
+        .agent = s->agent,
+        .private_ram_config = woken ? NULL : &clone_cfg,
+        .timeout_ms = sprite_cold_timeout(c),
+    };
+    bool ok = woken ? sleep_cold(s->vm, &opts, out, error)
+                    : sleep_cold_private(s->vm, &clone_cfg, &opts, out, error);
+    if (known)
+        g_hash_table_unref(known);
+    return ok;
+}
+
+struct sprite *sprite_cold_wake(const struct sprite_cold_config *c, const char *disk,
+                                const char *hostname, const char *manifest_key,
+                                struct wake_result *out, GError **error)
+{
+    g_autofree char *dir = sprite_cold_dir(c, disk);
+    g_autofree char *run_dir = sprite_cold_run_dir(c, disk);
+    const struct vm_template *t = c->tpl;
+    int timeout = sprite_cold_timeout(c);
+
+    if (!sprite_cold_mkdir(dir, error) || !sprite_cold_mkdir(run_dir, error))
+        return NULL;
+    struct vm_config cfg = {
+        .qemu = t->qemu,
+        .kernel = t->kernel,
+        .initrd = t->initrd,
+        .mem_mib = t->mem_mib,
+        .accel = t->accel,
+        .run_dir = run_dir,
+        .disk = VM_DISK_NBD,
+        .nbd_socket = c->nbd_socket,
+        .nbd_export = disk,
+        .sandbox = t->sandbox,
+        .keep_on_exit = true, /* see sprite_cold.h */
+    };
+    struct wake_opts wo = {
+        .store = c->store,
+        .dir = dir,
+        .manifest_key = manifest_key,
+        .config = &cfg,
+        .timeout_ms = timeout,
+    };
+    struct vm *vm = wake_cold(&wo, NULL, out, error);
+    if (!vm)
+        return NULL;
+    GError *err = NULL;
+    agent_client *agent = agent_client_connect(vm->ctl_path, 10000, &err);
+    if (!agent || !agent_client_wait_ready(agent, timeout, NULL, &err)) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "wake: the guest did not answer: %s",
+                    err ? err->message : "?");
+        g_clear_error(&err);
+        agent_client_free(agent);
+        vm_free(vm);
+        return NULL;
+    }
+    struct sprite *s = g_new0(struct sprite, 1);
+    s->vm = vm;
+    s->agent = agent;
+    s->state = SPRITE_VM_RUNNING;
+    s->export_name = g_strdup(disk);
+    s->hostname = g_strdup(hostname);
+    return s;
+}
+
+int sprite_cold_manifest_exists(const struct sprite_cold_config *c, const char *key,
+                                GError **error)
+{
+    struct store_stat st;
+    int r = store_head(c->store, key, &st);
+    if (r == 0)
+        return 1;
+    if (r == -ENOENT)
+        return 0;
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(-r), "HEAD %s: %s", key,
+                store_last_error());
+    return -1;
+}
+
+void sprite_cold_remove_local(const struct sprite_cold_config *c, const char *disk)
+{
+    g_autofree char *dir = sprite_cold_dir(c, disk);
+    const char *leaves[] = {"manifest.json", "state", "ram"};
+
+    /* The manifest first: without it the other two are never taken for a local copy. */
+    for (size_t i = 0; i < G_N_ELEMENTS(leaves); i++) {
+        g_autofree char *p = g_build_filename(dir, leaves[i], NULL);
+        if (unlink(p) < 0 && errno != ENOENT)
+            log_warn(COLD_LOG, "unlink %s: %s", p, g_strerror(errno));
+    }
+    if (rmdir(dir) < 0 && errno != ENOENT)
+        log_info(COLD_LOG, "rmdir %s: %s", dir, g_strerror(errno));
+}
+
+/* Whether /proc/PID is a qemu-system whose command line names a path under prefix. */
+static bool sprite_cold_is_stray(const char *pid, const char *prefix)
+{
+    g_autofree char *exe_link = g_strdup_printf("/proc/%s/exe", pid);
+    g_autofree char *exe = g_file_read_link(exe_link, NULL);
+    g_autofree char *cmd_path = g_strdup_printf("/proc/%s/cmdline", pid);
+    g_autofree char *cmdline = NULL;
+    gsize len = 0;
+
+    if (!exe || !strstr(exe, "qemu-system") ||
+        !g_file_get_contents(cmd_path, &cmdline, &len, NULL))
+        return false;
+    for (gsize i = 0; i + 1 < len; i++)
+        if (cmdline[i] == '\0')
+            cmdline[i] = ' ';
+    return len > 0 && strstr(cmdline, prefix) != NULL;
+}
+
+unsigned sprite_cold_kill_strays(const char *dir)
+{
+    g_autofree char *prefix = g_strconcat(dir, "/", NULL);
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    unsigned n = 0;
+
+    if (!d) {
+        log_warn(COLD_LOG, "opendir /proc: %s", g_strerror(errno));
+        return 0;
+    }
+    while ((e = readdir(d))) {
+        if (!g_ascii_isdigit(e->d_name[0]) || !sprite_cold_is_stray(e->d_name, prefix))
+            continue;
+        long pid = strtol(e->d_name, NULL, 10);
+        if (pid > 1 && kill((pid_t)pid, SIGKILL) == 0) {
+            log_warn(COLD_LOG, "killed QEMU %ld, left behind by an earlier wispd", pid);
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
