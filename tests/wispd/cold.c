@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #define IDLE_OFF "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n"
 
@@ -183,6 +184,7 @@ int main(void)
     fx_log("killed %s the sleep completed (%u QEMU processes of it were running)",
            completed ? "after" : "before", before->len);
 
+    unlink(w.socket); /* the killed wispd's: the fixture waits for the new one's */
     wfx_start(&w, &img, state, IDLE_OFF, NULL);
     for (guint i = 0; i < before->len; i++) {
         pid_t p = g_array_index(before, pid_t, i);
