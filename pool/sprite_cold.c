@@ -162,7 +162,8 @@ void sprite_cold_remove_local(const struct sprite_cold_config *c, const char *di
         log_info(COLD_LOG, "rmdir %s: %s", dir, g_strerror(errno));
 }
 
-/* Whether /proc/PID is a qemu-system whose command line names a path under prefix. */
+/* Whether /proc/PID is a qemu-system or an nbdkit whose command line names a path under
+ * prefix. */
 static bool sprite_cold_is_stray(const char *pid, const char *prefix)
 {
     g_autofree char *exe_link = g_strdup_printf("/proc/%s/exe", pid);
@@ -171,7 +172,8 @@ static bool sprite_cold_is_stray(const char *pid, const char *prefix)
     g_autofree char *cmdline = NULL;
     gsize len = 0;
 
-    if (!exe || !strstr(exe, "qemu-system") ||
+    g_autofree char *base = exe ? g_path_get_basename(exe) : NULL;
+    if (!exe || !(strstr(base, "qemu-system") || strcmp(base, "nbdkit") == 0) ||
         !g_file_get_contents(cmd_path, &cmdline, &len, NULL))
         return false;
     for (gsize i = 0; i + 1 < len; i++)
@@ -180,26 +182,48 @@ static bool sprite_cold_is_stray(const char *pid, const char *prefix)
     return len > 0 && strstr(cmdline, prefix) != NULL;
 }
 
+/* Alive and not a zombie. */
+static bool sprite_cold_pid_running(long pid)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%ld/stat", pid);
+    g_autofree char *stat = NULL;
+    if (!g_file_get_contents(path, &stat, NULL, NULL))
+        return false;
+    const char *close = strrchr(stat, ')');
+    return close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
+}
+
 unsigned sprite_cold_kill_strays(const char *dir)
 {
     g_autofree char *prefix = g_strconcat(dir, "/", NULL);
     DIR *d = opendir("/proc");
     struct dirent *e;
-    unsigned n = 0;
+    GArray *killed = g_array_new(FALSE, FALSE, sizeof(long));
 
     if (!d) {
         log_warn(COLD_LOG, "opendir /proc: %s", g_strerror(errno));
+        g_array_unref(killed);
         return 0;
     }
     while ((e = readdir(d))) {
         if (!g_ascii_isdigit(e->d_name[0]) || !sprite_cold_is_stray(e->d_name, prefix))
             continue;
         long pid = strtol(e->d_name, NULL, 10);
-        if (pid > 1 && kill((pid_t)pid, SIGKILL) == 0) {
-            log_warn(COLD_LOG, "killed QEMU %ld, left behind by an earlier wispd", pid);
-            n++;
+        if (pid > 1 && pid != getpid() && kill((pid_t)pid, SIGKILL) == 0) {
+            log_warn(COLD_LOG, "killed process %ld, left behind by an earlier wispd", pid);
+            g_array_append_val(killed, pid);
         }
     }
     closedir(d);
+    /* Until they are gone (or zombies of a parent that is not us): an nbdkit holds the
+     * metadata's lock, QEMU the disk's NBD connection, until it exits. */
+    gint64 until = g_get_monotonic_time() + 10 * G_USEC_PER_SEC;
+    for (guint i = 0; i < killed->len; i++) {
+        long pid = g_array_index(killed, long, i);
+        while (sprite_cold_pid_running(pid) && g_get_monotonic_time() < until)
+            g_usleep(20 * 1000);
+    }
+    unsigned n = killed->len;
+    g_array_unref(killed);
     return n;
 }

@@ -13,7 +13,8 @@
  *   - the wake's config: the template's machine, the sprite's NBD export attached in slot0
  *     directly, and keep_on_exit as for pool members (the parent-death signal is tied to the
  *     forking thread, a short-lived worker here).  A wispd killed with -9 thus leaves QEMUs
- *     behind; sprite_cold_kill_strays() ends them at the next start.
+ *     behind (and an nbdkit, when its parent-death signal did not fire);
+ *     sprite_cold_kill_strays() ends them at the next start.
  *
  * The durable record of the sleep (what to wake from) is the caller's (account_db.h). */
 #ifndef WISP_SPRITE_COLD_H
@@ -60,8 +61,9 @@ int sprite_cold_manifest_exists(const struct sprite_cold_config *c, const char *
 /* Removes DISK's local copy (after a delete or a restore: it can never be woken again). */
 void sprite_cold_remove_local(const struct sprite_cold_config *c, const char *disk);
 
-/* SIGKILLs every qemu-system process whose command line names a path under dir (a wispd's run
- * directory: its VMs were left behind by a wispd that was killed).  Returns how many. */
+/* SIGKILLs every qemu-system and nbdkit process whose command line names a path under dir (a
+ * wispd's run directory: they were left behind by a wispd that was killed), and waits (up to
+ * 10 s) until they are gone.  Returns how many. */
 unsigned sprite_cold_kill_strays(const char *dir);
 
 #endif

@@ -120,10 +120,6 @@ static bool wispd_start_vms(struct wispd *d, GError **error)
 
     if (!key)
         return false;
-    /* VMs of a wispd that was killed (-9) outlived it (keep_on_exit): they serve no one now. */
-    unsigned strays = sprite_cold_kill_strays(d->run_dir);
-    if (strays)
-        log_warn(WISPD_LOG, "%u QEMU processes of an earlier wispd killed", strays);
     struct vm_template_config tc = {.state_dir = d->cfg.state_dir,
                                     .key = key,
                                     .kernel = kernel,
@@ -213,6 +209,11 @@ static bool wispd_start(struct wispd *d, GError **error)
                     d->cfg.store_url, g_strerror(errno));
         return false;
     }
+    /* VMs of a wispd that was killed (-9) outlived it (keep_on_exit), and so may its nbdkit,
+     * which holds the metadata's lock: they serve no one now. */
+    unsigned strays = sprite_cold_kill_strays(d->run_dir);
+    if (strays)
+        log_warn(WISPD_LOG, "%u processes of an earlier wispd killed", strays);
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, error);
     if (!tokens)
         return false;
