@@ -2,8 +2,8 @@
 #include "idle_policy.h"
 
 #include "log.h"
+#include "memory_pressure.h"
 
-#include <stdio.h>
 #include <string.h>
 
 #define IDLE_LOG "idle"
@@ -27,38 +27,6 @@ struct idle_policy {
     bool pressure_seen; /* main loop only: for logging the change */
 };
 
-bool idle_policy_memory_pressure(const struct idle_policy_config *cfg, const char *meminfo,
-                                 const char *psi, char *why, size_t why_len)
-{
-    g_autofree char *text = NULL;
-
-    if (cfg->memory_low_mib &&
-        g_file_get_contents(meminfo ? meminfo : "/proc/meminfo", &text, NULL, NULL)) {
-        const char *p = strstr(text, "MemAvailable:");
-        unsigned long long kib = 0;
-        if (p && sscanf(p, "MemAvailable: %llu kB", &kib) == 1 &&
-            kib < (unsigned long long)cfg->memory_low_mib * 1024) {
-            if (why)
-                snprintf(why, why_len, "MemAvailable %llu MiB < %u MiB", kib / 1024,
-                         cfg->memory_low_mib);
-            return true;
-        }
-    }
-    g_clear_pointer(&text, g_free);
-    /* PSI: the share of the last 10 s in which some task waited for memory. */
-    if (cfg->memory_psi &&
-        g_file_get_contents(psi ? psi : "/proc/pressure/memory", &text, NULL, NULL)) {
-        double avg10 = 0;
-        if (sscanf(text, "some avg10=%lf", &avg10) == 1 && avg10 >= cfg->memory_psi) {
-            if (why)
-                snprintf(why, why_len, "memory pressure some avg10=%.2f >= %u", avg10,
-                         cfg->memory_psi);
-            return true;
-        }
-    }
-    return false;
-}
-
 static gpointer idle_policy_work(gpointer opaque)
 {
     idle_policy *p = opaque;
@@ -66,8 +34,8 @@ static gpointer idle_policy_work(gpointer opaque)
     for (guint i = 0; i < p->jobs->len; i++) {
         const struct idle_job *j = &g_array_index(p->jobs, struct idle_job, i);
         GError *err = NULL;
-        if (!sprite_service_idle_sleep(p->svc, j->account, j->name, j->cold, j->min_idle_us,
-                                       j->why, &err)) {
+        if (!sprite_service_idle_sleep(p->svc, j->account, j->name, j->cold, j->min_idle_us, j->why,
+                                       &err)) {
             /* Busy or active again is the normal case of a race lost: not worth a warning. */
             if (g_error_matches(err, SPRITE_SERVICE_ERROR, SPRITE_SERVICE_ERROR_CONFLICT) ||
                 g_error_matches(err, SPRITE_SERVICE_ERROR, SPRITE_SERVICE_ERROR_NOT_FOUND))
@@ -109,7 +77,8 @@ static GArray *idle_policy_plan(idle_policy *p, const struct idle_policy_config 
     gint64 cold_us = (gint64)cfg->cold_s * G_USEC_PER_SEC;
 
     g_array_sort(snap, idle_policy_by_age);
-    bool pressure = idle_policy_memory_pressure(cfg, NULL, NULL, why, sizeof why);
+    struct memory_pressure_limits lim = {cfg->memory_low_mib, cfg->memory_psi};
+    bool pressure = memory_pressure_check(&lim, NULL, NULL, why, sizeof why);
     if (pressure != p->pressure_seen)
         log_info(IDLE_LOG, "%s", pressure ? why : "memory pressure over");
     p->pressure_seen = pressure;

@@ -36,9 +36,4 @@ void idle_policy_set_config(idle_policy *p, const struct idle_policy_config *cfg
 /* Removes the timeout and waits for the worker's current sleep.  NULL is allowed. */
 void idle_policy_free(idle_policy *p);
 
-/* Whether the host is short of memory by cfg's measures; why (may be NULL) says by which.
- * meminfo/psi: file paths (NULL: /proc/meminfo, /proc/pressure/memory). */
-bool idle_policy_memory_pressure(const struct idle_policy_config *cfg, const char *meminfo,
-                                 const char *psi, char *why, size_t why_len);
-
 #endif

@@ -2,6 +2,7 @@
 #include "sprite_cold.h"
 
 #include "log.h"
+#include "sleep_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,6 +41,46 @@ static bool sprite_cold_mkdir(const char *dir, GError **error)
     return false;
 }
 
+/* Whether a failed sleep got as far as a complete local copy, so that only the store step
+ * failed.  The VM layer sets these times only once the step is done: sleep_cold's quit_s after
+ * the migration completed and QEMU quit; sleep_cold_private's migrate_s after the helper saved
+ * the state (the sprite's QEMU has quit by then). */
+static bool sprite_cold_local_copy_complete(bool woken, const struct cold_sleep_result *r)
+{
+    return woken ? r->quit_s > 0 : r->migrate_s > 0;
+}
+
+/* QEMU has exited and DIR/ram and DIR/state are the sprite: the store must get them, or its
+ * memory is lost.  A store that is away for a while (a radosgw restart takes 16-19 s) is
+ * waited for, up to SPRITE_COLD_STORE_RETRY_S. */
+static bool sprite_cold_store_again(const struct sprite_cold_config *c, const char *disk,
+                                    const struct cold_sleep_opts *opts,
+                                    struct cold_sleep_result *out, GError **err)
+{
+    gint64 until = g_get_monotonic_time() + (gint64)SPRITE_COLD_STORE_RETRY_S * G_USEC_PER_SEC;
+    gint64 t0 = g_get_monotonic_time();
+    unsigned wait_ms = 500;
+
+    (void)c;
+    while (g_get_monotonic_time() < until) {
+        log_warn(COLD_LOG,
+                 "%s: QEMU is gone and the store step failed (%s): trying again in "
+                 "%u ms",
+                 disk, (*err)->message, wait_ms);
+        g_usleep((gulong)wait_ms * 1000);
+        wait_ms = MIN(wait_ms * 2, 8000);
+        g_clear_error(err);
+        if (sleep_store_local_copy(opts, out, err)) {
+            out->total_s += (double)(g_get_monotonic_time() - t0) / G_USEC_PER_SEC;
+            log_info(COLD_LOG, "%s: stored on a later attempt, %.1f s after the first failed", disk,
+                     (double)(g_get_monotonic_time() - t0) / G_USEC_PER_SEC);
+            return true;
+        }
+    }
+    g_prefix_error(err, "the store failed for %d s with QEMU gone: ", SPRITE_COLD_STORE_RETRY_S);
+    return false;
+}
+
 bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, bool woken,
                        const char *disk, const char *manifest_key, const char *known_manifest,
                        struct cold_sleep_result *out, GError **error)
@@ -73,8 +114,13 @@ bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, boo
         .private_ram_config = woken ? NULL : &clone_cfg,
         .timeout_ms = sprite_cold_timeout(c),
     };
-    bool ok = woken ? sleep_cold(s->vm, &opts, out, error)
-                    : sleep_cold_private(s->vm, &clone_cfg, &opts, out, error);
+    GError *err = NULL;
+    bool ok = woken ? sleep_cold(s->vm, &opts, out, &err)
+                    : sleep_cold_private(s->vm, &clone_cfg, &opts, out, &err);
+    if (!ok && sprite_cold_local_copy_complete(woken, out))
+        ok = sprite_cold_store_again(c, disk, &opts, out, &err);
+    if (!ok)
+        g_propagate_error(error, err);
     if (known)
         g_hash_table_unref(known);
     return ok;
@@ -133,8 +179,7 @@ struct sprite *sprite_cold_wake(const struct sprite_cold_config *c, const char *
     return s;
 }
 
-int sprite_cold_manifest_exists(const struct sprite_cold_config *c, const char *key,
-                                GError **error)
+int sprite_cold_manifest_exists(const struct sprite_cold_config *c, const char *key, GError **error)
 {
     struct store_stat st;
     int r = store_head(c->store, key, &st);

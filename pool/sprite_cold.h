@@ -40,10 +40,16 @@ struct sprite_cold_config {
 /* SLEEP_ROOT/DISK (g_free it). */
 char *sprite_cold_dir(const struct sprite_cold_config *c, const char *disk);
 
+/* How long a sleep whose QEMU has exited waits for the store (see sprite_cold_sleep). */
+#define SPRITE_COLD_STORE_RETRY_S 120
+
 /* Cold-sleeps s into manifest_key.  woken: s came from sprite_cold_wake (share=on RAM), else it
  * is a pool clone.  known_manifest: the sprite's previous manifest (its chunks are not looked up
  * again), or NULL.  On success QEMU has exited; the caller frees s (sprite_destroy).  On
- * failure the VM still runs (resumed) if vm_is_running(s->vm), else it is gone. */
+ * failure the VM still runs (resumed) if vm_is_running(s->vm), else it is gone.
+ * A failure of the store once QEMU has exited (the local copy complete) is retried with
+ * backoff for up to SPRITE_COLD_STORE_RETRY_S: a store that comes back in that time completes
+ * the sleep; past it the memory is lost (the disk has every flushed write). */
 bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, bool woken,
                        const char *disk, const char *manifest_key, const char *known_manifest,
                        struct cold_sleep_result *out, GError **error);

@@ -269,6 +269,20 @@ static char *svc_disk_name(const char *account, const char *name)
     return g_strdup_printf("s_%s_%s", account, name);
 }
 
+/* Whether the account DB says the sprite is cold asleep (an account opened, or restored, after
+ * start-up recovery has no live record for it yet). */
+static bool svc_cold_row_is_cold(account_db *db, const char *name)
+{
+    struct account_cold row;
+    GError *err = NULL;
+    int found = account_db_cold_get(db, name, &row, &err);
+    if (found < 0) {
+        log_warn(SVC_LOG, "%s: %s", name, err->message);
+        g_clear_error(&err);
+    }
+    return found > 0 && strcmp(row.state, "cold") == 0;
+}
+
 /* The live record of a sprite that exists in db, referenced; NULL with NOT_FOUND. */
 static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, const char *account,
                                         const char *name, GError **error)
@@ -300,7 +314,7 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
         l->disk = g_strdup(rec.disk);
         l->account = g_strdup(account);
         l->last_active_us = g_get_monotonic_time();
-        l->state = LIVE_STOPPED;
+        l->state = svc_cold_row_is_cold(db, name) ? LIVE_COLD : LIVE_STOPPED;
         g_hash_table_insert(svc->live, l->key, l);
     }
     l->refs++;
@@ -478,7 +492,10 @@ static enum live_state svc_peek_state(sprite_service *svc, const char *account, 
     g_mutex_lock(&svc->mu);
     struct live_sprite *l = g_hash_table_lookup(svc->live, key);
     enum live_state s = l ? l->state : LIVE_STOPPED;
+    account_db *db = l ? NULL : g_hash_table_lookup(svc->accounts, account);
     g_mutex_unlock(&svc->mu);
+    if (db && svc_cold_row_is_cold(db, name))
+        s = LIVE_COLD;
     return s;
 }
 

@@ -12,7 +12,8 @@
  *              completed) or stopped (it did not), no QEMU of the killed wispd is left, and an
  *              exec finds its file; a sprite that was running is stopped, its file intact
  *
- * A file:// store (the default, STATE/store); the idle policy is off (idle-warm = idle-cold = 0). */
+ * A file:// store (the default, STATE/store); the idle policy is off (idle-warm = idle-cold = 0).
+ */
 #include "sleep_helpers.h"
 
 #include <signal.h>
@@ -69,8 +70,8 @@ static void sleep_cold(const char *sprite)
 
 static void check_manifest(const char *state, const char *disk, unsigned seq)
 {
-    g_autofree char *p = g_strdup_printf("%s/store/vm/sprites/%s/manifest-%06u.json", state,
-                                         disk, seq);
+    g_autofree char *p =
+        g_strdup_printf("%s/store/vm/sprites/%s/manifest-%06u.json", state, disk, seq);
     FX_CHECK(sh_exists(p), "no manifest %s", p);
 }
 
@@ -150,9 +151,9 @@ int main(void)
     for (guint i = 0; i < 2; i++) {
         JsonObject *s = json_array_get_object_element(sprites, i);
         FX_CHECK(strcmp(json_object_get_string_member(s, "state"), "asleep") == 0 &&
-                     strcmp(json_object_get_string_member_with_default(s, "mode", ""), "cold") ==
-                         0,
-                 "%s is not asleep/cold after the restart", json_object_get_string_member(s, "name"));
+                     strcmp(json_object_get_string_member_with_default(s, "mode", ""), "cold") == 0,
+                 "%s is not asleep/cold after the restart",
+                 json_object_get_string_member(s, "name"));
     }
     json_object_unref(list);
     sh_counter_alive("one", WFX_TOKEN_A, pid_one);
@@ -167,8 +168,17 @@ int main(void)
     g_autofree char *md5_three = sh_file_write("three", WFX_TOKEN_A, "three.bin");
     g_autofree char *auth = g_strdup("Authorization: Bearer " WFX_TOKEN_A);
     g_autofree char *curl_log = g_strdup_printf("%s/curl-sleep.log", fx_tmpdir());
-    const char *curl[] = {"curl", "-sS", "--unix-socket", w.socket, "-X", "POST", "-H", auth,
-                          "-d", "{\"mode\":\"cold\"}", "http://wispd/v1/sprites/three/sleep",
+    const char *curl[] = {"curl",
+                          "-sS",
+                          "--unix-socket",
+                          w.socket,
+                          "-X",
+                          "POST",
+                          "-H",
+                          auth,
+                          "-d",
+                          "{\"mode\":\"cold\"}",
+                          "http://wispd/v1/sprites/three/sleep",
                           NULL};
     pid_t curl_pid = fx_spawn(curl, curl_log, NULL);
     t0 = fx_now();

@@ -9,6 +9,7 @@
  * process still counting and the file's md5 unchanged.  Then the sprite sleeps again, its
  * local copy is deleted, and it wakes from radosgw (every chunk's hash checked on the way). */
 #include "sleep_helpers.h"
+#include "store.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -31,13 +32,20 @@ int main(void)
 
     if (!fx_s3_available())
         fx_skip("WISP_TEST_S3_ENDPOINT is not set (start tests/s3/rgw-fixture)");
-    fx_setup("wispd-cold-rgw");
-    wfx_init(&img);
     snprintf(prefix, sizeof prefix, "wispd-cold-%d-%lld", (int)getpid(),
              (long long)g_get_real_time());
     char direct[1200];
     fx_s3_url(direct, sizeof direct, prefix, NULL);
+    /* Opened before fx_setup registers its exit cleanup, so that the cleanup (which deletes the
+     * prefix) runs before OpenSSL's own exit handler tears the library down (as vm/sleep.c). */
+    struct store *st = NULL;
+    if (store_open(direct, NULL, &st) != 0) {
+        fprintf(stderr, "open %s: %s\n", direct, store_last_error());
+        return 1;
+    }
+    fx_setup("wispd-cold-rgw");
     fx_store_cleanup_register(direct);
+    wfx_init(&img);
     fx_proxy_init(&proxy, fx_tmpdir());
     fx_proxy_start(&proxy, 0, 1, NULL);
     snprintf(proxy_url, sizeof proxy_url, "http://127.0.0.1:%u", proxy.port);
@@ -45,8 +53,8 @@ int main(void)
 
     g_autofree char *state = g_strdup_printf("%s/state", fx_tmpdir());
     const char *args[] = {"--store", url, NULL};
-    wfx_start(&w, &img, state,
-              "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n", args);
+    wfx_start(&w, &img, state, "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n",
+              args);
 
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"r\"}");
     sh_counter_start("r", WFX_TOKEN_A);
@@ -56,9 +64,22 @@ int main(void)
     /* The sleep, with radosgw away for 3 s in its middle. */
     g_autofree char *auth = g_strdup("Authorization: Bearer " WFX_TOKEN_A);
     g_autofree char *curl_log = g_strdup_printf("%s/curl-sleep.log", fx_tmpdir());
-    const char *curl[] = {"curl", "-sS", "-o", "/dev/stderr", "-w", "HTTP %{http_code}\\n",
-                          "--unix-socket", w.socket, "-X", "POST", "-H", auth, "-d",
-                          "{\"mode\":\"cold\"}", "http://wispd/v1/sprites/r/sleep", NULL};
+    const char *curl[] = {"curl",
+                          "-sS",
+                          "-o",
+                          "/dev/stderr",
+                          "-w",
+                          "HTTP %{http_code}\\n",
+                          "--unix-socket",
+                          w.socket,
+                          "-X",
+                          "POST",
+                          "-H",
+                          auth,
+                          "-d",
+                          "{\"mode\":\"cold\"}",
+                          "http://wispd/v1/sprites/r/sleep",
+                          NULL};
     double t0 = fx_now();
     pid_t curl_pid = fx_spawn(curl, curl_log, NULL);
     while (!log_has(w.log, "alice/r: cold sleep (asked)")) {
@@ -71,8 +92,8 @@ int main(void)
     fx_sleep(3);
     fx_proxy_start(&proxy, proxy.port, 1, NULL);
     fx_log("radosgw back");
-    int st = fx_reap(curl_pid, 0, 600);
-    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "curl failed: see %s", curl_log);
+    int cst = fx_reap(curl_pid, 0, 600);
+    FX_CHECK(WIFEXITED(cst) && WEXITSTATUS(cst) == 0, "curl failed: see %s", curl_log);
     g_autofree char *answer = NULL;
     FX_CHECK(g_file_get_contents(curl_log, &answer, NULL, NULL), "read %s", curl_log);
     fx_log("the sleep answered after %.1f s: %s", fx_now() - t0, answer);
@@ -100,5 +121,6 @@ int main(void)
 
     wfx_stop(&w, 240);
     fx_proxy_stop(&proxy);
+    store_close(st);
     return 0;
 }

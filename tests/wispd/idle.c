@@ -69,8 +69,7 @@ int main(void)
     FX_CHECK(kill(w.pid, SIGHUP) == 0, "SIGHUP");
     t0 = fx_now();
     while (!log_has(w.log, "idle-cold 600 s")) {
-        FX_CHECK(fx_now() - t0 < 30, "the SIGHUP did not reload the idle settings (see %s)",
-                 w.log);
+        FX_CHECK(fx_now() - t0 < 30, "the SIGHUP did not reload the idle settings (see %s)", w.log);
         fx_sleep(0.1);
     }
     /* Awake under the new settings: only the pressure can make it cold now. */

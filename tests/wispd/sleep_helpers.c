@@ -40,10 +40,9 @@ long sh_counter_alive(const char *sprite, const char *token, long pid0)
 
 char *sh_file_write(const char *sprite, const char *token, const char *file)
 {
-    g_autofree char *script =
-        g_strdup_printf("head -c 262144 /dev/urandom > /root/%s && sync &&"
-                        " md5sum /root/%s | cut -d' ' -f1",
-                        file, file);
+    g_autofree char *script = g_strdup_printf("head -c 262144 /dev/urandom > /root/%s && sync &&"
+                                              " md5sum /root/%s | cut -d' ' -f1",
+                                              file, file);
     return wfx_sh(sprite, token, script, 0);
 }
 
