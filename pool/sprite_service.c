@@ -1065,8 +1065,8 @@ static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct li
         return false;
     }
     log_info(SVC_LOG, "%s: cold sleep (%s) to %s", l->key, why, key);
-    bool ok = sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res,
-                                &err);
+    bool ok =
+        sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res, &err);
     if (ok) {
         svc_cold_record(db, l->key, "cold");
         sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU has exited: frees the rest */
@@ -1337,8 +1337,8 @@ bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const c
         goto out;
     }
     g_mutex_lock(&svc->mu);
-    bool idle = !l->gone && l->holds == 0 &&
-                g_get_monotonic_time() - l->last_active_us >= min_idle_us;
+    bool idle =
+        !l->gone && l->holds == 0 && g_get_monotonic_time() - l->last_active_us >= min_idle_us;
     g_mutex_unlock(&svc->mu);
     GError *err = NULL;
     if (!idle) {
