@@ -10,7 +10,8 @@
  *              both are listed asleep/cold, and an exec wakes each with its files and the counter
  *   kill -9    during the cold sleep of a third sprite; restarted, it is asleep/cold (the sleep
  *              completed) or stopped (it did not), no QEMU of the killed wispd is left, and an
- *              exec finds its file; a sprite that was running is stopped, its file intact
+ *              exec finds its file; a sprite that was running is stopped, its file intact;
+ *              `wisp sleep three cold` puts it to cold sleep again (a bad mode is exit 2)
  *
  * A file:// store (the default, STATE/store); the idle policy is off (idle-warm = idle-cold = 0).
  */
@@ -209,8 +210,11 @@ int main(void)
              "three is %s after kill -9 mid-sleep (asleep/cold or stopped expected)", st3);
     g_autofree char *md5_three_2 = sh_file_md5("three", WFX_TOKEN_A, "three.bin");
     FX_CHECK(strcmp(md5_three, md5_three_2) == 0, "three.bin changed over the kill");
-    /* And it sleeps and wakes again. */
-    sleep_cold("three");
+    /* And it sleeps and wakes again (the CLI's way). */
+    g_free(wfx_cli("sleep", "three", WFX_TOKEN_A, 2, "frozen", NULL));
+    g_free(wfx_cli("sleep", "three", WFX_TOKEN_A, 0, "cold", NULL));
+    g_autofree char *st3b = sh_state("three", WFX_TOKEN_A);
+    FX_CHECK(strcmp(st3b, "asleep/cold") == 0, "wisp sleep three cold left it %s", st3b);
     g_free(wfx_sh("three", WFX_TOKEN_A, "true", 0));
     /* two was running (woken) when wispd was killed: stopped now, its disk as it was. */
     g_autofree char *st_two = sh_state("two", WFX_TOKEN_A);
