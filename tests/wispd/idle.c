@@ -2,8 +2,9 @@
  *
  *   timeouts   idle-warm = 2 s and idle-cold = 6 s in the config: a sprite with a counter
  *              process and a file goes asleep/warm, then asleep/cold (GET, which does not count
- *              as activity, polled); an exec wakes it: the same counter process still counts and
- *              the file's md5 is unchanged.  The log has both transitions.
+ *              as activity, polled); the log and the account's audit log have both transitions,
+ *              and its cold_sleep row names the manifest; an exec wakes it: the same counter
+ *              process still counts and the file's md5 is unchanged.
  *   activity   a sprite kept busy by an exec every second never sleeps in 5 s
  *   pressure   SIGHUP with idle-cold = 600 and memory-low-mib far above the host's memory: a
  *              sprite goes warm after 2 s, and then cold at once (memory pressure), not after
@@ -13,8 +14,32 @@
 #include "sleep_helpers.h"
 
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
+
+/* The rows of one query on the account's database, as "col|col\n" lines (g_free it). */
+static char *db_rows(const char *state, const char *sql)
+{
+    g_autofree char *path = g_strdup_printf("%s/accounts/alice/account.db", state);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    GString *out = g_string_new(NULL);
+
+    FX_CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+                 sqlite3_busy_timeout(db, 5000) == SQLITE_OK &&
+                 sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK,
+             "%s: %s", path, sqlite3_errmsg(db));
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        for (int i = 0; i < sqlite3_column_count(st); i++)
+            g_string_append_printf(out, "%s%s", i ? "|" : "",
+                                   (const char *)sqlite3_column_text(st, i));
+        g_string_append_c(out, '\n');
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return g_string_free(out, FALSE);
+}
 
 static bool log_has(const char *log, const char *text)
 {
@@ -43,6 +68,16 @@ int main(void)
     FX_CHECK(log_has(w.log, "alice/idler: asleep, warm (idle)") &&
                  log_has(w.log, "alice/idler: asleep, cold (idle)"),
              "the log lacks the idle transitions (see %s)", w.log);
+    /* The account's database: both transitions audited, and what a wake needs recorded. */
+    g_autofree char *audit = db_rows(
+        state, "SELECT detail FROM audit WHERE action = 'sleep' AND sprite = 'idler' AND ok = 1");
+    fx_log("audit:\n%s", audit);
+    FX_CHECK(strstr(audit, "warm (idle)") && strstr(audit, "cold (idle)"),
+             "the audit log lacks the idle transitions: %s", audit);
+    g_autofree char *cold = db_rows(state, "SELECT state, manifest, seq FROM cold_sleep"
+                                           " WHERE sprite = 'idler'");
+    FX_CHECK(strcmp(cold, "cold|vm/sprites/s_alice_idler/manifest-000001.json|1\n") == 0,
+             "the cold_sleep row is '%s'", cold);
     double t0 = fx_now();
     sh_counter_alive("idler", WFX_TOKEN_A, pid);
     fx_log("FIGURE wispd_idle_cold_wake_exec_ms=%.0f (wake, exec and the counter's checks)",
