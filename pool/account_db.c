@@ -385,9 +385,15 @@ bool account_db_cold_set(account_db *db, const char *sprite, const char *state, 
     return account_db_run(db, account_db_prepare(db, error, sql, state, now, sprite, NULL), error);
 }
 
+/* The row stays, with its seq: a later sleep of this name never reuses a manifest key. */
 bool account_db_cold_forget(account_db *db, const char *sprite, GError **error)
 {
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     return account_db_run(
-        db, account_db_prepare(db, error, "DELETE FROM cold_sleep WHERE sprite = ?", sprite, NULL),
+        db,
+        account_db_prepare(db, error,
+                           "UPDATE cold_sleep SET state = 'awake', manifest = NULL,"
+                           " pending = NULL, updated = ?1 WHERE sprite = ?2",
+                           now, sprite, NULL),
         error);
 }

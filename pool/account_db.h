@@ -68,6 +68,8 @@ bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, con
                            GError **error);
 /* To "cold" (pending becomes the manifest), "waking" or "awake". */
 bool account_db_cold_set(account_db *db, const char *sprite, const char *state, GError **error);
+/* The sleep no longer matters (restore, delete, a new sprite of the name): "awake", no
+ * manifest; seq is kept, so that manifest keys are never reused. */
 bool account_db_cold_forget(account_db *db, const char *sprite, GError **error);
 
 #endif

@@ -304,6 +304,7 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
         return NULL;
     }
     g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+    bool cold = svc_cold_row_is_cold(db, name); /* read before svc->mu: no SQLite under it */
     g_mutex_lock(&svc->mu);
     struct live_sprite *l = g_hash_table_lookup(svc->live, key);
     if (!l) {
@@ -314,7 +315,7 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
         l->disk = g_strdup(rec.disk);
         l->account = g_strdup(account);
         l->last_active_us = g_get_monotonic_time();
-        l->state = svc_cold_row_is_cold(db, name) ? LIVE_COLD : LIVE_STOPPED;
+        l->state = cold ? LIVE_COLD : LIVE_STOPPED;
         g_hash_table_insert(svc->live, l->key, l);
     }
     l->refs++;
