@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <gio/gio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -52,16 +53,16 @@ static bool sprite_cold_local_copy_complete(bool woken, const struct cold_sleep_
 
 /* QEMU has exited and DIR/ram and DIR/state are the sprite: the store must get them, or its
  * memory is lost.  A store that is away for a while (a radosgw restart takes 16-19 s) is
- * waited for, up to SPRITE_COLD_STORE_RETRY_S. */
+ * waited for, up to store_wait_s. */
 static bool sprite_cold_store_again(const struct sprite_cold_config *c, const char *disk,
                                     const struct cold_sleep_opts *opts,
                                     struct cold_sleep_result *out, GError **err)
 {
-    gint64 until = g_get_monotonic_time() + (gint64)SPRITE_COLD_STORE_RETRY_S * G_USEC_PER_SEC;
+    int wait_s = c->store_wait_s > 0 ? c->store_wait_s : SPRITE_COLD_STORE_WAIT_S;
+    gint64 until = g_get_monotonic_time() + (gint64)wait_s * G_USEC_PER_SEC;
     gint64 t0 = g_get_monotonic_time();
     unsigned wait_ms = 500;
 
-    (void)c;
     while (g_get_monotonic_time() < until) {
         log_warn(COLD_LOG,
                  "%s: QEMU is gone and the store step failed (%s): trying again in "
@@ -77,13 +78,62 @@ static bool sprite_cold_store_again(const struct sprite_cold_config *c, const ch
             return true;
         }
     }
-    g_prefix_error(err, "the store failed for %d s with QEMU gone: ", SPRITE_COLD_STORE_RETRY_S);
+    g_prefix_error(err, "the store failed for %d s: ", wait_s);
     return false;
+}
+
+static struct sprite *sprite_cold_adopt(struct vm *vm, const char *disk, const char *hostname,
+                                        int timeout, GError **error);
+static void sprite_cold_wake_config(const struct sprite_cold_config *c, const char *disk,
+                                    const char *run_dir, struct vm_config *cfg);
+
+/* The sprite again from DIR/ram and DIR/state, which a failed store step left complete: what
+ * wake_cold does with a local copy, minus the manifest that was never written. */
+static struct sprite *sprite_cold_resume_local(const struct sprite_cold_config *c,
+                                               const char *disk, const char *hostname,
+                                               GError **error)
+{
+    g_autofree char *dir = sprite_cold_dir(c, disk);
+    g_autofree char *run_dir = sprite_cold_run_dir(c, disk);
+    g_autofree char *ram_path = sleep_ram_path(dir);
+    g_autofree char *state_path = sleep_state_path(dir);
+    int timeout = sprite_cold_timeout(c);
+    struct vm_config cfg;
+
+    if (!sprite_cold_mkdir(run_dir, error))
+        return NULL;
+    sprite_cold_wake_config(c, disk, run_dir, &cfg);
+    cfg.mem_path = ram_path;
+    cfg.mem_share = true;
+    cfg.paused = true;
+    cfg.incoming_defer = true;
+    struct vm *vm = vm_launch(&cfg, NULL, timeout, error);
+    if (!vm)
+        return NULL;
+    int fd = open(state_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "open %s: %s", state_path,
+                    g_strerror(errno));
+        vm_free(vm);
+        return NULL;
+    }
+    bool ok = sleep_set_ignore_shared(vm->qmp, timeout, "resume", error) &&
+              qmp_client_send_fd(vm->qmp, fd, "wisp-resume", timeout, error) &&
+              sleep_qmp_ok(vm->qmp, timeout, error, "resume", "migrate-incoming",
+                           "{\"uri\": \"fd:wisp-resume\"}") &&
+              sleep_migrate_wait(vm->qmp, timeout, "resume", error) &&
+              sleep_qmp_ok(vm->qmp, timeout, error, "resume", "cont", NULL);
+    close(fd);
+    if (!ok) {
+        vm_free(vm);
+        return NULL;
+    }
+    return sprite_cold_adopt(vm, disk, hostname, timeout, error);
 }
 
 bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, bool woken,
                        const char *disk, const char *manifest_key, const char *known_manifest,
-                       struct cold_sleep_result *out, GError **error)
+                       struct cold_sleep_result *out, struct sprite **resumed, GError **error)
 {
     g_autofree char *dir = sprite_cold_dir(c, disk);
     GHashTable *known = NULL;
@@ -117,8 +167,21 @@ bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, boo
     GError *err = NULL;
     bool ok = woken ? sleep_cold(s->vm, &opts, out, &err)
                     : sleep_cold_private(s->vm, &clone_cfg, &opts, out, &err);
-    if (!ok && sprite_cold_local_copy_complete(woken, out))
+    *resumed = NULL;
+    if (!ok && sprite_cold_local_copy_complete(woken, out)) {
         ok = sprite_cold_store_again(c, disk, &opts, out, &err);
+        if (!ok) {
+            GError *why = NULL;
+            *resumed = sprite_cold_resume_local(c, disk, s->hostname, &why);
+            if (*resumed) {
+                log_warn(COLD_LOG, "%s: resumed from its local copy: it runs again", disk);
+            } else {
+                log_error(COLD_LOG, "%s: resuming from the local copy failed too: %s", disk,
+                          why->message);
+                g_clear_error(&why);
+            }
+        }
+    }
     if (!ok)
         g_propagate_error(error, err);
     if (known)
@@ -132,12 +195,31 @@ struct sprite *sprite_cold_wake(const struct sprite_cold_config *c, const char *
 {
     g_autofree char *dir = sprite_cold_dir(c, disk);
     g_autofree char *run_dir = sprite_cold_run_dir(c, disk);
-    const struct vm_template *t = c->tpl;
     int timeout = sprite_cold_timeout(c);
 
     if (!sprite_cold_mkdir(dir, error) || !sprite_cold_mkdir(run_dir, error))
         return NULL;
-    struct vm_config cfg = {
+    struct vm_config cfg;
+    sprite_cold_wake_config(c, disk, run_dir, &cfg);
+    struct wake_opts wo = {
+        .store = c->store,
+        .dir = dir,
+        .manifest_key = manifest_key,
+        .config = &cfg,
+        .timeout_ms = timeout,
+    };
+    struct vm *vm = wake_cold(&wo, NULL, out, error);
+    if (!vm)
+        return NULL;
+    return sprite_cold_adopt(vm, disk, hostname, timeout, error);
+}
+
+/* The machine a woken sprite runs: the template's, the disk's export in slot0. */
+static void sprite_cold_wake_config(const struct sprite_cold_config *c, const char *disk,
+                                    const char *run_dir, struct vm_config *cfg)
+{
+    const struct vm_template *t = c->tpl;
+    *cfg = (struct vm_config){
         .qemu = t->qemu,
         .kernel = t->kernel,
         .initrd = t->initrd,
@@ -150,16 +232,12 @@ struct sprite *sprite_cold_wake(const struct sprite_cold_config *c, const char *
         .sandbox = t->sandbox,
         .keep_on_exit = true, /* see sprite_cold.h */
     };
-    struct wake_opts wo = {
-        .store = c->store,
-        .dir = dir,
-        .manifest_key = manifest_key,
-        .config = &cfg,
-        .timeout_ms = timeout,
-    };
-    struct vm *vm = wake_cold(&wo, NULL, out, error);
-    if (!vm)
-        return NULL;
+}
+
+/* A running VM restored from a sleep, as a sprite: once wisp-init answers READY. */
+static struct sprite *sprite_cold_adopt(struct vm *vm, const char *disk, const char *hostname,
+                                        int timeout, GError **error)
+{
     GError *err = NULL;
     agent_client *agent = agent_client_connect(vm->ctl_path, 10000, &err);
     if (!agent || !agent_client_wait_ready(agent, timeout, NULL, &err)) {

@@ -35,24 +35,29 @@ struct sprite_cold_config {
     const char *sleep_root; /* local copies */
     const char *run_root;   /* woken VMs' run dirs */
     int timeout_ms;         /* per step; 0: 120 s */
+    int store_wait_s;       /* a sleep whose QEMU has exited waits this long for the store;
+                               0: SPRITE_COLD_STORE_WAIT_S */
 };
 
 /* SLEEP_ROOT/DISK (g_free it). */
 char *sprite_cold_dir(const struct sprite_cold_config *c, const char *disk);
 
-/* How long a sleep whose QEMU has exited waits for the store (see sprite_cold_sleep). */
-#define SPRITE_COLD_STORE_RETRY_S 120
+/* How long a sleep whose QEMU has exited waits for the store by default (sprite_cold_sleep). */
+#define SPRITE_COLD_STORE_WAIT_S 120
 
 /* Cold-sleeps s into manifest_key.  woken: s came from sprite_cold_wake (share=on RAM), else it
  * is a pool clone.  known_manifest: the sprite's previous manifest (its chunks are not looked up
  * again), or NULL.  On success QEMU has exited; the caller frees s (sprite_destroy).  On
  * failure the VM still runs (resumed) if vm_is_running(s->vm), else it is gone.
  * A failure of the store once QEMU has exited (the local copy complete) is retried with
- * backoff for up to SPRITE_COLD_STORE_RETRY_S: a store that comes back in that time completes
- * the sleep; past it the memory is lost (the disk has every flushed write). */
+ * backoff for up to store_wait_s: a store that comes back in that time completes the sleep.
+ * Past it, the sprite is resumed from its local copy as a new VM (*resumed, running share=on
+ * on DIR/ram like a woken one; the caller frees s and adopts it), so that the sleep fails
+ * with the sprite running.  *resumed stays NULL when that too failed (the memory is then
+ * lost; the disk has every flushed write). */
 bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, bool woken,
                        const char *disk, const char *manifest_key, const char *known_manifest,
-                       struct cold_sleep_result *out, GError **error);
+                       struct cold_sleep_result *out, struct sprite **resumed, GError **error);
 
 /* Wakes DISK from manifest_key (the local copy if it is that manifest's, else the store), and
  * waits for wisp-init's READY.  Returns the running sprite (state RUNNING). */

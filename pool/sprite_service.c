@@ -150,7 +150,8 @@ sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GErr
                                                 .tpl = cfg->tpl,
                                                 .nbd_socket = svc->nbd_socket,
                                                 .sleep_root = svc->sleep_root,
-                                                .run_root = svc->run_root};
+                                                .run_root = svc->run_root,
+                                                .store_wait_s = cfg->cold_store_wait_s};
         svc_cold_recover_all(svc);
     }
     return svc;
@@ -1066,8 +1067,9 @@ static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct li
         return false;
     }
     log_info(SVC_LOG, "%s: cold sleep (%s) to %s", l->key, why, key);
-    bool ok =
-        sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res, &err);
+    struct sprite *resumed = NULL;
+    bool ok = sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res,
+                                &resumed, &err);
     if (ok) {
         svc_cold_record(db, l->key, "cold");
         sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU has exited: frees the rest */
@@ -1083,7 +1085,15 @@ static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct li
     }
     /* The manifest was not written: the sleep never happened. */
     svc_cold_record(db, l->key, "awake");
-    if (vm_is_running(l->vm->vm)) {
+    if (resumed) {
+        /* The store failed after QEMU exited: the sprite runs again from its local copy. */
+        sprite_destroy(l->vm, false, NULL, NULL, NULL);
+        l->vm = resumed;
+        l->woken = true;
+        svc_set_state(svc, l, LIVE_RUNNING);
+        log_warn(SVC_LOG, "%s: cold sleep failed, resumed from the local copy: %s", l->key,
+                 err->message);
+    } else if (vm_is_running(l->vm->vm)) {
         svc_set_state(svc, l, LIVE_RUNNING);
         log_warn(SVC_LOG, "%s: cold sleep failed, still running: %s", l->key, err->message);
     } else {

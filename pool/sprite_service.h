@@ -49,6 +49,7 @@ struct sprite_service_config {
     const struct vm_template *tpl; /* the pool's: the machine a woken sprite runs */
     const char *store_url;         /* where sleeps go (vm/chunks/, vm/sprites/DISK/) */
     const char *run_dir;           /* woken VMs' run dirs go under it */
+    int cold_store_wait_s;         /* sprite_cold_config.store_wait_s (0: its default) */
 };
 
 /* Output kept per stream of an exec; the rest is dropped and "truncated" set. */

@@ -229,6 +229,7 @@ static bool wispd_start(struct wispd *d, GError **error)
         .tpl = d->tpl,
         .store_url = d->cfg.store_url,
         .run_dir = d->run_dir,
+        .cold_store_wait_s = d->cfg.cold_store_wait_s,
     };
     d->svc = sprite_service_new(&sc, error);
     if (!d->svc) {

@@ -97,6 +97,7 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
     gint pool_size = -1, mem = 0, cpus = 0;
     gboolean sandbox = FALSE;
     cfg->idle_warm_s = cfg->idle_cold_s = cfg->memory_low_mib = cfg->memory_psi = -1;
+    cfg->cold_store_wait_s = -1;
     GOptionEntry entries[] = {
         {"config", 'c', 0, G_OPTION_ARG_FILENAME, &cfg->config_file, "INI file ([wispd] group)",
          "FILE"},
@@ -125,6 +126,8 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
          "seconds idle before cold sleep (600; 0: never)", "S"},
         {"memory-low-mib", 0, 0, G_OPTION_ARG_INT, &cfg->memory_low_mib,
          "MemAvailable below this is memory pressure (1024; 0: not checked)", "MIB"},
+        {"cold-store-wait", 0, 0, G_OPTION_ARG_INT, &cfg->cold_store_wait_s,
+         "seconds a cold sleep waits for the store before it resumes the sprite (120)", "S"},
         {"memory-psi", 0, 0, G_OPTION_ARG_INT, &cfg->memory_psi,
          "/proc/pressure/memory some avg10 at or above this is pressure (20; 0: not checked)",
          "PERCENT"},
@@ -171,6 +174,7 @@ bool wispd_config_reload(const struct wispd_config *cur, struct wispd_config *ou
     out->idle_cold_s = cur->idle_cold_s;
     out->memory_low_mib = cur->memory_low_mib;
     out->memory_psi = cur->memory_psi;
+    out->cold_store_wait_s = cur->cold_store_wait_s;
     if (cur->config_file && !wispd_config_read_file(out, cur->config_file, true, error)) {
         wispd_config_clear(out);
         return false;
@@ -207,6 +211,7 @@ static bool wispd_config_read_idle(struct wispd_config *cfg, GKeyFile *kf, const
         {"idle-cold", &cfg->idle_cold_s, 30 * 86400},
         {"memory-low-mib", &cfg->memory_low_mib, 1 << 24},
         {"memory-psi", &cfg->memory_psi, 100},
+        {"cold-store-wait", &cfg->cold_store_wait_s, 3600},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(keys); i++) {
         if ((*keys[i].field >= 0 && !reload) ||
@@ -235,4 +240,6 @@ static void wispd_config_idle_defaults(struct wispd_config *cfg)
         cfg->memory_low_mib = 1024;
     if (cfg->memory_psi < 0)
         cfg->memory_psi = 20;
+    if (cfg->cold_store_wait_s <= 0)
+        cfg->cold_store_wait_s = 120;
 }

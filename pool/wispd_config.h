@@ -27,6 +27,9 @@ struct wispd_config {
     int idle_cold_s;    /* idle-cold: 600 */
     int memory_low_mib; /* memory-low-mib: 1024 (0: not checked) */
     int memory_psi;     /* memory-psi: 20 (percent of some avg10; 0: not checked) */
+    /* cold-store-wait: 120 s; how long a cold sleep whose QEMU has exited waits for the store
+     * before it resumes the sprite from its local copy (read at start only). */
+    int cold_store_wait_s;
 };
 
 /* Parses argv (GOption) and the config file it names; fills in the defaults.  false with error

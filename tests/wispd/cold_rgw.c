@@ -6,8 +6,11 @@
  * test stops and starts again on the same port: to wispd, radosgw goes away for 3 s in the
  * middle of a cold sleep and comes back.  The sleep must either complete (asleep/cold) or fail
  * cleanly with the sprite still running; either way an exec then finds the same counter
- * process still counting and the file's md5 unchanged.  Then the sprite sleeps again, its
- * local copy is deleted, and it wakes from radosgw (every chunk's hash checked on the way). */
+ * process still counting and the file's md5 unchanged.  Then radosgw stays away for longer
+ * than the sleep waits for it (cold-store-wait = 4 s): the sleep answers 500 and the sprite
+ * runs again from its local copy, the counter and the file as they were.  Last, the sprite
+ * sleeps again undisturbed, its local copy is deleted, and it wakes from radosgw (every
+ * chunk's hash checked on the way). */
 #include "sleep_helpers.h"
 #include "store.h"
 
@@ -53,7 +56,9 @@ int main(void)
 
     g_autofree char *state = g_strdup_printf("%s/state", fx_tmpdir());
     const char *args[] = {"--store", url, NULL};
-    wfx_start(&w, &img, state, "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n",
+    wfx_start(&w, &img, state,
+              "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n"
+              "cold-store-wait = 4\n",
               args);
 
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"r\"}");
@@ -106,6 +111,22 @@ int main(void)
     sh_counter_alive("r", WFX_TOKEN_A, pid);
     g_autofree char *md5_1 = sh_file_md5("r", WFX_TOKEN_A, "r.bin");
     FX_CHECK(strcmp(md5, md5_1) == 0, "r.bin changed over the sleep");
+
+    /* radosgw away for longer than the sleep waits (cold-store-wait = 4 s): the sleep fails,
+     * and the sprite runs again from its local copy, its processes and files as they were. */
+    fx_proxy_stop(&proxy);
+    t0 = fx_now();
+    JsonObject *failed =
+        wfx_expect(500, "POST", "/v1/sprites/r/sleep", WFX_TOKEN_A, "{\"mode\":\"cold\"}");
+    fx_log("with radosgw away the sleep failed after %.1f s", fx_now() - t0);
+    json_object_unref(failed);
+    g_autofree char *s2 = sh_state("r", WFX_TOKEN_A);
+    FX_CHECK(strcmp(s2, "running/") == 0, "a sleep that failed left r %s", s2);
+    FX_CHECK(log_has(w.log, "resumed from its local copy"), "r was not resumed (see %s)", w.log);
+    sh_counter_alive("r", WFX_TOKEN_A, pid);
+    g_autofree char *md5_r = sh_file_md5("r", WFX_TOKEN_A, "r.bin");
+    FX_CHECK(strcmp(md5, md5_r) == 0, "r.bin changed over the failed sleep");
+    fx_proxy_start(&proxy, proxy.port, 1, NULL);
 
     /* Again, undisturbed, and woken from radosgw alone. */
     wfx_expect_free(200, "POST", "/v1/sprites/r/sleep", WFX_TOKEN_A, "{\"mode\":\"cold\"}");
