@@ -14,7 +14,11 @@
  *     directly, and keep_on_exit as for pool members (the parent-death signal is tied to the
  *     forking thread, a short-lived worker here).  A wispd killed with -9 thus leaves QEMUs
  *     behind (and an nbdkit, when its parent-death signal did not fire);
- *     sprite_cold_kill_strays() ends them at the next start.
+ *     sprite_cold_kill_strays() ends them at the next start;
+ *   - what to do when the store fails after QEMU has exited: wait for it, then resume the
+ *     sprite from the local copy (sprite_cold_sleep).  That step uses the VM layer's
+ *     sleep_internal.h (sleep_store_local_copy, the QMP helpers), which sleep.h does not
+ *     export yet.
  *
  * The durable record of the sleep (what to wake from) is the caller's (account_db.h). */
 #ifndef WISP_SPRITE_COLD_H
