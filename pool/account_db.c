@@ -27,6 +27,8 @@ static const char account_db_schema[] =
     "  ts INTEGER NOT NULL, action TEXT NOT NULL, sprite TEXT, ok INTEGER NOT NULL,"
     "  detail TEXT);";
 
+static bool account_db_cold_init(account_db *db, GError **error);
+
 static void account_db_set_error(account_db *db, GError **error, const char *what)
 {
     g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: %s: %s", db->path, what,
@@ -50,6 +52,10 @@ account_db *account_db_open(const char *path, GError **error)
     if (sqlite3_exec(db->db, account_db_schema, NULL, NULL, &msg) != SQLITE_OK) {
         g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: schema: %s", path, msg ? msg : "?");
         sqlite3_free(msg);
+        account_db_close(db);
+        return NULL;
+    }
+    if (!account_db_cold_init(db, error)) {
         account_db_close(db);
         return NULL;
     }
@@ -254,4 +260,140 @@ void account_db_audit(account_db *db, const char *action, const char *sprite, bo
         log_warn(ADB_LOG, "audit %s %s: %s", action, sprite ? sprite : "", err->message);
         g_clear_error(&err);
     }
+}
+
+/* ---- cold sleep: what a wake needs, per sprite ---------------------------------------------
+ *
+ * One row per sprite that has ever begun a cold sleep.  The states, and what each promises:
+ *
+ *   awake       no claim on the store: the sprite runs, is warm-asleep or stopped.  `manifest`
+ *               may still name the last sleep's manifest, only as the known set of chunks for
+ *               the next sleep (never to wake from: the disk has moved on since).
+ *   going-cold  a cold sleep is under way and will write `pending`.  Recovery: `pending` in the
+ *               store means the sleep completed (-> cold); else the guest's memory is lost and
+ *               the sprite is stopped with its disk (-> awake).
+ *   cold        `manifest` is complete in the store, and the disk is exactly as that guest left
+ *               it (guest sync, then stop flushed every write): waking from it loses nothing.
+ *   waking      a wake from `manifest` is under way.  Recovery: back to cold (the manifest is
+ *               untouched; the local copy is rebuilt from the store if it was half used).
+ *
+ * `seq` counts the sleeps begun, so that no two sleeps ever write the same manifest key (the
+ * key is the caller's: vm/sprites/DISK/manifest-SEQ.json).  Each change is one statement, so
+ * one committed transaction (synchronous=FULL): a wispd killed at any point leaves one of the
+ * states above.  The table lives in account.db, so it travels with the account's replica. */
+
+static const char account_db_cold_schema[] =
+    "CREATE TABLE IF NOT EXISTS cold_sleep ("
+    "  sprite TEXT PRIMARY KEY, state TEXT NOT NULL, manifest TEXT, pending TEXT,"
+    "  seq INTEGER NOT NULL, updated INTEGER NOT NULL);";
+
+static bool account_db_cold_init(account_db *db, GError **error)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db->db, account_db_cold_schema, NULL, NULL, &msg) != SQLITE_OK) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: schema (cold_sleep): %s", db->path,
+                    msg ? msg : "?");
+        sqlite3_free(msg);
+        return false;
+    }
+    return true;
+}
+
+static void account_db_row_to_cold(sqlite3_stmt *st, struct account_cold *out)
+{
+    const char *manifest = (const char *)sqlite3_column_text(st, 2);
+    const char *pending = (const char *)sqlite3_column_text(st, 3);
+    memset(out, 0, sizeof *out);
+    g_strlcpy(out->sprite, (const char *)sqlite3_column_text(st, 0), sizeof out->sprite);
+    g_strlcpy(out->state, (const char *)sqlite3_column_text(st, 1), sizeof out->state);
+    g_strlcpy(out->manifest, manifest ? manifest : "", sizeof out->manifest);
+    g_strlcpy(out->pending, pending ? pending : "", sizeof out->pending);
+    out->seq = (unsigned)sqlite3_column_int64(st, 4);
+}
+
+int account_db_cold_get(account_db *db, const char *sprite, struct account_cold *out,
+                        GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error, "SELECT sprite, state, manifest, pending, seq FROM cold_sleep WHERE sprite = ?",
+        sprite, NULL);
+    if (!st)
+        return -1;
+    int r = sqlite3_step(st), found = 0;
+    if (r == SQLITE_ROW) {
+        if (out)
+            account_db_row_to_cold(st, out);
+        found = 1;
+    } else if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+GPtrArray *account_db_cold_list(account_db *db, GError **error)
+{
+    sqlite3_stmt *st = account_db_prepare(
+        db, error,
+        "SELECT c.sprite, c.state, c.manifest, c.pending, c.seq FROM cold_sleep c"
+        " JOIN sprites s ON s.name = c.sprite WHERE c.state != 'awake' ORDER BY c.sprite",
+        NULL);
+    if (!st)
+        return NULL;
+    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        struct account_cold *c = g_new0(struct account_cold, 1);
+        account_db_row_to_cold(st, c);
+        g_ptr_array_add(a, c);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        g_ptr_array_unref(a);
+        return NULL;
+    }
+    return a;
+}
+
+bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, const char *pending,
+                           GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    g_autofree char *seq_text = g_strdup_printf("%u", seq);
+    return account_db_run(
+        db,
+        account_db_prepare(db, error,
+                           "INSERT INTO cold_sleep (sprite, state, pending, seq, updated)"
+                           " VALUES (?1, 'going-cold', ?2, CAST(?3 AS INTEGER), ?4)"
+                           " ON CONFLICT (sprite) DO UPDATE SET state = 'going-cold',"
+                           " pending = ?2, seq = CAST(?3 AS INTEGER), updated = ?4",
+                           sprite, pending, seq_text, now, NULL),
+        error);
+}
+
+/* Sets the state; "cold" also makes `pending` the manifest (when pending is set). */
+bool account_db_cold_set(account_db *db, const char *sprite, const char *state, GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    const char *sql =
+        strcmp(state, "cold") == 0
+            ? "UPDATE cold_sleep SET state = ?1, manifest = COALESCE(pending, manifest),"
+              " pending = NULL, updated = ?2 WHERE sprite = ?3"
+            : "UPDATE cold_sleep SET state = ?1, pending = NULL, updated = ?2 WHERE sprite = ?3";
+    return account_db_run(db, account_db_prepare(db, error, sql, state, now, sprite, NULL), error);
+}
+
+/* The row stays, with its seq: a later sleep of this name never reuses a manifest key. */
+bool account_db_cold_forget(account_db *db, const char *sprite, GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    return account_db_run(
+        db,
+        account_db_prepare(db, error,
+                           "UPDATE cold_sleep SET state = 'awake', manifest = NULL,"
+                           " pending = NULL, updated = ?1 WHERE sprite = ?2",
+                           now, sprite, NULL),
+        error);
 }

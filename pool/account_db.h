@@ -49,4 +49,27 @@ GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError
 void account_db_audit(account_db *db, const char *action, const char *sprite, bool ok,
                       const char *detail);
 
+/* ---- cold sleep (see the state table in account_db.c) ---- */
+struct account_cold {
+    char sprite[64];
+    char state[16];     /* "awake", "going-cold", "cold", "waking" */
+    char manifest[256]; /* the last complete sleep's manifest key, or "" */
+    char pending[256];  /* going-cold: the manifest being written, or "" */
+    unsigned seq;       /* cold sleeps begun so far */
+};
+
+/* 1 found, 0 not (never slept cold), -1 error. */
+int account_db_cold_get(account_db *db, const char *sprite, struct account_cold *out,
+                        GError **error);
+/* The rows of existing sprites not "awake" (struct account_cold *, g_free'd by the array). */
+GPtrArray *account_db_cold_list(account_db *db, GError **error);
+/* going-cold, writing `pending` as sleep number seq. */
+bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, const char *pending,
+                           GError **error);
+/* To "cold" (pending becomes the manifest), "waking" or "awake". */
+bool account_db_cold_set(account_db *db, const char *sprite, const char *state, GError **error);
+/* The sleep no longer matters (restore, delete, a new sprite of the name): "awake", no
+ * manifest; seq is kept, so that manifest keys are never reused. */
+bool account_db_cold_forget(account_db *db, const char *sprite, GError **error);
+
 #endif

@@ -97,6 +97,7 @@ struct api_job {
     char *cwd, *stdin_data;
     size_t stdin_len;
     int timeout_ms;
+    bool cold; /* API_SLEEP: "mode":"cold" */
 };
 
 static void api_job_free(struct api_job *j)
@@ -151,7 +152,7 @@ static void api_job_run(GTask *task, gpointer source, gpointer data, GCancellabl
         r = sprite_service_restore(j->svc, j->account, j->name, j->checkpoint, &err);
         break;
     case API_SLEEP:
-        r = sprite_service_sleep(j->svc, j->account, j->name, &err);
+        r = sprite_service_sleep_mode(j->svc, j->account, j->name, j->cold, &err);
         break;
     case API_WAKE:
         r = sprite_service_wake(j->svc, j->account, j->name, &err);
@@ -390,6 +391,25 @@ static bool api_no_body(SoupServerMessage *msg)
     return o != NULL;
 }
 
+/* POST .../sleep: {"mode": "warm"|"cold"}, or no body (warm). */
+static void api_route_sleep(api_server *api, SoupServerMessage *msg, const char *account,
+                            const char *name)
+{
+    static const char *const allowed[] = {"mode", NULL};
+    g_autoptr(JsonObject) o = api_body_object(msg, allowed);
+    const char *mode = NULL;
+
+    if (!o || !api_get_string(msg, o, "mode", &mode))
+        return;
+    if (mode && strcmp(mode, "warm") != 0 && strcmp(mode, "cold") != 0) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "'mode' must be \"warm\" or \"cold\"");
+        return;
+    }
+    struct api_job *j = api_job_new(api, msg, API_SLEEP, account, name, SOUP_STATUS_OK);
+    j->cold = mode && strcmp(mode, "cold") == 0;
+    api_job_start(j);
+}
+
 static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *path,
                        GHashTable *query, gpointer opaque)
 {
@@ -437,9 +457,10 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     else if (n == 5 && post && strcmp(sub, "exec") == 0) {
         api_route_exec(api, msg, account, name);
         return;
-    } else if (n == 5 && post && strcmp(sub, "sleep") == 0)
-        verb = API_SLEEP;
-    else if (n == 5 && post && strcmp(sub, "wake") == 0)
+    } else if (n == 5 && post && strcmp(sub, "sleep") == 0) {
+        api_route_sleep(api, msg, account, name);
+        return;
+    } else if (n == 5 && post && strcmp(sub, "wake") == 0)
         verb = API_WAKE;
     else if (n == 5 && post && strcmp(sub, "checkpoints") == 0) {
         verb = API_CHECKPOINT;

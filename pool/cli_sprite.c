@@ -132,8 +132,10 @@ static int cli_sprite_list(const struct cli_sprite_opts *o)
         JsonArray *s = json_object_get_array_member(json_node_get_object(a), "sprites");
         for (guint i = 0; s && i < json_array_get_length(s); i++) {
             JsonObject *e = json_array_get_object_element(s, i);
-            printf("%-24s %s\n", json_object_get_string_member_with_default(e, "name", "?"),
-                   json_object_get_string_member_with_default(e, "state", "?"));
+            const char *mode = json_object_get_string_member_with_default(e, "mode", NULL);
+            printf("%-24s %s%s%s%s\n", json_object_get_string_member_with_default(e, "name", "?"),
+                   json_object_get_string_member_with_default(e, "state", "?"), mode ? " (" : "",
+                   mode ? mode : "", mode ? ")" : "");
         }
     }
     json_node_unref(a);
@@ -232,7 +234,9 @@ static const struct cli_sprite_verb cli_sprite_verbs[] = {
     {"checkpoint", "create|list NAME", "checkpoint a sprite's disk, or list its checkpoints", 2, 2},
     {"restore", "NAME CHECKPOINT", "restore a sprite's disk to a checkpoint (restarts the VM)", 2,
      2},
-    {"sleep", "NAME", "warm sleep: pause the sprite, memory kept", 1, 1},
+    {"sleep", "NAME [warm|cold]",
+     "sleep: warm (default) pauses the sprite; cold saves it to the store and frees its memory", 1,
+     2},
     {"wake", "NAME", "wake a sleeping sprite", 1, 1},
     {"destroy", "NAME", "destroy a sprite and delete its disk", 1, 1},
 };
@@ -264,7 +268,17 @@ static int cli_sprite_run(const struct cli_sprite_verb *v, const struct cli_spri
     if (strcmp(v->name, "destroy") == 0)
         return cli_sprite_simple(o, "DELETE", path, NULL, 200, "destroyed", name);
     g_autofree char *sp = g_strdup_printf("%s/%s", path, v->name);
-    return cli_sprite_simple(o, "POST", sp, NULL, 200,
+    g_autofree char *body = NULL;
+    if (argc == 2) {
+        if (strcmp(argv[1], "warm") != 0 && strcmp(argv[1], "cold") != 0) {
+            cli_error("usage: wisp sleep NAME [warm|cold]");
+            return CLI_EXIT_USAGE;
+        }
+        JsonObject *req = json_object_new();
+        json_object_set_string_member(req, "mode", argv[1]);
+        body = cli_sprite_body(req);
+    }
+    return cli_sprite_simple(o, "POST", sp, body, 200,
                              strcmp(v->name, "sleep") == 0 ? "asleep" : "awake", name);
 }
 

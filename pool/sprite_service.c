@@ -9,6 +9,7 @@
 #include "account_db.h"
 #include "log.h"
 #include "sprite.h"
+#include "sprite_cold.h"
 #include "storage_server.h"
 
 #include <errno.h>
@@ -23,6 +24,7 @@ enum live_state {
     LIVE_STOPPED,
     LIVE_RUNNING,
     LIVE_ASLEEP,
+    LIVE_COLD, /* cold sleep: no VM; the account DB's cold_sleep row says what to wake from */
 };
 
 static const char *live_state_to_string(enum live_state s)
@@ -33,6 +35,7 @@ static const char *live_state_to_string(enum live_state s)
     case LIVE_RUNNING:
         return "running";
     case LIVE_ASLEEP:
+    case LIVE_COLD:
         return "asleep";
     }
     return "?";
@@ -47,6 +50,11 @@ struct live_sprite {
     enum live_state state; /* under svc->mu (a copy for readers without op) */
     unsigned refs;         /* under svc->mu */
     bool gone;             /* deleted; under svc->mu */
+    /* The idle policy's view (idle_policy.h), under svc->mu: */
+    char *account;
+    unsigned holds;        /* open exec streams; > 0 counts as activity */
+    gint64 last_active_us; /* monotonic time of the last call that acted on it */
+    bool woken;            /* vm came from a cold wake (share=on RAM), not the pool; under op */
 };
 
 struct sprite_service {
@@ -58,7 +66,14 @@ struct sprite_service {
     GHashTable *live;     /* ACCOUNT/NAME -> struct live_sprite * */
     unsigned busy;
     bool stopping;
+    /* Cold sleep (sprite_cold.h); store NULL: none configured, cold sleep refused. */
+    struct store *store;
+    struct sprite_cold_config cold;
+    char *sleep_root, *run_root;
 };
+
+static void svc_cold_recover_all(sprite_service *svc);
+static void svc_cold_forget(sprite_service *svc, account_db *db, struct live_sprite *l);
 
 static bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -121,6 +136,24 @@ sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GErr
     svc->accounts =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)account_db_close);
     svc->live = g_hash_table_new(g_str_hash, g_str_equal);
+    if (cfg->tpl && cfg->store_url) {
+        if (store_open(cfg->store_url, NULL, &svc->store) != 0) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "open %s: %s", cfg->store_url,
+                        store_last_error());
+            svc->store = NULL;
+            sprite_service_free(svc);
+            return NULL;
+        }
+        svc->sleep_root = g_build_filename(cfg->state_dir, "sleep", NULL);
+        svc->run_root = g_strdup(cfg->run_dir ? cfg->run_dir : cfg->state_dir);
+        svc->cold = (struct sprite_cold_config){.store = svc->store,
+                                                .tpl = cfg->tpl,
+                                                .nbd_socket = svc->nbd_socket,
+                                                .sleep_root = svc->sleep_root,
+                                                .run_root = svc->run_root,
+                                                .store_wait_s = cfg->cold_store_wait_s};
+        svc_cold_recover_all(svc);
+    }
     return svc;
 }
 
@@ -130,6 +163,7 @@ static void live_sprite_free(struct live_sprite *l)
     g_free(l->key);
     g_free(l->name);
     g_free(l->disk);
+    g_free(l->account);
     g_free(l);
 }
 
@@ -179,6 +213,9 @@ void sprite_service_free(sprite_service *svc)
     g_free(svc->nbd_socket);
     g_free(svc->control_socket);
     g_free(svc->base_disk);
+    store_close(svc->store);
+    g_free(svc->sleep_root);
+    g_free(svc->run_root);
     if (svc->busy == 0)
         g_free(svc); /* else leaked on purpose: a stuck call still holds it */
 }
@@ -233,6 +270,20 @@ static char *svc_disk_name(const char *account, const char *name)
     return g_strdup_printf("s_%s_%s", account, name);
 }
 
+/* Whether the account DB says the sprite is cold asleep (an account opened, or restored, after
+ * start-up recovery has no live record for it yet). */
+static bool svc_cold_row_is_cold(account_db *db, const char *name)
+{
+    struct account_cold row;
+    GError *err = NULL;
+    int found = account_db_cold_get(db, name, &row, &err);
+    if (found < 0) {
+        log_warn(SVC_LOG, "%s: %s", name, err->message);
+        g_clear_error(&err);
+    }
+    return found > 0 && strcmp(row.state, "cold") == 0;
+}
+
 /* The live record of a sprite that exists in db, referenced; NULL with NOT_FOUND. */
 static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, const char *account,
                                         const char *name, GError **error)
@@ -254,6 +305,7 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
         return NULL;
     }
     g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+    bool cold = svc_cold_row_is_cold(db, name); /* read before svc->mu: no SQLite under it */
     g_mutex_lock(&svc->mu);
     struct live_sprite *l = g_hash_table_lookup(svc->live, key);
     if (!l) {
@@ -262,7 +314,9 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
         l->key = g_steal_pointer(&key);
         l->name = g_strdup(name);
         l->disk = g_strdup(rec.disk);
-        l->state = LIVE_STOPPED;
+        l->account = g_strdup(account);
+        l->last_active_us = g_get_monotonic_time();
+        l->state = cold ? LIVE_COLD : LIVE_STOPPED;
         g_hash_table_insert(svc->live, l->key, l);
     }
     l->refs++;
@@ -310,6 +364,14 @@ static void svc_put_live(sprite_service *svc, struct live_sprite *l)
         live_sprite_free(l);
 }
 
+/* Records activity on the sprite, for the idle policy. */
+static void svc_touch(sprite_service *svc, struct live_sprite *l)
+{
+    g_mutex_lock(&svc->mu);
+    l->last_active_us = g_get_monotonic_time();
+    g_mutex_unlock(&svc->mu);
+}
+
 /* A verb on one sprite, called inside svc_enter with the sprite's op lock held. */
 typedef JsonNode *(*svc_verb_fn)(sprite_service *svc, account_db *db, struct live_sprite *l,
                                  const void *arg, GError **error);
@@ -325,7 +387,9 @@ static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const c
         return NULL;
     struct live_sprite *l = svc_get_live(svc, db, account, name, error);
     if (l && svc_lock_live(svc, l, error)) {
+        svc_touch(svc, l);
         result = verb(svc, db, l, arg, error);
+        svc_touch(svc, l); /* a long exec was activity until its end */
         svc_unlock_put(svc, l);
     }
     svc_leave(svc);
@@ -387,11 +451,15 @@ static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk, c
     return answer != NULL;
 }
 
+static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GError **error);
+
 /* Makes the VM run: claims one when stopped, wakes it when asleep (op held). */
 static bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error)
 {
     GError *err = NULL;
 
+    if (!l->vm && l->state == LIVE_COLD)
+        return svc_cold_wake_locked(svc, l, error);
     if (!l->vm)
         return svc_claim(svc, l, NULL, error);
     if (l->vm->state == SPRITE_VM_WARM_ASLEEP) {
@@ -410,6 +478,8 @@ static JsonNode *svc_sprite_json(const char *name, const char *disk, int64_t cre
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "name", name);
     json_object_set_string_member(o, "state", live_state_to_string(state));
+    if (state == LIVE_ASLEEP || state == LIVE_COLD)
+        json_object_set_string_member(o, "mode", state == LIVE_COLD ? "cold" : "warm");
     json_object_set_string_member(o, "disk", disk);
     json_object_set_int_member(o, "created", created);
     JsonNode *n = json_node_new(JSON_NODE_OBJECT);
@@ -424,7 +494,10 @@ static enum live_state svc_peek_state(sprite_service *svc, const char *account, 
     g_mutex_lock(&svc->mu);
     struct live_sprite *l = g_hash_table_lookup(svc->live, key);
     enum live_state s = l ? l->state : LIVE_STOPPED;
+    account_db *db = l ? NULL : g_hash_table_lookup(svc->accounts, account);
     g_mutex_unlock(&svc->mu);
+    if (db && svc_cold_row_is_cold(db, name))
+        s = LIVE_COLD;
     return s;
 }
 
@@ -481,6 +554,7 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
         goto out;
     if (!svc_lock_live(svc, l, error))
         goto out;
+    svc_cold_forget(svc, db, l); /* left by an earlier sprite of this name, if any */
     bool claimed = svc_claim(svc, l, &claim_ms, error);
     if (!claimed) {
         /* No half-made sprite: the disk and the record go. */
@@ -599,6 +673,7 @@ static JsonNode *svc_delete_locked(sprite_service *svc, account_db *db, struct l
         if (!account_db_sprite_delete(db, name, &err)) {
             svc_wrap(error, err, "account database");
         } else {
+            svc_cold_forget(svc, db, l);
             g_mutex_lock(&svc->mu);
             l->gone = true;
             g_hash_table_remove(svc->live, l->key);
@@ -850,6 +925,7 @@ static JsonNode *svc_restore_locked(sprite_service *svc, account_db *db, struct 
     }
     l->vm = NULL;
     svc_set_state(svc, l, LIVE_STOPPED);
+    svc_cold_forget(svc, db, l); /* a sleep's memory does not match the restored disk */
     if (!svc_disk_op(svc, "disk-restore", l->disk, "checkpoint", checkpoint, &err)) {
         svc_wrap(error, err, "restore");
         account_db_audit(db, "restore", name, false, (*error)->message);
@@ -921,4 +997,379 @@ JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const ch
                               GError **error)
 {
     return svc_on_sprite(svc, account, name, svc_wake_locked, NULL, error);
+}
+
+/* ---- cold sleep and wake -------------------------------------------------------------------
+ *
+ * A cold-asleep sprite has no VM: its memory and device state are in the store (and usually in
+ * the local copy), its disk is as the guest left it, and the account DB's cold_sleep row names
+ * the manifest (account_db.c has the states and what recovery makes of each).  Every change of
+ * that row happens under the sprite's op lock, before and after the VM layer's step. */
+
+/* The account's database, opened by an earlier svc_enter (it stays open until the end). */
+static account_db *svc_account_db(sprite_service *svc, const char *account)
+{
+    g_mutex_lock(&svc->mu);
+    account_db *db = g_hash_table_lookup(svc->accounts, account);
+    g_mutex_unlock(&svc->mu);
+    return db;
+}
+
+static void svc_cold_record(account_db *db, const char *key, const char *state)
+{
+    GError *err = NULL;
+    if (!account_db_cold_set(db, strchr(key, '/') + 1, state, &err)) {
+        log_error(SVC_LOG, "%s: recording '%s': %s", key, state, err->message);
+        g_clear_error(&err);
+    }
+}
+
+/* The sprite's memory no longer matters (deleted, restored, created again): the row and the
+ * local copy go.  The manifests and chunks in the store stay for the store's GC. */
+static void svc_cold_forget(sprite_service *svc, account_db *db, struct live_sprite *l)
+{
+    GError *err = NULL;
+    if (!account_db_cold_forget(db, l->name, &err)) {
+        log_warn(SVC_LOG, "%s: %s", l->key, err->message);
+        g_clear_error(&err);
+    }
+    if (svc->store)
+        sprite_cold_remove_local(&svc->cold, l->disk);
+}
+
+/* Cold-sleeps a sprite that has a VM (op held).  why: for the log and the audit. */
+static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                  const char *why, GError **error)
+{
+    struct account_cold row = {0};
+    struct cold_sleep_result res = {0};
+    GError *err = NULL;
+
+    if (!svc->store)
+        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "cold sleep is not configured");
+    if (!l->vm)
+        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is %s", l->name,
+                        l->state == LIVE_COLD ? "asleep (cold)" : "stopped");
+    /* The guest syncs its filesystems first, through the agent: it must be running. */
+    if (l->vm->state == SPRITE_VM_WARM_ASLEEP && !sprite_wake_warm(l->vm, NULL, &err)) {
+        svc_wrap(error, err, "cold sleep: wake from warm");
+        return false;
+    }
+    svc_set_state(svc, l, LIVE_RUNNING);
+    if (account_db_cold_get(db, l->name, &row, &err) < 0) {
+        svc_wrap(error, err, "account database");
+        return false;
+    }
+    unsigned seq = row.seq + 1;
+    g_autofree char *key = sleep_manifest_key(l->disk, seq);
+    if (!account_db_cold_begin(db, l->name, seq, key, &err)) {
+        svc_wrap(error, err, "account database");
+        return false;
+    }
+    log_info(SVC_LOG, "%s: cold sleep (%s) to %s", l->key, why, key);
+    struct sprite *resumed = NULL;
+    bool ok = sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res,
+                                &resumed, &err);
+    if (ok) {
+        svc_cold_record(db, l->key, "cold");
+        sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU has exited: frees the rest */
+        l->vm = NULL;
+        l->woken = false;
+        svc_set_state(svc, l, LIVE_COLD);
+        g_autofree char *detail = g_strdup_printf(
+            "cold (%s): %.2f s, %.1f MiB new in the store, %s", why, res.total_s,
+            (double)(res.ram.uploaded_bytes + res.state.uploaded_bytes) / (1024.0 * 1024.0), key);
+        log_info(SVC_LOG, "%s: asleep, %s", l->key, detail);
+        account_db_audit(db, "sleep", l->name, true, detail);
+        return true;
+    }
+    /* The manifest was not written: the sleep never happened. */
+    svc_cold_record(db, l->key, "awake");
+    if (resumed) {
+        /* The store failed after QEMU exited: the sprite runs again from its local copy. */
+        sprite_destroy(l->vm, false, NULL, NULL, NULL);
+        l->vm = resumed;
+        l->woken = true;
+        svc_set_state(svc, l, LIVE_RUNNING);
+        log_warn(SVC_LOG, "%s: cold sleep failed, resumed from the local copy: %s", l->key,
+                 err->message);
+    } else if (vm_is_running(l->vm->vm)) {
+        svc_set_state(svc, l, LIVE_RUNNING);
+        log_warn(SVC_LOG, "%s: cold sleep failed, still running: %s", l->key, err->message);
+    } else {
+        sprite_destroy(l->vm, false, NULL, NULL, NULL);
+        l->vm = NULL;
+        l->woken = false;
+        svc_set_state(svc, l, LIVE_STOPPED);
+        log_error(SVC_LOG, "%s: cold sleep failed and QEMU is gone (stopped, disk kept): %s",
+                  l->key, err->message);
+    }
+    g_autofree char *what = g_strdup_printf("cold sleep (%s)", why);
+    svc_wrap(error, err, what);
+    account_db_audit(db, "sleep", l->name, false, (*error)->message);
+    return false;
+}
+
+static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GError **error)
+{
+    account_db *db = svc_account_db(svc, l->account);
+    struct account_cold row = {0};
+    struct wake_result res = {0};
+    GError *err = NULL;
+
+    if (!db || !svc->store)
+        return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: no account database or store");
+    int found = account_db_cold_get(db, l->name, &row, &err);
+    if (found < 0) {
+        svc_wrap(error, err, "account database");
+        return false;
+    }
+    if (found == 0 || strcmp(row.state, "cold") != 0 || !row.manifest[0])
+        return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: sprite '%s' has no cold sleep",
+                        l->name);
+    svc_cold_record(db, l->key, "waking");
+    struct sprite *s = sprite_cold_wake(&svc->cold, l->disk, l->name, row.manifest, &res, &err);
+    if (!s) {
+        svc_cold_record(db, l->key, "cold"); /* the manifest is untouched: try again later */
+        svc_wrap(error, err, "wake (cold)");
+        account_db_audit(db, "wake", l->name, false, (*error)->message);
+        return false;
+    }
+    svc_cold_record(db, l->key, "awake");
+    l->vm = s;
+    l->woken = true;
+    svc_set_state(svc, l, LIVE_RUNNING);
+    g_autofree char *detail =
+        g_strdup_printf("cold: %.2f s, from %s (%.1f MiB fetched)", res.total_s,
+                        res.from_store ? "the store" : "the local copy",
+                        (double)res.fetched_bytes / (1024.0 * 1024.0));
+    log_info(SVC_LOG, "%s: awake, %s", l->key, detail);
+    account_db_audit(db, "wake", l->name, true, detail);
+    return true;
+}
+
+static JsonNode *svc_sleep_cold_verb(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                     const void *unused, GError **error)
+{
+    (void)unused;
+    if (!svc_cold_sleep_locked(svc, db, l, "asked", error))
+        return NULL;
+    JsonNode *n = svc_ok_node(l->name, "asleep");
+    json_object_set_string_member(json_node_get_object(n), "mode", "cold");
+    return n;
+}
+
+JsonNode *sprite_service_sleep_mode(sprite_service *svc, const char *account, const char *name,
+                                    bool cold, GError **error)
+{
+    if (!cold)
+        return sprite_service_sleep(svc, account, name, error);
+    return svc_on_sprite(svc, account, name, svc_sleep_cold_verb, NULL, error);
+}
+
+/* Start-up: what each cold_sleep row that is not "awake" really is now (account_db.c). */
+static void svc_cold_recover_row(sprite_service *svc, account_db *db, const char *account,
+                                 const struct account_cold *c)
+{
+    g_autofree char *key = g_strdup_printf("%s/%s", account, c->sprite);
+    GError *err = NULL;
+    const char *now = "cold";
+
+    if (strcmp(c->state, "going-cold") == 0) {
+        int there = c->pending[0] ? sprite_cold_manifest_exists(&svc->cold, c->pending, &err) : 0;
+        if (there == 1) {
+            log_info(SVC_LOG, "%s: the cold sleep to %s completed before wispd stopped", key,
+                     c->pending);
+        } else {
+            /* Its QEMU is gone (killed with strays); the disk has every flush. */
+            log_warn(SVC_LOG, "%s: a cold sleep did not complete (%s): stopped, disk kept", key,
+                     err ? err->message : "no manifest");
+            now = "awake";
+        }
+    } else if (strcmp(c->state, "waking") == 0 || strcmp(c->state, "cold") == 0) {
+        int there = sprite_cold_manifest_exists(&svc->cold, c->manifest, &err);
+        if (there == 0) {
+            log_error(SVC_LOG, "%s: its manifest %s is not in the store: stopped, disk kept", key,
+                      c->manifest);
+            now = "awake";
+        } else if (there < 0) {
+            /* The store did not answer: the row stays cold, and a wake tries again. */
+            log_warn(SVC_LOG, "%s: %s", key, err->message);
+        }
+        if (strcmp(c->state, "waking") == 0)
+            log_info(SVC_LOG, "%s: a wake did not complete: asleep again", key);
+    }
+    g_clear_error(&err);
+    if (strcmp(now, c->state) != 0) {
+        svc_cold_record(db, key, now);
+        account_db_audit(db, "recover", c->sprite, true, now);
+    }
+    if (strcmp(now, "cold") != 0)
+        return;
+    struct live_sprite *l = svc_get_live(svc, db, account, c->sprite, &err);
+    if (!l) {
+        log_warn(SVC_LOG, "%s: %s", key, err->message);
+        g_clear_error(&err);
+        return;
+    }
+    svc_set_state(svc, l, LIVE_COLD);
+    svc_put_live(svc, l);
+}
+
+static void svc_cold_recover_all(sprite_service *svc)
+{
+    g_autoptr(GDir) dir = g_dir_open(svc->accounts_dir, 0, NULL);
+    const char *account;
+
+    while (dir && (account = g_dir_read_name(dir))) {
+        GError *err = NULL;
+        if (!sprite_service_account_valid(account))
+            continue;
+        /* svc_enter opens (and keeps) the account's database. */
+        account_db *db = svc_enter(svc, account, &err);
+        if (!db) {
+            log_warn(SVC_LOG, "account %s: %s", account, err->message);
+            g_clear_error(&err);
+            continue;
+        }
+        GPtrArray *rows = account_db_cold_list(db, &err);
+        for (guint i = 0; rows && i < rows->len; i++)
+            svc_cold_recover_row(svc, db, account, rows->pdata[i]);
+        if (!rows) {
+            log_warn(SVC_LOG, "account %s: %s", account, err->message);
+            g_clear_error(&err);
+        } else {
+            g_ptr_array_unref(rows);
+        }
+        svc_leave(svc);
+    }
+}
+
+/* Holds a reference on every live sprite that has a VM (svc->mu held). */
+static GPtrArray *svc_live_with_vm(sprite_service *svc)
+{
+    GPtrArray *a = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer value;
+    g_hash_table_iter_init(&it, svc->live);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct live_sprite *l = value;
+        if (l->state == LIVE_RUNNING || l->state == LIVE_ASLEEP) {
+            l->refs++;
+            g_ptr_array_add(a, l);
+        }
+    }
+    return a;
+}
+
+void sprite_service_sleep_all_cold(sprite_service *svc)
+{
+    if (!svc)
+        return;
+    g_mutex_lock(&svc->mu);
+    svc->stopping = true;
+    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
+        ;
+    GPtrArray *todo = svc_live_with_vm(svc);
+    g_mutex_unlock(&svc->mu);
+    for (guint i = 0; i < todo->len; i++) {
+        struct live_sprite *l = todo->pdata[i];
+        account_db *db = svc_account_db(svc, l->account);
+        GError *err = NULL;
+        /* A call still running keeps its VM (sprite_service_free leaves it to the pool). */
+        if (g_mutex_trylock(&l->op)) {
+            if (db && l->vm && !svc_cold_sleep_locked(svc, db, l, "shutdown", &err)) {
+                log_error(SVC_LOG, "%s: %s; its VM is destroyed, the disk kept", l->key,
+                          err->message);
+                g_clear_error(&err);
+            }
+            g_mutex_unlock(&l->op);
+        }
+        svc_put_live(svc, l);
+    }
+    g_ptr_array_free(todo, TRUE);
+}
+
+/* ---- the idle policy's API (idle_policy.h) --------------------------------------------------- */
+
+GArray *sprite_service_idle_snapshot(sprite_service *svc)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(struct sprite_service_idle_entry));
+    gint64 now = g_get_monotonic_time();
+    GHashTableIter it;
+    gpointer value;
+
+    g_mutex_lock(&svc->mu);
+    g_hash_table_iter_init(&it, svc->live);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct live_sprite *l = value;
+        if (l->gone || (l->state != LIVE_RUNNING && l->state != LIVE_ASLEEP))
+            continue;
+        /* An open stream is activity until it closes; the idle time counts from then. */
+        if (l->holds > 0)
+            l->last_active_us = now;
+        struct sprite_service_idle_entry e = {
+            .cold = false,
+            .asleep = l->state == LIVE_ASLEEP,
+            .idle_us = now - l->last_active_us,
+            .last_active_us = l->last_active_us,
+        };
+        g_strlcpy(e.account, l->account, sizeof e.account);
+        g_strlcpy(e.name, l->name, sizeof e.name);
+        g_array_append_val(a, e);
+    }
+    g_mutex_unlock(&svc->mu);
+    return a;
+}
+
+bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const char *name,
+                               bool cold, gint64 min_idle_us, const char *why, GError **error)
+{
+    account_db *db = svc_enter(svc, account, error);
+    g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+    bool ok = false;
+
+    if (!db)
+        return false;
+    g_mutex_lock(&svc->mu);
+    struct live_sprite *l = g_hash_table_lookup(svc->live, key);
+    if (l)
+        l->refs++;
+    g_mutex_unlock(&svc->mu);
+    if (!l) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", name);
+        goto out;
+    }
+    /* Never wait for, nor race, a verb: a busy sprite is not idle. */
+    if (!g_mutex_trylock(&l->op)) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is busy", name);
+        svc_put_live(svc, l);
+        goto out;
+    }
+    g_mutex_lock(&svc->mu);
+    bool idle =
+        !l->gone && l->holds == 0 && g_get_monotonic_time() - l->last_active_us >= min_idle_us;
+    g_mutex_unlock(&svc->mu);
+    GError *err = NULL;
+    if (!idle) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is active again", name);
+    } else if (cold) {
+        ok = svc_cold_sleep_locked(svc, db, l, why, error);
+    } else if (!l->vm || l->vm->state != SPRITE_VM_RUNNING) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is not running", name);
+    } else if (!sprite_sleep_warm(l->vm, NULL, &err)) {
+        svc_wrap(error, err, "warm sleep");
+        account_db_audit(db, "sleep", name, false, (*error)->message);
+    } else {
+        svc_set_state(svc, l, LIVE_ASLEEP);
+        g_autofree char *detail = g_strdup_printf("warm (%s)", why);
+        log_info(SVC_LOG, "%s: asleep, %s", key, detail);
+        account_db_audit(db, "sleep", name, true, detail);
+        ok = true;
+    }
+    svc_unlock_put(svc, l);
+out:
+    svc_leave(svc);
+    return ok;
 }

@@ -6,7 +6,9 @@
  * States:
  *
  *   running   the VM runs
- *   asleep    warm sleep: the VM is paused, its memory kept (QMP stop)
+ *   asleep    "mode":"warm": the VM is paused, its memory kept (QMP stop); "mode":"cold": no
+ *             VM, its memory and device state in the store (sprite_cold.h), the wake's manifest
+ *             in the account DB; both wake on the next call that needs the VM
  *   stopped   no VM (after a wispd restart, or a failed claim): the disk is kept, and the next
  *             exec or wake claims a VM for it
  *
@@ -21,6 +23,7 @@
 #define WISP_SPRITE_SERVICE_H
 
 #include "pool.h"
+#include "template.h"
 
 #include <glib.h>
 #include <json-glib/json-glib.h>
@@ -42,6 +45,11 @@ struct sprite_service_config {
     const char *nbd_socket, *control_socket;
     vm_pool *pool;
     const char *base_disk; /* NULL: "base" */
+    /* Cold sleep: all three, or tpl NULL for none (cold sleep refused). */
+    const struct vm_template *tpl; /* the pool's: the machine a woken sprite runs */
+    const char *store_url;         /* where sleeps go (vm/chunks/, vm/sprites/DISK/) */
+    const char *run_dir;           /* woken VMs' run dirs go under it */
+    int cold_store_wait_s;         /* sprite_cold_config.store_wait_s (0: its default) */
 };
 
 /* Output kept per stream of an exec; the rest is dropped and "truncated" set. */
@@ -87,5 +95,30 @@ JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const c
                                GError **error);
 JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const char *name,
                               GError **error);
+
+/* POST .../sleep with "mode": cold=false is sprite_service_sleep.  A cold sleep of a warm-asleep
+ * sprite resumes it for the guest's sync first. */
+JsonNode *sprite_service_sleep_mode(sprite_service *svc, const char *account, const char *name,
+                                    bool cold, GError **error);
+
+/* SIGTERM: refuses new calls, waits (up to 60 s) for the running ones, then cold-sleeps every
+ * sprite that has a VM, one by one.  One that fails is left to sprite_service_free (its VM is
+ * destroyed, its disk kept: "stopped" at the next start).  Call before sprite_service_free. */
+void sprite_service_sleep_all_cold(sprite_service *svc);
+
+/* ---- for the idle policy (idle_policy.h) ---- */
+struct sprite_service_idle_entry {
+    char account[40], name[64];
+    bool asleep, cold;     /* asleep: warm asleep (cold ones are not listed) */
+    gint64 idle_us;        /* since the last call that acted on it, or its last open stream */
+    gint64 last_active_us; /* monotonic */
+};
+/* Every sprite that has a VM (running or warm-asleep): struct sprite_service_idle_entry. */
+GArray *sprite_service_idle_snapshot(sprite_service *svc);
+/* Puts the sprite to warm (cold=false) or cold sleep if it is still idle for min_idle_us and no
+ * verb holds it; CONFLICT if it is busy or active again (never waits for a verb).  why: for
+ * the log and the audit ("idle", "memory pressure").  Blocks: call from a worker thread. */
+bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const char *name,
+                               bool cold, gint64 min_idle_us, const char *why, GError **error);
 
 #endif

@@ -6,16 +6,19 @@
  * wispd left half done, sprite_reconcile.h); the sprite service and its HTTP/JSON API on a unix
  * socket.
  * SIGTERM and SIGINT stop it in the reverse order: no new requests, the running ones finish,
- * every sprite's VM is destroyed (its disk is kept), the pool and nbdkit stop.  SIGHUP reads the
+ * the idle policy stops, every sprite with a VM goes to cold sleep (one that cannot has its VM
+ * destroyed and its disk kept), the pool and nbdkit stop.  SIGHUP reads the
  * config file and the tokens file again (the pool size and the tokens take effect). */
 #include "api_auth.h"
 #include "api_server.h"
+#include "idle_policy.h"
 #include "log.h"
 #include "pool.h"
 #include "proc.h"
 #include "runas.h"
 #include "sprite_db.h"
 #include "sprite_reconcile.h"
+#include "sprite_cold.h"
 #include "sprite_service.h"
 #include "storage_server.h"
 #include "template.h"
@@ -44,10 +47,19 @@ struct wispd {
     vm_pool *pool;
     sprite_service *svc;
     api_server *api;
+    idle_policy *idle;
     char *meta_dir, *run_dir;
     const char *qemu_user; /* cfg.qemu_user when QEMU can drop to it here, else NULL */
     int lock_fd;           /* STATE/wispd.lock, flocked for wispd's life; -1: none */
 };
+
+static void wispd_idle_config(const struct wispd_config *c, struct idle_policy_config *out)
+{
+    *out = (struct idle_policy_config){.warm_s = (unsigned)c->idle_warm_s,
+                                       .cold_s = (unsigned)c->idle_cold_s,
+                                       .memory_low_mib = (unsigned)c->memory_low_mib,
+                                       .memory_psi = (unsigned)c->memory_psi};
+}
 
 /* Whether the storage server has the base disk. */
 static int wispd_has_base(struct wispd *d, GError **error)
@@ -204,6 +216,13 @@ static gboolean wispd_on_hup(gpointer opaque)
             d->cfg.pool_size = fresh.pool_size;
             vm_pool_set_size(d->pool, fresh.pool_size);
         }
+        d->cfg.idle_warm_s = fresh.idle_warm_s;
+        d->cfg.idle_cold_s = fresh.idle_cold_s;
+        d->cfg.memory_low_mib = fresh.memory_low_mib;
+        d->cfg.memory_psi = fresh.memory_psi;
+        struct idle_policy_config ic;
+        wispd_idle_config(&d->cfg, &ic);
+        idle_policy_set_config(d->idle, &ic);
         wispd_config_clear(&fresh);
     }
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, &err);
@@ -344,6 +363,10 @@ static bool wispd_start(struct wispd *d, GError **error)
         .nbd_socket = storage_server_nbd_socket(d->storage),
         .control_socket = storage_server_control_socket(d->storage),
         .pool = d->pool,
+        .tpl = d->tpl,
+        .store_url = d->cfg.store_url,
+        .run_dir = d->run_dir,
+        .cold_store_wait_s = d->cfg.cold_store_wait_s,
     };
     d->svc = sprite_service_new(&sc, error);
     if (!d->svc) {
@@ -355,12 +378,18 @@ static bool wispd_start(struct wispd *d, GError **error)
         g_hash_table_unref(tokens);
         return false;
     }
+    struct idle_policy_config ic;
+    wispd_idle_config(&d->cfg, &ic);
+    d->idle = idle_policy_start(d->svc, &ic);
     return true;
 }
 
 static void wispd_stop(struct wispd *d)
 {
     api_server_stop(d->api);
+    idle_policy_free(d->idle);
+    /* Nothing lost: every sprite with a VM goes to cold sleep (docs/operations.md). */
+    sprite_service_sleep_all_cold(d->svc);
     sprite_service_free(d->svc);
     vm_pool_free(d->pool);
     vm_template_free(d->tpl);

@@ -9,6 +9,9 @@
 
 #define WISPD_GROUP "wispd"
 
+static bool wispd_config_read_idle(struct wispd_config *cfg, GKeyFile *kf, const char *path,
+                                   bool reload, GError **error);
+
 /* Reads the [wispd] group of path into cfg, where cfg has no value yet (flags win). */
 static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, bool override_pool,
                                    GError **error)
@@ -64,8 +67,10 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
         }
         cfg->sandbox_set = true;
     }
-    return true;
+    return wispd_config_read_idle(cfg, kf, path, override_pool, error);
 }
+
+static void wispd_config_idle_defaults(struct wispd_config *cfg);
 
 static void wispd_config_defaults(struct wispd_config *cfg)
 {
@@ -101,12 +106,15 @@ static void wispd_config_defaults(struct wispd_config *cfg)
         cfg->sandbox = true;
     if (!cfg->qemu_user)
         cfg->qemu_user = g_strdup(VM_RUNAS_DEFAULT_USER);
+    wispd_config_idle_defaults(cfg);
 }
 
 bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError **error)
 {
     gint pool_size = -1, mem = 0, cpus = 0;
     gboolean no_sandbox = FALSE;
+    cfg->idle_warm_s = cfg->idle_cold_s = cfg->memory_low_mib = cfg->memory_psi = -1;
+    cfg->cold_store_wait_s = -1;
     GOptionEntry entries[] = {
         {"config", 'c', 0, G_OPTION_ARG_FILENAME, &cfg->config_file, "INI file ([wispd] group)",
          "FILE"},
@@ -133,6 +141,17 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
         {"qemu-user", 0, 0, G_OPTION_ARG_STRING, &cfg->qemu_user,
          "QEMU drops to this user where the host allows (" VM_RUNAS_DEFAULT_USER "; \"\": no)",
          "USER"},
+        {"idle-warm", 0, 0, G_OPTION_ARG_INT, &cfg->idle_warm_s,
+         "seconds idle before warm sleep (30; 0: never)", "S"},
+        {"idle-cold", 0, 0, G_OPTION_ARG_INT, &cfg->idle_cold_s,
+         "seconds idle before cold sleep (600; 0: never)", "S"},
+        {"memory-low-mib", 0, 0, G_OPTION_ARG_INT, &cfg->memory_low_mib,
+         "MemAvailable below this is memory pressure (1024; 0: not checked)", "MIB"},
+        {"cold-store-wait", 0, 0, G_OPTION_ARG_INT, &cfg->cold_store_wait_s,
+         "seconds a cold sleep waits for the store before it resumes the sprite (120)", "S"},
+        {"memory-psi", 0, 0, G_OPTION_ARG_INT, &cfg->memory_psi,
+         "/proc/pressure/memory some avg10 at or above this is pressure (20; 0: not checked)",
+         "PERCENT"},
         G_OPTION_ENTRY_NULL,
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- the Wisp daemon");
@@ -143,6 +162,12 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
     if (*argc > 1) {
         g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "unexpected argument: %s",
                     (*argv)[1]);
+        return false;
+    }
+    if (cfg->idle_warm_s < -1 || cfg->idle_cold_s < -1 || cfg->memory_low_mib < -1 ||
+        cfg->memory_psi < -1 || cfg->memory_psi > 100) {
+        g_set_error(error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                    "--idle-warm, --idle-cold, --memory-low-mib or --memory-psi out of range");
         return false;
     }
     if (pool_size > 1024 || mem < 0 || mem > 1 << 20 || cpus < 0 || cpus > 64) {
@@ -176,6 +201,11 @@ bool wispd_config_reload(const struct wispd_config *cur, struct wispd_config *ou
 {
     *out = (struct wispd_config){0};
     out->pool_size = cur->pool_size;
+    out->idle_warm_s = cur->idle_warm_s;
+    out->idle_cold_s = cur->idle_cold_s;
+    out->memory_low_mib = cur->memory_low_mib;
+    out->memory_psi = cur->memory_psi;
+    out->cold_store_wait_s = cur->cold_store_wait_s;
     if (cur->config_file && !wispd_config_read_file(out, cur->config_file, true, error)) {
         wispd_config_clear(out);
         return false;
@@ -196,4 +226,52 @@ void wispd_config_clear(struct wispd_config *cfg)
     g_free(cfg->wisp_cli);
     g_free(cfg->qemu_user);
     *cfg = (struct wispd_config){0};
+}
+
+/* ---- the idle policy's settings -------------------------------------------------------------
+ * Seconds and MiB: 0 switches the measure off, so "unset" is -1 here, not 0. */
+
+static bool wispd_config_read_idle(struct wispd_config *cfg, GKeyFile *kf, const char *path,
+                                   bool reload, GError **error)
+{
+    struct {
+        const char *key;
+        int *field;
+        int max;
+    } keys[] = {
+        {"idle-warm", &cfg->idle_warm_s, 7 * 86400},
+        {"idle-cold", &cfg->idle_cold_s, 30 * 86400},
+        {"memory-low-mib", &cfg->memory_low_mib, 1 << 24},
+        {"memory-psi", &cfg->memory_psi, 100},
+        {"cold-store-wait", &cfg->cold_store_wait_s, 3600},
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(keys); i++) {
+        if ((*keys[i].field >= 0 && !reload) ||
+            !g_key_file_has_key(kf, WISPD_GROUP, keys[i].key, NULL))
+            continue;
+        GError *e = NULL;
+        gint v = g_key_file_get_integer(kf, WISPD_GROUP, keys[i].key, &e);
+        if (e || v < 0 || v > keys[i].max) {
+            g_set_error(error, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+                        "%s: %s must be a number from 0 to %d", path, keys[i].key, keys[i].max);
+            g_clear_error(&e);
+            return false;
+        }
+        *keys[i].field = v;
+    }
+    return true;
+}
+
+static void wispd_config_idle_defaults(struct wispd_config *cfg)
+{
+    if (cfg->idle_warm_s < 0)
+        cfg->idle_warm_s = 30;
+    if (cfg->idle_cold_s < 0)
+        cfg->idle_cold_s = 600;
+    if (cfg->memory_low_mib < 0)
+        cfg->memory_low_mib = 1024;
+    if (cfg->memory_psi < 0)
+        cfg->memory_psi = 20;
+    if (cfg->cold_store_wait_s <= 0)
+        cfg->cold_store_wait_s = 120;
 }

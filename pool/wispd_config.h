@@ -1,7 +1,7 @@
 /* wispd_config.h: wispd's settings, from an INI file (GKeyFile, group [wispd]) and flags.
  *
  * Flags win over the file; the file wins over the defaults.  SIGHUP reads the file again, and
- * only the settings that can change at run time (the pool size) take effect. */
+ * only the settings that can change at run time (the pool size, the idle policy's) take effect. */
 #ifndef WISP_WISPD_CONFIG_H
 #define WISP_WISPD_CONFIG_H
 
@@ -23,6 +23,15 @@ struct wispd_config {
     bool sandbox;     /* QEMU under -sandbox on; default true */
     bool sandbox_set; /* said by a flag or the file */
     char *qemu_user;  /* QEMU's user where the host allows (runas.h); "" : the caller's */
+    /* The idle policy (idle_policy.h); -1 until set, then the defaults.  Reloaded on SIGHUP
+     * (the file's values then win over the flags'). */
+    int idle_warm_s;    /* idle-warm: 30 */
+    int idle_cold_s;    /* idle-cold: 600 */
+    int memory_low_mib; /* memory-low-mib: 1024 (0: not checked) */
+    int memory_psi;     /* memory-psi: 20 (percent of some avg10; 0: not checked) */
+    /* cold-store-wait: 120 s; how long a cold sleep whose QEMU has exited waits for the store
+     * before it resumes the sprite from its local copy (read at start only). */
+    int cold_store_wait_s;
 };
 
 /* Parses argv (GOption) and the config file it names; fills in the defaults.  false with error
