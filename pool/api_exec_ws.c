@@ -53,6 +53,8 @@ struct ws_stream {
     bool conn_gone;            /* no WebSocket (never made, or closed) */
     bool joined;               /* the pump thread is joined */
     bool in_eof;               /* the client sent the end of stdin */
+    bool opening;              /* the open runs in a worker */
+    bool client_gone;          /* the message finished before the upgrade */
     sprite_stream *ss_pending; /* from open, until the pump takes it */
 
     GThread *pump, *input;
@@ -581,7 +583,9 @@ static void ws_on_upgraded(SoupServerMessage *msg, gpointer data)
     ws_start_threads(st);
 }
 
-/* The message finished without an upgrade (the client went first): the process goes. */
+/* The message finished without an upgrade: the client went first, while the process was
+ * being started (then ws_open_done sees client_gone) or before the 101 was written.  The
+ * process goes. */
 static void ws_on_finished(SoupServerMessage *msg, gpointer data)
 {
     struct ws_stream *st = data;
@@ -589,8 +593,10 @@ static void ws_on_finished(SoupServerMessage *msg, gpointer data)
     g_signal_handlers_disconnect_by_data(msg, st);
     g_clear_object(&st->msg);
     st->conn_gone = true;
+    st->client_gone = true;
     st->cancelled = true; /* no thread runs yet */
-    ws_start_threads(st);
+    if (!st->opening)
+        ws_start_threads(st);
 }
 
 /* ---- open: in a worker, the message paused -------------------------------------------------- */
@@ -626,28 +632,31 @@ static void ws_open_done(GObject *source, GAsyncResult *res, gpointer data)
     SoupServerMessage *msg = st->msg;
 
     (void)source;
+    st->opening = false;
     st->ss_pending = g_task_propagate_pointer(G_TASK(res), &err);
     if (!st->ss_pending) {
         guint status = ws_status_of(err);
         if (status >= 500)
             log_warn(WS_LOG, "%s: %s", st->label, err->message);
-        ws_http_error(msg, status, "%s", err->message);
+        if (msg) {
+            g_signal_handlers_disconnect_by_data(msg, st);
+            ws_http_error(msg, status, "%s", err->message);
+            soup_server_message_unpause(msg);
+            g_clear_object(&st->msg);
+        }
         g_clear_error(&err);
-        soup_server_message_unpause(msg);
-        g_clear_object(&st->msg);
         st->conn_gone = st->joined = true;
         st->done = true;
         ws_maybe_free(st);
         return;
     }
-    if (!soup_websocket_server_process_handshake(msg, NULL, NULL, NULL, NULL)) {
-        /* Checked before the open; only a changed message could fail here. */
-        g_signal_connect(msg, "finished", G_CALLBACK(ws_on_finished), st);
-        soup_server_message_unpause(msg);
+    if (st->client_gone) {
+        ws_start_threads(st); /* cancelled: the pump kills the process and closes */
         return;
     }
-    g_signal_connect(msg, "wrote-informational", G_CALLBACK(ws_on_upgraded), st);
-    g_signal_connect(msg, "finished", G_CALLBACK(ws_on_finished), st);
+    /* Checked before the open, so it succeeds; if not, "finished" ends the stream. */
+    if (soup_websocket_server_process_handshake(msg, NULL, NULL, NULL, NULL))
+        g_signal_connect(msg, "wrote-informational", G_CALLBACK(ws_on_upgraded), st);
     soup_server_message_unpause(msg);
 }
 
@@ -768,6 +777,9 @@ void api_exec_ws_route(api_exec_ws *ws, SoupServerMessage *msg, const char *acco
     st->label = g_strdup_printf("%s/%s", account, name);
     st->msg = g_object_ref(msg);
     ws->streams = g_list_prepend(ws->streams, st);
+    /* From now on: a client that goes away before the upgrade ends the stream. */
+    g_signal_connect(msg, "finished", G_CALLBACK(ws_on_finished), st);
+    st->opening = true;
     soup_server_message_pause(msg);
     GTask *task = g_task_new(NULL, NULL, ws_open_done, st);
     g_task_set_task_data(task, st, NULL);
