@@ -1,5 +1,7 @@
-/* cli_sprite.c: the wisp verbs on wispd's API (docs/api.md): create, list, exec, checkpoint,
- * restore, sleep, wake, destroy.  Each is one request over the unix socket (api_client.h).
+/* cli_sprite.c: the wisp verbs on wispd's API (docs/api.md): create, list, exec, console,
+ * checkpoint, restore, sleep, wake, destroy.  Each is one request over the unix socket
+ * (api_client.h), except exec and console, which stream over a WebSocket (cli_exec.c; exec
+ * --json is the buffered request).
  *
  * Common options: --socket PATH ($WISP_SOCKET, else /var/lib/wisp/wispd.sock), --token TOKEN
  * ($WISP_TOKEN; none: the account "default"), --json (print wispd's answer as it is).
