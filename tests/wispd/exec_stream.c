@@ -16,6 +16,9 @@
  *                soon after, and wispd still answers
  *   busy         a sprite with an open stream refuses sleep (409); deleting it ends the stream
  *                with the error "the sprite was deleted" (the CLI exits 1 saying so)
+ *   protocol     a raw WebSocket client (libsoup's) that sends a text message, an unknown
+ *                channel, or stdin beyond the 1 MiB window to a process that does not read
+ *                it: each is closed with 1008, its process is gone, and wispd still answers
  *   auth         on the WebSocket route: another account's sprite is 404 and an unknown token
  *                401, before any upgrade; the CLI says so and exits 1
  *   round trip   `wisp exec NAME true` 20 times on an awake sprite: the median is logged (the
@@ -26,6 +29,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libsoup/soup.h>
 #include <pty.h>
 #include <signal.h>
 #include <stdio.h>
@@ -399,6 +403,109 @@ static void es_check_auth(void)
     g_free(err);
 }
 
+/* ---- a raw WebSocket client, for what the CLI never sends ----------------------------------- */
+
+struct es_ws {
+    SoupWebsocketConnection *conn;
+    GError *error;
+    bool done, closed;
+};
+
+static void es_ws_connected(GObject *source, GAsyncResult *res, gpointer data)
+{
+    struct es_ws *c = data;
+    c->conn = soup_session_websocket_connect_finish(SOUP_SESSION(source), res, &c->error);
+    c->done = true;
+}
+
+static void es_ws_closed(SoupWebsocketConnection *conn, gpointer data)
+{
+    struct es_ws *c = data;
+    (void)conn;
+    c->closed = true;
+}
+
+static void es_ws_run_until(bool *flag, double timeout_s, const char *what)
+{
+    double until = fx_now() + timeout_s;
+    while (!*flag) {
+        FX_CHECK(fx_now() < until, "%s: not within %.0f s", what, timeout_s);
+        g_main_context_iteration(NULL, FALSE);
+        if (!*flag)
+            fx_sleep(0.005);
+    }
+}
+
+/* Opens the stream of `query` for account A. */
+static void es_ws_open(struct es_ws *c, SoupSession *session, const char *query)
+{
+    g_autofree char *url = g_strdup_printf("http://wispd/v1/sprites/s1/exec?%s", query);
+    SoupMessage *msg = soup_message_new("GET", url);
+    soup_message_headers_replace(soup_message_get_request_headers(msg), "Authorization",
+                                 "Bearer " WFX_TOKEN_A);
+    memset(c, 0, sizeof *c);
+    soup_session_websocket_connect_async(session, msg, NULL, NULL, G_PRIORITY_DEFAULT, NULL,
+                                         es_ws_connected, c);
+    es_ws_run_until(&c->done, 120, "the WebSocket handshake");
+    FX_CHECK(c->conn, "WebSocket %s: %s (HTTP %u)", url, c->error ? c->error->message : "?",
+             soup_message_get_status(msg));
+    g_object_unref(msg);
+    g_signal_connect(c->conn, "closed", G_CALLBACK(es_ws_closed), c);
+}
+
+static void es_ws_send(struct es_ws *c, guint8 channel, const void *data, size_t len)
+{
+    g_autofree guint8 *p = g_malloc(len + 1);
+    p[0] = channel;
+    memcpy(p + 1, data, len);
+    soup_websocket_connection_send_binary(c->conn, p, len + 1);
+}
+
+/* Waits for wispd to close the connection; checks its close code. */
+static void es_ws_expect_close(struct es_ws *c, gushort code, const char *what)
+{
+    es_ws_run_until(&c->closed, 60, what);
+    gushort got = soup_websocket_connection_get_close_code(c->conn);
+    fx_log("protocol: %s: closed %u (%s)", what, got,
+           soup_websocket_connection_get_close_data(c->conn) ?: "");
+    FX_CHECK(got == code, "%s: close code %u, not %u", what, got, code);
+    g_clear_object(&c->conn);
+}
+
+static void es_check_protocol(void)
+{
+    GSocketAddress *addr = g_unix_socket_address_new(es_socket);
+    SoupSession *session = soup_session_new_with_options("remote-connectable", addr, NULL);
+    struct es_ws c;
+
+    g_object_unref(addr);
+    es_ws_open(&c, session, "argv=sleep&argv=4441&stdin=1");
+    soup_websocket_connection_send_text(c.conn, "hello");
+    es_ws_expect_close(&c, SOUP_WEBSOCKET_CLOSE_POLICY_VIOLATION, "a text message");
+
+    es_ws_open(&c, session, "argv=sleep&argv=4442");
+    es_ws_send(&c, 9, "x", 1);
+    es_ws_expect_close(&c, SOUP_WEBSOCKET_CLOSE_POLICY_VIOLATION, "an unknown channel");
+
+    /* sleep never reads its stdin: the guest's pipe and wisp-init's buffer fill, then wispd's
+     * window; the frame past it is refused rather than buffered. */
+    es_ws_open(&c, session, "argv=sleep&argv=4443&stdin=1");
+    g_autofree guint8 *chunk = g_malloc0(64 * 1024);
+    for (int i = 0; i < 40 && !c.closed; i++) {
+        es_ws_send(&c, 0, chunk, 64 * 1024);
+        g_main_context_iteration(NULL, FALSE);
+    }
+    es_ws_expect_close(&c, SOUP_WEBSOCKET_CLOSE_POLICY_VIOLATION, "stdin beyond the window");
+
+    double until = fx_now() + 30;
+    while (es_guest_count("[s]leep 444") > 0) {
+        FX_CHECK(fx_now() < until, "processes of violating streams still run after 30 s");
+        fx_sleep(0.5);
+    }
+    wfx_expect_free(200, "GET", "/v1/sprites", WFX_TOKEN_A, NULL);
+    g_object_unref(session);
+}
+
 static int es_cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -445,6 +552,7 @@ int main(void)
     es_check_console();
     es_check_disconnect();
     es_check_busy();
+    es_check_protocol();
     es_check_auth();
     es_round_trip();
 
