@@ -2,6 +2,7 @@
 #include "api_server.h"
 
 #include "api_auth.h"
+#include "api_exec_ws.h"
 #include "log.h"
 
 #include <errno.h>
@@ -19,6 +20,7 @@ struct api_server {
     sprite_service *svc;
     GHashTable *tokens;
     char *socket_path;
+    api_exec_ws *ws; /* streaming execs (api_exec_ws.h) */
 };
 
 static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
@@ -454,7 +456,10 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
         verb = API_GET;
     else if (n == 4 && del)
         verb = API_DELETE;
-    else if (n == 5 && post && strcmp(sub, "exec") == 0) {
+    else if (n == 5 && get && strcmp(sub, "exec") == 0 && api_exec_ws_wanted(msg)) {
+        api_exec_ws_route(api->ws, msg, account, name);
+        return;
+    } else if (n == 5 && post && strcmp(sub, "exec") == 0) {
         api_route_exec(api, msg, account, name);
         return;
     } else if (n == 5 && post && strcmp(sub, "sleep") == 0) {
@@ -507,6 +512,7 @@ api_server *api_server_start(const char *socket_path, sprite_service *svc, GHash
     api->svc = svc;
     api->tokens = tokens;
     api->socket_path = g_strdup(socket_path);
+    api->ws = api_exec_ws_new(svc);
     api->server = soup_server_new("server-header", "wispd", NULL);
     soup_server_add_early_handler(api->server, NULL, api_early, api, NULL);
     soup_server_add_handler(api->server, NULL, api_handle, api, NULL);
@@ -561,6 +567,7 @@ void api_server_stop(api_server *api)
 {
     if (!api)
         return;
+    api_exec_ws_free(api->ws); /* kills the streams' processes: before the service goes */
     if (api->server) {
         soup_server_disconnect(api->server);
         g_object_unref(api->server);

@@ -1,11 +1,14 @@
-/* cli_sprite.c: the wisp verbs on wispd's API (docs/api.md): create, list, exec, checkpoint,
- * restore, sleep, wake, destroy.  Each is one request over the unix socket (api_client.h).
+/* cli_sprite.c: the wisp verbs on wispd's API (docs/api.md): create, list, exec, console,
+ * checkpoint, restore, sleep, wake, destroy.  Each is one request over the unix socket
+ * (api_client.h), except exec and console, which stream over a WebSocket (cli_exec.c; exec
+ * --json is the buffered request).
  *
  * Common options: --socket PATH ($WISP_SOCKET, else /var/lib/wisp/wispd.sock), --token TOKEN
  * ($WISP_TOKEN; none: the account "default"), --json (print wispd's answer as it is).
  * Exit codes: 0 ok, 1 error, 2 usage; exec exits with the remote command's code. */
 #include "api_client.h"
 #include "cli.h"
+#include "cli_exec.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,7 +20,7 @@
 
 struct cli_sprite_opts {
     char *socket, *token;
-    gboolean json, with_stdin;
+    gboolean json, with_stdin, tty;
 };
 
 /* Parses `wisp VERB [options] ARGS...`; argv[0] is VERB.  Leaves the positional arguments in
@@ -32,7 +35,10 @@ static int cli_sprite_parse(const char *verb, const char *args, const char *summ
          "bearer token of your account (default $WISP_TOKEN)", "TOKEN"},
         {"json", 0, 0, G_OPTION_ARG_NONE, &o->json, "print wispd's JSON answer", NULL},
         {has_stdin ? "stdin" : "unused-stdin", 'i', has_stdin ? 0 : G_OPTION_FLAG_HIDDEN,
-         G_OPTION_ARG_NONE, &o->with_stdin, "send this process's stdin (up to 960 KiB)", NULL},
+         G_OPTION_ARG_NONE, &o->with_stdin,
+         "send stdin even when it is a terminal (it is sent when it is not one)", NULL},
+        {has_stdin ? "tty" : "unused-tty", 't', has_stdin ? 0 : G_OPTION_FLAG_HIDDEN,
+         G_OPTION_ARG_NONE, &o->tty, "a pty in the sprite; this terminal in raw mode", NULL},
         G_OPTION_ENTRY_NULL,
     };
     g_autofree char *param = g_strdup_printf("%s - %s", args, summary);
@@ -154,6 +160,12 @@ static int cli_sprite_exec(const struct cli_sprite_opts *o, int argc, char **arg
         cli_error("usage: wisp exec NAME -- COMMAND [ARGS...]");
         return CLI_EXIT_USAGE;
     }
+    /* Streaming, unless --json asks for the buffered JSON answer (POST .../exec). */
+    if (!o->json) {
+        json_array_unref(cmd);
+        json_object_unref(req);
+        return cli_exec_stream(o->socket, o->token, argv[0], argv + first, o->tty, o->with_stdin);
+    }
     for (int i = first; i < argc; i++)
         json_array_add_string_element(cmd, argv[i]);
     json_object_set_array_member(req, "argv", cmd);
@@ -230,7 +242,11 @@ struct cli_sprite_verb {
 static const struct cli_sprite_verb cli_sprite_verbs[] = {
     {"create", "NAME", "create a sprite and start it", 1, 1},
     {"list", "", "list your sprites and their states", 0, 0},
-    {"exec", "NAME -- COMMAND [ARGS...]", "run a command in a sprite; exits with its code", 2, -1},
+    {"exec", "NAME -- COMMAND [ARGS...]",
+     "run a command in a sprite, streaming; exits with its code.  stdin is sent when it is not "
+     "a terminal (or with -i); -t gives the command a pty.  --json: buffered, JSON answer",
+     2, -1},
+    {"console", "NAME", "an interactive shell in a sprite (wisp exec -t NAME -- /bin/sh -l)", 1, 1},
     {"checkpoint", "create|list NAME", "checkpoint a sprite's disk, or list its checkpoints", 2, 2},
     {"restore", "NAME CHECKPOINT", "restore a sprite's disk to a checkpoint (restarts the VM)", 2,
      2},
@@ -258,6 +274,10 @@ static int cli_sprite_run(const struct cli_sprite_verb *v, const struct cli_spri
         return cli_sprite_list(o);
     if (strcmp(v->name, "exec") == 0)
         return cli_sprite_exec(o, argc, argv);
+    if (strcmp(v->name, "console") == 0) {
+        char *shell[] = {"/bin/sh", "-l", NULL};
+        return cli_exec_stream(o->socket, o->token, name, shell, true, true);
+    }
     if (strcmp(v->name, "checkpoint") == 0)
         return cli_sprite_checkpoint(o, argc, argv);
     if (strcmp(v->name, "restore") == 0) {

@@ -52,9 +52,13 @@ struct live_sprite {
     bool gone;             /* deleted; under svc->mu */
     /* The idle policy's view (idle_policy.h), under svc->mu: */
     char *account;
-    unsigned holds;        /* open exec streams; > 0 counts as activity */
     gint64 last_active_us; /* monotonic time of the last call that acted on it */
     bool woken;            /* vm came from a cold wake (share=on RAM), not the pool; under op */
+    /* Open exec streams (sprite_service_stream_open): each holds the sprite awake (holds > 0
+     * counts as activity), so nothing may sleep, restore or delete its VM while holds > 0
+     * without ending them first (svc_streams_end).  Both under svc->mu. */
+    unsigned holds;
+    GSList *streams; /* struct sprite_stream * */
 };
 
 struct sprite_service {
@@ -371,6 +375,8 @@ static void svc_touch(sprite_service *svc, struct live_sprite *l)
     l->last_active_us = g_get_monotonic_time();
     g_mutex_unlock(&svc->mu);
 }
+static bool svc_streams_end(sprite_service *svc, struct live_sprite *l, const char *why,
+                            GError **error);
 
 /* A verb on one sprite, called inside svc_enter with the sprite's op lock held. */
 typedef JsonNode *(*svc_verb_fn)(sprite_service *svc, account_db *db, struct live_sprite *l,
@@ -658,6 +664,8 @@ static JsonNode *svc_delete_locked(sprite_service *svc, account_db *db, struct l
     bool ok;
 
     (void)unused;
+    if (!svc_streams_end(svc, l, "the sprite was deleted", error))
+        return NULL;
     if (l->vm)
         ok = sprite_destroy(l->vm, true, svc_delete_disk_cb, svc, &err);
     else
@@ -919,6 +927,8 @@ static JsonNode *svc_restore_locked(sprite_service *svc, account_db *db, struct 
         return NULL;
     }
     /* The VM goes first: its guest's view of the disk would be wrong after the restore. */
+    if (!svc_streams_end(svc, l, "the sprite was restored to a checkpoint", error))
+        return NULL;
     if (l->vm && !sprite_destroy(l->vm, false, NULL, NULL, &err)) {
         log_warn(SVC_LOG, "%s: destroy before restore: %s", l->key, err->message);
         g_clear_error(&err);
@@ -958,9 +968,15 @@ static JsonNode *svc_sleep_locked(sprite_service *svc, account_db *db, struct li
     GError *err = NULL;
 
     (void)unused;
+    g_mutex_lock(&svc->mu);
+    unsigned holds = l->holds;
+    g_mutex_unlock(&svc->mu);
     if (!l->vm || l->vm->state != SPRITE_VM_RUNNING) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is not running (%s)", name,
                  l->vm ? "asleep" : "stopped");
+    } else if (holds > 0) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT,
+                 "sprite '%s' has %u open exec stream(s); it sleeps once they end", name, holds);
     } else if (!sprite_sleep_warm(l->vm, NULL, &err)) {
         svc_wrap(error, err, "sleep");
     } else {
@@ -1372,4 +1388,139 @@ bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const c
 out:
     svc_leave(svc);
     return ok;
+}
+/* ---- exec streams: an exec that outlives the call (api_exec_ws.c) ------------------------- */
+
+/* Lifetime: made by sprite_service_stream_open, which leaves it holding one svc_enter (busy),
+ * one reference on the live sprite and one of its holds; sprite_service_stream_close gives all
+ * three back.  `ended` and the list link are under svc->mu; `exec` belongs to the stream's
+ * user between open and close. */
+struct sprite_stream {
+    sprite_service *svc;
+    struct live_sprite *l;
+    agent_exec *exec;
+    char *ended; /* why the service ended it (delete, restore), or NULL; under svc->mu */
+    void (*on_end)(void *opaque);
+    void *opaque;
+};
+
+struct svc_stream_args {
+    const struct agent_exec_opts *opts;
+    struct sprite_stream *s;
+};
+
+static JsonNode *svc_stream_verb(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                 const void *arg, GError **error)
+{
+    const struct svc_stream_args *a = arg;
+    GError *err = NULL;
+
+    (void)db;
+    if (!svc_ensure_running(svc, l, error))
+        return NULL;
+    agent_exec *e = agent_exec_start(l->vm->agent, a->opts, 60000, &err);
+    if (!e) {
+        g_set_error(error, SPRITE_SERVICE_ERROR,
+                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
+                        ? SPRITE_SERVICE_ERROR_INVALID
+                        : SPRITE_SERVICE_ERROR_FAILED,
+                    "exec: %s", err->message);
+        g_clear_error(&err);
+        return NULL;
+    }
+    a->s->exec = e;
+    a->s->l = l;
+    /* The stream keeps what svc_on_sprite gives back when this returns: one more call inside
+     * svc_enter (so that shutdown waits for it), one more reference, and a hold. */
+    g_mutex_lock(&svc->mu);
+    svc->busy++;
+    l->refs++;
+    l->holds++;
+    l->streams = g_slist_prepend(l->streams, a->s);
+    g_mutex_unlock(&svc->mu);
+    return json_node_new(JSON_NODE_NULL);
+}
+
+sprite_stream *sprite_service_stream_open(sprite_service *svc, const char *account,
+                                          const char *name, const struct agent_exec_opts *opts,
+                                          void (*on_end)(void *opaque), void *opaque,
+                                          GError **error)
+{
+    struct sprite_stream *s = g_new0(struct sprite_stream, 1);
+    struct svc_stream_args a = {opts, s};
+
+    s->svc = svc;
+    s->on_end = on_end;
+    s->opaque = opaque;
+    JsonNode *ok = svc_on_sprite(svc, account, name, svc_stream_verb, &a, error);
+    if (!ok) {
+        g_free(s);
+        return NULL;
+    }
+    json_node_unref(ok);
+    return s;
+}
+
+agent_exec *sprite_stream_exec(sprite_stream *s)
+{
+    return s->exec;
+}
+
+char *sprite_stream_ended(sprite_stream *s)
+{
+    g_mutex_lock(&s->svc->mu);
+    char *why = g_strdup(s->ended);
+    g_mutex_unlock(&s->svc->mu);
+    return why;
+}
+
+void sprite_service_stream_close(sprite_stream *s)
+{
+    sprite_service *svc;
+
+    if (!s)
+        return;
+    svc = s->svc;
+    agent_exec_free(s->exec);
+    g_mutex_lock(&svc->mu);
+    s->l->streams = g_slist_remove(s->l->streams, s);
+    s->l->holds--;
+    g_cond_broadcast(&svc->idle); /* svc_streams_end waits for holds to drop */
+    g_mutex_unlock(&svc->mu);
+    svc_put_live(svc, s->l);
+    svc_leave(svc);
+    g_free(s->ended);
+    g_free(s);
+}
+
+/* Ends the sprite's open streams before its VM goes (op held): each is told why (its user
+ * kills the process and sends that as its error) and this waits, up to 60 s, for all to
+ * close.  A stream that does not close in time fails the verb rather than leave it a VM
+ * that is gone. */
+static bool svc_streams_end(sprite_service *svc, struct live_sprite *l, const char *why,
+                            GError **error)
+{
+    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+
+    g_mutex_lock(&svc->mu);
+    /* on_end only flags the stream (api_exec_ws.c never calls back in here), so it may run
+     * under svc->mu; that also keeps every listed stream alive while it runs. */
+    for (GSList *i = l->streams; i; i = i->next) {
+        struct sprite_stream *s = i->data;
+        if (!s->ended) {
+            s->ended = g_strdup(why);
+            if (s->on_end)
+                s->on_end(s->opaque);
+        }
+    }
+    if (l->holds > 0)
+        log_info(SVC_LOG, "%s: ending %u exec stream(s): %s", l->key, l->holds, why);
+    while (l->holds > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
+        ;
+    unsigned left = l->holds;
+    g_mutex_unlock(&svc->mu);
+    if (left > 0)
+        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT,
+                        "sprite '%s': %u exec stream(s) did not end in 60 s", l->name, left);
+    return true;
 }

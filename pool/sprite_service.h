@@ -22,6 +22,7 @@
 #ifndef WISP_SPRITE_SERVICE_H
 #define WISP_SPRITE_SERVICE_H
 
+#include "agent_client.h"
 #include "pool.h"
 #include "template.h"
 
@@ -120,5 +121,31 @@ GArray *sprite_service_idle_snapshot(sprite_service *svc);
  * the log and the audit ("idle", "memory pressure").  Blocks: call from a worker thread. */
 bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const char *name,
                                bool cold, gint64 min_idle_us, const char *why, GError **error);
+/* ---- exec streams (api_exec_ws.c) ----
+ *
+ * An exec whose output and input flow while the call that started it has long returned.  Open
+ * wakes the sprite like any verb (a claim when stopped, a wake when asleep), starts the
+ * process, and returns with the sprite's op lock released, so that other verbs go on while
+ * the stream is open.  Until it is closed the stream holds the sprite: the sprite counts as
+ * busy (no sleep verb, and no idle policy may sleep it), and wispd's shutdown waits for it.
+ * Deleting or restoring the sprite ends its streams first: on_end(opaque) is called (from the
+ * deleting thread, under the service's lock: it must only flag the stream and wake its
+ * user), sprite_stream_ended() then says why, and the user must kill the process and close
+ * the stream; the delete or restore waits for that (60 s at most, then fails with CONFLICT).
+ *
+ * The agent_exec is the caller's to read, write, signal and wait on (agent_client.h; from any
+ * one thread at a time per direction), never to free. */
+typedef struct sprite_stream sprite_stream;
+
+sprite_stream *sprite_service_stream_open(sprite_service *svc, const char *account,
+                                          const char *name, const struct agent_exec_opts *opts,
+                                          void (*on_end)(void *opaque), void *opaque,
+                                          GError **error);
+agent_exec *sprite_stream_exec(sprite_stream *s);
+/* Why the service ended the stream (g_free it), or NULL while it has not. */
+char *sprite_stream_ended(sprite_stream *s);
+/* Frees the session (the guest's process goes on if it still runs: kill it first) and lets
+ * go of the sprite.  NULL is allowed. */
+void sprite_service_stream_close(sprite_stream *s);
 
 #endif

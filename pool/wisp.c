@@ -19,7 +19,8 @@ struct cli_command {
 static const struct cli_command cli_commands[] = {
     {"create", cli_sprite_main, "create a sprite (through wispd)"},
     {"list", cli_sprite_main, "list your sprites"},
-    {"exec", cli_sprite_main, "run a command in a sprite: wisp exec NAME -- CMD..."},
+    {"exec", cli_sprite_main, "run a command in a sprite: wisp exec NAME [-t] [-i] -- CMD..."},
+    {"console", cli_sprite_main, "an interactive shell in a sprite: wisp console NAME"},
     {"checkpoint", cli_sprite_main, "checkpoint create|list NAME"},
     {"restore", cli_sprite_main, "restore NAME CHECKPOINT"},
     {"sleep", cli_sprite_main, "put a sprite to (warm) sleep"},
