@@ -7,6 +7,7 @@
 #include "sprite_service.h"
 
 #include "account_db.h"
+#include "account_store.h"
 #include "log.h"
 #include "sprite.h"
 #include "storage_server.h"
@@ -52,6 +53,8 @@ struct live_sprite {
 struct sprite_service {
     char *accounts_dir, *nbd_socket, *control_socket, *base_disk;
     vm_pool *pool;
+    struct store *store; /* replicas of the account databases; NULL: none */
+    double replicate_interval_s;
     GMutex mu;
     GCond idle;
     GHashTable *accounts; /* name -> account_db * */
@@ -116,6 +119,8 @@ sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GErr
     svc->control_socket = g_strdup(cfg->control_socket);
     svc->base_disk = g_strdup(cfg->base_disk ? cfg->base_disk : "base");
     svc->pool = cfg->pool;
+    svc->store = cfg->store;
+    svc->replicate_interval_s = cfg->replicate_interval_s > 0 ? cfg->replicate_interval_s : 1.0;
     g_mutex_init(&svc->mu);
     g_cond_init(&svc->idle);
     svc->accounts =
@@ -183,6 +188,14 @@ void sprite_service_free(sprite_service *svc)
         g_free(svc); /* else leaked on purpose: a stuck call still holds it */
 }
 
+/* The account's database goes to the store under its own prefix (account_store.h). */
+static bool svc_replicate(sprite_service *svc, account_db *db, const char *account, GError **error)
+{
+    g_autofree char *prefix = account_store_prefix(account);
+    g_autofree char *label = g_strdup_printf("account-%s", account);
+    return account_db_replicate(db, svc->store, prefix, label, svc->replicate_interval_s, error);
+}
+
 /* Enters a call: refused while stopping.  Returns the account's database (opened on first use). */
 static account_db *svc_enter(sprite_service *svc, const char *account, GError **error)
 {
@@ -208,6 +221,10 @@ static account_db *svc_enter(sprite_service *svc, const char *account, GError **
                         g_strerror(errno));
         else
             db = account_db_open(path, &err);
+        if (db && svc->store && !svc_replicate(svc, db, account, &err)) {
+            account_db_close(db);
+            db = NULL;
+        }
         if (!db) {
             g_mutex_unlock(&svc->mu);
             svc_wrap(error, err, "account database");
@@ -872,6 +889,54 @@ JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const
                                  const char *checkpoint, GError **error)
 {
     return svc_on_sprite(svc, account, name, svc_restore_locked, checkpoint, error);
+}
+
+/* ---- checkpoint delete ----------------------------------------------------------------------- */
+
+/* The storage server's checkpoint goes first, then the record: a failure in between leaves a
+ * record whose checkpoint is gone, which a second delete clears (ENOENT there is success),
+ * never a checkpoint nobody can name. */
+static JsonNode *svc_checkpoint_delete_locked(sprite_service *svc, account_db *db,
+                                              struct live_sprite *l, const void *checkpoint_id,
+                                              GError **error)
+{
+    const char *name = l->name, *checkpoint = checkpoint_id;
+    GError *err = NULL;
+
+    int found = account_db_checkpoint_exists(db, name, checkpoint, &err);
+    if (found <= 0) {
+        if (found < 0)
+            svc_wrap(error, err, "account database");
+        else
+            svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "sprite '%s' has no checkpoint '%s'",
+                     name, checkpoint);
+        return NULL;
+    }
+    if (!svc_disk_op(svc, "checkpoint-delete", l->disk, "checkpoint", checkpoint, &err)) {
+        if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)) {
+            svc_wrap(error, err, "checkpoint delete");
+            account_db_audit(db, "checkpoint-delete", name, false, (*error)->message);
+            return NULL;
+        }
+        log_warn(SVC_LOG, "%s: checkpoint %s was already gone from the storage server", l->key,
+                 checkpoint);
+        g_clear_error(&err);
+    }
+    if (account_db_checkpoint_delete(db, name, checkpoint, &err) < 0) {
+        svc_wrap(error, err, "account database");
+        return NULL;
+    }
+    account_db_audit(db, "checkpoint-delete", name, true, checkpoint);
+    JsonNode *result = svc_ok_node(name, NULL);
+    json_object_set_string_member(json_node_get_object(result), "checkpoint", checkpoint);
+    json_object_set_boolean_member(json_node_get_object(result), "deleted", TRUE);
+    return result;
+}
+
+JsonNode *sprite_service_checkpoint_delete(sprite_service *svc, const char *account,
+                                           const char *name, const char *checkpoint, GError **error)
+{
+    return svc_on_sprite(svc, account, name, svc_checkpoint_delete_locked, checkpoint, error);
 }
 
 static JsonNode *svc_sleep_locked(sprite_service *svc, account_db *db, struct live_sprite *l,

@@ -6,12 +6,14 @@
  * SIGTERM and SIGINT stop it in the reverse order: no new requests, the running ones finish,
  * every sprite's VM is destroyed (its disk is kept), the pool and nbdkit stop.  SIGHUP reads the
  * config file and the tokens file again (the pool size and the tokens take effect). */
+#include "account_store.h"
 #include "api_auth.h"
 #include "api_server.h"
 #include "log.h"
 #include "pool.h"
 #include "sprite_service.h"
 #include "storage_server.h"
+#include "store.h"
 #include "template.h"
 #include "wispd_config.h"
 
@@ -32,6 +34,7 @@ struct wispd {
     vm_pool *pool;
     sprite_service *svc;
     api_server *api;
+    struct store *store; /* the account databases' replicas (account_store.h) */
     char *meta_dir, *run_dir;
 };
 
@@ -174,6 +177,30 @@ static gboolean wispd_on_hup(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+/* The store the account databases replicate to, and every account this state directory lacks
+ * brought back from it (a fresh host on the same store); the storage server restores the disk
+ * metadata by itself when its meta directory is empty. */
+static bool wispd_open_accounts_store(struct wispd *d, GError **error)
+{
+    g_autofree char *accounts = g_build_filename(d->cfg.state_dir, "accounts", NULL);
+    struct account_store_restored r;
+    int err = store_open(d->cfg.store_url, NULL, &d->store);
+
+    if (err < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(-err), "store %s: %s",
+                    d->cfg.store_url, store_last_error());
+        return false;
+    }
+    if (!account_store_restore_all(d->store, accounts, &r, error))
+        return false;
+    if (r.accounts || r.incomplete)
+        log_info(WISPD_LOG,
+                 "%u account databases restored from the store in %.2f s (%u already here, %u "
+                 "without a complete replica)",
+                 r.accounts, r.seconds, r.present, r.incomplete);
+    return true;
+}
+
 static bool wispd_start(struct wispd *d, GError **error)
 {
     d->meta_dir = g_build_filename(d->cfg.state_dir, "meta", NULL);
@@ -193,7 +220,8 @@ static bool wispd_start(struct wispd *d, GError **error)
     GHashTable *tokens = api_auth_load(d->cfg.tokens_file, error);
     if (!tokens)
         return false;
-    if (!wispd_start_storage(d, error) || !wispd_start_vms(d, error)) {
+    if (!wispd_open_accounts_store(d, error) || !wispd_start_storage(d, error) ||
+        !wispd_start_vms(d, error)) {
         g_hash_table_unref(tokens);
         return false;
     }
@@ -202,6 +230,7 @@ static bool wispd_start(struct wispd *d, GError **error)
         .nbd_socket = storage_server_nbd_socket(d->storage),
         .control_socket = storage_server_control_socket(d->storage),
         .pool = d->pool,
+        .store = d->store,
     };
     d->svc = sprite_service_new(&sc, error);
     if (!d->svc) {
@@ -216,13 +245,60 @@ static bool wispd_start(struct wispd *d, GError **error)
     return true;
 }
 
+/* After the VMs are gone: every sprite disk the storage server has open is uploaded and
+ * committed, and its metadata replica shipped, before the server stops.  With
+ * durability=local the last writes otherwise wait in this host's cache (kept for a restart
+ * here, dropped by a fresh host), so a stop would lose up to upload-delay of them for a
+ * fresh host on the same store. */
+static void wispd_commit_disks(struct wispd *d)
+{
+    const char *ctl = storage_server_control_socket(d->storage);
+    GError *err = NULL;
+    unsigned committed = 0, failed = 0;
+    double t0 = g_get_monotonic_time() / 1e6;
+
+    JsonObject *answer = storage_control_call(ctl, "disk-list", NULL, &err);
+    if (!answer) {
+        log_warn(WISPD_LOG, "disks not committed at stop: %s", err->message);
+        g_clear_error(&err);
+        return;
+    }
+    JsonArray *disks = json_object_get_array_member(answer, "disks");
+    for (guint i = 0; disks && i < json_array_get_length(disks); i++) {
+        JsonObject *o = json_array_get_object_element(disks, i);
+        const char *name = o ? json_object_get_string_member_with_default(o, "name", "") : "";
+        if (!g_str_has_prefix(name, "s_"))
+            continue;
+        JsonObject *req = json_object_new();
+        json_object_set_string_member(req, "name", name);
+        json_object_set_boolean_member(req, "open_only", TRUE);
+        JsonObject *r = storage_control_call(ctl, "disk-commit", req, &err);
+        json_object_unref(req);
+        if (!r) {
+            log_warn(WISPD_LOG, "commit %s at stop: %s", name, err->message);
+            g_clear_error(&err);
+            failed++;
+            continue;
+        }
+        committed += json_object_get_boolean_member_with_default(r, "committed", FALSE);
+        json_object_unref(r);
+    }
+    json_object_unref(answer);
+    log_info(WISPD_LOG, "%u sprite disks committed to the store in %.2f s (%u failed)", committed,
+             g_get_monotonic_time() / 1e6 - t0, failed);
+}
+
 static void wispd_stop(struct wispd *d)
 {
     api_server_stop(d->api);
     sprite_service_free(d->svc);
+    if (d->storage)
+        wispd_commit_disks(d);
     vm_pool_free(d->pool);
     vm_template_free(d->tpl);
     storage_server_stop(d->storage);
+    if (d->store)
+        store_close(d->store); /* after the service: closing its databases ships them */
     g_free(d->meta_dir);
     g_free(d->run_dir);
 }
