@@ -24,7 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WISPD_LOG "wispd"
+#define WISPD_LOG        "wispd"
+#define WISPD_IMAGE_NAME "default"
 
 struct wispd {
     struct wispd_config cfg;
@@ -242,7 +243,9 @@ static bool wispd_start(struct wispd *d, GError **error)
         g_hash_table_unref(tokens);
         return false;
     }
-    return true;
+    /* One image today, so one pool, named "default" in /v1/pools. */
+    api_server_set_pool(d->api, d->pool, WISPD_IMAGE_NAME);
+    return !d->cfg.listen_tcp || api_server_listen_tcp(d->api, d->cfg.listen_tcp, error);
 }
 
 /* After the VMs are gone: every sprite disk the storage server has open is uploaded and

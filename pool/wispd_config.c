@@ -18,10 +18,11 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
         const char *key;
         char **field;
     } strings[] = {
-        {"state-dir", &cfg->state_dir}, {"cache-dir", &cfg->cache_dir},
-        {"image-dir", &cfg->image_dir}, {"store", &cfg->store_url},
-        {"listen", &cfg->listen},       {"tokens", &cfg->tokens_file},
-        {"plugin", &cfg->plugin},       {"wisp-cli", &cfg->wisp_cli},
+        {"state-dir", &cfg->state_dir},   {"cache-dir", &cfg->cache_dir},
+        {"image-dir", &cfg->image_dir},   {"store", &cfg->store_url},
+        {"listen", &cfg->listen},         {"tokens", &cfg->tokens_file},
+        {"plugin", &cfg->plugin},         {"wisp-cli", &cfg->wisp_cli},
+        {"listen-tcp", &cfg->listen_tcp},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(strings); i++)
         if (!*strings[i].field && g_key_file_has_key(kf, WISPD_GROUP, strings[i].key, NULL))
@@ -103,6 +104,8 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
          "object store URL (file://STATE/store)", "URL"},
         {"listen", 0, 0, G_OPTION_ARG_FILENAME, &cfg->listen, "API unix socket (STATE/wispd.sock)",
          "PATH"},
+        {"listen-tcp", 0, 0, G_OPTION_ARG_STRING, &cfg->listen_tcp,
+         "also the API on TCP, bearer token required (none; put TLS in front)", "ADDR:PORT"},
         {"tokens", 0, 0, G_OPTION_ARG_FILENAME, &cfg->tokens_file,
          "bearer tokens, ACCOUNT TOKEN per line (STATE/tokens)", "FILE"},
         {"plugin", 0, 0, G_OPTION_ARG_FILENAME, &cfg->plugin, "nbdkit plugin (wisp)", "PATH"},
@@ -160,6 +163,7 @@ void wispd_config_clear(struct wispd_config *cfg)
     g_free(cfg->image_dir);
     g_free(cfg->store_url);
     g_free(cfg->listen);
+    g_free(cfg->listen_tcp);
     g_free(cfg->tokens_file);
     g_free(cfg->plugin);
     g_free(cfg->wisp_cli);
