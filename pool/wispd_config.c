@@ -18,15 +18,16 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
         const char *key;
         char **field;
     } strings[] = {
-        {"state-dir", &cfg->state_dir},   {"cache-dir", &cfg->cache_dir},
-        {"image-dir", &cfg->image_dir},   {"store", &cfg->store_url},
-        {"listen", &cfg->listen},         {"tokens", &cfg->tokens_file},
-        {"plugin", &cfg->plugin},         {"wisp-cli", &cfg->wisp_cli},
-        {"listen-tcp", &cfg->listen_tcp},
+        {"state-dir", &cfg->state_dir}, {"cache-dir", &cfg->cache_dir},
+        {"image-dir", &cfg->image_dir}, {"store", &cfg->store_url},
+        {"listen", &cfg->listen},       {"tokens", &cfg->tokens_file},
+        {"plugin", &cfg->plugin},       {"wisp-cli", &cfg->wisp_cli},
     };
     for (size_t i = 0; i < G_N_ELEMENTS(strings); i++)
         if (!*strings[i].field && g_key_file_has_key(kf, WISPD_GROUP, strings[i].key, NULL))
             *strings[i].field = g_key_file_get_string(kf, WISPD_GROUP, strings[i].key, NULL);
+    if (!cfg->listen_tcp && g_key_file_has_key(kf, WISPD_GROUP, "listen-tcp", NULL))
+        cfg->listen_tcp = g_key_file_get_string(kf, WISPD_GROUP, "listen-tcp", NULL);
     struct {
         const char *key;
         unsigned *field;
