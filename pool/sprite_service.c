@@ -349,6 +349,40 @@ static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const c
     return result;
 }
 
+/* After a failed claim: if the disk's writer lease is held by another storage server whose
+ * lease expired (a host lost with kill -9 or a crash, whose disks this host restored from the
+ * store), takes it over and returns true (claim again).  A live holder is never taken over
+ * (the storage server refuses); then *err gets its words instead, which say who holds the
+ * disk and for how long.  docs/storage.md, "Writer leases". */
+static bool svc_take_expired_lease(sprite_service *svc, struct live_sprite *l, GError **err)
+{
+    GError *lease_err = NULL;
+    JsonObject *req = json_object_new();
+
+    json_object_set_string_member(req, "name", l->disk);
+    json_object_set_boolean_member(req, "steal", TRUE);
+    JsonObject *answer = storage_control_call(svc->control_socket, "disk-lease", req, &lease_err);
+    json_object_unref(req);
+    if (!answer) {
+        if (g_error_matches(lease_err, G_IO_ERROR, G_IO_ERROR_BUSY)) {
+            g_clear_error(err);
+            g_propagate_error(err, lease_err);
+        } else {
+            g_clear_error(&lease_err); /* not a lease problem: the claim's own error stays */
+        }
+        return false;
+    }
+    JsonObject *lease = json_object_get_object_member(answer, "lease");
+    bool ours = lease && json_object_get_boolean_member_with_default(lease, "ours", FALSE);
+    json_object_unref(answer);
+    if (ours) {
+        log_info(SVC_LOG, "%s: took over the expired writer lease of disk %s; claiming again",
+                 l->key, l->disk);
+        g_clear_error(err);
+    }
+    return ours;
+}
+
 /* Claims a pool member for the sprite's disk (op held). */
 static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GError **error)
 {
@@ -362,6 +396,14 @@ static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GE
     GError *err = NULL;
 
     l->vm = sprite_claim(svc->pool, &req, &t, &err);
+    if (!l->vm && svc_take_expired_lease(svc, l, &err))
+        l->vm = sprite_claim(svc->pool, &req, &t, &err);
+    if (!l->vm && g_error_matches(err, G_IO_ERROR, G_IO_ERROR_BUSY)) {
+        /* Another host's live lease: not this request's fault, and it passes. */
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "claim: %s; try again then", err->message);
+        g_clear_error(&err);
+        return false;
+    }
     if (!l->vm) {
         svc_wrap(error, err, "claim");
         return false;

@@ -11,14 +11,16 @@
  *   kill -9    host 2 creates a sprite for bob, waits for the replication lag to pass (the
  *              account database: replicate interval 1 s; the disk: upload-delay 1 s and the
  *              metadata's replicate-interval 1 s; we wait 6 s), and is killed with SIGKILL
- *              (nbdkit dies with it).  Host 3, on another empty state directory: bob's two
- *              sprites are listed
+ *              with its nbdkit and QEMUs (a lost host).  Host 3, on another empty state directory:
+ * bob's two sprites are listed; an exec is a 409 while host 2's writer leases live (up to
+ * lease-ttl, 30 s), then works (wispd takes the expired lease over), and alice's file is there
  *
  * Usage: restore file|s3.  s3 runs against the radosgw of tests/s3/rgw-fixture and skips
  * without it. */
 #include "wispd_fixture.h"
 
 #include <json-glib/json-glib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -119,12 +121,45 @@ int main(int argc, char **argv)
     /* ---- kill -9 of host 2, after the replication lag ---- */
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_B, "{\"name\":\"b2\"}");
     fx_sleep(6);
+    /* A lost host: nbdkit first (so that nothing of host 2 ships or renews after this
+     * instant), then wispd, then whatever of host 2 is left (its QEMUs).  Killing wispd alone
+     * was seen to leave its nbdkit and QEMUs running (reparented to init), renewing host 2's
+     * leases: not a lost host. */
+    pid_t nbdkit = wfx_find_process("nbdkit ", s2);
+    FX_CHECK(nbdkit > 0, "no nbdkit of host 2");
+    FX_CHECK(kill(nbdkit, SIGKILL) == 0, "kill nbdkit");
     wfx_kill(&w);
+    for (pid_t left; (left = wfx_find_process("", s2)) > 0;) {
+        kill(left, SIGKILL);
+        fx_sleep(0.2);
+    }
     unlink(w.socket); /* left by the killed wispd; wfx_start waits for it to appear */
     wfx_start(&w, &img, s3dir, NULL, args);
     fx_log("fresh host after kill -9: wispd up in %.2f s", w.started_s);
     rs_expect_names(WFX_TOKEN_A, "a1");
     rs_expect_names(WFX_TOKEN_B, "b1 b2");
+    /* Host 2's writer leases on a1 and b2 outlive it by up to lease-ttl (30 s): until then an
+     * exec is a 409 naming the holder, then wispd takes the expired lease over. */
+    t0 = fx_now();
+    const char *exec_true = "{\"argv\":[\"true\"]}";
+    for (;;) {
+        long st = 0;
+        JsonObject *o =
+            wfx_http("POST", "/v1/sprites/b2/exec", WFX_TOKEN_B, exec_true, strlen(exec_true), &st);
+        if (st != 200)
+            fx_log("exec on b2: %ld: %s", st,
+                   json_object_get_string_member_with_default(o, "error", ""));
+        json_object_unref(o);
+        if (st == 200)
+            break;
+        FX_CHECK(st == 409, "exec on b2 after kill -9: %ld, not 409 or 200", st);
+        FX_CHECK(fx_now() - t0 < 120, "b2 still not usable %.0f s after the restart",
+                 fx_now() - t0);
+        fx_sleep(2);
+    }
+    fx_log("b2 usable %.1f s after host 3 was up (host 2's lease expired)", fx_now() - t0);
+    g_autofree char *a3 = wfx_sh("a1", WFX_TOKEN_A, "cat /root/a", 0);
+    FX_CHECK(strcmp(a3, "alice-data\n") == 0, "on host 3, alice's file reads '%s'", a3);
     wfx_stop(&w, 120);
     return 0;
 }
