@@ -26,6 +26,12 @@
 #include <string.h>
 #include <unistd.h>
 
+/* GPtrArray's compare gets pointers to its elements. */
+static gint rs_compare(gconstpointer a, gconstpointer b)
+{
+    return g_strcmp0(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* The names of token's sprites, sorted, space-separated (g_free it). */
 static char *rs_names(const char *token)
 {
@@ -35,7 +41,7 @@ static char *rs_names(const char *token)
     for (guint i = 0; a && i < json_array_get_length(a); i++)
         g_ptr_array_add(names, (char *)json_object_get_string_member(
                                    json_array_get_object_element(a, i), "name"));
-    g_ptr_array_sort(names, (GCompareFunc)g_strcmp0);
+    g_ptr_array_sort(names, rs_compare);
     g_ptr_array_add(names, NULL);
     char *text = g_strjoinv(" ", (char **)names->pdata);
     g_ptr_array_free(names, TRUE);
