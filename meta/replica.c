@@ -48,8 +48,7 @@ struct replica_segment {
 };
 
 struct replica {
-    struct meta *meta;
-    pthread_mutex_t *meta_lock;
+    pthread_mutex_t *meta_lock; /* the database's users' lock (the metadata's, or another) */
     sqlite3 *db;
     struct store *st;
     char name[META_DISK_NAME_MAX + 1];
@@ -618,27 +617,42 @@ int replica_start(struct meta *m, pthread_mutex_t *meta_lock, struct store *st,
                   const struct replica_options *o, struct replica **out)
 {
     const char *name = o && o->name ? o->name : REPLICA_NAME_DEFAULT, *why;
-    struct replica *r;
-    sqlite3_stmt *stmt = NULL;
-    int rc, err = 0;
+    char prefix[REPLICA_KEY_MAX], db_path[PATH_MAX];
 
     if (!replica_name_valid(name, &why)) {
         log_error("replica", "replica name '%s': %s", name, why);
         return -EINVAL;
     }
+    replica_prefix(name, prefix);
+    if (snprintf(db_path, sizeof db_path, "%s/wisp.db", meta_dir(m)) >= (int)sizeof db_path)
+        return -ENAMETOOLONG;
+    return replica_start_db(meta_sqlite(m), db_path, meta_lock, st, prefix, name, o, out);
+}
+
+int replica_start_db(sqlite3 *db, const char *db_path, pthread_mutex_t *db_lock, struct store *st,
+                     const char *prefix, const char *label, const struct replica_options *o,
+                     struct replica **out)
+{
+    struct replica *r;
+    sqlite3_stmt *stmt = NULL;
+    int rc, err = 0;
+
+    if (strlen(prefix) + 128 >= REPLICA_KEY_MAX || prefix[0] == '\0' ||
+        prefix[strlen(prefix) - 1] != '/') {
+        log_error("replica", "replica prefix '%s': must end in '/' and leave room for keys",
+                  prefix);
+        return -EINVAL;
+    }
     r = calloc(1, sizeof *r);
     if (r == NULL)
         return -ENOMEM;
-    r->meta = m;
-    r->meta_lock = meta_lock;
-    r->db = meta_sqlite(m);
+    r->meta_lock = db_lock;
+    r->db = db;
     r->st = st;
-    snprintf(r->name, sizeof r->name, "%s", name);
-    replica_prefix(name, r->prefix);
-    if (snprintf(r->db_path, sizeof r->db_path, "%s/wisp.db", meta_dir(m)) >=
-            (int)sizeof r->db_path ||
-        snprintf(r->wal_path, sizeof r->wal_path, "%s/wisp.db-wal", meta_dir(m)) >=
-            (int)sizeof r->wal_path) {
+    snprintf(r->name, sizeof r->name, "%s", label);
+    snprintf(r->prefix, sizeof r->prefix, "%s", prefix);
+    if (snprintf(r->db_path, sizeof r->db_path, "%s", db_path) >= (int)sizeof r->db_path ||
+        snprintf(r->wal_path, sizeof r->wal_path, "%s-wal", db_path) >= (int)sizeof r->wal_path) {
         free(r);
         return -ENAMETOOLONG;
     }
@@ -652,7 +666,7 @@ int replica_start(struct meta *m, pthread_mutex_t *meta_lock, struct store *st,
     pthread_mutex_init(&r->wake_lock, NULL);
     pthread_cond_init(&r->wake, NULL);
 
-    pthread_mutex_lock(meta_lock);
+    pthread_mutex_lock(db_lock);
     rc = sqlite3_prepare_v2(r->db, "PRAGMA page_size", -1, &stmt, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
         r->page_size = (uint32_t)sqlite3_column_int(stmt, 0);
@@ -666,7 +680,7 @@ int replica_start(struct meta *m, pthread_mutex_t *meta_lock, struct store *st,
         err = -EIO;
     if (err == 0)
         sqlite3_wal_hook(r->db, replica_wal_hook, r);
-    pthread_mutex_unlock(meta_lock);
+    pthread_mutex_unlock(db_lock);
     if (err == 0 && r->interval > 0) {
         if (pthread_create(&r->thread, NULL, replica_thread, r) != 0) {
             log_error("replica", "cannot start the replication thread");

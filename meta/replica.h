@@ -46,6 +46,8 @@
 
 #define REPLICA_NAME_DEFAULT "default"
 
+struct sqlite3;
+
 /* Replica names obey meta_disk_name_valid (1 to 128 bytes of [A-Za-z0-9._-]). */
 bool replica_name_valid(const char *name, const char **why);
 
@@ -65,6 +67,14 @@ struct replica;
  * is sent yet: the first shipment begins a generation. */
 int replica_start(struct meta *m, pthread_mutex_t *meta_lock, struct store *st,
                   const struct replica_options *options, struct replica **out);
+/* The same for any SQLite database in WAL mode, not only the metadata (wispd's account
+ * databases): db is its connection, whose users serialise on *db_lock and never hold a
+ * transaction open across it; db_path its file (the WAL is db_path-wal); prefix the store
+ * prefix its objects go under, ending in '/' (one writer per prefix; the layout below it is
+ * the one above, with meta/<NAME>/ replaced by prefix).  label names it in the log. */
+int replica_start_db(struct sqlite3 *db, const char *db_path, pthread_mutex_t *db_lock,
+                     struct store *st, const char *prefix, const char *label,
+                     const struct replica_options *options, struct replica **out);
 /* Stops the thread, ships what is left (once, logging a failure), removes the hook and frees r.
  * The caller holds no lock; m stays open (closing it checkpoints the WAL). */
 void replica_stop(struct replica *r);
@@ -131,6 +141,9 @@ struct replica_restore_info {
  * (the store could not be listed). */
 int replica_exists(struct store *st, const char *name);
 
+/* replica_exists for a replica_start_db prefix. */
+int replica_exists_at(struct store *st, const char *prefix);
+
 /* Calls fn(name, opaque) once for each replica name that has objects under meta/ in st, in
  * byte order, whether or not it has a complete generation yet.  Stops at fn's first non-zero
  * return and returns it; or 0, -ENOMEM, or the store's error (logged). */
@@ -144,6 +157,15 @@ int replica_list_names(struct store *st, int (*fn)(const char *name, void *opaqu
  * (verification found damage; nothing is installed), or the store's error. */
 int replica_restore(struct store *st, const char *dir, const struct replica_restore_options *o,
                     struct replica_restore_info *info);
+
+/* Rebuilds the database at db_path, which must not exist (nor its WAL), from the replica under
+ * a replica_start_db prefix: the newest complete generation, with the checks above that are
+ * not the metadata's own (snapshot hash, segment hashes, a log that replays in full,
+ * integrity_check).  Built in a temporary directory beside db_path, linked into place once
+ * every check passed.  Errors: -EEXIST, -ENOENT (no complete generation), -EBADMSG, or the
+ * store's.  info: the generation, segment and byte counts. */
+int replica_restore_db(struct store *st, const char *prefix, const char *db_path,
+                       struct replica_restore_info *info);
 
 /* For a reader of another host's metadata (the GC): rebuilds the replica `name` in a
  * temporary directory under scratch_dir, with every pending row kept and no chunk check, opens

@@ -106,11 +106,17 @@ static bool replica_newest_complete(GArray *objects, uint64_t below, uint64_t *g
 int replica_exists(struct store *st, const char *name)
 {
     char prefix[REPLICA_KEY_MAX];
+
+    replica_prefix(name ? name : REPLICA_NAME_DEFAULT, prefix);
+    return replica_exists_at(st, prefix);
+}
+
+int replica_exists_at(struct store *st, const char *prefix)
+{
     GArray *objects;
     uint64_t gen = 0;
     int err;
 
-    replica_prefix(name ? name : REPLICA_NAME_DEFAULT, prefix);
     err = replica_scan(st, prefix, &objects);
     if (err < 0)
         return err;
@@ -779,14 +785,14 @@ static int replica_check_target(const char *dir)
     return 0;
 }
 
-/* Restores generation gen into tmp and checks it.  0, -ENOENT if the generation went away
+/* Restores generation gen into tmp and checks it (o == NULL: a database that is not the
+ * metadata, which gets SQLite's checks only).  0, -ENOENT if the generation went away
  * meanwhile (a newer one replaced it), or an error. */
 static int replica_restore_gen(struct store *st, const char *prefix, GArray *objects, uint64_t gen,
                                const char *tmp, const struct replica_restore_options *o,
                                struct replica_restore_info *info)
 {
-    struct replica_walk w = {
-        .cache_dir = o->cache_dir, .keep_pending = o->keep_pending, .info = info};
+    struct replica_walk w = {.info = info};
     uint32_t page_size;
     uint64_t frames;
     int err;
@@ -794,8 +800,11 @@ static int replica_restore_gen(struct store *st, const char *prefix, GArray *obj
     err = replica_fetch(st, prefix, objects, gen, tmp, info, &page_size, &frames);
     if (err == 0)
         err = replica_replay(tmp, frames, info);
-    if (err == 0)
-        err = meta_open(tmp, true, &w.m);
+    if (err < 0 || o == NULL)
+        return err; /* any database: SQLite's own checks are all there is */
+    w.cache_dir = o->cache_dir;
+    w.keep_pending = o->keep_pending;
+    err = meta_open(tmp, true, &w.m);
     if (err < 0)
         return err;
     w.chunks = g_hash_table_new_full(replica_hash_hash, replica_hash_equal, g_free, NULL);
@@ -809,24 +818,17 @@ static int replica_restore_gen(struct store *st, const char *prefix, GArray *obj
     return err;
 }
 
-int replica_restore(struct store *st, const char *dir, const struct replica_restore_options *o,
-                    struct replica_restore_info *info)
+/* The newest complete generation under prefix into dst (dir/wisp.db for the metadata), built
+ * in a temporary directory inside dir; o as for replica_restore_gen. */
+static int replica_restore_to(struct store *st, const char *prefix, const char *dir,
+                              const char *dst, const struct replica_restore_options *o,
+                              struct replica_restore_info *info)
 {
-    const char *name = o->name ? o->name : REPLICA_NAME_DEFAULT, *why;
-    char prefix[REPLICA_KEY_MAX], tmp[PATH_MAX], src[PATH_MAX], dst[PATH_MAX];
+    char tmp[PATH_MAX], src[PATH_MAX];
     GArray *objects = NULL;
     int err, attempts = 0;
     uint64_t gen = 0;
 
-    memset(info, 0, sizeof *info);
-    if (!replica_name_valid(name, &why)) {
-        log_error("replica", "replica name '%s': %s", name, why);
-        return -EINVAL;
-    }
-    replica_prefix(name, prefix);
-    err = replica_check_target(dir);
-    if (err < 0)
-        return err;
     err = replica_scan(st, prefix, &objects);
     if (err < 0)
         return err;
@@ -851,8 +853,6 @@ int replica_restore(struct store *st, const char *dir, const struct replica_rest
         err = replica_restore_gen(st, prefix, objects, gen, tmp, o, info);
         if (err == 0) {
             err = replica_path(src, tmp, "wisp.db");
-            if (err == 0)
-                err = replica_path(dst, dir, "wisp.db");
             /* link, not rename: never replaces a database that appeared meanwhile. */
             if (err < 0) {
                 /* logged */
@@ -875,6 +875,27 @@ int replica_restore(struct store *st, const char *dir, const struct replica_rest
     }
     if (objects)
         g_array_free(objects, TRUE);
+    return err;
+}
+
+int replica_restore(struct store *st, const char *dir, const struct replica_restore_options *o,
+                    struct replica_restore_info *info)
+{
+    const char *name = o->name ? o->name : REPLICA_NAME_DEFAULT, *why;
+    char prefix[REPLICA_KEY_MAX], dst[PATH_MAX];
+    int err;
+
+    memset(info, 0, sizeof *info);
+    if (!replica_name_valid(name, &why)) {
+        log_error("replica", "replica name '%s': %s", name, why);
+        return -EINVAL;
+    }
+    replica_prefix(name, prefix);
+    err = replica_check_target(dir);
+    if (err == 0)
+        err = replica_path(dst, dir, "wisp.db");
+    if (err == 0)
+        err = replica_restore_to(st, prefix, dir, dst, o, info);
     if (err == 0)
         log_info("replica",
                  "restored %s from %sgen-%016" PRIx64 ": snapshot of %llu bytes and %u "
@@ -884,6 +905,31 @@ int replica_restore(struct store *st, const char *dir, const struct replica_rest
                  info->segments, info->seq, info->disks, info->checkpoints,
                  (unsigned long long)info->chunks, (unsigned long long)info->chunks_hashed,
                  replica_verify_to_string(o->verify));
+    return err;
+}
+
+int replica_restore_db(struct store *st, const char *prefix, const char *db_path,
+                       struct replica_restore_info *info)
+{
+    char wal[PATH_MAX];
+    int err;
+
+    memset(info, 0, sizeof *info);
+    if (snprintf(wal, sizeof wal, "%s-wal", db_path) >= (int)sizeof wal)
+        return -ENAMETOOLONG;
+    if (access(db_path, F_OK) == 0 || access(wal, F_OK) == 0) {
+        log_error("replica", "%s exists: restore builds a database only where there is none",
+                  db_path);
+        return -EEXIST;
+    }
+    g_autofree char *dir = g_path_get_dirname(db_path);
+    err = replica_restore_to(st, prefix, dir, db_path, NULL, info);
+    if (err == 0)
+        log_info("replica",
+                 "restored %s from %sgen-%016" PRIx64 ": snapshot of %llu bytes and %u "
+                 "segments (to sequence %016" PRIx64 ")",
+                 db_path, prefix, info->generation, (unsigned long long)info->snapshot_bytes,
+                 info->segments, info->seq);
     return err;
 }
 

@@ -419,6 +419,48 @@ static void control_add_u64(JsonBuilder *b, const char *name, uint64_t v)
     json_builder_add_int_value(b, (gint64)v);
 }
 
+/* {"op": "disk-commit", "name": NAME, "open_only": false}: uploads every acknowledged write of the
+ * disk now and commits it, then waits until the metadata replica holds that commit.  For a client
+ * that stops using a disk and wants it whole in the store at once (wispd at shut-down: a fresh host
+ * restores from the store, and the cache's pending data does not travel). */
+static void control_disk_commit(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
+{
+    const char *name = json_object_get_string_member_with_default(req, "name", NULL);
+    double start = control_now_ms();
+    struct chunk_hash root;
+    int r;
+
+    if (!name || strchr(name, '@')) {
+        control_error(b, EINVAL, "disk-commit needs a disk name");
+        return;
+    }
+    /* "open_only": a disk this server has not opened has nothing waiting to go up; opening it
+     * (and taking its lease) only to find that out would make a shut-down slow. */
+    if (json_object_get_boolean_member_with_default(req, "open_only", FALSE)) {
+        pthread_mutex_lock(&s->registry_lock);
+        bool open = g_hash_table_contains(s->disks, name);
+        pthread_mutex_unlock(&s->registry_lock);
+        if (!open) {
+            control_ok(b);
+            json_builder_set_member_name(b, "committed");
+            json_builder_add_boolean_value(b, FALSE);
+            return;
+        }
+    }
+    r = plugin_disk_commit_now(s, name, &root);
+    if (r < 0) {
+        control_version_error(b, r, "commit", name);
+        return;
+    }
+    bool replicated = !s->replica || replica_sync(s->replica) == 0;
+    control_ok(b);
+    json_builder_set_member_name(b, "committed");
+    json_builder_add_boolean_value(b, TRUE);
+    json_builder_set_member_name(b, "replicated");
+    json_builder_add_boolean_value(b, replicated);
+    control_add_ms(b, start);
+}
+
 static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuilder *b)
 {
     const char *name = json_object_get_string_member_with_default(req, "name", NULL);
@@ -615,6 +657,7 @@ static const struct control_op control_ops[] = {
     {"disk-list", control_disk_list},
     {"disk-delete", control_disk_delete},
     {"disk-stats", control_disk_stats},
+    {"disk-commit", control_disk_commit},
     {"disk-clone", control_disk_clone},
     {"disk-checkpoint", control_disk_checkpoint},
     {"disk-checkpoints", control_disk_checkpoints},

@@ -2,17 +2,23 @@
 #include "account_db.h"
 
 #include "log.h"
+#include "replica.h"
 
 #include <gio/gio.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
 #define ADB_LOG "account"
 
+/* Every call takes `lock` for its statements and never leaves a transaction open across it:
+ * the replica (replica.h) checkpoints the WAL under the same lock, and nothing else does. */
 struct account_db {
     sqlite3 *db;
     char *path;
+    pthread_mutex_t lock;
+    struct replica *replica; /* NULL: not replicated */
 };
 
 static const char account_db_schema[] =
@@ -41,6 +47,7 @@ account_db *account_db_open(const char *path, GError **error)
     char *msg = NULL;
 
     db->path = g_strdup(path);
+    pthread_mutex_init(&db->lock, NULL);
     if (sqlite3_open_v2(path, &db->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                         NULL) != SQLITE_OK) {
@@ -66,10 +73,52 @@ void account_db_close(account_db *db)
 {
     if (!db)
         return;
+    replica_stop(db->replica); /* ships the last commits */
     sqlite3_close(db->db);
+    pthread_mutex_destroy(&db->lock);
     g_free(db->path);
     g_free(db);
 }
+
+bool account_db_replicate(account_db *db, struct store *st, const char *prefix, const char *label,
+                          double interval_s, GError **error)
+{
+    struct replica_options o = {.interval = interval_s};
+    int err = replica_start_db(db->db, db->path, &db->lock, st, prefix, label, &o, &db->replica);
+
+    if (err < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(-err), "%s: replication to %s: %s",
+                    db->path, prefix, g_strerror(-err));
+        return false;
+    }
+    return true;
+}
+
+bool account_db_replica_lag(account_db *db, double *lag_s, uint64_t *unshipped)
+{
+    struct replica_stats rs;
+
+    if (!db->replica)
+        return false;
+    replica_get_stats(db->replica, &rs);
+    *lag_s = rs.lag_s;
+    *unshipped = rs.commits - rs.shipped_commits;
+    return true;
+}
+
+/* Holds db->lock until the end of the enclosing scope (every public call below). */
+static pthread_mutex_t *account_db_lock(account_db *db)
+{
+    pthread_mutex_lock(&db->lock);
+    return &db->lock;
+}
+static void account_db_unlock(pthread_mutex_t **held)
+{
+    pthread_mutex_unlock(*held);
+}
+#define ACCOUNT_DB_LOCK(db)                                                                        \
+    pthread_mutex_t *account_db_held_ __attribute__((cleanup(account_db_unlock), unused)) =        \
+        account_db_lock(db)
 
 /* Prepares sql and binds the text arguments (NULL-terminated after sql). */
 static sqlite3_stmt *account_db_prepare(account_db *db, GError **error, const char *sql, ...)
@@ -108,6 +157,7 @@ static bool account_db_run(account_db *db, sqlite3_stmt *st, GError **error)
 
 bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     return account_db_run(
         db,
@@ -126,6 +176,7 @@ static void account_db_row_to_sprite(sqlite3_stmt *st, struct account_sprite *ou
 int account_db_sprite_get(account_db *db, const char *name, struct account_sprite *out,
                           GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT name, disk, created FROM sprites WHERE name = ?", name, NULL);
     if (!st)
@@ -145,6 +196,7 @@ int account_db_sprite_get(account_db *db, const char *name, struct account_sprit
 
 GPtrArray *account_db_sprite_list(account_db *db, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT name, disk, created FROM sprites ORDER BY name", NULL);
     if (!st)
@@ -167,6 +219,7 @@ GPtrArray *account_db_sprite_list(account_db *db, GError **error)
 
 bool account_db_sprite_delete(account_db *db, const char *name, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     return account_db_run(db,
                           account_db_prepare(db, error, "DELETE FROM checkpoints WHERE sprite = ?",
                                              name, NULL),
@@ -178,6 +231,7 @@ bool account_db_sprite_delete(account_db *db, const char *name, GError **error)
 
 char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT COALESCE(MAX(seq), 0) FROM checkpoints WHERE sprite = ?", sprite, NULL);
     if (!st)
@@ -194,6 +248,7 @@ char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError *
 
 bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     const char *seq = g_str_has_prefix(id, "ck") ? id + 2 : "0";
     return account_db_run(db,
@@ -206,6 +261,7 @@ bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *i
 
 int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT 1 FROM checkpoints WHERE sprite = ? AND id = ?", sprite, id, NULL);
     if (!st)
@@ -220,8 +276,21 @@ int account_db_checkpoint_exists(account_db *db, const char *sprite, const char 
     return -1;
 }
 
+int account_db_checkpoint_delete(account_db *db, const char *sprite, const char *id, GError **error)
+{
+    ACCOUNT_DB_LOCK(db);
+    if (!account_db_run(db,
+                        account_db_prepare(db, error,
+                                           "DELETE FROM checkpoints WHERE sprite = ? AND id = ?",
+                                           sprite, id, NULL),
+                        error))
+        return -1;
+    return sqlite3_changes(db->db) > 0 ? 1 : 0;
+}
+
 GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT id, created FROM checkpoints WHERE sprite = ? ORDER BY seq", sprite,
         NULL);
@@ -247,6 +316,7 @@ GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError
 void account_db_audit(account_db *db, const char *action, const char *sprite, bool ok,
                       const char *detail)
 {
+    ACCOUNT_DB_LOCK(db);
     GError *err = NULL;
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 

@@ -1,7 +1,9 @@
 /* account_db.h: one account's SQLite database: its sprites, their checkpoints, an audit log.
  *
  * STATE/accounts/ACCOUNT/account.db, one per account, so that one account's data never sits in
- * a query of another's.  The connection is opened in serialized mode: any thread may call. */
+ * a query of another's.  Every call holds the database's own lock: any thread may call.  The
+ * database may be replicated to the object store (account_db_replicate), and restored from it
+ * on a fresh host (account_store.h). */
 #ifndef WISP_ACCOUNT_DB_H
 #define WISP_ACCOUNT_DB_H
 
@@ -22,9 +24,21 @@ struct account_sprite {
     int64_t created;
 };
 
+struct store;
+
 /* Opens (creating) the database at path. */
 account_db *account_db_open(const char *path, GError **error);
+/* Ships what the replica has not yet (if any), then closes. */
 void account_db_close(account_db *db);
+
+/* Replicates the database to st under prefix (meta/replica.h, replica_start_db): each commit
+ * reaches the store within interval_s (a thread ships the commits of that interval together),
+ * and account_db_close ships the rest.  st outlives db. */
+bool account_db_replicate(account_db *db, struct store *st, const char *prefix, const char *label,
+                          double interval_s, GError **error);
+/* The replica's lag: age of the oldest commit not in the store, and how many commits are not;
+ * false when the database is not replicated. */
+bool account_db_replica_lag(account_db *db, double *lag_s, uint64_t *unshipped);
 
 /* Adds a sprite; G_IO_ERROR_EXISTS if the name is taken. */
 bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error);
@@ -41,6 +55,9 @@ char *account_db_checkpoint_next_id(account_db *db, const char *sprite, GError *
 bool account_db_checkpoint_add(account_db *db, const char *sprite, const char *id, GError **error);
 /* 1 found, 0 not, -1 error. */
 int account_db_checkpoint_exists(account_db *db, const char *sprite, const char *id,
+                                 GError **error);
+/* Removes one checkpoint's record: 1 removed, 0 there was none, -1 error. */
+int account_db_checkpoint_delete(account_db *db, const char *sprite, const char *id,
                                  GError **error);
 /* Oldest first (struct account_checkpoint *, g_free'd by the array). */
 GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError **error);

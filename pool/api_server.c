@@ -21,6 +21,8 @@ struct api_server {
     GHashTable *tokens;
     char *socket_path;
     api_exec_ws *ws; /* streaming execs (api_exec_ws.h) */
+    vm_pool *pool;   /* the warm pool of `image`, for /v1/pools; NULL: none */
+    char *image;
 };
 
 static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
@@ -85,6 +87,7 @@ enum api_verb {
     API_CHECKPOINT,
     API_CHECKPOINTS,
     API_RESTORE,
+    API_CHECKPOINT_DELETE,
     API_SLEEP,
     API_WAKE,
 };
@@ -152,6 +155,9 @@ static void api_job_run(GTask *task, gpointer source, gpointer data, GCancellabl
         break;
     case API_RESTORE:
         r = sprite_service_restore(j->svc, j->account, j->name, j->checkpoint, &err);
+        break;
+    case API_CHECKPOINT_DELETE:
+        r = sprite_service_checkpoint_delete(j->svc, j->account, j->name, j->checkpoint, &err);
         break;
     case API_SLEEP:
         r = sprite_service_sleep_mode(j->svc, j->account, j->name, j->cold, &err);
@@ -412,21 +418,148 @@ static void api_route_sleep(api_server *api, SoupServerMessage *msg, const char 
     api_job_start(j);
 }
 
+/* ---- transport and pools ------------------------------------------------------------------- */
+
+/* Whether the request came over TCP (where a token is required) rather than the unix socket. */
+static bool api_on_tcp(SoupServerMessage *msg)
+{
+    GSocketAddress *local = soup_server_message_get_local_address(msg);
+    return local && G_IS_INET_SOCKET_ADDRESS(local);
+}
+
+#define API_POOL_SIZE_MAX 64
+
+static JsonNode *api_pools_json(api_server *api)
+{
+    struct vm_pool_stats st;
+    JsonArray *a = json_array_new();
+
+    if (api->pool) {
+        vm_pool_get_stats(api->pool, &st);
+        JsonObject *p = json_object_new();
+        json_object_set_string_member(p, "image", api->image);
+        json_object_set_int_member(p, "size", st.size);
+        json_object_set_int_member(p, "warm", st.ready);
+        json_object_set_int_member(p, "refilling", st.refilling);
+        json_object_set_int_member(p, "claims", (gint64)st.taken);
+        json_object_set_int_member(p, "restored", (gint64)st.restored);
+        json_object_set_int_member(p, "failed", (gint64)st.failed);
+        json_object_set_double_member(p, "last_restore_ms", st.last_restore_ms);
+        if (st.last_error[0])
+            json_object_set_string_member(p, "last_error", st.last_error);
+        json_array_add_object_element(a, p);
+    }
+    JsonObject *o = json_object_new();
+    json_object_set_array_member(o, "pools", a);
+    JsonNode *n = json_node_new(JSON_NODE_OBJECT);
+    json_node_take_object(n, o);
+    return n;
+}
+
+struct api_resize {
+    api_server *api;
+    SoupServerMessage *msg;
+    unsigned size, stopped;
+};
+
+/* In a worker thread: a smaller size stops QEMUs, which the main loop must not wait for. */
+static void api_resize_run(GTask *task, gpointer source, gpointer data, GCancellable *cancel)
+{
+    struct api_resize *r = data;
+    r->stopped = vm_pool_resize(r->api->pool, r->size);
+    g_task_return_boolean(task, TRUE);
+}
+
+static void api_resize_done(GObject *source, GAsyncResult *res, gpointer data)
+{
+    struct api_resize *r = data;
+    JsonNode *n = api_pools_json(r->api);
+    JsonObject *o = json_node_get_object(n);
+
+    json_object_set_int_member(o, "stopped", r->stopped);
+    log_info(API_LOG, "pool %s resized to %u (%u waiting members stopped)", r->api->image, r->size,
+             r->stopped);
+    api_respond(r->msg, SOUP_STATUS_OK, n);
+    json_node_unref(n);
+    soup_server_message_unpause(r->msg);
+    g_object_unref(r->msg);
+    g_free(r);
+}
+
+/* GET /v1/pools, PUT /v1/pools/IMAGE {"size": N}.  Pools are the host's, not an account's:
+ * any account may read them, only the operator (the unix socket, mode 0600) may resize. */
+static void api_route_pools(api_server *api, SoupServerMessage *msg, const char *method,
+                            const char *image, bool tcp)
+{
+    static const char *const allowed[] = {"size", NULL};
+
+    if (!image && strcmp(method, "GET") == 0) {
+        if (api_no_body(msg)) {
+            JsonNode *n = api_pools_json(api);
+            api_respond(msg, SOUP_STATUS_OK, n);
+            json_node_unref(n);
+        }
+        return;
+    }
+    if (!image || strcmp(method, "PUT") != 0) {
+        api_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED,
+                  "%s is not allowed here (GET /v1/pools, PUT /v1/pools/IMAGE)", method);
+        return;
+    }
+    if (tcp) {
+        api_error(msg, SOUP_STATUS_FORBIDDEN,
+                  "pools are host-wide: resize them over wispd's unix socket (the operator's)");
+        return;
+    }
+    if (!api->pool || strcmp(image, api->image) != 0) {
+        api_error(msg, SOUP_STATUS_NOT_FOUND, "no pool for image '%s' (GET /v1/pools lists them)",
+                  image);
+        return;
+    }
+    g_autoptr(JsonObject) o = api_body_object(msg, allowed);
+    if (!o)
+        return;
+    JsonNode *sz = json_object_get_member(o, "size");
+    if (!sz || !JSON_NODE_HOLDS_VALUE(sz) || json_node_get_value_type(sz) != G_TYPE_INT64 ||
+        json_node_get_int(sz) < 1 || json_node_get_int(sz) > API_POOL_SIZE_MAX) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "'size' must be an integer from 1 to %d",
+                  API_POOL_SIZE_MAX);
+        return;
+    }
+    struct api_resize *r = g_new0(struct api_resize, 1);
+    r->api = api;
+    r->msg = g_object_ref(msg);
+    r->size = (unsigned)json_node_get_int(sz);
+    GTask *task = g_task_new(NULL, NULL, api_resize_done, r);
+    g_task_set_task_data(task, r, NULL);
+    soup_server_message_pause(msg);
+    g_task_run_in_thread(task, api_resize_run);
+    g_object_unref(task);
+}
+
 static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *path,
                        GHashTable *query, gpointer opaque)
 {
     api_server *api = opaque;
     const char *method = soup_server_message_get_method(msg);
     SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
-    const char *account =
-        api_auth_account(api->tokens, soup_message_headers_get_one(h, "Authorization"));
+    const char *authorization = soup_message_headers_get_one(h, "Authorization");
+    bool tcp = api_on_tcp(msg);
+    const char *account = api_auth_account_on(api->tokens, authorization, tcp);
 
     if (!account) {
-        api_error(msg, SOUP_STATUS_UNAUTHORIZED, "unknown bearer token");
+        api_error(msg, SOUP_STATUS_UNAUTHORIZED, "%s",
+                  authorization ? "unknown bearer token"
+                                : "a bearer token is required on TCP (Authorization: Bearer ...)");
         return;
     }
     g_auto(GStrv) seg = g_strsplit(path, "/", -1);
     guint n = g_strv_length(seg);
+    if (n >= 3 && n <= 4 && !seg[0][0] && strcmp(seg[1], "v1") == 0 &&
+        strcmp(seg[2], "pools") == 0) {
+        api_route_pools(api, msg, method, n == 4 ? seg[3] : NULL, tcp);
+        return;
+    }
     /* "/v1/sprites/NAME/..." splits into "", "v1", "sprites", NAME, ... */
     if (n < 3 || seg[0][0] || strcmp(seg[1], "v1") != 0 || strcmp(seg[2], "sprites") != 0) {
         api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s", path);
@@ -478,6 +611,12 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
             return;
         }
         verb = API_RESTORE;
+    } else if (n == 6 && del && strcmp(sub, "checkpoints") == 0) {
+        if (!sprite_service_name_valid(seg[5])) {
+            api_error(msg, SOUP_STATUS_BAD_REQUEST, "invalid checkpoint id");
+            return;
+        }
+        verb = API_CHECKPOINT_DELETE;
     } else {
         api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s %s", method, path);
         return;
@@ -485,7 +624,7 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     if (!api_no_body(msg))
         return;
     struct api_job *j = api_job_new(api, msg, verb, account, name, ok);
-    if (verb == API_RESTORE)
+    if (verb == API_RESTORE || verb == API_CHECKPOINT_DELETE)
         j->checkpoint = g_strdup(seg[5]);
     api_job_start(j);
 }
@@ -556,6 +695,44 @@ fail:
     return NULL;
 }
 
+bool api_server_listen_tcp(api_server *api, const char *addr_port, GError **error)
+{
+    const char *colon = addr_port ? strrchr(addr_port, ':') : NULL;
+    char *end = NULL;
+    guint64 port = colon ? g_ascii_strtoull(colon + 1, &end, 10) : 0;
+
+    if (!colon || colon == addr_port || !end || *end || end == colon + 1 || port == 0 ||
+        port > 65535) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "listen-tcp '%s': expected ADDR:PORT, such as 127.0.0.1:8080 or [::1]:8080",
+                    addr_port ? addr_port : "");
+        return false;
+    }
+    g_autofree char *host = g_strndup(addr_port, (gsize)(colon - addr_port));
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        memmove(host, host + 1, strlen(host) - 2);
+        host[strlen(host) - 2] = '\0';
+    }
+    GSocketAddress *addr = g_inet_socket_address_new_from_string(host, (guint)port);
+    if (!addr) {
+        g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                    "listen-tcp '%s': '%s' is not an IP address", addr_port, host);
+        return false;
+    }
+    bool ok = soup_server_listen(api->server, addr, 0, error);
+    g_object_unref(addr);
+    if (ok)
+        log_info(API_LOG, "listening on tcp %s (bearer token required)", addr_port);
+    return ok;
+}
+
+void api_server_set_pool(api_server *api, vm_pool *pool, const char *image)
+{
+    api->pool = pool;
+    g_free(api->image);
+    api->image = g_strdup(image);
+}
+
 void api_server_set_tokens(api_server *api, GHashTable *tokens)
 {
     if (api->tokens)
@@ -573,6 +750,7 @@ void api_server_stop(api_server *api)
         g_object_unref(api->server);
     }
     unlink(api->socket_path);
+    g_free(api->image);
     if (api->tokens)
         g_hash_table_unref(api->tokens);
     g_free(api->socket_path);

@@ -24,6 +24,12 @@ typedef struct api_server api_server;
  * account (api_auth.h), taken. */
 api_server *api_server_start(const char *socket_path, sprite_service *svc, GHashTable *tokens,
                              GError **error);
+/* Listens on TCP too, at "ADDR:PORT" (an IP address; [::1]:PORT for IPv6).  A request there
+ * must carry a known bearer token (401 otherwise) and may not resize pools (403).  No TLS:
+ * put a TLS-terminating proxy in front of anything but a loopback address. */
+bool api_server_listen_tcp(api_server *api, const char *addr_port, GError **error);
+/* The warm pool served at /v1/pools, under the image name `image`. */
+void api_server_set_pool(api_server *api, vm_pool *pool, const char *image);
 /* Replaces the tokens (SIGHUP). */
 void api_server_set_tokens(api_server *api, GHashTable *tokens);
 /* Stops listening and closes connections; the socket file is removed.  NULL is allowed. */

@@ -16,6 +16,9 @@ int cli_store_main(int argc, char **argv);
  * (cli_sprite.c): argv[0] is the verb. */
 int cli_sprite_main(int argc, char **argv);
 
+/* `wisp pool status|resize ...` on wispd's /v1/pools (cli_pool.c): argv[0] is "pool". */
+int cli_pool_main(int argc, char **argv);
+
 /* `wisp disk ...`: argv[0] is "disk". */
 int cli_disk_main(int argc, char **argv);
 

@@ -206,8 +206,13 @@ static int cli_sprite_exec(const struct cli_sprite_opts *o, int argc, char **arg
 
 static int cli_sprite_checkpoint(const struct cli_sprite_opts *o, int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[0], "delete") == 0) {
+        g_autofree char *dp = g_strdup_printf("/v1/sprites/%s/checkpoints/%s", argv[1], argv[2]);
+        g_autofree char *done = g_strdup_printf("checkpoint %s deleted", argv[2]);
+        return cli_sprite_simple(o, "DELETE", dp, NULL, 200, done, argv[1]);
+    }
     if (argc != 2 || (strcmp(argv[0], "create") != 0 && strcmp(argv[0], "list") != 0)) {
-        cli_error("usage: wisp checkpoint create|list NAME");
+        cli_error("usage: wisp checkpoint create|list NAME, or wisp checkpoint delete NAME CKPT");
         return CLI_EXIT_USAGE;
     }
     g_autofree char *path = g_strdup_printf("/v1/sprites/%s/checkpoints", argv[1]);
@@ -247,7 +252,8 @@ static const struct cli_sprite_verb cli_sprite_verbs[] = {
      "a terminal (or with -i); -t gives the command a pty.  --json: buffered, JSON answer",
      2, -1},
     {"console", "NAME", "an interactive shell in a sprite (wisp exec -t NAME -- /bin/sh -l)", 1, 1},
-    {"checkpoint", "create|list NAME", "checkpoint a sprite's disk, or list its checkpoints", 2, 2},
+    {"checkpoint", "create|list NAME | delete NAME CKPT",
+     "checkpoint a sprite's disk, list its checkpoints, or delete one", 2, 3},
     {"restore", "NAME CHECKPOINT", "restore a sprite's disk to a checkpoint (restarts the VM)", 2,
      2},
     {"sleep", "NAME [warm|cold]",

@@ -7,6 +7,7 @@
 #include "sprite_service.h"
 
 #include "account_db.h"
+#include "account_store.h"
 #include "log.h"
 #include "sprite.h"
 #include "sprite_cold.h"
@@ -64,14 +65,16 @@ struct live_sprite {
 struct sprite_service {
     char *accounts_dir, *nbd_socket, *control_socket, *base_disk;
     vm_pool *pool;
+    struct store *store; /* replicas of the account databases; NULL: none */
+    double replicate_interval_s;
     GMutex mu;
     GCond idle;
     GHashTable *accounts; /* name -> account_db * */
     GHashTable *live;     /* ACCOUNT/NAME -> struct live_sprite * */
     unsigned busy;
     bool stopping;
-    /* Cold sleep (sprite_cold.h); store NULL: none configured, cold sleep refused. */
-    struct store *store;
+    /* Cold sleep (sprite_cold.h); cold_store NULL: none configured, cold sleep refused. */
+    struct store *cold_store;
     struct sprite_cold_config cold;
     char *sleep_root, *run_root;
 };
@@ -135,22 +138,24 @@ sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GErr
     svc->control_socket = g_strdup(cfg->control_socket);
     svc->base_disk = g_strdup(cfg->base_disk ? cfg->base_disk : "base");
     svc->pool = cfg->pool;
+    svc->store = cfg->store;
+    svc->replicate_interval_s = cfg->replicate_interval_s > 0 ? cfg->replicate_interval_s : 1.0;
     g_mutex_init(&svc->mu);
     g_cond_init(&svc->idle);
     svc->accounts =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)account_db_close);
     svc->live = g_hash_table_new(g_str_hash, g_str_equal);
     if (cfg->tpl && cfg->store_url) {
-        if (store_open(cfg->store_url, NULL, &svc->store) != 0) {
+        if (store_open(cfg->store_url, NULL, &svc->cold_store) != 0) {
             g_set_error(error, G_IO_ERROR, G_IO_ERROR_FAILED, "open %s: %s", cfg->store_url,
                         store_last_error());
-            svc->store = NULL;
+            svc->cold_store = NULL;
             sprite_service_free(svc);
             return NULL;
         }
         svc->sleep_root = g_build_filename(cfg->state_dir, "sleep", NULL);
         svc->run_root = g_strdup(cfg->run_dir ? cfg->run_dir : cfg->state_dir);
-        svc->cold = (struct sprite_cold_config){.store = svc->store,
+        svc->cold = (struct sprite_cold_config){.store = svc->cold_store,
                                                 .tpl = cfg->tpl,
                                                 .nbd_socket = svc->nbd_socket,
                                                 .sleep_root = svc->sleep_root,
@@ -217,11 +222,19 @@ void sprite_service_free(sprite_service *svc)
     g_free(svc->nbd_socket);
     g_free(svc->control_socket);
     g_free(svc->base_disk);
-    store_close(svc->store);
+    store_close(svc->cold_store);
     g_free(svc->sleep_root);
     g_free(svc->run_root);
     if (svc->busy == 0)
         g_free(svc); /* else leaked on purpose: a stuck call still holds it */
+}
+
+/* The account's database goes to the store under its own prefix (account_store.h). */
+static bool svc_replicate(sprite_service *svc, account_db *db, const char *account, GError **error)
+{
+    g_autofree char *prefix = account_store_prefix(account);
+    g_autofree char *label = g_strdup_printf("account-%s", account);
+    return account_db_replicate(db, svc->store, prefix, label, svc->replicate_interval_s, error);
 }
 
 /* Enters a call: refused while stopping.  Returns the account's database (opened on first use). */
@@ -249,6 +262,10 @@ static account_db *svc_enter(sprite_service *svc, const char *account, GError **
                         g_strerror(errno));
         else
             db = account_db_open(path, &err);
+        if (db && svc->store && !svc_replicate(svc, db, account, &err)) {
+            account_db_close(db);
+            db = NULL;
+        }
         if (!db) {
             g_mutex_unlock(&svc->mu);
             svc_wrap(error, err, "account database");
@@ -402,6 +419,40 @@ static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const c
     return result;
 }
 
+/* After a failed claim: if the disk's writer lease is held by another storage server whose
+ * lease expired (a host lost with kill -9 or a crash, whose disks this host restored from the
+ * store), takes it over and returns true (claim again).  A live holder is never taken over
+ * (the storage server refuses); then *err gets its words instead, which say who holds the
+ * disk and for how long.  docs/storage.md, "Writer leases". */
+static bool svc_take_expired_lease(sprite_service *svc, struct live_sprite *l, GError **err)
+{
+    GError *lease_err = NULL;
+    JsonObject *req = json_object_new();
+
+    json_object_set_string_member(req, "name", l->disk);
+    json_object_set_boolean_member(req, "steal", TRUE);
+    JsonObject *answer = storage_control_call(svc->control_socket, "disk-lease", req, &lease_err);
+    json_object_unref(req);
+    if (!answer) {
+        if (g_error_matches(lease_err, G_IO_ERROR, G_IO_ERROR_BUSY)) {
+            g_clear_error(err);
+            g_propagate_error(err, lease_err);
+        } else {
+            g_clear_error(&lease_err); /* not a lease problem: the claim's own error stays */
+        }
+        return false;
+    }
+    JsonObject *lease = json_object_get_object_member(answer, "lease");
+    bool ours = lease && json_object_get_boolean_member_with_default(lease, "ours", FALSE);
+    json_object_unref(answer);
+    if (ours) {
+        log_info(SVC_LOG, "%s: took over the expired writer lease of disk %s; claiming again",
+                 l->key, l->disk);
+        g_clear_error(err);
+    }
+    return ours;
+}
+
 /* Claims a pool member for the sprite's disk (op held). */
 static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GError **error)
 {
@@ -415,6 +466,14 @@ static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GE
     GError *err = NULL;
 
     l->vm = sprite_claim(svc->pool, &req, &t, &err);
+    if (!l->vm && svc_take_expired_lease(svc, l, &err))
+        l->vm = sprite_claim(svc->pool, &req, &t, &err);
+    if (!l->vm && g_error_matches(err, G_IO_ERROR, G_IO_ERROR_BUSY)) {
+        /* Another host's live lease: not this request's fault, and it passes. */
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "claim: %s; try again then", err->message);
+        g_clear_error(&err);
+        return false;
+    }
     if (!l->vm) {
         svc_wrap(error, err, "claim");
         return false;
@@ -960,6 +1019,54 @@ JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const
     return svc_on_sprite(svc, account, name, svc_restore_locked, checkpoint, error);
 }
 
+/* ---- checkpoint delete ----------------------------------------------------------------------- */
+
+/* The storage server's checkpoint goes first, then the record: a failure in between leaves a
+ * record whose checkpoint is gone, which a second delete clears (ENOENT there is success),
+ * never a checkpoint nobody can name. */
+static JsonNode *svc_checkpoint_delete_locked(sprite_service *svc, account_db *db,
+                                              struct live_sprite *l, const void *checkpoint_id,
+                                              GError **error)
+{
+    const char *name = l->name, *checkpoint = checkpoint_id;
+    GError *err = NULL;
+
+    int found = account_db_checkpoint_exists(db, name, checkpoint, &err);
+    if (found <= 0) {
+        if (found < 0)
+            svc_wrap(error, err, "account database");
+        else
+            svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "sprite '%s' has no checkpoint '%s'",
+                     name, checkpoint);
+        return NULL;
+    }
+    if (!svc_disk_op(svc, "checkpoint-delete", l->disk, "checkpoint", checkpoint, &err)) {
+        if (!g_error_matches(err, G_IO_ERROR, G_IO_ERROR_NOT_FOUND)) {
+            svc_wrap(error, err, "checkpoint delete");
+            account_db_audit(db, "checkpoint-delete", name, false, (*error)->message);
+            return NULL;
+        }
+        log_warn(SVC_LOG, "%s: checkpoint %s was already gone from the storage server", l->key,
+                 checkpoint);
+        g_clear_error(&err);
+    }
+    if (account_db_checkpoint_delete(db, name, checkpoint, &err) < 0) {
+        svc_wrap(error, err, "account database");
+        return NULL;
+    }
+    account_db_audit(db, "checkpoint-delete", name, true, checkpoint);
+    JsonNode *result = svc_ok_node(name, NULL);
+    json_object_set_string_member(json_node_get_object(result), "checkpoint", checkpoint);
+    json_object_set_boolean_member(json_node_get_object(result), "deleted", TRUE);
+    return result;
+}
+
+JsonNode *sprite_service_checkpoint_delete(sprite_service *svc, const char *account,
+                                           const char *name, const char *checkpoint, GError **error)
+{
+    return svc_on_sprite(svc, account, name, svc_checkpoint_delete_locked, checkpoint, error);
+}
+
 static JsonNode *svc_sleep_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
                                   const void *unused, GError **error)
 {
@@ -1049,7 +1156,7 @@ static void svc_cold_forget(sprite_service *svc, account_db *db, struct live_spr
         log_warn(SVC_LOG, "%s: %s", l->key, err->message);
         g_clear_error(&err);
     }
-    if (svc->store)
+    if (svc->cold_store)
         sprite_cold_remove_local(&svc->cold, l->disk);
 }
 
@@ -1061,7 +1168,7 @@ static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct li
     struct cold_sleep_result res = {0};
     GError *err = NULL;
 
-    if (!svc->store)
+    if (!svc->cold_store)
         return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "cold sleep is not configured");
     if (!l->vm)
         return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is %s", l->name,
@@ -1133,7 +1240,7 @@ static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GEr
     struct wake_result res = {0};
     GError *err = NULL;
 
-    if (!db || !svc->store)
+    if (!db || !svc->cold_store)
         return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: no account database or store");
     int found = account_db_cold_get(db, l->name, &row, &err);
     if (found < 0) {

@@ -26,6 +26,8 @@
 #include "pool.h"
 #include "template.h"
 
+struct store;
+
 #include <glib.h>
 #include <json-glib/json-glib.h>
 #include <stdbool.h>
@@ -51,6 +53,8 @@ struct sprite_service_config {
     const char *store_url;         /* where sleeps go (vm/chunks/, vm/sprites/DISK/) */
     const char *run_dir;           /* woken VMs' run dirs go under it */
     int cold_store_wait_s;         /* sprite_cold_config.store_wait_s (0: its default) */
+    struct store *store;           /* NULL: account databases not replicated (account_store.h) */
+    double replicate_interval_s;   /* 0: 1 s */
 };
 
 /* Output kept per stream of an exec; the rest is dropped and "truncated" set. */
@@ -90,6 +94,10 @@ JsonNode *sprite_service_checkpoint(sprite_service *svc, const char *account, co
                                     GError **error);
 JsonNode *sprite_service_checkpoints(sprite_service *svc, const char *account, const char *name,
                                      GError **error);
+/* Deletes one checkpoint of the sprite (its record and the storage server's checkpoint). */
+JsonNode *sprite_service_checkpoint_delete(sprite_service *svc, const char *account,
+                                           const char *name, const char *checkpoint,
+                                           GError **error);
 JsonNode *sprite_service_restore(sprite_service *svc, const char *account, const char *name,
                                  const char *checkpoint, GError **error);
 JsonNode *sprite_service_sleep(sprite_service *svc, const char *account, const char *name,

@@ -21,11 +21,12 @@ static const struct cli_command cli_commands[] = {
     {"list", cli_sprite_main, "list your sprites"},
     {"exec", cli_sprite_main, "run a command in a sprite: wisp exec NAME [-t] [-i] -- CMD..."},
     {"console", cli_sprite_main, "an interactive shell in a sprite: wisp console NAME"},
-    {"checkpoint", cli_sprite_main, "checkpoint create|list NAME"},
+    {"checkpoint", cli_sprite_main, "checkpoint create|list NAME, checkpoint delete NAME CKPT"},
     {"restore", cli_sprite_main, "restore NAME CHECKPOINT"},
     {"sleep", cli_sprite_main, "put a sprite to (warm) sleep"},
     {"wake", cli_sprite_main, "wake a sprite"},
     {"destroy", cli_sprite_main, "destroy a sprite and its disk"},
+    {"pool", cli_pool_main, "pool status [--json], pool resize IMAGE N (the warm VMs)"},
     {"disk", cli_disk_main, "create, list, delete disks and show their statistics"},
     {"store", cli_store_main, "check and use an object store: ls, put, get, rm, stat"},
 };

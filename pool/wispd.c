@@ -9,6 +9,7 @@
  * the idle policy stops, every sprite with a VM goes to cold sleep (one that cannot has its VM
  * destroyed and its disk kept), the pool and nbdkit stop.  SIGHUP reads the
  * config file and the tokens file again (the pool size and the tokens take effect). */
+#include "account_store.h"
 #include "api_auth.h"
 #include "api_server.h"
 #include "idle_policy.h"
@@ -16,11 +17,12 @@
 #include "pool.h"
 #include "proc.h"
 #include "runas.h"
+#include "sprite_cold.h"
 #include "sprite_db.h"
 #include "sprite_reconcile.h"
-#include "sprite_cold.h"
 #include "sprite_service.h"
 #include "storage_server.h"
+#include "store.h"
 #include "template.h"
 #include "wispd_config.h"
 
@@ -37,7 +39,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define WISPD_LOG "wispd"
+#define WISPD_LOG        "wispd"
+#define WISPD_IMAGE_NAME "default"
 
 struct wispd {
     struct wispd_config cfg;
@@ -48,6 +51,7 @@ struct wispd {
     sprite_service *svc;
     api_server *api;
     idle_policy *idle;
+    struct store *store; /* the account databases' replicas (account_store.h) */
     char *meta_dir, *run_dir;
     const char *qemu_user; /* cfg.qemu_user when QEMU can drop to it here, else NULL */
     int lock_fd;           /* STATE/wispd.lock, flocked for wispd's life; -1: none */
@@ -323,6 +327,30 @@ static void wispd_raise_file_limit(void)
     }
 }
 
+/* The store the account databases replicate to, and every account this state directory lacks
+ * brought back from it (a fresh host on the same store); the storage server restores the disk
+ * metadata by itself when its meta directory is empty. */
+static bool wispd_open_accounts_store(struct wispd *d, GError **error)
+{
+    g_autofree char *accounts = g_build_filename(d->cfg.state_dir, "accounts", NULL);
+    struct account_store_restored r;
+    int err = store_open(d->cfg.store_url, NULL, &d->store);
+
+    if (err < 0) {
+        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(-err), "store %s: %s",
+                    d->cfg.store_url, store_last_error());
+        return false;
+    }
+    if (!account_store_restore_all(d->store, accounts, &r, error))
+        return false;
+    if (r.accounts || r.incomplete)
+        log_info(WISPD_LOG,
+                 "%u account databases restored from the store in %.2f s (%u already here, %u "
+                 "without a complete replica)",
+                 r.accounts, r.seconds, r.present, r.incomplete);
+    return true;
+}
+
 static bool wispd_start(struct wispd *d, GError **error)
 {
     wispd_raise_file_limit();
@@ -346,8 +374,8 @@ static bool wispd_start(struct wispd *d, GError **error)
     if (!tokens)
         return false;
     wispd_kill_leftovers(d->cfg.state_dir);
-    if (!wispd_choose_qemu_user(d, error) || !wispd_start_storage(d, error) ||
-        !wispd_start_vms(d, error)) {
+    if (!wispd_choose_qemu_user(d, error) || !wispd_open_accounts_store(d, error) ||
+        !wispd_start_storage(d, error) || !wispd_start_vms(d, error)) {
         g_hash_table_unref(tokens);
         return false;
     }
@@ -367,6 +395,7 @@ static bool wispd_start(struct wispd *d, GError **error)
         .store_url = d->cfg.store_url,
         .run_dir = d->run_dir,
         .cold_store_wait_s = d->cfg.cold_store_wait_s,
+        .store = d->store,
     };
     d->svc = sprite_service_new(&sc, error);
     if (!d->svc) {
@@ -381,7 +410,52 @@ static bool wispd_start(struct wispd *d, GError **error)
     struct idle_policy_config ic;
     wispd_idle_config(&d->cfg, &ic);
     d->idle = idle_policy_start(d->svc, &ic);
-    return true;
+    /* One image today, so one pool, named "default" in /v1/pools. */
+    api_server_set_pool(d->api, d->pool, WISPD_IMAGE_NAME);
+    return !d->cfg.listen_tcp || api_server_listen_tcp(d->api, d->cfg.listen_tcp, error);
+}
+
+/* After the VMs are gone: every sprite disk the storage server has open is uploaded and
+ * committed, and its metadata replica shipped, before the server stops.  With
+ * durability=local the last writes otherwise wait in this host's cache (kept for a restart
+ * here, dropped by a fresh host), so a stop would lose up to upload-delay of them for a
+ * fresh host on the same store. */
+static void wispd_commit_disks(struct wispd *d)
+{
+    const char *ctl = storage_server_control_socket(d->storage);
+    GError *err = NULL;
+    unsigned committed = 0, failed = 0;
+    double t0 = g_get_monotonic_time() / 1e6;
+
+    JsonObject *answer = storage_control_call(ctl, "disk-list", NULL, &err);
+    if (!answer) {
+        log_warn(WISPD_LOG, "disks not committed at stop: %s", err->message);
+        g_clear_error(&err);
+        return;
+    }
+    JsonArray *disks = json_object_get_array_member(answer, "disks");
+    for (guint i = 0; disks && i < json_array_get_length(disks); i++) {
+        JsonObject *o = json_array_get_object_element(disks, i);
+        const char *name = o ? json_object_get_string_member_with_default(o, "name", "") : "";
+        if (!g_str_has_prefix(name, "s_"))
+            continue;
+        JsonObject *req = json_object_new();
+        json_object_set_string_member(req, "name", name);
+        json_object_set_boolean_member(req, "open_only", TRUE);
+        JsonObject *r = storage_control_call(ctl, "disk-commit", req, &err);
+        json_object_unref(req);
+        if (!r) {
+            log_warn(WISPD_LOG, "commit %s at stop: %s", name, err->message);
+            g_clear_error(&err);
+            failed++;
+            continue;
+        }
+        committed += json_object_get_boolean_member_with_default(r, "committed", FALSE);
+        json_object_unref(r);
+    }
+    json_object_unref(answer);
+    log_info(WISPD_LOG, "%u sprite disks committed to the store in %.2f s (%u failed)", committed,
+             g_get_monotonic_time() / 1e6 - t0, failed);
 }
 
 static void wispd_stop(struct wispd *d)
@@ -391,9 +465,13 @@ static void wispd_stop(struct wispd *d)
     /* Nothing lost: every sprite with a VM goes to cold sleep (docs/operations.md). */
     sprite_service_sleep_all_cold(d->svc);
     sprite_service_free(d->svc);
+    if (d->storage)
+        wispd_commit_disks(d);
     vm_pool_free(d->pool);
     vm_template_free(d->tpl);
     storage_server_stop(d->storage);
+    if (d->store)
+        store_close(d->store); /* after the service: closing its databases ships them */
     g_free(d->meta_dir);
     g_free(d->run_dir);
     if (d->lock_fd >= 0)

@@ -33,6 +33,8 @@ static bool wispd_config_read_file(struct wispd_config *cfg, const char *path, b
     for (size_t i = 0; i < G_N_ELEMENTS(strings); i++)
         if (!*strings[i].field && g_key_file_has_key(kf, WISPD_GROUP, strings[i].key, NULL))
             *strings[i].field = g_key_file_get_string(kf, WISPD_GROUP, strings[i].key, NULL);
+    if (!cfg->listen_tcp && g_key_file_has_key(kf, WISPD_GROUP, "listen-tcp", NULL))
+        cfg->listen_tcp = g_key_file_get_string(kf, WISPD_GROUP, "listen-tcp", NULL);
     struct {
         const char *key;
         unsigned *field;
@@ -128,6 +130,8 @@ bool wispd_config_load(struct wispd_config *cfg, int *argc, char ***argv, GError
          "object store URL (file://STATE/store)", "URL"},
         {"listen", 0, 0, G_OPTION_ARG_FILENAME, &cfg->listen, "API unix socket (STATE/wispd.sock)",
          "PATH"},
+        {"listen-tcp", 0, 0, G_OPTION_ARG_STRING, &cfg->listen_tcp,
+         "also the API on TCP, bearer token required (none; put TLS in front)", "ADDR:PORT"},
         {"tokens", 0, 0, G_OPTION_ARG_FILENAME, &cfg->tokens_file,
          "bearer tokens, ACCOUNT TOKEN per line (STATE/tokens)", "FILE"},
         {"plugin", 0, 0, G_OPTION_ARG_FILENAME, &cfg->plugin, "nbdkit plugin (wisp)", "PATH"},
@@ -221,6 +225,7 @@ void wispd_config_clear(struct wispd_config *cfg)
     g_free(cfg->image_dir);
     g_free(cfg->store_url);
     g_free(cfg->listen);
+    g_free(cfg->listen_tcp);
     g_free(cfg->tokens_file);
     g_free(cfg->plugin);
     g_free(cfg->wisp_cli);

@@ -15,6 +15,7 @@ struct wispd_config {
     char *image_dir;   /* vmlinux, initramfs.cpio.gz, rootfs.ext4, image.json */
     char *store_url;   /* default file://STATE/store */
     char *listen;      /* the API's unix socket; default STATE/wispd.sock */
+    char *listen_tcp;  /* ADDR:PORT for the API on TCP too (tokens required); NULL: none */
     char *tokens_file; /* "ACCOUNT TOKEN" lines; default STATE/tokens */
     char *plugin;      /* nbdkit's plugin: a path or "wisp" */
     char *wisp_cli;    /* the wisp CLI, for the first import of the base disk */

@@ -24,6 +24,7 @@ struct vm_pool {
     GCond cond;
     GQueue ready; /* struct vm *, oldest first */
     bool stop;
+    bool refilling; /* the refill thread is restoring a clone (outside mu) */
     guint64 next_id;
     struct vm_pool_stats stats;
 };
@@ -79,6 +80,7 @@ static gpointer vm_pool_refill_thread(gpointer opaque)
             continue;
         }
         guint64 id = p->next_id++;
+        p->refilling = true;
         g_mutex_unlock(&p->mu);
 
         g_autofree char *run_dir = g_strdup_printf("%s/m%" G_GUINT64_FORMAT, p->run_root, id);
@@ -87,6 +89,7 @@ static gpointer vm_pool_refill_thread(gpointer opaque)
         struct vm *vm = vm_clone_restore(p->cfg.tpl, run_dir, NULL, &ms, &err);
 
         g_mutex_lock(&p->mu);
+        p->refilling = false;
         if (vm) {
             g_queue_push_tail(&p->ready, vm);
             p->stats.restored++;
@@ -224,5 +227,27 @@ void vm_pool_get_stats(vm_pool *p, struct vm_pool_stats *out)
     g_mutex_lock(&p->mu);
     *out = p->stats;
     out->ready = g_queue_get_length(&p->ready);
+    out->size = p->cfg.size;
+    out->refilling = p->refilling ? 1 : 0;
     g_mutex_unlock(&p->mu);
+}
+
+unsigned vm_pool_resize(vm_pool *p, unsigned size)
+{
+    GQueue extra = G_QUEUE_INIT;
+    struct vm *vm;
+
+    g_mutex_lock(&p->mu);
+    p->cfg.size = size ? size : 2;
+    /* The newest go: the oldest have waited longest and are the next to be taken. */
+    while (g_queue_get_length(&p->ready) > p->cfg.size)
+        g_queue_push_tail(&extra, g_queue_pop_tail(&p->ready));
+    g_cond_broadcast(&p->cond);
+    g_mutex_unlock(&p->mu);
+    unsigned n = g_queue_get_length(&extra);
+    while ((vm = g_queue_pop_head(&extra)))
+        vm_pool_discard(vm); /* outside mu: it waits for QEMU to die */
+    if (n)
+        log_info(POOL_LOG, "resized to %u: %u waiting members stopped", size ? size : 2, n);
+    return n;
 }

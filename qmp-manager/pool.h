@@ -39,6 +39,8 @@ struct vm_pool_stats {
     guint64 dead_dropped; /* members found dead at take */
     double last_restore_ms, total_restore_ms;
     char last_error[256];
+    unsigned size;      /* members wanted */
+    unsigned refilling; /* clones being restored now (0 or 1: one refill thread) */
 };
 
 typedef struct vm_pool vm_pool;
@@ -57,6 +59,10 @@ void vm_pool_get_stats(vm_pool *p, struct vm_pool_stats *out);
 /* Changes the number of members to keep ready (0: 2).  A larger size refills at once; with a
  * smaller one, the members already waiting stay until they are taken. */
 void vm_pool_set_size(vm_pool *p, unsigned size);
+/* The same, and a smaller size also stops the waiting members beyond it (the newest first)
+ * rather than leaving them until taken: resizing at run time frees their memory at once.
+ * Returns how many were stopped. */
+unsigned vm_pool_resize(vm_pool *p, unsigned size);
 
 /* Back to nice 0 for every thread of the member's QEMU (at claim). */
 bool vm_pool_unnice(struct vm *vm, GError **error);
