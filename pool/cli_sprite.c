@@ -18,6 +18,7 @@
 struct cli_sprite_opts {
     char *socket, *token;
     gboolean json, with_stdin;
+    gboolean cold; /* wisp sleep --cold */
 };
 
 /* Parses `wisp VERB [options] ARGS...`; argv[0] is VERB.  Leaves the positional arguments in
@@ -33,6 +34,11 @@ static int cli_sprite_parse(const char *verb, const char *args, const char *summ
         {"json", 0, 0, G_OPTION_ARG_NONE, &o->json, "print wispd's JSON answer", NULL},
         {has_stdin ? "stdin" : "unused-stdin", 'i', has_stdin ? 0 : G_OPTION_FLAG_HIDDEN,
          G_OPTION_ARG_NONE, &o->with_stdin, "send this process's stdin (up to 960 KiB)", NULL},
+        /* Only `wisp sleep` shows --cold; the other verbs get a hidden entry that
+         * cli_sprite_run ignores (as --stdin above). */
+        {strcmp(verb, "sleep") == 0 ? "cold" : "unused-cold", 0,
+         strcmp(verb, "sleep") == 0 ? 0 : G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &o->cold,
+         "cold sleep: save memory and state to the store and stop the VM", NULL},
         G_OPTION_ENTRY_NULL,
     };
     g_autofree char *param = g_strdup_printf("%s - %s", args, summary);
@@ -232,7 +238,8 @@ static const struct cli_sprite_verb cli_sprite_verbs[] = {
     {"checkpoint", "create|list NAME", "checkpoint a sprite's disk, or list its checkpoints", 2, 2},
     {"restore", "NAME CHECKPOINT", "restore a sprite's disk to a checkpoint (restarts the VM)", 2,
      2},
-    {"sleep", "NAME", "warm sleep: pause the sprite, memory kept", 1, 1},
+    {"sleep", "[--cold] NAME", "warm sleep: pause the sprite, memory kept (--cold: to the store)",
+     1, 1},
     {"wake", "NAME", "wake a sleeping sprite", 1, 1},
     {"destroy", "NAME", "destroy a sprite and delete its disk", 1, 1},
 };
@@ -264,6 +271,8 @@ static int cli_sprite_run(const struct cli_sprite_verb *v, const struct cli_spri
     if (strcmp(v->name, "destroy") == 0)
         return cli_sprite_simple(o, "DELETE", path, NULL, 200, "destroyed", name);
     g_autofree char *sp = g_strdup_printf("%s/%s", path, v->name);
+    if (o->cold && strcmp(v->name, "sleep") == 0)
+        return cli_sprite_simple(o, "POST", sp, "{\"mode\":\"cold\"}", 200, "asleep (cold)", name);
     return cli_sprite_simple(o, "POST", sp, NULL, 200,
                              strcmp(v->name, "sleep") == 0 ? "asleep" : "awake", name);
 }
