@@ -18,7 +18,7 @@
 struct cli_sprite_opts {
     char *socket, *token;
     gboolean json, with_stdin;
-    gboolean cold; /* wisp sleep --cold */
+    gboolean cold; /* wisp sleep --cold: the same as `wisp sleep NAME cold` */
 };
 
 /* Parses `wisp VERB [options] ARGS...`; argv[0] is VERB.  Leaves the positional arguments in
@@ -38,7 +38,7 @@ static int cli_sprite_parse(const char *verb, const char *args, const char *summ
          * cli_sprite_run ignores (as --stdin above). */
         {strcmp(verb, "sleep") == 0 ? "cold" : "unused-cold", 0,
          strcmp(verb, "sleep") == 0 ? 0 : G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &o->cold,
-         "cold sleep: save memory and state to the store and stop the VM", NULL},
+         "cold sleep (the same as the mode 'cold')", NULL},
         G_OPTION_ENTRY_NULL,
     };
     g_autofree char *param = g_strdup_printf("%s - %s", args, summary);
@@ -138,8 +138,10 @@ static int cli_sprite_list(const struct cli_sprite_opts *o)
         JsonArray *s = json_object_get_array_member(json_node_get_object(a), "sprites");
         for (guint i = 0; s && i < json_array_get_length(s); i++) {
             JsonObject *e = json_array_get_object_element(s, i);
-            printf("%-24s %s\n", json_object_get_string_member_with_default(e, "name", "?"),
-                   json_object_get_string_member_with_default(e, "state", "?"));
+            const char *mode = json_object_get_string_member_with_default(e, "mode", NULL);
+            printf("%-24s %s%s%s%s\n", json_object_get_string_member_with_default(e, "name", "?"),
+                   json_object_get_string_member_with_default(e, "state", "?"), mode ? " (" : "",
+                   mode ? mode : "", mode ? ")" : "");
         }
     }
     json_node_unref(a);
@@ -238,8 +240,9 @@ static const struct cli_sprite_verb cli_sprite_verbs[] = {
     {"checkpoint", "create|list NAME", "checkpoint a sprite's disk, or list its checkpoints", 2, 2},
     {"restore", "NAME CHECKPOINT", "restore a sprite's disk to a checkpoint (restarts the VM)", 2,
      2},
-    {"sleep", "[--cold] NAME", "warm sleep: pause the sprite, memory kept (--cold: to the store)",
-     1, 1},
+    {"sleep", "NAME [warm|cold]",
+     "sleep: warm (default) pauses the sprite; cold saves it to the store and frees its memory", 1,
+     2},
     {"wake", "NAME", "wake a sleeping sprite", 1, 1},
     {"destroy", "NAME", "destroy a sprite and delete its disk", 1, 1},
 };
@@ -271,9 +274,23 @@ static int cli_sprite_run(const struct cli_sprite_verb *v, const struct cli_spri
     if (strcmp(v->name, "destroy") == 0)
         return cli_sprite_simple(o, "DELETE", path, NULL, 200, "destroyed", name);
     g_autofree char *sp = g_strdup_printf("%s/%s", path, v->name);
-    if (o->cold && strcmp(v->name, "sleep") == 0)
-        return cli_sprite_simple(o, "POST", sp, "{\"mode\":\"cold\"}", 200, "asleep (cold)", name);
-    return cli_sprite_simple(o, "POST", sp, NULL, 200,
+    g_autofree char *body = NULL;
+    if (o->cold && strcmp(v->name, "sleep") == 0) {
+        if (argc == 2) {
+            cli_error("usage: wisp sleep [--cold] NAME [warm|cold]: --cold or a mode, not both");
+            return CLI_EXIT_USAGE;
+        }
+        body = g_strdup("{\"mode\":\"cold\"}");
+    } else if (argc == 2) {
+        if (strcmp(argv[1], "warm") != 0 && strcmp(argv[1], "cold") != 0) {
+            cli_error("usage: wisp sleep NAME [warm|cold]");
+            return CLI_EXIT_USAGE;
+        }
+        JsonObject *req = json_object_new();
+        json_object_set_string_member(req, "mode", argv[1]);
+        body = cli_sprite_body(req);
+    }
+    return cli_sprite_simple(o, "POST", sp, body, 200,
                              strcmp(v->name, "sleep") == 0 ? "asleep" : "awake", name);
 }
 

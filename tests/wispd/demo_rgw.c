@@ -148,9 +148,8 @@ int main(void)
     const char *cold_switch = getenv("WISP_TEST_DEMO_COLD");
     if (!cold_switch || strcmp(cold_switch, "0") != 0) {
         t0 = fx_now();
-        g_autofree char *slept = wfx_cli("sleep", SPRITE, WFX_TOKEN_A, 0, "--cold", NULL);
+        g_free(wfx_cli("sleep", SPRITE, WFX_TOKEN_A, 0, "--cold", NULL));
         fx_log("cold sleep: %.0f ms", (fx_now() - t0) * 1000);
-        FX_CHECK(strstr(slept, "cold"), "wisp sleep --cold printed '%s'", slept);
         expect_state("asleep", "cold");
         t0 = fx_now();
         g_free(wfx_cli("wake", SPRITE, WFX_TOKEN_A, 0, NULL));
