@@ -38,7 +38,7 @@ static int cli_sprite_parse(const char *verb, const char *args, const char *summ
          * cli_sprite_run ignores (as --stdin above). */
         {strcmp(verb, "sleep") == 0 ? "cold" : "unused-cold", 0,
          strcmp(verb, "sleep") == 0 ? 0 : G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &o->cold,
-         "cold sleep (the same as the mode 'cold')", NULL},
+         "cold sleep: the same as NAME cold", NULL},
         G_OPTION_ENTRY_NULL,
     };
     g_autofree char *param = g_strdup_printf("%s - %s", args, summary);
@@ -275,13 +275,7 @@ static int cli_sprite_run(const struct cli_sprite_verb *v, const struct cli_spri
         return cli_sprite_simple(o, "DELETE", path, NULL, 200, "destroyed", name);
     g_autofree char *sp = g_strdup_printf("%s/%s", path, v->name);
     g_autofree char *body = NULL;
-    if (o->cold && strcmp(v->name, "sleep") == 0) {
-        if (argc == 2) {
-            cli_error("usage: wisp sleep [--cold] NAME [warm|cold]: --cold or a mode, not both");
-            return CLI_EXIT_USAGE;
-        }
-        body = g_strdup("{\"mode\":\"cold\"}");
-    } else if (argc == 2) {
+    if (argc == 2) {
         if (strcmp(argv[1], "warm") != 0 && strcmp(argv[1], "cold") != 0) {
             cli_error("usage: wisp sleep NAME [warm|cold]");
             return CLI_EXIT_USAGE;
@@ -307,6 +301,17 @@ int cli_sprite_main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     status = cli_sprite_parse(v->name, v->args, v->summary, strcmp(v->name, "exec") == 0, &o, &argc,
                               &argv);
+    /* wisp sleep --cold NAME is wisp sleep NAME cold. */
+    char *cold_args[] = {argc > 0 ? argv[0] : NULL, (char *)"cold", NULL};
+    if (status == CLI_EXIT_OK && o.cold && strcmp(v->name, "sleep") == 0) {
+        if (argc == 1) {
+            argv = cold_args;
+            argc = 2;
+        } else {
+            cli_error("usage: wisp sleep --cold NAME (no mode after NAME)");
+            status = CLI_EXIT_USAGE;
+        }
+    }
     if (status == CLI_EXIT_OK) {
         if (argc < v->min_args || (v->max_args >= 0 && argc > v->max_args)) {
             cli_error("usage: wisp %s %s", v->name, v->args);
