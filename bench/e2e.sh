@@ -248,7 +248,8 @@ e2e_pct() {
 # e2e_per_sprite LABEL FIELD SPRITES: (LABEL's sum - the sum with none) / SPRITES, in MiB.
 e2e_per_sprite() {
     awk -v l="$1" -v f="$2" -v n="$3" '$1 == l { x = $f } $1 == "none" { b = $f }
-        END { if (x == "") print "—"; else printf "%.1f\n", (x - b) / n / 1024 }' "$WORK/memory"
+        END { if (x == "") { print "—"; exit }
+              v = (x - b) / n / 1024; if (v > -0.05 && v < 0.05) v = 0; printf "%.1f\n", v }' "$WORK/memory"
 }
 
 # e2e_plot FIRST_OUTPUT CREATE PNG: each create in order, with the percentiles of the time to
@@ -359,7 +360,15 @@ e2e_report() {
     echo
     echo "Published anchors (not measured here): Fly Sprites create in 1–2 s and resume warm in"
     echo "100–500 ms; E2B starts a sandbox in about 150 ms on KVM. This machine runs QEMU under TCG"
-    echo "(no usable /dev/kvm) on 2 shared cores, which slows the guest side of every figure."
+    echo "(no usable /dev/kvm) on 2 shared cores, which slows the guest side of every figure. Next"
+    echo "to them, medians from this run: create to first output $(median <"$t/create-first-output.ms") ms with the"
+    echo "pool refilled and $(e2e_pct 50 <"$t/row-first-output.ms") ms in a row (Fly 1–2 s, E2B about 150 ms); a wake"
+    printf '%s' "from warm sleep on first request $(median <"$t/warm-wake.ms") ms (Fly 100–500 ms)"
+    if [[ -z $COLD_WHY ]]; then
+        echo ", from cold sleep $(median <"$t/cold-wake.ms") ms."
+    else
+        echo "; cold sleep was not measured."
+    fi
     echo
     echo '```sh'
     echo "scripts/bench e2e --runs $runs --sprites $sprites"
