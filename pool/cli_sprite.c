@@ -21,6 +21,7 @@
 struct cli_sprite_opts {
     char *socket, *token;
     gboolean json, with_stdin, tty;
+    gboolean cold; /* wisp sleep --cold: the same as `wisp sleep NAME cold` */
 };
 
 /* Parses `wisp VERB [options] ARGS...`; argv[0] is VERB.  Leaves the positional arguments in
@@ -39,6 +40,11 @@ static int cli_sprite_parse(const char *verb, const char *args, const char *summ
          "send stdin even when it is a terminal (it is sent when it is not one)", NULL},
         {has_stdin ? "tty" : "unused-tty", 't', has_stdin ? 0 : G_OPTION_FLAG_HIDDEN,
          G_OPTION_ARG_NONE, &o->tty, "a pty in the sprite; this terminal in raw mode", NULL},
+        /* Only `wisp sleep` shows --cold; the other verbs get a hidden entry that
+         * cli_sprite_run ignores (as --stdin above). */
+        {strcmp(verb, "sleep") == 0 ? "cold" : "unused-cold", 0,
+         strcmp(verb, "sleep") == 0 ? 0 : G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_NONE, &o->cold,
+         "cold sleep: the same as NAME cold", NULL},
         G_OPTION_ENTRY_NULL,
     };
     g_autofree char *param = g_strdup_printf("%s - %s", args, summary);
@@ -321,6 +327,17 @@ int cli_sprite_main(int argc, char **argv)
         return CLI_EXIT_USAGE;
     status = cli_sprite_parse(v->name, v->args, v->summary, strcmp(v->name, "exec") == 0, &o, &argc,
                               &argv);
+    /* wisp sleep --cold NAME is wisp sleep NAME cold. */
+    char *cold_args[] = {argc > 0 ? argv[0] : NULL, (char *)"cold", NULL};
+    if (status == CLI_EXIT_OK && o.cold && strcmp(v->name, "sleep") == 0) {
+        if (argc == 1) {
+            argv = cold_args;
+            argc = 2;
+        } else {
+            cli_error("usage: wisp sleep --cold NAME (no mode after NAME)");
+            status = CLI_EXIT_USAGE;
+        }
+    }
     if (status == CLI_EXIT_OK) {
         if (argc < v->min_args || (v->max_args >= 0 && argc > v->max_args)) {
             cli_error("usage: wisp %s %s", v->name, v->args);
