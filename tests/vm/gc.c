@@ -309,8 +309,12 @@ int main(void)
         FX_CHECK(sprite_sleep_cold(db, b.v.vm, &so, &r, &err), "sleep %d: %s", i,
                  err ? err->message : "?");
     }
-    g_autofree char *m1 = sleep_manifest_key(b.name, 1), *m2 = sleep_manifest_key(b.name, 2),
-                    *m3 = sleep_manifest_key(b.name, 3);
+    struct sprite_record *brec = sprite_db_get(db, b.name, &err);
+    FX_CHECK(brec && brec->incarnation, "B's record: %s", err ? err->message : "no incarnation");
+    g_autofree char *m1 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 1),
+                    *m2 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 2),
+                    *m3 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 3);
+    sprite_record_free(brec);
     fx_sleep(GRACE + 1.5);
     /* A sleep in progress: its chunk is in the store, its manifest not yet. */
     const char *young =
@@ -360,6 +364,7 @@ int main(void)
     struct vm_gc_options o;
     vm_gc_options_init(&o);
     o.grace_s = GRACE;
+    o.force = true; /* a grace of seconds: nothing sleeps meanwhile */
     o.pins = pins;
     struct vm_gc_report r;
     FX_CHECK(vm_gc_run(st2, &o, &r, &err), "gc: %s", err ? err->message : "?");
@@ -387,9 +392,12 @@ int main(void)
     /* ---- 6. B destroyed ---- */
     vmf_destroy(&b.v);
     unsigned n = 0;
-    FX_CHECK(vm_gc_delete_sprite(st2, b.name, &n, &err) && n == 2, "delete B's manifests: %u %s", n,
-             err ? err->message : "");
-    o.pins = NULL;
+    FX_CHECK(sprite_db_end(db, b.name, SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err),
+             "destroy B: %s", err ? err->message : "");
+    FX_CHECK(vm_gc_delete_sprite(st2, db, b.name, &n, &err) && n == 2,
+             "delete B's manifests: %u %s", n, err ? err->message : "");
+    const char *const no_pins[] = {NULL};
+    o.pins = no_pins;
     FX_CHECK(vm_gc_run(st2, &o, &r, &err), "gc after destroy: %s", err ? err->message : "?");
     FX_CHECK(r.deleted > 0 && r.manifests == 0, "gc after destroy: %llu deleted, %llu manifests",
              (unsigned long long)r.deleted, (unsigned long long)r.manifests);
