@@ -79,7 +79,8 @@ bool vm_runas_grant_socket(const char *path, const char *user, GError **error)
         goto out;
     }
     if (!S_ISSOCK(sb.st_mode)) {
-        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "grant %s: not a unix socket", path);
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "grant %s: %s", path,
+                    S_ISLNK(sb.st_mode) ? "a symbolic link" : "not a unix socket");
         goto out;
     }
     if (sb.st_uid != 0) {

@@ -51,6 +51,28 @@ static uint64_t count_objects(struct store *st, const char *prefix)
     return n;
 }
 
+/* wisp-vm gc with these arguments after --store URL: its exit status (stderr to the log). */
+static int gc_cli_status(const char *url, const char *const *args)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_autofree char *err_text = NULL;
+    GError *err = NULL;
+    int status = 0;
+
+    g_ptr_array_add(argv, (gpointer)fx_need_env("WISP_VM_CLI"));
+    g_ptr_array_add(argv, "gc");
+    g_ptr_array_add(argv, "--store");
+    g_ptr_array_add(argv, (gpointer)url);
+    for (const char *const *a = args; *a; a++)
+        g_ptr_array_add(argv, (gpointer)*a);
+    g_ptr_array_add(argv, NULL);
+    FX_CHECK(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                          NULL, &err_text, &status, &err),
+             "spawn wisp-vm gc: %s", err ? err->message : "?");
+    fx_log("wisp-vm gc %s...: status %d: %s", args[0], status, err_text ? err_text : "");
+    return status;
+}
+
 static bool has(struct store *st, const char *key)
 {
     struct store_stat sb;
@@ -355,6 +377,19 @@ int main(void)
                  json_int(rep, "missing") == 0,
              "the dry run's report: %s", out);
     FX_CHECK(count_objects(st2, "vm/") == objects && has(st2, m1), "the dry run deleted something");
+
+    /* Refused, with nothing deleted: a deleting run without the database, a --state with no
+     * database (not created), a grace below the safe minimum. */
+    g_autofree char *typo = g_strdup_printf("%s/no-such-state", fx_tmpdir());
+    const char *no_state[] = {"--grace", grace, "--force", NULL};
+    const char *bad_state[] = {"--state", typo, "--grace", grace, "--force", NULL};
+    const char *short_grace[] = {"--state", state, "--grace", "10m", NULL};
+    FX_CHECK(gc_cli_status(url2, no_state) != 0, "wisp-vm gc without --state deleted");
+    FX_CHECK(gc_cli_status(url2, bad_state) != 0, "wisp-vm gc with a mistyped --state ran");
+    FX_CHECK(!g_file_test(typo, G_FILE_TEST_EXISTS), "wisp-vm gc created %s", typo);
+    FX_CHECK(gc_cli_status(url2, short_grace) != 0, "wisp-vm gc --grace 10m was accepted");
+    FX_CHECK(count_objects(st2, "vm/") == objects && has(st2, m1),
+             "a refused run deleted something");
 
     /* ---- 4. GC ---- */
     struct sprite_record *rec = sprite_db_get(db, b.name, &err);
