@@ -1,11 +1,14 @@
 /* cli_gc.c: `wisp-vm gc`, garbage collection of sleep manifests and RAM chunks (vm_gc.h).
  *
- *   wisp-vm gc --store URL [--keep K] [--grace DURATION] [--dry-run] [--pin KEY]...
- *              [--state DIR] [--delete-sprite NAME]
+ *   wisp-vm gc --store URL --state DIR [--keep K] [--grace DURATION] [--force] [--dry-run]
+ *              [--pin KEY]... [--delete-sprite NAME]
  *
  * Prints the run's report as JSON on stdout.  --state pins every manifest the sprite database
- * there records (each sprite's current one and a sleep's pending one), as wispd does.
- * --delete-sprite deletes every manifest of a destroyed sprite first. */
+ * there records (each sprite's current one and a sleep's pending one), as wispd does; it is
+ * required unless --dry-run, and is opened read-only, never created (a mistyped path is an
+ * error, not a database without sprites).  --delete-sprite deletes first the manifests of the
+ * name's incarnations that the database says are destroyed (never the live one's).  A grace
+ * below the safe minimum (ram_chunks.h) is refused unless --force. */
 #include "cli.h"
 
 #include "chunk_gc.h"
@@ -14,23 +17,12 @@
 
 #include <stdio.h>
 
-/* The manifests the database at state_dir needs kept (sprite_db_manifest_pins). */
-static bool cli_gc_pins_from_db(const char *state_dir, GPtrArray *pins, GError **error)
-{
-    sprite_db *db = sprite_db_open(state_dir, error);
-    if (!db)
-        return false;
-    bool ok = sprite_db_manifest_pins(db, pins, error);
-    sprite_db_close(db);
-    return ok;
-}
-
 int cli_gc(int argc, char **argv)
 {
     static char *store_url, *grace_text, *state_dir, *delete_sprite;
     static char **pin_args;
     static gint keep = VM_GC_KEEP_DEFAULT;
-    static gboolean dry_run;
+    static gboolean dry_run, force;
     GOptionEntry entries[] = {
         {"store", 0, 0, G_OPTION_ARG_STRING, &store_url, "the object store", "URL"},
         {"keep", 0, 0, G_OPTION_ARG_INT, &keep, "newest manifests kept per sprite (default 2)",
@@ -38,6 +30,8 @@ int cli_gc(int argc, char **argv)
         {"grace", 0, 0, G_OPTION_ARG_STRING, &grace_text,
          "unreferenced chunks younger than this are kept (default 1h)", "DURATION"},
         {"dry-run", 0, 0, G_OPTION_ARG_NONE, &dry_run, "count, delete nothing", NULL},
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force,
+         "accept a grace below the safe minimum (only when nothing sleeps)", NULL},
         {"pin", 0, 0, G_OPTION_ARG_STRING_ARRAY, &pin_args, "keep this manifest too (repeat)",
          "KEY"},
         {"state", 0, 0, G_OPTION_ARG_FILENAME, &state_dir,
@@ -71,23 +65,39 @@ int cli_gc(int argc, char **argv)
     }
     o.keep = (unsigned)keep;
     o.dry_run = dry_run;
+    o.force = force;
+
+    if (!state_dir && (!dry_run || delete_sprite)) {
+        fprintf(stderr, "wisp-vm: gc: --state DIR (the sprite database) is required to delete: "
+                        "without its pins a sprite's current manifest could go\n");
+        return CLI_EXIT_USAGE;
+    }
 
     g_autoptr(GPtrArray) pins = g_ptr_array_new_with_free_func(g_free);
+    sprite_db *db = NULL;
     for (char **p = pin_args; p && *p; p++)
         g_ptr_array_add(pins, g_strdup(*p));
-    if (state_dir && !cli_gc_pins_from_db(state_dir, pins, &err))
-        return cli_fail("gc", err);
+    if (state_dir) {
+        db = sprite_db_open_readonly(state_dir, &err);
+        if (!db || !sprite_db_manifest_pins(db, pins, &err)) {
+            sprite_db_close(db);
+            return cli_fail("gc", err);
+        }
+    }
     g_ptr_array_add(pins, NULL);
     o.pins = (const char *const *)pins->pdata;
 
     if (store_open(store_url, NULL, &st) != 0) {
         fprintf(stderr, "wisp-vm: gc: open %s: %s\n", store_url, store_last_error());
+        sprite_db_close(db);
         return CLI_EXIT_FAILURE;
     }
-    if (delete_sprite && !dry_run && !vm_gc_delete_sprite(st, delete_sprite, NULL, &err)) {
+    if (delete_sprite && !dry_run && !vm_gc_delete_sprite(st, db, delete_sprite, NULL, &err)) {
         store_close(st);
+        sprite_db_close(db);
         return cli_fail("gc", err);
     }
+    sprite_db_close(db);
     bool ok = vm_gc_run(st, &o, &rep, &err);
     g_autofree char *json = vm_gc_report_to_json(&rep);
     printf("%s\n", json);

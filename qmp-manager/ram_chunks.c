@@ -1,6 +1,7 @@
 /* ram_chunks.c: a file as content-addressed chunks in the store (see ram_chunks.h). */
 #include "ram_chunks.h"
 
+#include "chunk_gc.h"
 #include "hash.h"
 #include "log.h"
 #include "vm_config.h"
@@ -61,9 +62,10 @@ struct chunk_job {
     struct store *st;
     const struct chunk_list *cl;
     GHashTable *known;
-    const uint8_t *map; /* store: the file, mapped read-only */
-    int fd;             /* restore: the file being written */
-    guint *first;       /* restore: the index of each chunk's first occurrence of its hash */
+    time_t refresh_before; /* store: a found object with an older mtime is PUT again */
+    const uint8_t *map;    /* store: the file, mapped read-only */
+    int fd;                /* restore: the file being written */
+    guint *first;          /* restore: the index of each chunk's first occurrence of its hash */
     gint next;
     GMutex lock;
     char *error; /* the first failure */
@@ -133,8 +135,7 @@ static gpointer chunk_store_worker(gpointer opaque)
         /* Found, and young enough that no GC can delete it before the manifest names it
          * (vm_gc.h, (a)): nothing to do.  An older one may be a GC's candidate right now (an
          * orphan of a deleted sprite): PUT again, same bytes, and it is young. */
-        bool refresh = r == 0 && stat.size == len &&
-                       (int64_t)stat.mtime < (int64_t)time(NULL) - RAM_CHUNK_REFRESH_AGE_S;
+        bool refresh = r == 0 && stat.size == len && stat.mtime < job->refresh_before;
         if (r == 0 && stat.size == len && !refresh) {
             chunk_job_count(job, &job->stats.known_chunks);
             continue;
@@ -171,10 +172,43 @@ static void chunk_job_run(struct chunk_job *job, GThreadFunc fn)
         g_thread_join(threads[t]);
 }
 
+bool chunk_pass_begin(struct store *st, struct chunk_pass *pass, GError **error)
+{
+    pass->start_us = g_get_monotonic_time();
+    int r = chunk_gc_store_clock(st, &pass->store_now);
+    if (r < 0) {
+        g_set_error(error, VM_ERROR, VM_ERROR_IO, "the clock of %s: %s", store_describe(st),
+                    store_last_error());
+        return false;
+    }
+    return true;
+}
+
+bool chunk_pass_fresh(const struct chunk_pass *pass, double *elapsed_s)
+{
+    double s = (double)(g_get_monotonic_time() - pass->start_us) / 1e6;
+    if (elapsed_s)
+        *elapsed_s = s;
+    return s < RAM_CHUNK_PASS_MAX_S;
+}
+
 bool chunk_list_store(struct store *st, const char *path, uint32_t chunk_bytes, GHashTable *known,
                       struct chunk_list *out, struct chunk_upload_stats *stats, GError **error)
 {
-    struct chunk_job job = {.st = st, .known = known, .cl = out, .fd = -1};
+    struct chunk_pass pass;
+    return chunk_pass_begin(st, &pass, error) &&
+           chunk_list_store_in_pass(st, &pass, path, chunk_bytes, known, out, stats, error);
+}
+
+bool chunk_list_store_in_pass(struct store *st, const struct chunk_pass *pass, const char *path,
+                              uint32_t chunk_bytes, GHashTable *known, struct chunk_list *out,
+                              struct chunk_upload_stats *stats, GError **error)
+{
+    struct chunk_job job = {.st = st,
+                            .known = known,
+                            .cl = out,
+                            .fd = -1,
+                            .refresh_before = pass->store_now - RAM_CHUNK_REFRESH_AGE_S};
     struct stat sb;
     void *map = NULL;
     int fd;

@@ -24,12 +24,37 @@
 #include <glib.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #define RAM_CHUNK_PREFIX        "vm/chunks/"
 #define RAM_CHUNK_BYTES_DEFAULT (64u * 1024u)
 #define RAM_CHUNK_WORKERS       8
-/* Half of VM_GC_GRACE_DEFAULT (vm_gc.h): a chunk found by HEAD and older than this is PUT again. */
-#define RAM_CHUNK_REFRESH_AGE_S 1800
+/* GC's rule (vm_gc.h, (a)), in numbers, all ages on the store's clock:
+ *
+ *   ** A chunk a pass found by HEAD is PUT again (refreshed) when it is older than R at the
+ *   ** pass's start; the manifest is PUT at most P after the pass's start, else the pass is
+ *   ** done again.  GC refuses a grace below G (unless forced).  With P = G - R - M:
+ *   **   a chunk not refreshed is at most R + P = G - M old when the manifest lands;
+ *   **   a chunk uploaded or refreshed in the pass is at most P old;
+ *   ** so every chunk the manifest names is younger than any accepted grace, with M (the PUT
+ *   ** itself, the clock's reading) to spare.
+ *
+ * R = RAM_CHUNK_REFRESH_AGE_S, M = RAM_CHUNK_MARGIN_S, G = RAM_CHUNK_GRACE_MIN_S,
+ * P = RAM_CHUNK_PASS_MAX_S.  G = 2R + M, so P = R.  VM_GC_GRACE_DEFAULT (1 h) >= G. */
+#define RAM_CHUNK_REFRESH_AGE_S 1500
+#define RAM_CHUNK_MARGIN_S      300
+#define RAM_CHUNK_GRACE_MIN_S   (2 * RAM_CHUNK_REFRESH_AGE_S + RAM_CHUNK_MARGIN_S)
+#define RAM_CHUNK_PASS_MAX_S    (RAM_CHUNK_GRACE_MIN_S - RAM_CHUNK_REFRESH_AGE_S - RAM_CHUNK_MARGIN_S)
+/* A sleep or publish whose pass overran RAM_CHUNK_PASS_MAX_S this many times fails. */
+#define RAM_CHUNK_PASSES_MAX 3
+
+/* One pass of storing chunks for a manifest: when it started (monotonic) and the store's clock
+ * then (chunk_gc_store_clock: the ages of the objects HEAD finds are measured on it, never on
+ * this host's clock). */
+struct chunk_pass {
+    gint64 start_us;
+    time_t store_now;
+};
 
 /* A file as chunk hashes. */
 struct chunk_list {
@@ -47,8 +72,19 @@ struct chunk_upload_stats {
 void chunk_list_init(struct chunk_list *cl, uint64_t file_bytes, uint32_t chunk_bytes);
 void chunk_list_clear(struct chunk_list *cl);
 
-/* Cuts the file at path into chunks and uploads those the store lacks.  known: NULL, or a set of
- * hex hashes already in the store (not modified).  stats (may be NULL) is filled in. */
+/* Starts a pass: reads the store's clock (one PUT and DELETE of a marker). */
+bool chunk_pass_begin(struct store *st, struct chunk_pass *pass, GError **error);
+/* Whether the manifest of the pass may still be PUT now (see above); *elapsed_s (may be NULL):
+ * seconds since the pass began. */
+bool chunk_pass_fresh(const struct chunk_pass *pass, double *elapsed_s);
+
+/* Cuts the file at path into chunks and uploads those the store lacks, refreshing old ones as of
+ * the pass's store clock.  known: NULL, or a set of hex hashes already in the store (not
+ * modified).  stats (may be NULL) is filled in. */
+bool chunk_list_store_in_pass(struct store *st, const struct chunk_pass *pass, const char *path,
+                              uint32_t chunk_bytes, GHashTable *known, struct chunk_list *out,
+                              struct chunk_upload_stats *stats, GError **error);
+/* The same in a pass of its own (a caller that writes no manifest, or one file). */
 bool chunk_list_store(struct store *st, const char *path, uint32_t chunk_bytes, GHashTable *known,
                       struct chunk_list *out, struct chunk_upload_stats *stats, GError **error);
 

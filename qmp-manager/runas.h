@@ -32,7 +32,8 @@
 bool vm_runas_resolve(const char *user, uid_t *uid, gid_t *gid, const char **why);
 
 /* Gives the unix socket at path to user's primary group, mode 0660 (the NBD socket of nbdkit,
- * run as root, for QEMU running as user).  Needs root or the socket's owner. */
+ * run as root, for QEMU running as user).  Needs root.  Refuses a symbolic link, anything but
+ * a socket, and a socket not owned by root; changes the inode it checked (an O_PATH fd). */
 bool vm_runas_grant_socket(const char *path, const char *user, GError **error);
 
 #endif

@@ -3,9 +3,11 @@
 #include "sleep_internal.h"
 
 #include "log.h"
+#include "sprite_db.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,9 +34,51 @@ char *sleep_manifest_path(const char *dir)
     return g_build_filename(dir, "manifest.json", NULL);
 }
 
+/* The layout of sleep manifest keys (sleep.h) lives here, built and parsed (GC) in one place. */
 char *sleep_manifest_key(const char *sprite, unsigned seq)
 {
+    if (!sprite_name_valid(sprite))
+        return NULL;
     return g_strdup_printf("vm/sprites/%s/manifest-%06u.json", sprite, seq);
+}
+
+char *sleep_manifest_key_incarnation(const char *sprite, const char *incarnation, unsigned seq)
+{
+    if (!sprite_name_valid(sprite) || !sprite_incarnation_valid(incarnation))
+        return NULL;
+    return g_strdup_printf("vm/sprites/%s/%s/manifest-%06u.json", sprite, incarnation, seq);
+}
+
+/* "manifest-SEQ.json" with SEQ all digits: true and *seq. */
+static bool manifest_file_parse(const char *s, unsigned long *seq)
+{
+    char *end;
+
+    if (!g_str_has_prefix(s, "manifest-"))
+        return false;
+    s += strlen("manifest-");
+    if (!g_ascii_isdigit(*s))
+        return false;
+    errno = 0;
+    *seq = strtoul(s, &end, 10);
+    return errno == 0 && *seq <= UINT_MAX && strcmp(end, ".json") == 0;
+}
+
+bool sleep_manifest_key_parse(const char *key, char **sprite, char **incarnation,
+                              unsigned long *seq)
+{
+    const char *prefix = "vm/sprites/";
+
+    if (!key || !g_str_has_prefix(key, prefix))
+        return false;
+    g_auto(GStrv) parts = g_strsplit(key + strlen(prefix), "/", 0);
+    guint n = g_strv_length(parts);
+    if ((n != 2 && n != 3) || !sprite_name_valid(parts[0]) ||
+        (n == 3 && !sprite_incarnation_valid(parts[1])) || !manifest_file_parse(parts[n - 1], seq))
+        return false;
+    *sprite = g_strdup(parts[0]);
+    *incarnation = g_strdup(n == 3 ? parts[1] : "");
+    return true;
 }
 
 static double secs_since(gint64 t0)
@@ -297,43 +341,53 @@ bool sleep_store_local_copy(const struct cold_sleep_opts *o, struct cold_sleep_r
     gint64 t = g_get_monotonic_time();
     bool ok = false;
 
-    /* GC (vm_gc.h, (a)): a chunk the manifest names must have been uploaded or refreshed less
-     * than the grace before the manifest lands.  A pass that HEADs a chunk refreshes it if it is
-     * older than the refresh age, so a pass shorter than the refresh age is enough; a longer one
-     * (a slow store) is done again, which only HEADs and refreshes. */
-    for (int pass = 1;; pass++) {
-        gint64 pass_start = g_get_monotonic_time();
+    /* GC (vm_gc.h, (a); the numbers in ram_chunks.h): every chunk the manifest names must be
+     * younger than GC's grace when the manifest lands.  A pass refreshes what is older than
+     * RAM_CHUNK_REFRESH_AGE_S at its start (store clock); its manifest is PUT only while the
+     * pass is fresh (RAM_CHUNK_PASS_MAX_S since it began), else the pass is done again, which
+     * mostly HEADs and refreshes. */
+    for (int pass_no = 1;; pass_no++) {
+        struct chunk_pass pass;
+        double elapsed;
+
         chunk_list_clear(&ram);
         chunk_list_clear(&state);
-        if (!chunk_list_store(o->store, ram_path, o->chunk_bytes, o->known, &ram,
-                              pass == 1 ? &out->ram : NULL, error) ||
-            !chunk_list_store(o->store, state_path, o->chunk_bytes, o->known, &state,
-                              pass == 1 ? &out->state : NULL, error))
+        g_clear_pointer(&manifest, g_free);
+        if (!chunk_pass_begin(o->store, &pass, error) ||
+            !chunk_list_store_in_pass(o->store, &pass, ram_path, o->chunk_bytes, o->known, &ram,
+                                      pass_no == 1 ? &out->ram : NULL, error) ||
+            !chunk_list_store_in_pass(o->store, &pass, state_path, o->chunk_bytes, o->known, &state,
+                                      pass_no == 1 ? &out->state : NULL, error)) {
+            g_prefix_error(error, "cold sleep: ");
             goto done;
-        if (secs_since(pass_start) < RAM_CHUNK_REFRESH_AGE_S)
+        }
+        manifest = sleep_manifest_build(o->sprite, o->manifest_key, o->mem_mib, &ram, &state);
+        if (!write_file_durably(manifest_path, manifest, strlen(manifest), error))
+            goto done;
+        if (chunk_pass_fresh(&pass, &elapsed)) {
+            /* The store's copy is the durable one and is written last: its presence means
+             * complete. */
+            int r = store_put(o->store, o->manifest_key, manifest, strlen(manifest));
+            if (r < 0) {
+                g_set_error(error, VM_ERROR, VM_ERROR_IO, "cold sleep: PUT %s: %s", o->manifest_key,
+                            store_last_error());
+                unlink(manifest_path);
+                goto done;
+            }
             break;
-        if (pass == 3) {
+        }
+        unlink(manifest_path);
+        if (pass_no == RAM_CHUNK_PASSES_MAX) {
             g_set_error(error, VM_ERROR, VM_ERROR_TIMEOUT,
-                        "cold sleep: storing the chunks took longer than %d s three times",
-                        RAM_CHUNK_REFRESH_AGE_S);
+                        "cold sleep: storing the chunks took longer than %d s %d times",
+                        RAM_CHUNK_PASS_MAX_S, RAM_CHUNK_PASSES_MAX);
             goto done;
         }
         log_warn(SLEEP_LOG, "sprite %s: storing the chunks took %.0f s: again, for GC's grace",
-                 o->sprite, secs_since(pass_start));
+                 o->sprite, elapsed);
     }
     out->ram_bytes = ram.file_bytes;
     out->state_bytes = state.file_bytes;
-    manifest = sleep_manifest_build(o->sprite, o->manifest_key, o->mem_mib, &ram, &state);
-    /* The store's copy is the durable one and is written last: its presence means complete. */
-    if (!write_file_durably(manifest_path, manifest, strlen(manifest), error))
-        goto done;
-    int r = store_put(o->store, o->manifest_key, manifest, strlen(manifest));
-    if (r < 0) {
-        g_set_error(error, VM_ERROR, VM_ERROR_IO, "cold sleep: PUT %s: %s", o->manifest_key,
-                    store_last_error());
-        unlink(manifest_path);
-        goto done;
-    }
     out->store_s = secs_since(t);
     ok = true;
 done:

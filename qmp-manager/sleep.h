@@ -14,7 +14,8 @@
  *                                DIR/manifest.json  (present only while DIR/ram and DIR/state are
  *                                                    exactly what that manifest describes)
  * In the store:  vm/chunks/SHA256  (ram_chunks.h)
- *                vm/sprites/NAME/manifest-SEQ.json  (written last: its presence means complete)
+ *                vm/sprites/NAME/INCARNATION/manifest-SEQ.json  (written last: its presence
+ *                means complete; sleep_manifest_key_incarnation)
  *
  * sleep_cold():
  *   1. guest sync (agent exec `sync`), if an agent is given;
@@ -48,8 +49,19 @@
 char *sleep_ram_path(const char *dir);
 char *sleep_state_path(const char *dir);
 char *sleep_manifest_path(const char *dir);
-/* vm/sprites/NAME/manifest-SEQ.json (g_free it). */
+/* vm/sprites/NAME/manifest-SEQ.json (g_free it), or NULL when NAME is not sprite_name_valid
+ * (sprite_db.h).  The layout of a sleep without a sprite database; such keys are not unique
+ * across re-uses of a name, so a sprite with a record uses the next one (sprite_sleep_cold). */
 char *sleep_manifest_key(const char *sprite, unsigned seq);
+/* vm/sprites/NAME/INCARNATION/manifest-SEQ.json (g_free it): the record's incarnation
+ * (sprite_db.h) makes the key unique to this use of the name, so a re-created sprite (sleep_seq
+ * from 0 again) never meets, and GC never ranks it against, a dead one's manifests.  NULL when
+ * NAME or INCARNATION is not valid. */
+char *sleep_manifest_key_incarnation(const char *sprite, const char *incarnation, unsigned seq);
+/* A key of either layout: true with *sprite, *incarnation ("" for the old layout; g_free both)
+ * and *seq; false for anything else. */
+bool sleep_manifest_key_parse(const char *key, char **sprite, char **incarnation,
+                              unsigned long *seq);
 
 bool sleep_warm(struct vm *vm, int timeout_ms, GError **error);
 bool wake_warm(struct vm *vm, int timeout_ms, GError **error);

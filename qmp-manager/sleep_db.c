@@ -31,7 +31,16 @@ bool sprite_sleep_cold(sprite_db *db, struct vm *vm, struct cold_sleep_opts *opt
         sprite_record_free(r);
         return false;
     }
-    g_autofree char *key = sleep_manifest_key(opts->sprite, r->sleep_seq + 1);
+    /* Under the record's incarnation: unique to this use of the name (sleep.h). */
+    g_autofree char *key =
+        sleep_manifest_key_incarnation(opts->sprite, r->incarnation, r->sleep_seq + 1);
+    if (!key) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
+                    "sprite %s: no manifest key (bad name or incarnation '%s')", opts->sprite,
+                    r->incarnation ? r->incarnation : "");
+        sprite_record_free(r);
+        return false;
+    }
     /* The previous manifest, else (a first sleep) the template's: both are GC roots while this
      * sleep runs (vm_gc.h, (b)), so their chunks need no HEAD. */
     const char *known_from = r->manifest_key ? r->manifest_key : opts->template_manifest_key;

@@ -14,7 +14,8 @@
 #include "sleep.h"
 #include "sprite_db.h"
 
-/* opts->manifest_key and opts->known are filled in here: the key from the record's sleep count,
+/* opts->manifest_key and opts->known are filled in here: the key from the record's incarnation
+ * and sleep count (sleep_manifest_key_incarnation),
  * the known set from the previous manifest (if the store still has it), or on a first sleep
  * from opts->template_manifest_key's (template_store.h) when it is set. */
 bool sprite_sleep_cold(sprite_db *db, struct vm *vm, struct cold_sleep_opts *opts,

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DB_LOG "sprite-db"
@@ -17,7 +18,35 @@
 struct sprite_db {
     sqlite3 *db;
     char *path;
+    bool read_only;
+    bool has_incarnation; /* false only for an old database opened read-only (not migrated) */
 };
+
+bool sprite_name_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+
+    /* One key component in the store (vm/sprites/NAME/...) and one file name: no '/', no
+     * "." or "..", nothing a shell or a URL would change. */
+    if (n == 0 || n > SPRITE_NAME_MAX || !g_ascii_isalnum(name[0]))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!g_ascii_isalnum(name[i]) && name[i] != '-' && name[i] != '_' && name[i] != '.')
+            return false;
+    return true;
+}
+
+bool sprite_incarnation_valid(const char *incarnation)
+{
+    size_t n = incarnation ? strlen(incarnation) : 0;
+
+    if (n != SPRITE_INCARNATION_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!g_ascii_isdigit(incarnation[i]) && !(incarnation[i] >= 'a' && incarnation[i] <= 'f'))
+            return false;
+    return true;
+}
 
 static const char *const state_names[] = {
     [SPRITE_CREATING] = "creating",       [SPRITE_RUNNING] = "running",
@@ -68,10 +97,78 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS sprites ("
     " name TEXT PRIMARY KEY, state TEXT NOT NULL, good_state TEXT NOT NULL,"
     " pid INTEGER NOT NULL DEFAULT 0, run_dir TEXT, manifest_key TEXT, pending_manifest TEXT,"
-    " sleep_seq INTEGER NOT NULL DEFAULT 0, detail TEXT, updated_us INTEGER NOT NULL);"
+    " sleep_seq INTEGER NOT NULL DEFAULT 0, detail TEXT, updated_us INTEGER NOT NULL,"
+    " incarnation TEXT);"
     "CREATE TABLE IF NOT EXISTS transitions ("
     " id INTEGER PRIMARY KEY, name TEXT NOT NULL, phase TEXT NOT NULL, state TEXT NOT NULL,"
     " detail TEXT, at_us INTEGER NOT NULL);";
+
+/* A new random id: 16 lower-case hex digits (SPRITE_INCARNATION_LEN). */
+#define NEW_INCARNATION_SQL "lower(hex(randomblob(8)))"
+
+static bool db_has_incarnation(sprite_db *db, bool *has, GError **error)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    *has = false;
+    if (sqlite3_prepare_v2(db->db, "SELECT name FROM pragma_table_info('sprites')", -1, &st,
+                           NULL) != SQLITE_OK)
+        return db_fail(db, error, "table_info");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (g_strcmp0((const char *)sqlite3_column_text(st, 0), "incarnation") == 0)
+            *has = true;
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE || db_fail(db, error, "table_info");
+}
+
+/* Additive migration of a database from before incarnations: the column, and an id for each
+ * row.  Such a row's manifests keep their old keys (vm/sprites/NAME/manifest-SEQ.json, still
+ * named by manifest_key); its next sleep writes under the incarnation. */
+static bool db_migrate(sprite_db *db, GError **error)
+{
+    bool has;
+
+    if (!db_has_incarnation(db, &has, error))
+        return false;
+    if (!has && !db_exec(db, "ALTER TABLE sprites ADD COLUMN incarnation TEXT", error))
+        return false;
+    db->has_incarnation = true;
+    return db_exec(
+        db, "UPDATE sprites SET incarnation = " NEW_INCARNATION_SQL " WHERE incarnation IS NULL",
+        error);
+}
+
+sprite_db *sprite_db_open_readonly(const char *dir, GError **error)
+{
+    sprite_db *db = g_new0(sprite_db, 1);
+    struct stat sb;
+
+    db->read_only = true;
+    db->path = g_build_filename(dir, "sprites.db", NULL);
+    /* Never created here: a mistyped --state must not look like a database without sprites. */
+    int r = stat(db->path, &sb);
+    if (r < 0 || !S_ISREG(sb.st_mode)) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "%s: no sprite database (%s)", db->path,
+                    r < 0 ? g_strerror(errno) : "not a file");
+        sprite_db_close(db);
+        return NULL;
+    }
+    if (sqlite3_open_v2(db->path, &db->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_busy_timeout(db->db, 5000) != SQLITE_OK ||
+        !db_has_incarnation(db, &db->has_incarnation, error)) {
+        if (error && !*error) {
+            if (db->db)
+                db_fail(db, error, "open");
+            else
+                g_set_error(error, VM_ERROR, VM_ERROR_IO, "%s: open: out of memory", db->path);
+        }
+        sprite_db_close(db);
+        return NULL;
+    }
+    return db;
+}
 
 sprite_db *sprite_db_open(const char *dir, GError **error)
 {
@@ -97,7 +194,7 @@ sprite_db *sprite_db_open(const char *dir, GError **error)
      * second manager process checking) does not block the writer. */
     if (sqlite3_busy_timeout(db->db, 5000) != SQLITE_OK ||
         !db_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL", error) ||
-        !db_exec(db, schema, error)) {
+        !db_exec(db, schema, error) || !db_migrate(db, error)) {
         if (error && !*error)
             db_fail(db, error, "busy_timeout");
         sprite_db_close(db);
@@ -190,15 +287,26 @@ static bool db_commit(sprite_db *db, bool ok, GError **error)
 
 bool sprite_db_create(sprite_db *db, const char *name, GError **error)
 {
+    if (!sprite_name_valid(name)) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
+                    "bad sprite name '%s': 1 to %d of A-Z a-z 0-9 . _ -, starting with a letter "
+                    "or digit",
+                    name ? name : "", SPRITE_NAME_MAX);
+        return false;
+    }
     if (!db_exec(db, "BEGIN IMMEDIATE", error))
         return false;
-    /* A destroyed sprite's name may be used again; its history stays. */
+    /* A destroyed sprite's name may be used again; its history stays.  Each use is a new
+     * incarnation: its manifests go under their own key prefix (sleep_manifest_key_incarnation),
+     * so the counting again from sleep_seq 0 never meets a dead incarnation's manifests. */
     int n = db_run(db, error,
-                   "INSERT INTO sprites (name, state, good_state, updated_us) VALUES (?,?,?,?)"
+                   "INSERT INTO sprites (name, state, good_state, updated_us, incarnation)"
+                   " VALUES (?,?,?,?," NEW_INCARNATION_SQL ")"
                    " ON CONFLICT(name) DO UPDATE SET state = excluded.state,"
                    " good_state = excluded.good_state, pid = 0, run_dir = NULL,"
                    " manifest_key = NULL, pending_manifest = NULL, sleep_seq = 0, detail = NULL,"
-                   " updated_us = excluded.updated_us WHERE sprites.state = 'destroyed'",
+                   " updated_us = excluded.updated_us, incarnation = excluded.incarnation"
+                   " WHERE sprites.state = 'destroyed'",
                    "sssi", name, "creating", "destroyed", (gint64)g_get_real_time());
     bool ok = n >= 0;
     if (n == 0) {
@@ -268,6 +376,7 @@ void sprite_record_free(struct sprite_record *r)
     g_free(r->manifest_key);
     g_free(r->pending_manifest);
     g_free(r->detail);
+    g_free(r->incarnation);
     g_free(r);
 }
 
@@ -277,15 +386,16 @@ static char *col_text(sqlite3_stmt *st, int i)
     return t ? g_strdup((const char *)t) : NULL;
 }
 
+/* name: that sprite (even DESTROYED), else every sprite not DESTROYED. */
 static GPtrArray *db_select(sprite_db *db, const char *name, GError **error)
 {
     GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)sprite_record_free);
     sqlite3_stmt *st = NULL;
-    const char *sql = name ? "SELECT name, state, good_state, pid, run_dir, manifest_key,"
-                             " pending_manifest, sleep_seq, detail FROM sprites WHERE name = ?"
-                           : "SELECT name, state, good_state, pid, run_dir, manifest_key,"
-                             " pending_manifest, sleep_seq, detail FROM sprites"
-                             " WHERE state != 'destroyed' ORDER BY name";
+    g_autofree char *sql = g_strdup_printf(
+        "SELECT name, state, good_state, pid, run_dir, manifest_key, pending_manifest,"
+        " sleep_seq, detail, %s FROM sprites %s",
+        db->has_incarnation ? "incarnation" : "NULL",
+        name ? "WHERE name = ?" : "WHERE state != 'destroyed' ORDER BY name");
     int rc;
 
     if (sqlite3_prepare_v2(db->db, sql, -1, &st, NULL) != SQLITE_OK ||
@@ -309,6 +419,7 @@ static GPtrArray *db_select(sprite_db *db, const char *name, GError **error)
         r->pending_manifest = col_text(st, 6);
         r->sleep_seq = (unsigned)sqlite3_column_int64(st, 7);
         r->detail = col_text(st, 8);
+        r->incarnation = col_text(st, 9);
         g_ptr_array_add(out, r);
     }
     sqlite3_finalize(st);

@@ -43,7 +43,19 @@ struct sprite_record {
     char *pending_manifest; /* GOING_COLD: the manifest being written, or NULL */
     unsigned sleep_seq;     /* cold sleeps so far (names the next manifest) */
     char *detail;           /* why the last transition ended as it did */
+    /* This use of the name (sprite_db_create draws it; a destroyed name used again gets a new
+     * one): SPRITE_INCARNATION_LEN hex digits, the key component of its manifests
+     * (sleep_manifest_key_incarnation).  NULL only from an old database opened read-only. */
+    char *incarnation;
 };
+
+#define SPRITE_NAME_MAX        63
+#define SPRITE_INCARNATION_LEN 16
+
+/* A name sprite_db_create and the store's keys accept: 1 to SPRITE_NAME_MAX characters of
+ * A-Z a-z 0-9 . _ -, the first a letter or digit (so never '/', "." or ".."). */
+bool sprite_name_valid(const char *name);
+bool sprite_incarnation_valid(const char *incarnation);
 
 typedef struct sprite_db sprite_db;
 
@@ -51,11 +63,15 @@ const char *sprite_state_to_string(enum sprite_state s);
 bool sprite_state_from_string(const char *s, enum sprite_state *out);
 bool sprite_state_is_good(enum sprite_state s);
 
-/* Opens (creating) DIR/sprites.db. */
+/* Opens (creating) DIR/sprites.db; migrates an older one (adds incarnations). */
 sprite_db *sprite_db_open(const char *dir, GError **error);
+/* Opens DIR/sprites.db to read only (`wisp-vm gc --state`): an error if it does not exist,
+ * never created nor migrated.  Only sprite_db_get/list/manifest_pins on it. */
+sprite_db *sprite_db_open_readonly(const char *dir, GError **error);
 void sprite_db_close(sprite_db *db);
 
-/* A new sprite, in CREATING.  Fails if the name exists (and is not DESTROYED). */
+/* A new sprite, in CREATING, with a new incarnation.  Fails if the name exists (and is not
+ * DESTROYED) or is not sprite_name_valid. */
 bool sprite_db_create(sprite_db *db, const char *name, GError **error);
 /* Enters a transitional state (CREATING, GOING_COLD, WAKING) or a good one directly.
  * pending_manifest: GOING_COLD's target, else NULL. */
@@ -70,7 +86,8 @@ bool sprite_db_end(sprite_db *db, const char *name, enum sprite_state good, pid_
 bool sprite_db_fail(sprite_db *db, const char *name, enum sprite_state fallback, const char *why,
                     GError **error);
 
-/* NULL with error if there is no such sprite.  sprite_record_free it. */
+/* NULL with error if there is no such sprite (a DESTROYED one is returned).  sprite_record_free
+ * it. */
 struct sprite_record *sprite_db_get(sprite_db *db, const char *name, GError **error);
 /* All sprites not DESTROYED (struct sprite_record *, freed with the array). */
 GPtrArray *sprite_db_list(sprite_db *db, GError **error);

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "ram_chunks.h"
 #include "sleep.h"
+#include "sprite_db.h"
 #include "vm_config.h"
 
 #include <errno.h>
@@ -20,7 +21,9 @@
 #include <string.h>
 
 #define VM_GC_LOG "vm-gc"
-#define HEX_LEN   64
+
+G_STATIC_ASSERT(VM_GC_GRACE_DEFAULT >= RAM_CHUNK_GRACE_MIN_S);
+#define HEX_LEN 64
 
 void vm_gc_options_init(struct vm_gc_options *o)
 {
@@ -50,25 +53,16 @@ static const char *gc_chunk_hash(const char *key)
     return key + plen;
 }
 
-/* "vm/sprites/NAME/manifest-SEQ.json" (sleep_manifest_key): NAME (g_free) and SEQ, else NULL. */
+/* A sleep manifest key (sleep_manifest_key_parse): the group GC ranks it in, "NAME/INCARNATION"
+ * ("NAME" for the old layout; g_free it), and SEQ, else NULL.  SEQ only orders manifests of one
+ * incarnation: a re-created name counts from 0 again under a new one. */
 static char *gc_manifest_parse(const char *key, unsigned long *seq)
 {
-    const char *name = key + strlen(VM_SPRITE_PREFIX), *slash, *p;
-    char *end;
+    g_autofree char *name = NULL, *incarnation = NULL;
 
-    if (strncmp(key, VM_SPRITE_PREFIX, strlen(VM_SPRITE_PREFIX)) != 0)
+    if (!sleep_manifest_key_parse(key, &name, &incarnation, seq))
         return NULL;
-    slash = strchr(name, '/');
-    if (!slash || slash == name || strncmp(slash, "/manifest-", 10) != 0)
-        return NULL;
-    p = slash + 10;
-    if (*p < '0' || *p > '9')
-        return NULL;
-    errno = 0;
-    *seq = strtoul(p, &end, 10);
-    if (errno || strcmp(end, ".json") != 0)
-        return NULL;
-    return g_strndup(name, (gsize)(slash - name));
+    return *incarnation ? g_strdup_printf("%s/%s", name, incarnation) : g_steal_pointer(&name);
 }
 
 /* ---- the run's state ------------------------------------------------------------------------- */
@@ -90,6 +84,7 @@ struct vm_gc {
     int64_t cutoff;       /* T0 - grace: unreferenced chunks older than this are garbage */
     GHashTable *sprites;  /* name -> GPtrArray of struct gc_manifest * */
     GPtrArray *templates; /* template manifest keys */
+    GPtrArray *foreign;   /* other keys under vm/sprites/ and vm/templates/: roots too */
     GHashTable *pins;     /* pinned keys (not owned) -> seen (GINT_TO_POINTER) */
     GHashTable *refs;     /* R: hex hashes the roots name */
     GPtrArray *roots;     /* manifest keys to read (not owned) */
@@ -129,8 +124,10 @@ static int gc_list_manifest(const char *key, uint64_t size, time_t mtime, void *
     (void)size;
     (void)mtime;
     if (!name) {
-        if (g->report->foreign++ < 10)
-            log_warn(VM_GC_LOG, "%s is not a sleep manifest: left alone", key);
+        /* Not ours to judge: it may be a manifest under a name or layout this build does not
+         * know.  A root (its chunks kept), or, if it is no manifest, the run fails (step 2). */
+        g_ptr_array_add(g->foreign, g_strdup(key));
+        g->report->foreign_roots++;
         return 0;
     }
     GPtrArray *list = g_hash_table_lookup(g->sprites, name);
@@ -157,8 +154,9 @@ static int gc_list_template(const char *key, uint64_t size, time_t mtime, void *
     if (g_str_has_suffix(key, "/manifest.json")) {
         g_ptr_array_add(g->templates, g_strdup(key));
         g->report->templates++;
-    } else if (g->report->foreign++ < 10) {
-        log_warn(VM_GC_LOG, "%s is not a template manifest: left alone", key);
+    } else {
+        g_ptr_array_add(g->foreign, g_strdup(key)); /* as in gc_list_manifest */
+        g->report->foreign_roots++;
     }
     return 0;
 }
@@ -199,6 +197,8 @@ static void gc_sort_manifests(struct vm_gc *g)
     }
     for (guint i = 0; i < g->templates->len; i++)
         g_ptr_array_add(g->roots, g_ptr_array_index(g->templates, i));
+    for (guint i = 0; i < g->foreign->len; i++)
+        g_ptr_array_add(g->roots, g_ptr_array_index(g->foreign, i));
     g_hash_table_iter_init(&it, g->pins);
     while (g_hash_table_iter_next(&it, &name, &value))
         if (!value) {
@@ -207,12 +207,23 @@ static void gc_sort_manifests(struct vm_gc *g)
         }
 }
 
+static bool gc_manifest_is_foreign(struct vm_gc *g, const char *key)
+{
+    for (guint i = 0; i < g->foreign->len; i++)
+        if (g_ptr_array_index(g->foreign, i) == key)
+            return true;
+    return false;
+}
+
 static bool gc_read_roots(struct vm_gc *g, GError **error)
 {
     for (guint i = 0; i < g->roots->len; i++) {
         const char *key = g_ptr_array_index(g->roots, i);
         if (!sleep_known_from_manifest(g->st, key, g->refs, error)) {
-            g_prefix_error(error, "gc: root %s: ", key);
+            g_prefix_error(error, "gc: root %s%s: ", key,
+                           gc_manifest_is_foreign(g, key)
+                               ? " (an unknown key: its chunks may be in use; nothing deleted)"
+                               : "");
             return false;
         }
     }
@@ -358,6 +369,24 @@ bool vm_gc_run(struct store *st, const struct vm_gc_options *o, struct vm_gc_rep
     out->dry_run = o->dry_run;
     out->keep = o->keep ? o->keep : VM_GC_KEEP_DEFAULT;
     out->grace_s = o->grace_s;
+    /* Deleting needs every sprite database's pins: without them the manifest a sprite was
+     * woken from (older than its newest `keep`) or a sleep's pending one could go. */
+    if (!o->dry_run && !o->pins) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
+                    "gc: a run that deletes needs the sprite database's pins "
+                    "(sprite_db_manifest_pins; wisp-vm gc --state DIR)");
+        return false;
+    }
+    /* ram_chunks.h: a sleep's chunks are younger than RAM_CHUNK_GRACE_MIN_S when its manifest
+     * lands, not younger than any grace. */
+    if (!o->dry_run && o->grace_s < RAM_CHUNK_GRACE_MIN_S && !o->force) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
+                    "gc: a grace of %" PRIu64 " s is below %d s (2 x the refresh age %d s + %d s):"
+                    " a sleep's chunks could go before its manifest lands (force only when"
+                    " nothing sleeps)",
+                    o->grace_s, RAM_CHUNK_GRACE_MIN_S, RAM_CHUNK_REFRESH_AGE_S, RAM_CHUNK_MARGIN_S);
+        return false;
+    }
     if (o->grace_s > CHUNK_GC_DURATION_MAX) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
                     "gc: a grace of %" PRIu64 " s is out of range", o->grace_s);
@@ -366,6 +395,7 @@ bool vm_gc_run(struct store *st, const struct vm_gc_options *o, struct vm_gc_rep
     g.sprites =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)g_ptr_array_unref);
     g.templates = g_ptr_array_new_with_free_func(g_free);
+    g.foreign = g_ptr_array_new_with_free_func(g_free);
     g.pins = g_hash_table_new(g_str_hash, g_str_equal);
     g.refs = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     g.roots = g_ptr_array_new();
@@ -429,6 +459,7 @@ done:
     g_hash_table_unref(g.refs);
     g_hash_table_unref(g.pins);
     g_ptr_array_unref(g.templates);
+    g_ptr_array_unref(g.foreign);
     g_hash_table_unref(g.sprites);
     g_mutex_clear(&g.lock);
     g_free(g.error);
@@ -459,26 +490,64 @@ static int gc_collect_key(const char *key, uint64_t size, time_t mtime, void *op
     return 0;
 }
 
-bool vm_gc_delete_sprite(struct store *st, const char *sprite, unsigned *deleted, GError **error)
+bool vm_gc_delete_sprite(struct store *st, sprite_db *db, const char *sprite, unsigned *deleted,
+                         GError **error)
 {
+    g_autoptr(GPtrArray) pins = g_ptr_array_new_with_free_func(g_free);
+    g_autofree char *live = NULL;
+    unsigned n = 0;
+    bool ok = true;
+
+    if (deleted)
+        *deleted = 0;
     /* The name is one key component: anything else could reach another sprite's manifests. */
-    if (!sprite || !*sprite || strchr(sprite, '/') || strcmp(sprite, ".") == 0 ||
-        strcmp(sprite, "..") == 0) {
+    if (!sprite_name_valid(sprite)) {
         g_set_error(error, VM_ERROR, VM_ERROR_CONFIG, "gc: bad sprite name '%s'",
                     sprite ? sprite : "");
         return false;
     }
+    if (!db) {
+        g_set_error(error, VM_ERROR, VM_ERROR_CONFIG,
+                    "gc: deleting sprite %s's manifests needs its sprite database", sprite);
+        return false;
+    }
+    /* The live incarnation of the name, if any: the database is the only judge of what is
+     * destroyed.  A name used again must keep the new sprite's manifests. */
+    GError *lookup = NULL;
+    struct sprite_record *r = sprite_db_get(db, sprite, &lookup);
+    if (r) {
+        if (r->state != SPRITE_DESTROYED)
+            live = g_strdup(r->incarnation ? r->incarnation : "");
+        sprite_record_free(r);
+    } else if (!g_error_matches(lookup, VM_ERROR, VM_ERROR_CONFIG)) {
+        g_propagate_error(error, lookup);
+        return false;
+    }
+    g_clear_error(&lookup);
+    if (!sprite_db_manifest_pins(db, pins, error))
+        return false;
+
     g_autofree char *prefix = g_strdup_printf("%s%s/", VM_SPRITE_PREFIX, sprite);
     struct gc_sprite_keys k = {.keys = g_ptr_array_new_with_free_func(g_free)};
-    unsigned n = 0;
-    bool ok = true;
-
     if (store_list(st, prefix, gc_collect_key, &k) < 0) {
         g_set_error(error, VM_ERROR, VM_ERROR_IO, "gc: list %s: %s", prefix, store_last_error());
         ok = false;
     }
     for (guint i = 0; ok && i < k.keys->len; i++) {
         const char *key = g_ptr_array_index(k.keys, i);
+        g_autofree char *name = NULL, *incarnation = NULL;
+        unsigned long seq;
+        bool pinned = false;
+
+        for (guint p = 0; p < pins->len; p++)
+            pinned = pinned || strcmp(g_ptr_array_index(pins, p), key) == 0;
+        /* Only a dead incarnation's manifests: not the live one's, not a pinned one, and not a
+         * key that is no sleep manifest (a root of every GC run). */
+        if (!sleep_manifest_key_parse(key, &name, &incarnation, &seq) ||
+            strcmp(name, sprite) != 0 || pinned || (live && strcmp(incarnation, live) == 0)) {
+            log_debug(VM_GC_LOG, "sprite %s: %s kept", sprite, key);
+            continue;
+        }
         if (store_delete(st, key) < 0) {
             g_set_error(error, VM_ERROR, VM_ERROR_IO, "gc: delete %s: %s", key, store_last_error());
             ok = false;
@@ -489,7 +558,8 @@ bool vm_gc_delete_sprite(struct store *st, const char *sprite, unsigned *deleted
     g_ptr_array_unref(k.keys);
     if (deleted)
         *deleted = n;
-    log_info(VM_GC_LOG, "sprite %s: %u manifests deleted", sprite, n);
+    log_info(VM_GC_LOG, "sprite %s: %u manifests of destroyed incarnations deleted%s", sprite, n,
+             live ? " (the name is in use: its manifests kept)" : "");
     return ok;
 }
 
@@ -525,6 +595,7 @@ char *vm_gc_report_to_json(const struct vm_gc_report *r)
         {"already_gone", r->already_gone},
         {"failed", r->failed},
         {"foreign", r->foreign},
+        {"foreign_roots", r->foreign_roots},
     };
 
     json_builder_begin_object(b);

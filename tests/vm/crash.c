@@ -104,7 +104,10 @@ int main(int argc, char **argv)
     db_ok(sprite_db_end(db, "sleeper", SPRITE_RUNNING, sleeper.v.vm->pid, sleeper.run_dir, NULL,
                         "booted", &err),
           err, "sleeper running");
-    g_autofree char *key = sleep_manifest_key("sleeper", 1);
+    struct sprite_record *srec = sprite_db_get(db, "sleeper", &err);
+    FX_CHECK(srec && srec->incarnation, "sleeper's record");
+    g_autofree char *key = sleep_manifest_key_incarnation("sleeper", srec->incarnation, 1);
+    sprite_record_free(srec);
     struct cold_sleep_opts so = {.store = st,
                                  .sprite = "sleeper",
                                  .dir = sleeper.dir,
@@ -129,8 +132,11 @@ int main(int argc, char **argv)
     vmf_destroy(&sleeper.v);
 
     /* Interrupted mid-sleep: begun, no manifest, no QEMU. */
-    g_autofree char *lost_key = sleep_manifest_key("interrupted", 1);
     db_ok(sprite_db_create(db, "interrupted", &err), err, "create interrupted");
+    struct sprite_record *irec = sprite_db_get(db, "interrupted", &err);
+    FX_CHECK(irec && irec->incarnation, "interrupted's record");
+    g_autofree char *lost_key = sleep_manifest_key_incarnation("interrupted", irec->incarnation, 1);
+    sprite_record_free(irec);
     db_ok(sprite_db_end(db, "interrupted", SPRITE_RUNNING, 0, NULL, NULL, "pretend", &err), err,
           "interrupted running");
     db_ok(sprite_db_begin(db, "interrupted", SPRITE_GOING_COLD, lost_key, &err), err,

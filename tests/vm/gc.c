@@ -51,6 +51,28 @@ static uint64_t count_objects(struct store *st, const char *prefix)
     return n;
 }
 
+/* wisp-vm gc with these arguments after --store URL: its exit status (stderr to the log). */
+static int gc_cli_status(const char *url, const char *const *args)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new();
+    g_autofree char *err_text = NULL;
+    GError *err = NULL;
+    int status = 0;
+
+    g_ptr_array_add(argv, (gpointer)fx_need_env("WISP_VM_CLI"));
+    g_ptr_array_add(argv, "gc");
+    g_ptr_array_add(argv, "--store");
+    g_ptr_array_add(argv, (gpointer)url);
+    for (const char *const *a = args; *a; a++)
+        g_ptr_array_add(argv, (gpointer)*a);
+    g_ptr_array_add(argv, NULL);
+    FX_CHECK(g_spawn_sync(NULL, (char **)argv->pdata, NULL, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL,
+                          NULL, &err_text, &status, &err),
+             "spawn wisp-vm gc: %s", err ? err->message : "?");
+    fx_log("wisp-vm gc %s...: status %d: %s", args[0], status, err_text ? err_text : "");
+    return status;
+}
+
 static bool has(struct store *st, const char *key)
 {
     struct store_stat sb;
@@ -309,8 +331,12 @@ int main(void)
         FX_CHECK(sprite_sleep_cold(db, b.v.vm, &so, &r, &err), "sleep %d: %s", i,
                  err ? err->message : "?");
     }
-    g_autofree char *m1 = sleep_manifest_key(b.name, 1), *m2 = sleep_manifest_key(b.name, 2),
-                    *m3 = sleep_manifest_key(b.name, 3);
+    struct sprite_record *brec = sprite_db_get(db, b.name, &err);
+    FX_CHECK(brec && brec->incarnation, "B's record: %s", err ? err->message : "no incarnation");
+    g_autofree char *m1 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 1),
+                    *m2 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 2),
+                    *m3 = sleep_manifest_key_incarnation(b.name, brec->incarnation, 3);
+    sprite_record_free(brec);
     fx_sleep(GRACE + 1.5);
     /* A sleep in progress: its chunk is in the store, its manifest not yet. */
     const char *young =
@@ -352,6 +378,19 @@ int main(void)
              "the dry run's report: %s", out);
     FX_CHECK(count_objects(st2, "vm/") == objects && has(st2, m1), "the dry run deleted something");
 
+    /* Refused, with nothing deleted: a deleting run without the database, a --state with no
+     * database (not created), a grace below the safe minimum. */
+    g_autofree char *typo = g_strdup_printf("%s/no-such-state", fx_tmpdir());
+    const char *no_state[] = {"--grace", grace, "--force", NULL};
+    const char *bad_state[] = {"--state", typo, "--grace", grace, "--force", NULL};
+    const char *short_grace[] = {"--state", state, "--grace", "10m", NULL};
+    FX_CHECK(gc_cli_status(url2, no_state) != 0, "wisp-vm gc without --state deleted");
+    FX_CHECK(gc_cli_status(url2, bad_state) != 0, "wisp-vm gc with a mistyped --state ran");
+    FX_CHECK(!g_file_test(typo, G_FILE_TEST_EXISTS), "wisp-vm gc created %s", typo);
+    FX_CHECK(gc_cli_status(url2, short_grace) != 0, "wisp-vm gc --grace 10m was accepted");
+    FX_CHECK(count_objects(st2, "vm/") == objects && has(st2, m1),
+             "a refused run deleted something");
+
     /* ---- 4. GC ---- */
     struct sprite_record *rec = sprite_db_get(db, b.name, &err);
     FX_CHECK(rec && g_strcmp0(rec->manifest_key, m3) == 0, "B's record names %s",
@@ -360,6 +399,7 @@ int main(void)
     struct vm_gc_options o;
     vm_gc_options_init(&o);
     o.grace_s = GRACE;
+    o.force = true; /* a grace of seconds: nothing sleeps meanwhile */
     o.pins = pins;
     struct vm_gc_report r;
     FX_CHECK(vm_gc_run(st2, &o, &r, &err), "gc: %s", err ? err->message : "?");
@@ -387,9 +427,12 @@ int main(void)
     /* ---- 6. B destroyed ---- */
     vmf_destroy(&b.v);
     unsigned n = 0;
-    FX_CHECK(vm_gc_delete_sprite(st2, b.name, &n, &err) && n == 2, "delete B's manifests: %u %s", n,
-             err ? err->message : "");
-    o.pins = NULL;
+    FX_CHECK(sprite_db_end(db, b.name, SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err),
+             "destroy B: %s", err ? err->message : "");
+    FX_CHECK(vm_gc_delete_sprite(st2, db, b.name, &n, &err) && n == 2,
+             "delete B's manifests: %u %s", n, err ? err->message : "");
+    const char *const no_pins[] = {NULL};
+    o.pins = no_pins;
     FX_CHECK(vm_gc_run(st2, &o, &r, &err), "gc after destroy: %s", err ? err->message : "?");
     FX_CHECK(r.deleted > 0 && r.manifests == 0, "gc after destroy: %llu deleted, %llu manifests",
              (unsigned long long)r.deleted, (unsigned long long)r.manifests);

@@ -133,6 +133,216 @@ static bool run_gc(unsigned keep, bool dry_run, const char *const *pins, struct 
     return ok;
 }
 
+static const char *const no_pins[] = {NULL};
+
+static bool run_gc_pins_of(sprite_db *db, unsigned keep, struct vm_gc_report *r, GError **err)
+{
+    g_autoptr(GPtrArray) pins = g_ptr_array_new_with_free_func(g_free);
+    CHECK(sprite_db_manifest_pins(db, pins, err), "pins: %s", *err ? (*err)->message : "");
+    g_ptr_array_add(pins, NULL);
+    return run_gc(keep, false, (const char *const *)pins->pdata, r, err);
+}
+
+/* Names that are not one safe key component are refused where keys and records are made. */
+static void check_names(sprite_db *db)
+{
+    const char *bad[] = {"a/b", "..", ".", "", ".x", "-x", "a b", "a\nb", "x/../y"};
+    GError *err = NULL;
+
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        CHECK(!sprite_db_create(db, bad[i], &err), "sprite_db_create accepted '%s'", bad[i]);
+        g_clear_error(&err);
+        char *key = sleep_manifest_key(bad[i], 1);
+        CHECK(!key, "sleep_manifest_key accepted '%s': %s", bad[i], key);
+        g_free(key);
+    }
+    char *key = sleep_manifest_key_incarnation("ok", "../../x", 1);
+    CHECK(!key, "a bad incarnation made key %s", key);
+    g_free(key);
+}
+
+/* The key the next cold sleep of name writes (as sprite_sleep_cold makes it), and that sleep
+ * recorded. */
+static char *sleep_recorded(const char *dir, sprite_db *db, const char *name, const char *letters)
+{
+    GError *err = NULL;
+    struct sprite_record *rec = sprite_db_get(db, name, &err);
+    CHECK(rec, "get %s: %s", name, err ? err->message : "");
+    char *key = sleep_manifest_key_incarnation(name, rec->incarnation, rec->sleep_seq + 1);
+    CHECK(key, "no key for %s (incarnation %s)", name, rec->incarnation);
+    sprite_record_free(rec);
+    g_free(sleep_file(dir, name, key, letters, NULL));
+    CHECK(sprite_db_end(db, name, SPRITE_COLD_ASLEEP, 0, NULL, key, "slept", &err), "end: %s",
+          err ? err->message : "");
+    return key;
+}
+
+/* A destroyed name used again: its new incarnation counts from 1 again, and neither GC's
+ * ranking nor --delete-sprite may take the live sprite's manifest for a dead one's. */
+static void check_reused_name(const char *dir, sprite_db *db)
+{
+    struct vm_gc_report r;
+    GError *err = NULL;
+    unsigned n = 0;
+    char *dead[5];
+
+    CHECK(sprite_db_create(db, "r", &err), "create r: %s", err ? err->message : "");
+    for (int i = 0; i < 5; i++)
+        dead[i] = sleep_recorded(dir, db, "r", "p");
+    CHECK(sprite_db_end(db, "r", SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err) &&
+              sprite_db_create(db, "r", &err),
+          "re-create r: %s", err ? err->message : "");
+    g_autofree char *live = sleep_recorded(dir, db, "r", "q");
+    CHECK(strcmp(live, dead[0]) != 0, "the new r's first manifest has the dead one's key %s", live);
+    age_all_chunks("pq");
+
+    /* Keep 1, no pins: the ranking alone must keep the live manifest (its SEQ is 1, the dead
+     * incarnation's go up to 5). */
+    CHECK(run_gc(1, false, no_pins, &r, &err), "gc: %s", err ? err->message : "");
+    CHECK(has(live) && has_chunk('q'), "GC deleted the live r's manifest or its chunk");
+    CHECK(has(dead[4]) && !has(dead[0]), "GC's ranking of the dead r's manifests");
+
+    /* --delete-sprite r while r lives again: only the dead incarnation's. */
+    CHECK(vm_gc_delete_sprite(st, db, "r", &n, &err) && n == 1, "delete r (live): %u %s", n,
+          err ? err->message : "");
+    CHECK(has(live) && !has(dead[4]), "delete-sprite on a re-used name");
+    CHECK(run_gc_pins_of(db, 1, &r, &err), "gc: %s", err ? err->message : "");
+    CHECK(has_chunk('q') && !has_chunk('p'), "after the dead r's manifests went");
+
+    /* Now the live one is destroyed too. */
+    CHECK(sprite_db_end(db, "r", SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err), "destroy");
+    CHECK(vm_gc_delete_sprite(st, db, "r", &n, &err) && n == 1 && !has(live), "delete r: %u", n);
+    for (int i = 0; i < 5; i++)
+        g_free(dead[i]);
+}
+
+/* A manager that died in a re-created sprite's first sleep: the dead incarnation's complete
+ * manifest of the same SEQ is not this sleep's. */
+static void check_recover_reused(const char *dir, sprite_db *db)
+{
+    GError *err = NULL;
+
+    CHECK(sprite_db_create(db, "d", &err), "create d: %s", err ? err->message : "");
+    g_autofree char *dead = sleep_recorded(dir, db, "d", "w");
+    CHECK(sprite_db_end(db, "d", SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err) &&
+              sprite_db_create(db, "d", &err) &&
+              sprite_db_end(db, "d", SPRITE_RUNNING, 0, NULL, NULL, "booted", &err),
+          "re-create d: %s", err ? err->message : "");
+    struct sprite_record *rec = sprite_db_get(db, "d", &err);
+    g_autofree char *pending = sleep_manifest_key_incarnation("d", rec->incarnation, 1);
+    sprite_record_free(rec);
+    CHECK(sprite_db_begin(db, "d", SPRITE_GOING_COLD, pending, &err), "begin: %s",
+          err ? err->message : "");
+    g_autoptr(GPtrArray) list = sprite_db_recover(db, st, &err);
+    CHECK(list, "recover: %s", err ? err->message : "");
+    rec = sprite_db_get(db, "d", &err);
+    CHECK(rec && rec->state == SPRITE_CRASHED && !rec->manifest_key,
+          "recover took the dead d's manifest: %s %s",
+          rec ? sprite_state_to_string(rec->state) : "",
+          rec && rec->manifest_key ? rec->manifest_key : "");
+    sprite_record_free(rec);
+    CHECK(sprite_db_end(db, "d", SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err), "destroy d");
+    CHECK(vm_gc_delete_sprite(st, db, "d", NULL, &err) && !has(dead), "delete d");
+}
+
+/* Keys under vm/sprites/ and vm/templates/ that GC does not know are roots: read as manifests,
+ * and a run fails before deleting anything when one is not a manifest. */
+static void check_foreign_roots(const char *dir)
+{
+    struct vm_gc_report r;
+    GError *err = NULL;
+    const char *odd = "vm/sprites/x/y/z/manifest-000001.json";
+    const char *odd_tpl = VM_TEMPLATE_PREFIX "odd.json";
+
+    g_free(sleep_file(dir, "x", odd, "u", NULL));
+    g_free(sleep_file(dir, "t", odd_tpl, "v", NULL));
+    age_all_chunks("uv");
+    CHECK(run_gc(1, false, no_pins, &r, &err), "gc: %s", err ? err->message : "");
+    CHECK(has_chunk('u') && has_chunk('v') && has(odd) && has(odd_tpl) && r.foreign_roots == 2,
+          "chunks of unknown keys deleted (foreign roots %llu)",
+          (unsigned long long)r.foreign_roots);
+
+    CHECK(store_put(st, "vm/sprites/junk", "junk", 4) == 0, "put junk");
+    CHECK(store_delete(st, odd) == 0, "delete odd");
+    CHECK(!run_gc(1, false, no_pins, &r, &err), "a run with a key that is no manifest succeeded");
+    fprintf(stderr, "unknown key: %s\n", err ? err->message : "?");
+    g_clear_error(&err);
+    CHECK(has_chunk('u'), "a run that failed on an unknown key deleted a chunk");
+    CHECK(store_delete(st, "vm/sprites/junk") == 0 && store_delete(st, odd_tpl) == 0, "cleanup");
+    CHECK(run_gc(1, false, no_pins, &r, &err) && !has_chunk('u') && !has_chunk('v'),
+          "once the unknown keys are gone, their chunks go: %s", err ? err->message : "");
+}
+
+/* A chunk found by HEAD with an age past RAM_CHUNK_REFRESH_AGE_S (here 1 s past, well below
+ * the old 1800 s) is refreshed. */
+static void check_refresh_margin(const char *dir)
+{
+    struct chunk_upload_stats stats;
+    GError *err = NULL;
+    g_autofree char *key = chunk_key('e');
+
+    g_free(sleep_file(dir, "e1", "vm/sprites/e1/manifest-000001.json", "e", NULL));
+    CHECK(store_delete(st, "vm/sprites/e1/manifest-000001.json") == 0, "delete e1");
+    set_age(key, RAM_CHUNK_REFRESH_AGE_S + 60);
+    g_free(sleep_file(dir, "e2", "vm/sprites/e2/manifest-000001.json", "e", &stats));
+    CHECK(stats.refreshed_chunks == 1, "a chunk %d s old was not refreshed (refreshed %llu)",
+          RAM_CHUNK_REFRESH_AGE_S + 60, (unsigned long long)stats.refreshed_chunks);
+    struct store_stat sb;
+    time_t now = time(NULL);
+    CHECK(store_head(st, key, &sb) == 0 && sb.mtime >= now - 60,
+          "the refreshed chunk is %lld s old", (long long)(now - sb.mtime));
+    CHECK(store_delete(st, "vm/sprites/e2/manifest-000001.json") == 0, "delete e2");
+    (void)err;
+}
+
+/* A grace below the safe minimum is refused unless forced (a dry run deletes nothing). */
+static void check_grace_minimum(void)
+{
+    struct vm_gc_options o;
+    struct vm_gc_report r;
+    GError *err = NULL;
+
+    vm_gc_options_init(&o);
+    o.pins = no_pins;
+    o.grace_s = 600;
+    CHECK(!vm_gc_run(st, &o, &r, &err), "a grace of 600 s was accepted");
+    fprintf(stderr, "grace 600: %s\n", err ? err->message : "?");
+    g_clear_error(&err);
+    o.grace_s = RAM_CHUNK_GRACE_MIN_S - 1;
+    CHECK(!vm_gc_run(st, &o, &r, &err), "a grace just below the minimum was accepted");
+    g_clear_error(&err);
+    o.dry_run = true;
+    CHECK(vm_gc_run(st, &o, &r, &err), "a dry run with grace 600: %s", err ? err->message : "");
+    o.dry_run = false;
+    o.force = true;
+    CHECK(vm_gc_run(st, &o, &r, &err), "a forced run: %s", err ? err->message : "");
+    o.force = false;
+    o.grace_s = RAM_CHUNK_GRACE_MIN_S;
+    CHECK(vm_gc_run(st, &o, &r, &err), "the minimum grace: %s", err ? err->message : "");
+}
+
+/* gc --state opens the database read-only and never creates one. */
+static void check_readonly_open(const char *dir, const char *db_dir)
+{
+    GError *err = NULL;
+    g_autofree char *typo = g_build_filename(dir, "no-such-state", NULL);
+    g_autofree char *typo_db = g_build_filename(typo, "sprites.db", NULL);
+
+    sprite_db *ro = sprite_db_open_readonly(typo, &err);
+    CHECK(!ro && err, "a missing database opened");
+    fprintf(stderr, "missing database: %s\n", err ? err->message : "?");
+    g_clear_error(&err);
+    CHECK(!g_file_test(typo, G_FILE_TEST_EXISTS) && !g_file_test(typo_db, G_FILE_TEST_EXISTS),
+          "opening a missing database created something");
+    ro = sprite_db_open_readonly(db_dir, &err);
+    CHECK(ro, "read-only open: %s", err ? err->message : "");
+    g_autoptr(GPtrArray) pins = g_ptr_array_new_with_free_func(g_free);
+    CHECK(sprite_db_manifest_pins(ro, pins, &err), "pins read-only: %s", err ? err->message : "");
+    CHECK(!sprite_db_create(ro, "w", &err), "a read-only database was written");
+    g_clear_error(&err);
+    sprite_db_close(ro);
+}
+
 static void check_restore(const char *dir, const char *key, const char *original)
 {
     struct chunk_list ram = {0}, state = {0};
@@ -181,11 +391,10 @@ int main(void)
     g_free(sleep_file(dir, "ss", ss1, "h", NULL));
     g_free(sleep_file(dir, "template/0123456789abcdef", tpl, "af", NULL));
     g_free(sleep_file(dir, "orphan", "vm/sprites/orphan/manifest-000001.json", "o", NULL));
-    CHECK(vm_gc_delete_sprite(st, "orphan", NULL, &err), "delete orphan: %s",
-          err ? err->message : "");
+    CHECK(store_delete(st, "vm/sprites/orphan/manifest-000001.json") == 0, "delete orphan");
     age_all_chunks("abcdfgho");
     g_free(sleep_file(dir, "young", "vm/sprites/young/manifest-000001.json", "y", NULL));
-    CHECK(vm_gc_delete_sprite(st, "young", NULL, &err), "delete young");
+    CHECK(store_delete(st, "vm/sprites/young/manifest-000001.json") == 0, "delete young");
     CHECK(store_put(st, RAM_CHUNK_PREFIX "not-a-chunk", "x", 1) == 0, "put foreign");
     set_age(RAM_CHUNK_PREFIX "not-a-chunk", OLD_S);
 
@@ -201,8 +410,13 @@ int main(void)
     CHECK(has(s1) && has(s2) && has_chunk('c') && has_chunk('d') && has_chunk('o'),
           "the dry run deleted something");
 
+    /* A run that deletes needs pins (a sprite database's): none given is an error. */
+    CHECK(!run_gc(2, false, NULL, &r, &err), "a deleting run without pins was accepted");
+    g_clear_error(&err);
+    CHECK(has(s1) && has_chunk('o'), "a run without pins deleted something");
+
     /* Keep 2. */
-    CHECK(run_gc(2, false, NULL, &r, &err), "gc: %s", err ? err->message : "");
+    CHECK(run_gc(2, false, no_pins, &r, &err), "gc: %s", err ? err->message : "");
     CHECK(!has(s1) && has(s2) && has(s3) && has(ss1) && has(tpl), "manifests after keep 2");
     CHECK(!has_chunk('c') && !has_chunk('o'), "c or o (unreferenced, old) kept");
     CHECK(has_chunk('a') && has_chunk('b') && has_chunk('d') && has_chunk('g') && has_chunk('h'),
@@ -234,13 +448,13 @@ int main(void)
     CHECK(has(s2) && has_chunk('d') && r.manifests_pinned == 1 && r.pins_missing == 1,
           "a pinned manifest or its chunk was deleted (pinned %llu, missing %llu)",
           (unsigned long long)r.manifests_pinned, (unsigned long long)r.pins_missing);
-    CHECK(run_gc(1, false, NULL, &r, &err), "gc keep 1: %s", err ? err->message : "");
+    CHECK(run_gc(1, false, no_pins, &r, &err), "gc keep 1: %s", err ? err->message : "");
     CHECK(!has(s2) && !has_chunk('d') && has(s3) && has_chunk('g'), "keep 1 without the pin");
     check_restore(dir, s3, f3);
 
     /* A sleep that finds an old orphan by HEAD refreshes it, so a GC now keeps it. */
     g_free(sleep_file(dir, "orphan2", "vm/sprites/orphan2/manifest-000001.json", "k", NULL));
-    CHECK(vm_gc_delete_sprite(st, "orphan2", NULL, &err), "delete orphan2");
+    CHECK(store_delete(st, "vm/sprites/orphan2/manifest-000001.json") == 0, "delete orphan2");
     age_all_chunks("k");
     struct chunk_upload_stats stats;
     g_free(sleep_file(dir, "s", "vm/sprites/s/manifest-000004.json", "abk", &stats));
@@ -248,26 +462,40 @@ int main(void)
           "refreshed %llu uploaded %llu (a, b and k are old and found by HEAD)",
           (unsigned long long)stats.refreshed_chunks, (unsigned long long)stats.uploaded_chunks);
     CHECK(store_delete(st, "vm/sprites/s/manifest-000004.json") == 0, "delete manifest 4");
-    CHECK(run_gc(1, false, NULL, &r, &err), "gc after refresh: %s", err ? err->message : "");
+    CHECK(run_gc(1, false, no_pins, &r, &err), "gc after refresh: %s", err ? err->message : "");
     CHECK(has_chunk('k'), "a refreshed chunk (a sleep in progress) was deleted");
 
     /* An unreadable root: the run fails and deletes nothing. */
     CHECK(store_put(st, "vm/sprites/s/manifest-000005.json", "{\"format\":", 10) == 0, "put bad");
     g_free(sleep_file(dir, "orphan3", "vm/sprites/orphan3/manifest-000001.json", "z", NULL));
-    CHECK(vm_gc_delete_sprite(st, "orphan3", NULL, &err), "delete orphan3");
+    CHECK(store_delete(st, "vm/sprites/orphan3/manifest-000001.json") == 0, "delete orphan3");
     age_all_chunks("z");
-    CHECK(!run_gc(1, false, NULL, &r, &err), "a run with a bad root succeeded");
+    CHECK(!run_gc(1, false, no_pins, &r, &err), "a run with a bad root succeeded");
     fprintf(stderr, "bad root: %s\n", err ? err->message : "?");
     g_clear_error(&err);
     CHECK(has_chunk('z') && has(s3), "a failed run deleted something");
 
-    /* A destroyed sprite. */
+    /* A destroyed sprite: only with its database, which says s is destroyed. */
     unsigned n = 0;
-    CHECK(vm_gc_delete_sprite(st, "s", &n, &err) && n == 2, "delete s: %u, %s", n,
+    db = sprite_db_open(db_dir, &err);
+    CHECK(db && sprite_db_end(db, "s", SPRITE_DESTROYED, 0, NULL, NULL, "destroyed", &err),
+          "destroy s: %s", err ? err->message : "");
+    CHECK(vm_gc_delete_sprite(st, db, "s", &n, &err) && n == 2, "delete s: %u, %s", n,
           err ? err->message : "");
     CHECK(!has(s3) && has(ss1), "delete s took ss's manifest or left s's");
-    CHECK(!vm_gc_delete_sprite(st, "../vm", NULL, &err), "a name with '/' was accepted");
+    CHECK(!vm_gc_delete_sprite(st, db, "../vm", NULL, &err), "a name with '/' was accepted");
     g_clear_error(&err);
+    CHECK(!vm_gc_delete_sprite(st, NULL, "ss", NULL, &err), "a delete without a database");
+    g_clear_error(&err);
+
+    check_names(db);
+    check_reused_name(dir, db);
+    check_recover_reused(dir, db);
+    check_foreign_roots(dir);
+    check_refresh_margin(dir);
+    check_grace_minimum();
+    check_readonly_open(dir, db_dir);
+    sprite_db_close(db);
 
     store_close(st);
     g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", dir);

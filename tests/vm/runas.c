@@ -1,7 +1,9 @@
 /* runas.c (vm_runas): QEMU as an unprivileged user (runas.h), with the sandbox on, under TCG.
  *
  *   1. A VM launched with run_as = "nobody" and -sandbox on: every uid of QEMU in
- *      /proc/PID/status is nobody's, and seccomp is in filter mode (the sandbox is on).
+ *      /proc/PID/status is nobody's, every gid nobody's primary group, each supplementary
+ *      group one of nobody's, and seccomp is in filter mode (the sandbox is on).
+ *      vm_runas_grant_socket refuses a socket not owned by root and a symlink to a socket.
  *   2. The claim's disk attach (blockdev-add of nbdkit's socket, opened by QEMU after it dropped
  *      root): with the socket root's only (0600), it fails; given to nobody's group with
  *      vm_runas_grant_socket (0660, never world-writable), it works.
@@ -15,11 +17,14 @@
 #include "sprite.h"
 #include "vm_fixture.h"
 
+#include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 /* "Uid:\tR\tE\tS\tF" and "Seccomp:\tN" of a process. */
@@ -33,6 +38,82 @@ static void proc_ids(pid_t pid, unsigned uids[4], int *seccomp)
     FX_CHECK(u && sscanf(u, "\nUid: %u %u %u %u", &uids[0], &uids[1], &uids[2], &uids[3]) == 4,
              "no Uid line in %s", path);
     FX_CHECK(s && sscanf(s, "\nSeccomp: %d", seccomp) == 1, "no Seccomp line in %s", path);
+}
+
+/* Every gid of the process ("Gid:" R E S F) is pw's primary group, and each supplementary group
+ * ("Groups:") is one of pw's own (getgrouplist): none of root's left behind by the switch. */
+static void check_gids(pid_t pid, const struct passwd *pw)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/status", (int)pid);
+    g_autofree char *text = NULL;
+    unsigned g[4];
+    gid_t allowed[256];
+    int n_allowed = G_N_ELEMENTS(allowed);
+
+    FX_CHECK(g_file_get_contents(path, &text, NULL, NULL), "read %s", path);
+    const char *gl = strstr(text, "\nGid:");
+    FX_CHECK(gl && sscanf(gl, "\nGid: %u %u %u %u", &g[0], &g[1], &g[2], &g[3]) == 4,
+             "no Gid line in %s", path);
+    for (int i = 0; i < 4; i++)
+        FX_CHECK(g[i] == pw->pw_gid, "QEMU's gid %d is %u, not %s's %u", i, g[i], pw->pw_name,
+                 (unsigned)pw->pw_gid);
+    FX_CHECK(getgrouplist(pw->pw_name, pw->pw_gid, allowed, &n_allowed) >= 0, "getgrouplist %s",
+             pw->pw_name);
+    const char *groups = strstr(text, "\nGroups:");
+    FX_CHECK(groups, "no Groups line in %s", path);
+    groups += strlen("\nGroups:");
+    unsigned count = 0;
+    for (;;) {
+        char *end;
+        while (*groups == ' ' || *groups == '\t')
+            groups++;
+        if (*groups < '0' || *groups > '9')
+            break;
+        unsigned long gid = strtoul(groups, &end, 10);
+        bool ok = false;
+        for (int i = 0; i < n_allowed; i++)
+            ok = ok || (unsigned long)allowed[i] == gid;
+        FX_CHECK(ok, "QEMU keeps supplementary group %lu, not one of %s's", gid, pw->pw_name);
+        count++;
+        groups = end;
+    }
+    fx_log("QEMU %d: Gid %u %u %u %u, %u supplementary groups, all %s's", (int)pid, g[0], g[1],
+           g[2], g[3], count, pw->pw_name);
+}
+
+/* vm_runas_grant_socket gives away only a root-owned socket, reached without a symlink. */
+static void check_grant_refusals(const struct passwd *pw)
+{
+    g_autofree char *sock = g_strdup_printf("%s/not-ours.sock", fx_tmpdir());
+    g_autofree char *link = g_strdup_printf("%s/link.sock", fx_tmpdir());
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *user = pw->pw_name;
+    GError *err = NULL;
+    struct stat sb;
+
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    FX_CHECK(fd >= 0 && strlen(sock) < sizeof sa.sun_path, "socket");
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    FX_CHECK(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "bind %s", sock);
+    FX_CHECK(chmod(sock, 0600) == 0 && chown(sock, pw->pw_uid, 0) == 0, "chown %s", sock);
+    FX_CHECK(!vm_runas_grant_socket(sock, user, &err), "a socket of uid %u was granted",
+             (unsigned)pw->pw_uid);
+    FX_CHECK(err && strstr(err->message, "not root"), "unexpected error: %s",
+             err ? err->message : "none");
+    FX_CHECK(stat(sock, &sb) == 0 && (sb.st_mode & 0777) == 0600 && sb.st_gid == 0,
+             "the refused socket was changed: %o group %u", (unsigned)(sb.st_mode & 0777),
+             (unsigned)sb.st_gid);
+    g_clear_error(&err);
+    FX_CHECK(chown(sock, 0, 0) == 0 && symlink(sock, link) == 0, "symlink %s", link);
+    FX_CHECK(!vm_runas_grant_socket(link, user, &err) && strstr(err->message, "symbolic link"),
+             "a symlink to a socket was granted");
+    FX_CHECK(stat(sock, &sb) == 0 && (sb.st_mode & 0777) == 0600, "the link's target changed");
+    fx_log("grant refused a socket of uid %u and a symlink (%s)", (unsigned)pw->pw_uid,
+           err ? err->message : "?");
+    g_clear_error(&err);
+    close(fd);
+    unlink(link);
+    unlink(sock);
 }
 
 /* QEMU's user must be able to reach the socket: search permission on each directory from the
@@ -102,6 +183,8 @@ int main(void)
                  (unsigned)nobody);
     FX_CHECK(v.vm->run_as_uid == nobody, "the VM records uid %u", (unsigned)v.vm->run_as_uid);
     FX_CHECK(seccomp == 2, "QEMU's seccomp mode is %d: the sandbox is off", seccomp);
+    check_gids(v.vm->pid, pw);
+    check_grant_refusals(pw);
 
     /* 2. */
     open_dirs_to(disk.server.sock);
@@ -157,6 +240,7 @@ int main(void)
         proc_ids(sp->vm->pid, uids, &seccomp);
         FX_CHECK(uids[0] == nobody && uids[1] == nobody && seccomp == 2,
                  "the claimed clone's QEMU: uid %u, seccomp %d", uids[0], seccomp);
+        check_gids(sp->vm->pid, pw);
         struct vmf_vm cv = {.vm = sp->vm, .agent = sp->agent};
         g_autofree char *clone_out = vmf_sh_ok(&cv, "cat /root/runas; hostname");
         FX_CHECK(strcmp(clone_out, "written-as-nobody\nrunas-clone") == 0, "the clone says '%s'",
@@ -174,7 +258,7 @@ int main(void)
     fx_log("with a missing user: QEMU uid %u, because: %s", uids[0], root_vm->run_as_why);
     FX_CHECK(uids[0] == 0 && root_vm->run_as_uid == 0 && strstr(root_vm->run_as_why, "no user"),
              "a missing user: uid %u, why '%s'", uids[0], root_vm->run_as_why);
-    FX_CHECK(seccomp == 2, "the sandbox is off without runas");
+    FX_CHECK(seccomp == 2, "without runas the sandbox must stay on: seccomp mode %d", seccomp);
     vm_free(root_vm);
 
     fx_server_stop(&disk.server);

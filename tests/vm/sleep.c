@@ -146,8 +146,13 @@ int main(void)
         "record the sprite: %s", err ? err->message : "?");
 
     /* 1. Cold sleep to radosgw. */
-    g_autofree char *key1 = sleep_manifest_key(s.name, 1);
-    g_autofree char *key2 = sleep_manifest_key(s.name, 2);
+    /* The keys sprite_sleep_cold writes: under the record's incarnation (sleep.h). */
+    struct sprite_record *srec = sprite_db_get(db, s.name, &err);
+    FX_CHECK(srec && srec->incarnation, "the record: %s", err ? err->message : "no incarnation");
+    g_autofree char *incarnation = g_strdup(srec->incarnation);
+    sprite_record_free(srec);
+    g_autofree char *key1 = sleep_manifest_key_incarnation(s.name, incarnation, 1);
+    g_autofree char *key2 = sleep_manifest_key_incarnation(s.name, incarnation, 2);
     struct cold_sleep_opts so = {
         .store = st,
         .sprite = s.name,
@@ -238,7 +243,7 @@ int main(void)
              err ? err->message : "?");
     vmf_destroy(&s.v);
     delete_local_copy(s.dir);
-    g_autofree char *key3 = sleep_manifest_key(s.name, 3);
+    g_autofree char *key3 = sleep_manifest_key_incarnation(s.name, incarnation, 3);
     g_autofree char *chunk_key = first_ram_chunk_key(st, key3);
     void *good = NULL;
     size_t good_len = 0;
