@@ -89,9 +89,8 @@ static void sprite_cold_wake_config(const struct sprite_cold_config *c, const ch
 
 /* The sprite again from DIR/ram and DIR/state, which a failed store step left complete: what
  * wake_cold does with a local copy, minus the manifest that was never written. */
-static struct sprite *sprite_cold_resume_local(const struct sprite_cold_config *c,
-                                               const char *disk, const char *hostname,
-                                               GError **error)
+static struct sprite *sprite_cold_resume_local(const struct sprite_cold_config *c, const char *disk,
+                                               const char *hostname, GError **error)
 {
     g_autofree char *dir = sprite_cold_dir(c, disk);
     g_autofree char *run_dir = sprite_cold_run_dir(c, disk);
@@ -142,12 +141,14 @@ bool sprite_cold_sleep(const struct sprite_cold_config *c, struct sprite *s, boo
 
     if (!sprite_cold_mkdir(dir, error))
         return false;
-    if (known_manifest && *known_manifest) {
+    /* The last sleep's chunks, or on a first sleep the template's. */
+    const char *known_from =
+        known_manifest && *known_manifest ? known_manifest : c->template_manifest_key;
+    if (known_from) {
         known = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
         /* Only an optimisation: without it every chunk is looked up in the store. */
-        if (!sleep_known_from_manifest(c->store, known_manifest, known, &ignored)) {
-            log_info(COLD_LOG, "%s: no known set from %s: %s", disk, known_manifest,
-                     ignored->message);
+        if (!sleep_known_from_manifest(c->store, known_from, known, &ignored)) {
+            log_info(COLD_LOG, "%s: no known set from %s: %s", disk, known_from, ignored->message);
             g_clear_error(&ignored);
         }
     }

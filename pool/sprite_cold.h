@@ -41,6 +41,9 @@ struct sprite_cold_config {
     int timeout_ms;         /* per step; 0: 120 s */
     int store_wait_s;       /* a sleep whose QEMU has exited waits this long for the store;
                                0: SPRITE_COLD_STORE_WAIT_S */
+    /* The template's RAM in the store (template_store.h), or NULL: a sprite's first sleep takes
+     * its chunks as known, so pages the clone never changed are not stored again. */
+    const char *template_manifest_key;
 };
 
 /* SLEEP_ROOT/DISK (g_free it). */

@@ -77,6 +77,7 @@ struct sprite_service {
     struct store *cold_store;
     struct sprite_cold_config cold;
     char *sleep_root, *run_root;
+    char *template_manifest_key; /* cold.template_manifest_key's copy */
 };
 
 static void svc_cold_recover_all(sprite_service *svc);
@@ -154,13 +155,16 @@ sprite_service *sprite_service_new(const struct sprite_service_config *cfg, GErr
             return NULL;
         }
         svc->sleep_root = g_build_filename(cfg->state_dir, "sleep", NULL);
+        svc->template_manifest_key = g_strdup(cfg->template_manifest_key);
         svc->run_root = g_strdup(cfg->run_dir ? cfg->run_dir : cfg->state_dir);
-        svc->cold = (struct sprite_cold_config){.store = svc->cold_store,
-                                                .tpl = cfg->tpl,
-                                                .nbd_socket = svc->nbd_socket,
-                                                .sleep_root = svc->sleep_root,
-                                                .run_root = svc->run_root,
-                                                .store_wait_s = cfg->cold_store_wait_s};
+        svc->cold =
+            (struct sprite_cold_config){.store = svc->cold_store,
+                                        .tpl = cfg->tpl,
+                                        .nbd_socket = svc->nbd_socket,
+                                        .sleep_root = svc->sleep_root,
+                                        .run_root = svc->run_root,
+                                        .store_wait_s = cfg->cold_store_wait_s,
+                                        .template_manifest_key = svc->template_manifest_key};
         svc_cold_recover_all(svc);
     }
     return svc;
@@ -224,6 +228,7 @@ void sprite_service_free(sprite_service *svc)
     g_free(svc->base_disk);
     store_close(svc->cold_store);
     g_free(svc->sleep_root);
+    g_free(svc->template_manifest_key);
     g_free(svc->run_root);
     if (svc->busy == 0)
         g_free(svc); /* else leaked on purpose: a stuck call still holds it */

@@ -49,12 +49,13 @@ struct sprite_service_config {
     vm_pool *pool;
     const char *base_disk; /* NULL: "base" */
     /* Cold sleep: all three, or tpl NULL for none (cold sleep refused). */
-    const struct vm_template *tpl; /* the pool's: the machine a woken sprite runs */
-    const char *store_url;         /* where sleeps go (vm/chunks/, vm/sprites/DISK/) */
-    const char *run_dir;           /* woken VMs' run dirs go under it */
-    int cold_store_wait_s;         /* sprite_cold_config.store_wait_s (0: its default) */
-    struct store *store;           /* NULL: account databases not replicated (account_store.h) */
-    double replicate_interval_s;   /* 0: 1 s */
+    const struct vm_template *tpl;     /* the pool's: the machine a woken sprite runs */
+    const char *store_url;             /* where sleeps go (vm/chunks/, vm/sprites/DISK/) */
+    const char *run_dir;               /* woken VMs' run dirs go under it */
+    int cold_store_wait_s;             /* sprite_cold_config.store_wait_s (0: its default) */
+    const char *template_manifest_key; /* sprite_cold_config's, or NULL */
+    struct store *store;         /* NULL: account databases not replicated (account_store.h) */
+    double replicate_interval_s; /* 0: 1 s */
 };
 
 /* Output kept per stream of an exec; the rest is dropped and "truncated" set. */

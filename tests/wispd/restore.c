@@ -121,6 +121,11 @@ int main(int argc, char **argv)
     g_autofree char *ckpt = g_strdup(json_object_get_string_member(ck, "id"));
     json_object_unref(ck);
     g_free(wfx_sh("a1", WFX_TOKEN_A, "echo after > /root/after && sync", 0));
+    /* A process that must still run on the next host: SIGTERM puts the sprite to cold sleep,
+     * memory and all, into the store. */
+    g_autofree char *bg =
+        wfx_sh("a1", WFX_TOKEN_A, "sleep 100000 </dev/null >/dev/null 2>&1 & echo $!", 0);
+    g_strstrip(bg);
     wfx_stop(&w, 120);
 
     /* ---- host 2: empty state directory, same store ---- */
@@ -131,12 +136,19 @@ int main(int argc, char **argv)
     rs_expect_names(WFX_TOKEN_B, "b1");
     wfx_expect_free(404, "GET", "/v1/sprites/b1", WFX_TOKEN_A, NULL);
     wfx_expect_free(404, "GET", "/v1/sprites/a1", WFX_TOKEN_B, NULL);
-    g_autofree char *state = wfx_state("a1", WFX_TOKEN_A);
-    FX_CHECK(strcmp(state, "stopped") == 0, "a restored sprite is '%s', not stopped", state);
+    JsonObject *got = wfx_expect(200, "GET", "/v1/sprites/a1", WFX_TOKEN_A, NULL);
+    const char *state = json_object_get_string_member_with_default(got, "state", "");
+    const char *mode = json_object_get_string_member_with_default(got, "mode", "");
+    FX_CHECK(strcmp(state, "asleep") == 0 && strcmp(mode, "cold") == 0,
+             "a restored sprite is '%s' (%s), not asleep in cold sleep", state, mode);
+    json_object_unref(got);
     double t0 = fx_now();
     g_autofree char *a = wfx_sh("a1", WFX_TOKEN_A, "cat /root/a /root/after", 0);
     fx_log("first exec on a restored sprite (claim included): %.2f s", fx_now() - t0);
     FX_CHECK(strcmp(a, "alice-data\nafter\n") == 0, "alice's files read '%s'", a);
+    g_autofree char *alive = g_strdup_printf("kill -0 %s", bg);
+    g_free(wfx_sh("a1", WFX_TOKEN_A, alive, 0)); /* woken from the store with its memory */
+    fx_log("process %s started on the first host runs on the fresh one", bg);
     g_autofree char *b = wfx_sh("b1", WFX_TOKEN_B, "cat /root/b", 0);
     FX_CHECK(strcmp(b, "bob-data\n") == 0, "bob's file reads '%s'", b);
     JsonObject *list = wfx_expect(200, "GET", "/v1/sprites/a1/checkpoints", WFX_TOKEN_A, NULL);
