@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1141,6 +1142,49 @@ int meta_pending_clear(struct meta *m, int64_t disk_id)
         return r;
     sqlite3_bind_int64(st, 1, disk_id);
     return meta_exec_stmt(m, st, "clear pending rows");
+}
+
+/* The table is made on first use (not in meta_schema, so the schema version and the replicas'
+ * readers stay as they are); CREATE TABLE IF NOT EXISTS is a no-op once it exists. */
+int meta_write_log_id(struct meta *m, int64_t disk_id, uint8_t out[META_WRITE_LOG_ID_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    uint8_t fresh[META_WRITE_LOG_ID_LEN];
+    int rc, r;
+
+    r = meta_exec_sql(m, "CREATE TABLE IF NOT EXISTS write_logs ("
+                         "  disk_id INTEGER PRIMARY KEY REFERENCES disks(id) ON DELETE CASCADE,"
+                         "  log_id BLOB NOT NULL)");
+    if (r < 0)
+        return r;
+    if (getrandom(fresh, sizeof fresh, 0) != (ssize_t)sizeof fresh)
+        return -EIO;
+    /* Insert a fresh id unless there is one, then read whichever is there. */
+    rc = sqlite3_prepare_v2(
+        m->db, "INSERT OR IGNORE INTO write_logs (disk_id, log_id) VALUES (?1, ?2)", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare write log id insert");
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_blob(st, 2, fresh, sizeof fresh, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return meta_fail(m, rc, "insert write log id");
+    rc = sqlite3_prepare_v2(m->db, "SELECT log_id FROM write_logs WHERE disk_id = ?1", -1, &st,
+                            NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare write log id select");
+    sqlite3_bind_int64(st, 1, disk_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == META_WRITE_LOG_ID_LEN) {
+        memcpy(out, sqlite3_column_blob(st, 0), META_WRITE_LOG_ID_LEN);
+        r = 0;
+    } else {
+        r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -EBADMSG
+                                                  : meta_fail(m, rc, "read write log id");
+    }
+    sqlite3_finalize(st);
+    return r;
 }
 
 /* ---- read snapshots and raw pages, for walks over every version (meta_refs.c) -------------- */

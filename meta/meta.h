@@ -133,6 +133,12 @@ int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name); /
 /* Deletes every pending row of a disk (restore discards unuploaded data). */
 int meta_pending_clear(struct meta *m, int64_t disk_id);
 
+/* The identity of a disk's local write log (nbdkit-plugin/write_log.h): 16 random bytes, made
+ * on first use and deleted with the disk (its row cascades).  A log on disk whose segments carry
+ * another id belongs to a deleted disk whose id was reused, and must never be replayed. */
+#define META_WRITE_LOG_ID_LEN 16
+int meta_write_log_id(struct meta *m, int64_t disk_id, uint8_t out[META_WRITE_LOG_ID_LEN]);
+
 /* ---- read snapshots and raw pages (for walks over every version: meta_refs.h) ---- */
 
 /* Starts a read transaction: until meta_snapshot_end, every read on this connection sees the
