@@ -687,7 +687,16 @@ static int disk_log_recover(struct disk *d)
         return r;
     }
     d->wlog_append = env->durability == DISK_DURABILITY_LOCAL;
-    if (d->stats.log_replayed > 0) {
+    /* The log on this host is the truth about flushes the head lacks (a replica restored here
+     * may carry another host's mark). */
+    bool replayed = d->stats.log_replayed > 0;
+    pthread_mutex_lock(env->meta_lock);
+    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed);
+    pthread_mutex_unlock(env->meta_lock);
+    if (r < 0)
+        return r;
+    d->wlog_marked = replayed;
+    if (replayed) {
         if (last_gen > d->flush_gen)
             d->flush_gen = last_gen;
         r = disk_freeze(d, NULL);

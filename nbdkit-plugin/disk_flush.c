@@ -593,10 +593,25 @@ static int disk_round(struct disk *d)
                                pages.pages->len);
         if (r == 0)
             r = meta_head_set(d->env->meta, d->meta.id, &root, gen);
+        /* Nothing flushed after this round: the log holds no flush the head lacks.  Decided
+         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded). */
+        bool clear_mark = false;
+        if (r == 0 && d->wlog) {
+            pthread_mutex_lock(&d->lock);
+            clear_mark = d->wlog_marked && d->flush_gen == gen;
+            pthread_mutex_unlock(&d->lock);
+            if (clear_mark)
+                r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
+        }
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
             meta_rollback(d->env->meta);
+        if (r == 0 && clear_mark) {
+            pthread_mutex_lock(&d->lock);
+            d->wlog_marked = false;
+            pthread_mutex_unlock(&d->lock);
+        }
         pthread_mutex_unlock(d->env->meta_lock);
     }
 
@@ -645,6 +660,32 @@ out_unref_locked:
     return r;
 }
 
+/* Before the first flush after a commit returns: tell offline tools that the head is not the
+ * disk's state (write_logs.unuploaded).  Once per upload round, not per flush. */
+static int disk_log_mark_unuploaded(struct disk *d)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&d->lock);
+    bool marked = d->wlog_marked;
+    pthread_mutex_unlock(&d->lock);
+    if (marked)
+        return 0;
+    pthread_mutex_lock(d->env->meta_lock);
+    pthread_mutex_lock(&d->lock);
+    marked = d->wlog_marked;
+    pthread_mutex_unlock(&d->lock);
+    if (!marked)
+        r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, true);
+    if (r == 0) {
+        pthread_mutex_lock(&d->lock);
+        d->wlog_marked = true;
+        pthread_mutex_unlock(&d->lock);
+    }
+    pthread_mutex_unlock(d->env->meta_lock);
+    return r;
+}
+
 int disk_flush(struct disk *d)
 {
     uint64_t gen;
@@ -659,8 +700,10 @@ int disk_flush(struct disk *d)
 
     /* One fdatasync covers this flush and every earlier one (the latest FLUSH record, which
      * may be another flush's if nothing was written since: that one must be durable too). */
-    if (d->wlog_append)
-        return write_log_sync(d->wlog, pos);
+    if (d->wlog_append) {
+        r = write_log_sync(d->wlog, pos);
+        return r < 0 ? r : disk_log_mark_unuploaded(d);
+    }
     if (d->env->durability == DISK_DURABILITY_LOCAL)
         return disk_journal(d, gen);
 
@@ -741,6 +784,8 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
             r = meta_pending_clear(d->env->meta, d->meta.id);
         if (r == 0)
             r = meta_head_set(d->env->meta, d->meta.id, root, gen);
+        if (r == 0 && d->wlog)
+            r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
@@ -776,6 +821,7 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
         d->head = map;
         d->meta.head_root = *root;
         d->flush_gen = d->journal_gen = d->committed_gen = gen;
+        d->wlog_marked = false;
         d->stats.pending_bytes = 0;
         d->first_unuploaded = 0;
         d->prefetched_to = 0;

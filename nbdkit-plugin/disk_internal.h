@@ -105,6 +105,9 @@ struct disk {
     struct write_log *wlog;
     bool wlog_append;       /* durability=local: writes and flushes go through the log */
     uint64_t wlog_last_pos; /* the latest FLUSH record's position, under d->lock */
+    /* Mirrors write_logs.unuploaded in SQLite (meta.h), under d->lock; changed only with
+     * env->meta_lock held too, so that a flush's mark and a commit's clearing are ordered. */
+    bool wlog_marked;
 };
 
 double disk_now(void);
