@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 struct freeze_ctx {
@@ -279,6 +280,7 @@ struct round {
     size_t next;          /* the next item to take */
     bool failed;          /* an item failed: the round fails, so take no more */
     bool abandoned;       /* the server shuts down (disk_env.stopping): take no more */
+    bool background;      /* durability=local, after upload-delay: nobody waits for it */
 };
 
 static bool round_abandoning(const struct disk *d)
@@ -363,6 +365,23 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
     return r;
 }
 
+static void *round_worker(void *opaque);
+
+/* Lower priority for the threads of a background round: requests come first.  A round that
+ * takes longer because of it also covers more writes per chunk, so it uploads less per write.
+ * Only helper threads are lowered (they end with the round): taking the priority back would
+ * need CAP_SYS_NICE. */
+enum { ROUND_BACKGROUND_NICE = 10 };
+
+static void *round_helper(void *opaque)
+{
+    struct round *rd = opaque;
+
+    if (rd->background)
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), ROUND_BACKGROUND_NICE);
+    return round_worker(rd);
+}
+
 static void *round_worker(void *opaque)
 {
     struct round *rd = opaque;
@@ -434,10 +453,10 @@ static void disk_rebase_locked(struct disk *d, const struct round *rd)
 }
 
 /* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
- * round_lock. */
-static int disk_round(struct disk *d)
+ * round_lock.  background: nobody waits for this round (round_helper). */
+static int disk_round(struct disk *d, bool background)
 {
-    struct round rd = {.d = d};
+    struct round rd = {.d = d, .background = background};
     struct meta_page_list pages = {0};
     struct chunk_hash root;
     uint64_t gen;
@@ -483,12 +502,14 @@ static int disk_round(struct disk *d)
     unsigned workers = d->env->upload_parallel < rd.n ? d->env->upload_parallel : (unsigned)rd.n;
     pthread_t *threads = g_new0(pthread_t, workers > 0 ? workers : 1);
     unsigned started = 0;
-    for (unsigned i = 1; i < workers; i++) {
-        if (pthread_create(&threads[started], NULL, round_worker, &rd) != 0)
+    /* In the background every worker is a helper, so that all of them run at low priority. */
+    for (unsigned i = background ? 0 : 1; i < workers; i++) {
+        if (pthread_create(&threads[started], NULL, round_helper, &rd) != 0)
             break; /* fewer helpers: the work still gets done */
         started++;
     }
-    round_worker(&rd);
+    if (!background || started == 0)
+        round_worker(&rd);
     for (unsigned i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     g_free(threads);
@@ -711,7 +732,7 @@ int disk_flush(struct disk *d)
     pthread_mutex_lock(&d->lock);
     bool done = d->committed_gen >= gen;
     pthread_mutex_unlock(&d->lock);
-    r = done ? 0 : disk_round(d);
+    r = done ? 0 : disk_round(d, false);
     pthread_mutex_unlock(&d->round_lock);
     return r;
 }
@@ -731,7 +752,7 @@ int disk_commit_now(struct disk *d, struct chunk_hash *root)
     if (failed)
         return -EIO;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d);
+    r = disk_round(d, false);
     pthread_mutex_lock(&d->lock);
     if (r == 0 && d->committed_gen < d->flush_gen)
         r = -EAGAIN; /* cannot happen: the round took the latest flush under round_lock */
@@ -847,7 +868,7 @@ int disk_upload_due(struct disk *d, double delay_s)
     if (!due)
         return 0;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d);
+    r = disk_round(d, d->env->durability == DISK_DURABILITY_LOCAL);
     pthread_mutex_unlock(&d->round_lock);
     if (r < 0) {
         /* Try again after another delay rather than in a tight loop. */
