@@ -412,9 +412,11 @@ static bool at_before(struct log_at a, struct log_at b)
     return a.seg < b.seg || (a.seg == b.seg && a.off < b.off);
 }
 
-/* Pass 2: applies [start, end) and records each segment's max gen. */
+/* Pass 2: applies [start, end) and records each segment's max gen.  Records of flushes up to
+ * head_gen are in the head already: skipping them gives the same state as replaying them (L3)
+ * and spares a fully committed log any work. */
 static int write_log_replay(struct write_log *l, struct log_at start, struct log_at end,
-                            write_log_apply_fn apply, void *opaque)
+                            uint64_t head_gen, write_log_apply_fn apply, void *opaque)
 {
     struct log_at at = start;
     int r = 0;
@@ -442,7 +444,7 @@ static int write_log_replay(struct write_log *l, struct log_at start, struct log
             break;
         if (rec.gen > s->max_gen)
             s->max_gen = rec.gen;
-        if (rec.kind != WRITE_LOG_FLUSH && rec.kind != WRITE_LOG_RESET)
+        if (rec.kind != WRITE_LOG_FLUSH && rec.kind != WRITE_LOG_RESET && rec.gen > head_gen)
             r = apply(&rec, opaque);
         g_free(payload);
         at.off += WRITE_LOG_HEADER_SIZE + (rec.data ? rec.n_blocks * 4096ull : 0);
@@ -478,7 +480,7 @@ int write_log_open(const char *dir, const uint8_t id[META_WRITE_LOG_ID_LEN], uin
     if (r == 0)
         r = write_log_scan(l, head_gen, &start, &end, last_gen);
     if (r == 0)
-        r = write_log_replay(l, start, end, apply, opaque);
+        r = write_log_replay(l, start, end, head_gen, apply, opaque);
     if (r < 0)
         goto fail;
 
@@ -775,21 +777,4 @@ uint64_t write_log_bytes(struct write_log *l)
         n += ((struct segment *)g_ptr_array_index(l->segs, i))->size;
     pthread_mutex_unlock(&l->lock);
     return n;
-}
-
-bool write_log_present(const char *dir)
-{
-    GDir *d = g_dir_open(dir, 0, NULL);
-    const char *name;
-    bool found = false;
-
-    while (d && !found && (name = g_dir_read_name(d))) {
-        char path[4200];
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        found = strlen(name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
-    }
-    if (d)
-        g_dir_close(d);
-    return found;
 }

@@ -73,9 +73,9 @@ typedef int (*write_log_apply_fn)(const struct write_log_record *r, void *opaque
 
 /* Opens the log in dir (created if needed) with the disk's log id, and recovers: calls apply for
  * every record of the state of the last flush in the log on top of a head committed with
- * head_gen (L3, L5), cuts off the rest (L4), and begins a new segment.  *last_gen receives the
- * gen of the last FLUSH or RESET replayed (0 if none).  segment_bytes: when to begin a new
- * segment. */
+ * head_gen (L3, L5) that the head does not hold already (gen above head_gen), cuts off the rest
+ * (L4), and begins a new segment.  *last_gen receives the gen of the last FLUSH or RESET replayed
+ * (0 if none).  segment_bytes: when to begin a new segment. */
 int write_log_open(const char *dir, const uint8_t id[META_WRITE_LOG_ID_LEN], uint64_t head_gen,
                    uint64_t segment_bytes, write_log_apply_fn apply, void *opaque,
                    uint64_t *last_gen, struct write_log **out);
@@ -107,9 +107,6 @@ int write_log_reset_undo(struct write_log *l);
  * written, not synced; "sync": a flush's fdatasync done, before it returns; "fold": an upload
  * round's chunks stored, before its commit), when WISP_TEST_LOG_KILL=POINT:N is set. */
 void write_log_test_kill(const char *point);
-
-/* Whether dir holds a segment with any bytes in it: a log that may have flushes to replay. */
-bool write_log_present(const char *dir);
 
 /* Bytes in the log's segments now. */
 uint64_t write_log_bytes(struct write_log *l);

@@ -4,8 +4,8 @@
  * Each case appends records, closes, damages the files the way a crash or the disk would, and
  * reopens: the replay must give exactly the state of the last intact FLUSH (L3), cut off what
  * follows (L4), never hand a damaged record's bytes to the caller, honour or void a RESET by the
- * head's generation (L5), ignore another log's records (L6), and keep working after segments are
- * retired. */
+ * head's generation (L5), ignore another log's records (L6), skip what the head holds already,
+ * and keep working after segments are retired. */
 #include "write_log.h"
 
 #include <errno.h>
@@ -306,9 +306,10 @@ static void test_reset(void)
     before = w;
     CHECK(write_log_reset(l, 2) == 0, "reset");
     write_log_close(l);
-    /* The restore's commit did not happen (head gen 1): the RESET is void. */
+    /* The restore's commit did not happen (the head still at gen 0, before RESET 2): the RESET
+     * is void and flush 1 is replayed. */
     memset(&got, 0, sizeof got);
-    l = reopen(&got, 1, 1 << 20, &last);
+    l = reopen(&got, 0, 1 << 20, &last);
     expect_same(&got, &before, "a RESET that never committed");
     CHECK(last == 1, "last %llu", (unsigned long long)last);
     CHECK(write_log_reset(l, 2) == 0, "reset");
@@ -351,6 +352,13 @@ static void test_retire(void)
     CHECK(last == 6, "last %llu", (unsigned long long)last);
     expect_same(&got, &w, "after retiring segments up to flush 4");
     CHECK(got.applied == 2, "%u records replayed: the retired ones were kept", got.applied);
+    write_log_close(l);
+    /* Once the head holds flush 6, nothing is left to replay. */
+    got = w;
+    got.applied = 0;
+    l = reopen(&got, 6, 1, &last);
+    CHECK(got.applied == 0, "%u records replayed over a head that holds them", got.applied);
+    expect_same(&got, &w, "over a head at the last flush");
     write_log_close(l);
     wipe();
 }
