@@ -212,8 +212,10 @@ static struct dirty_chunk *disk_dirty_get_or_add_locked(struct disk *d, uint64_t
 
 void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc)
 {
-    if (dc->live_kind == SLOT_NONE && dc->frozen_kind == SLOT_NONE)
+    if (dc->live_kind == SLOT_NONE && dc->frozen_kind == SLOT_NONE) {
+        chunk_file_unref_locked(d, dc->spare);
         g_tree_remove(d->dirty, (gpointer)(uintptr_t)dc->idx); /* frees dc */
+    }
 }
 
 /* ---- what a chunk holds now --------------------------------------------------------------- */
@@ -405,7 +407,28 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
         src = disk_chunk_source_locked(d, idx, &below, &h, &below_layout);
         pthread_mutex_unlock(&d->lock);
     }
-    r = chunk_file_create(d, idx, &f, &fd);
+    /* The chunk's spare (disk_internal.h), if any, instead of a new file. */
+    pthread_mutex_lock(&d->lock);
+    struct dirty_chunk *dc = disk_dirty_get_locked(d, idx);
+    f = dc ? dc->spare : NULL;
+    if (dc)
+        dc->spare = NULL;
+    pthread_mutex_unlock(&d->lock);
+    if (f) {
+        fd = chunk_file_open(d, f, O_RDWR);
+        r = fd < 0 ? fd : 0;
+        if (r == 0) {
+            memset(&f->layout, 0, sizeof f->layout);
+            f->seq = 0;
+            f->ahead_queued = f->ahead_running = f->ahead_done = f->ahead_zero = false;
+            f->pending_row = false;
+        } else {
+            chunk_file_unref(d, f);
+            f = NULL;
+        }
+    }
+    if (!f)
+        r = chunk_file_create(d, idx, &f, &fd);
     if (r == 0 && src == SOURCE_HEAD) {
         f->layout.has_base = true;
         f->layout.base = h;
@@ -969,6 +992,8 @@ static gboolean disk_close_collect(gpointer key, gpointer value, gpointer opaque
         g_hash_table_add(files, dc->live);
     if (dc->frozen)
         g_hash_table_add(files, dc->frozen);
+    if (dc->spare)
+        g_hash_table_add(files, dc->spare);
     return FALSE;
 }
 

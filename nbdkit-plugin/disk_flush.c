@@ -54,7 +54,14 @@ static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
         item.kind = SLOT_NONE;
         g_array_append_val(d->journal, item);
     } else if (d->wlog_append) {
-        chunk_file_unref_locked(d, item.superseded); /* the log holds this flush's state */
+        /* The log holds this flush's state; a superseded file only we hold becomes the spare.
+         * Never a whole one: an upload may have hard-linked it into the chunk cache, whose
+         * files must never change. */
+        if (item.superseded && item.superseded->refs == 1 && !dc->spare &&
+            !chunk_layout_whole(&item.superseded->layout, disk_chunk_blocks(d)))
+            dc->spare = item.superseded;
+        else
+            chunk_file_unref_locked(d, item.superseded);
     } else if (d->env->durability == DISK_DURABILITY_LOCAL) {
         item.file = dc->frozen;
         if (item.file)
@@ -771,6 +778,8 @@ static gboolean disk_restore_collect(gpointer key, gpointer value, gpointer opaq
         g_ptr_array_add(files, dc->live);
     if (dc->frozen)
         g_ptr_array_add(files, dc->frozen);
+    if (dc->spare)
+        g_ptr_array_add(files, dc->spare);
     return FALSE;
 }
 

@@ -58,6 +58,11 @@ struct dirty_chunk {
     enum slot_kind frozen_kind;
     struct chunk_file *frozen;
     uint64_t frozen_gen;
+    /* With the write log: a superseded frozen file nobody else holds, kept (one reference) to
+     * be the chunk's next live file instead of creating one and unlinking this one, which
+     * dominated the cost of small random writes.  Its blocks outside the next layout are stale
+     * but never read: every reader goes through the layout (chunk_layout.h). */
+    struct chunk_file *spare;
 };
 
 /* A frozen chunk waiting for its fsync and journal row (durability=local). */

@@ -778,3 +778,20 @@ uint64_t write_log_bytes(struct write_log *l)
     pthread_mutex_unlock(&l->lock);
     return n;
 }
+
+bool write_log_present(const char *dir)
+{
+    GDir *d = g_dir_open(dir, 0, NULL);
+    const char *name;
+    bool found = false;
+
+    while (d && !found && (name = g_dir_read_name(d))) {
+        char path[4200];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        found = strlen(name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
+    }
+    if (d)
+        g_dir_close(d);
+    return found;
+}

@@ -108,6 +108,9 @@ int write_log_reset_undo(struct write_log *l);
  * round's chunks stored, before its commit), when WISP_TEST_LOG_KILL=POINT:N is set. */
 void write_log_test_kill(const char *point);
 
+/* Whether dir holds a segment with bytes in it: a log that may have flushes to replay. */
+bool write_log_present(const char *dir);
+
 /* Bytes in the log's segments now. */
 uint64_t write_log_bytes(struct write_log *l);
 
