@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1141,6 +1142,127 @@ int meta_pending_clear(struct meta *m, int64_t disk_id)
         return r;
     sqlite3_bind_int64(st, 1, disk_id);
     return meta_exec_stmt(m, st, "clear pending rows");
+}
+
+/* The table is made on first use (not in meta_schema, so the schema version and the replicas'
+ * readers stay as they are); CREATE TABLE IF NOT EXISTS is a no-op once it exists.
+ *   write_logs (disk_id, log_id, unuploaded)
+ * unuploaded: the log may hold a flush the head does not have (set before such a flush is
+ * acknowledged, cleared by the commit that leaves nothing behind).  Offline tools read it. */
+static int meta_write_logs_table(struct meta *m)
+{
+    return meta_exec_sql(m, "CREATE TABLE IF NOT EXISTS write_logs ("
+                            "  disk_id INTEGER PRIMARY KEY REFERENCES disks(id) ON DELETE CASCADE,"
+                            "  log_id BLOB NOT NULL,"
+                            "  unuploaded INTEGER NOT NULL DEFAULT 0)");
+}
+
+/* 1 if the write_logs table exists, 0 if not. */
+static int meta_write_logs_exist(struct meta *m)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        m->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_logs'", -1, &st,
+        NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "look for the write_logs table");
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look for the write_logs table");
+}
+
+/* Runs sql with ?1 = disk_id (and ?2 = value); no rows. */
+static int meta_write_logs_exec(struct meta *m, const char *sql, int64_t disk_id, int64_t value)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(m->db, sql, -1, &st, NULL);
+
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, sql);
+    sqlite3_bind_int64(st, 1, disk_id);
+    if (sqlite3_bind_parameter_count(st) >= 2)
+        sqlite3_bind_int64(st, 2, value);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, sql);
+}
+
+int meta_write_log_id(struct meta *m, int64_t disk_id, uint8_t out[META_WRITE_LOG_ID_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    uint8_t fresh[META_WRITE_LOG_ID_LEN];
+    int rc, r;
+
+    r = meta_write_logs_table(m);
+    if (r < 0)
+        return r;
+    if (getrandom(fresh, sizeof fresh, 0) != (ssize_t)sizeof fresh)
+        return -EIO;
+    /* Insert a fresh id unless there is one, then read whichever is there. */
+    rc = sqlite3_prepare_v2(
+        m->db, "INSERT OR IGNORE INTO write_logs (disk_id, log_id) VALUES (?1, ?2)", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare write log id insert");
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_blob(st, 2, fresh, sizeof fresh, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE)
+        return meta_fail(m, rc, "insert write log id");
+    rc = sqlite3_prepare_v2(m->db, "SELECT log_id FROM write_logs WHERE disk_id = ?1", -1, &st,
+                            NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare write log id select");
+    sqlite3_bind_int64(st, 1, disk_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == META_WRITE_LOG_ID_LEN) {
+        memcpy(out, sqlite3_column_blob(st, 0), META_WRITE_LOG_ID_LEN);
+        r = 0;
+    } else {
+        r = rc == SQLITE_ROW || rc == SQLITE_DONE ? -EBADMSG
+                                                  : meta_fail(m, rc, "read write log id");
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
+int meta_write_log_set_unuploaded(struct meta *m, int64_t disk_id, bool unuploaded)
+{
+    int r = meta_write_logs_table(m);
+    return r < 0
+               ? r
+               : meta_write_logs_exec(m, "UPDATE write_logs SET unuploaded = ?2 WHERE disk_id = ?1",
+                                      disk_id, unuploaded ? 1 : 0);
+}
+
+int meta_write_log_unuploaded(struct meta *m, int64_t disk_id)
+{
+    sqlite3_stmt *st = NULL;
+    int r = meta_write_logs_exist(m), rc;
+
+    if (r <= 0)
+        return r;
+    rc = sqlite3_prepare_v2(m->db, "SELECT unuploaded FROM write_logs WHERE disk_id = ?1", -1, &st,
+                            NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare write log state");
+    sqlite3_bind_int64(st, 1, disk_id);
+    rc = sqlite3_step(st);
+    r = rc == SQLITE_ROW    ? sqlite3_column_int64(st, 0) != 0
+        : rc == SQLITE_DONE ? 0
+                            : meta_fail(m, rc, "read write log state");
+    sqlite3_finalize(st);
+    return r;
+}
+
+int meta_write_log_forget(struct meta *m, int64_t disk_id)
+{
+    int r = meta_write_logs_exist(m);
+    return r <= 0
+               ? r
+               : meta_write_logs_exec(m, "DELETE FROM write_logs WHERE disk_id = ?1", disk_id, 0);
 }
 
 /* ---- read snapshots and raw pages, for walks over every version (meta_refs.c) -------------- */

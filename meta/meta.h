@@ -133,6 +133,20 @@ int meta_checkpoint_delete(struct meta *m, int64_t disk_id, const char *name); /
 /* Deletes every pending row of a disk (restore discards unuploaded data). */
 int meta_pending_clear(struct meta *m, int64_t disk_id);
 
+/* The identity of a disk's local write log (nbdkit-plugin/write_log.h): 16 random bytes, made
+ * on first use and deleted with the disk (its row cascades).  A log on disk whose segments carry
+ * another id belongs to a deleted disk whose id was reused, and must never be replayed. */
+#define META_WRITE_LOG_ID_LEN 16
+int meta_write_log_id(struct meta *m, int64_t disk_id, uint8_t out[META_WRITE_LOG_ID_LEN]);
+/* Whether the disk's write log may hold flushes its head does not (set by the server before it
+ * acknowledges such a flush, cleared by a commit that leaves none): 1, 0, or -errno.  Offline
+ * tools must not take the head for the disk's state while it is set. */
+int meta_write_log_set_unuploaded(struct meta *m, int64_t disk_id, bool unuploaded);
+int meta_write_log_unuploaded(struct meta *m, int64_t disk_id);
+/* Forgets the disk's log id, which voids every record of its log (an offline restore: the log
+ * holds writes made after the version restored).  Inside a transaction with the head change. */
+int meta_write_log_forget(struct meta *m, int64_t disk_id);
+
 /* ---- read snapshots and raw pages (for walks over every version: meta_refs.h) ---- */
 
 /* Starts a read transaction: until meta_snapshot_end, every read on this connection sees the

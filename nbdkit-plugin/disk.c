@@ -212,8 +212,10 @@ static struct dirty_chunk *disk_dirty_get_or_add_locked(struct disk *d, uint64_t
 
 void disk_dirty_drop_if_empty_locked(struct disk *d, struct dirty_chunk *dc)
 {
-    if (dc->live_kind == SLOT_NONE && dc->frozen_kind == SLOT_NONE)
+    if (dc->live_kind == SLOT_NONE && dc->frozen_kind == SLOT_NONE) {
+        chunk_file_unref_locked(d, dc->spare);
         g_tree_remove(d->dirty, (gpointer)(uintptr_t)dc->idx); /* frees dc */
+    }
 }
 
 /* ---- what a chunk holds now --------------------------------------------------------------- */
@@ -405,7 +407,28 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
         src = disk_chunk_source_locked(d, idx, &below, &h, &below_layout);
         pthread_mutex_unlock(&d->lock);
     }
-    r = chunk_file_create(d, idx, &f, &fd);
+    /* The chunk's spare (disk_internal.h), if any, instead of a new file. */
+    pthread_mutex_lock(&d->lock);
+    struct dirty_chunk *dc = disk_dirty_get_locked(d, idx);
+    f = dc ? dc->spare : NULL;
+    if (dc)
+        dc->spare = NULL;
+    pthread_mutex_unlock(&d->lock);
+    if (f) {
+        fd = chunk_file_open(d, f, O_RDWR);
+        r = fd < 0 ? fd : 0;
+        if (r == 0) {
+            memset(&f->layout, 0, sizeof f->layout);
+            f->seq = 0;
+            f->ahead_queued = f->ahead_running = f->ahead_done = f->ahead_zero = false;
+            f->pending_row = false;
+        } else {
+            chunk_file_unref(d, f);
+            f = NULL;
+        }
+    }
+    if (!f)
+        r = chunk_file_create(d, idx, &f, &fd);
     if (r == 0 && src == SOURCE_HEAD) {
         f->layout.has_base = true;
         f->layout.base = h;
@@ -428,10 +451,30 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
     return 0;
 }
 
+/* Appends blocks [first, first + n) of chunk idx, as the chunk file now holds them (data, or a
+ * hole if NULL), to the write log when writes go through it.  Caller holds the chunk's stripe
+ * and the barrier (shared), so the record lands in the log in the order the file changed and
+ * before any FLUSH that covers it (write_log.h, L1). */
+static int disk_log_blocks(struct disk *d, uint64_t idx, uint32_t first, uint32_t n,
+                           const void *data)
+{
+    if (!d->wlog_append)
+        return 0;
+    struct write_log_record rec = {
+        .kind = data ? WRITE_LOG_DATA : WRITE_LOG_HOLE,
+        .gen = d->flush_gen + 1, /* changes only under the barrier's write side */
+        .idx = idx,
+        .first_block = first,
+        .n_blocks = n,
+        .data = data,
+    };
+    return write_log_append(d->wlog, &rec);
+}
+
 /* Writes len bytes (data, or zeros if NULL) at off within one block of a chunk file, keeping
  * the rest of the block: the block is written whole, so it can be marked written. */
-static int disk_block_update(struct disk *d, const struct chunk_layout *l, int fd, uint32_t block,
-                             uint32_t off, const void *data, uint32_t len)
+static int disk_block_update(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
+                             uint32_t block, uint32_t off, const void *data, uint32_t len)
 {
     uint64_t at = (uint64_t)block * CHUNK_BLOCK_SIZE;
     char buf[CHUNK_BLOCK_SIZE];
@@ -443,7 +486,8 @@ static int disk_block_update(struct disk *d, const struct chunk_layout *l, int f
         memcpy(buf + off, data, len);
     else
         memset(buf + off, 0, len);
-    return disk_pwrite_all(fd, buf, CHUNK_BLOCK_SIZE, at);
+    r = disk_pwrite_all(fd, buf, CHUNK_BLOCK_SIZE, at);
+    return r < 0 ? r : disk_log_blocks(d, idx, block, 1, buf);
 }
 
 /* Writes whole blocks: data, or zeros as a hole. */
@@ -467,8 +511,9 @@ static int disk_blocks_write(int fd, const void *data, uint64_t len, uint64_t at
 /* Writes n bytes at in within a chunk file whose layout is l, a block at a time at the edges
  * (read-modify-write of 4 KiB, never of the chunk), and returns the blocks it covered in
  * [*first, *end). */
-static int disk_file_write(struct disk *d, const struct chunk_layout *l, int fd, uint64_t in,
-                           const void *data, uint32_t n, uint32_t *first, uint32_t *end)
+static int disk_file_write(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
+                           uint64_t in, const void *data, uint32_t n, uint32_t *first,
+                           uint32_t *end)
 {
     const uint32_t B = CHUNK_BLOCK_SIZE;
     const char *p = data;
@@ -482,14 +527,16 @@ static int disk_file_write(struct disk *d, const struct chunk_layout *l, int fd,
     *end = lb + 1;
     if (head) {
         uint32_t len = fb == lb ? n : B - head;
-        r = disk_block_update(d, l, fd, fb, head, p, len);
+        r = disk_block_update(d, idx, l, fd, fb, head, p, len);
     }
     if (r == 0 && tail && (lb != fb || !head))
-        r = disk_block_update(d, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL, tail);
+        r = disk_block_update(d, idx, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL, tail);
     if (r == 0 && mid_first < mid_end) {
         uint64_t at = (uint64_t)mid_first * B;
-        r = disk_blocks_write(fd, p ? p + (at - in) : NULL, (uint64_t)(mid_end - mid_first) * B,
-                              at);
+        const char *src = p ? p + (at - in) : NULL;
+        r = disk_blocks_write(fd, src, (uint64_t)(mid_end - mid_first) * B, at);
+        if (r == 0)
+            r = disk_log_blocks(d, idx, mid_first, mid_end - mid_first, src);
     }
     return r;
 }
@@ -507,6 +554,13 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     int fd = -1, r;
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
+        if (d->wlog_append) {
+            struct write_log_record rec = {
+                .kind = WRITE_LOG_ZERO_CHUNK, .gen = d->flush_gen + 1, .idx = idx};
+            r = write_log_append(d->wlog, &rec);
+            if (r < 0)
+                return r;
+        }
         disk_set_live_zero(d, idx);
         return 0;
     }
@@ -530,7 +584,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
         made = r == 0;
     }
     if (r >= 0)
-        r = disk_file_write(d, &layout, fd, in, data, n, &first, &end);
+        r = disk_file_write(d, idx, &layout, fd, in, data, n, &first, &end);
     if (fd >= 0)
         close(fd);
     if (r < 0) {
@@ -601,6 +655,82 @@ int disk_zero(struct disk *d, uint32_t count, uint64_t offset)
     d->stats.zeroes++;
     pthread_mutex_unlock(&d->lock);
     return disk_modify(d, NULL, count, offset);
+}
+
+/* Replays one record of the write log at open (write_log_open's apply): the same change to the
+ * chunk files as when it was first made, without logging it again.  Records are whole blocks,
+ * so nothing is read from the store. */
+static int disk_log_apply(const struct write_log_record *rec, void *opaque)
+{
+    struct disk *d = opaque;
+    const uint32_t n_blocks = disk_chunk_blocks(d);
+
+    if (rec->idx >= d->n_chunks ||
+        (rec->kind != WRITE_LOG_ZERO_CHUNK && rec->first_block + rec->n_blocks > n_blocks)) {
+        log_error("disk",
+                  "%s: the write log names chunk %llu blocks %u+%u, outside a disk of %llu "
+                  "chunks of %u blocks: not replaying it",
+                  d->meta.name, (unsigned long long)rec->idx, rec->first_block, rec->n_blocks,
+                  (unsigned long long)d->n_chunks, n_blocks);
+        return -EBADMSG;
+    }
+    d->stats.log_replayed++;
+    if (rec->kind == WRITE_LOG_ZERO_CHUNK) {
+        disk_set_live_zero(d, rec->idx);
+        return 0;
+    }
+    return disk_write_chunk(d, rec->idx, (uint64_t)rec->first_block * CHUNK_BLOCK_SIZE,
+                            rec->kind == WRITE_LOG_DATA ? rec->data : NULL,
+                            rec->n_blocks * CHUNK_BLOCK_SIZE);
+}
+
+/* Opens the disk's write log and replays it over the head and pending chunks (write_log.h,
+ * L3): the replayed writes become live chunks, frozen at once as a flush of their own, which
+ * the next upload round commits.  Until then they stay in the log. */
+static int disk_log_recover(struct disk *d)
+{
+    struct disk_env *env = d->env;
+    uint8_t id[META_WRITE_LOG_ID_LEN];
+    char dir[PATH_MAX];
+    uint64_t last_gen = 0;
+    int r;
+
+    if (snprintf(dir, sizeof dir, "%s/log/%lld", env->cache_dir, (long long)d->meta.id) >=
+        (int)sizeof dir)
+        return -ENAMETOOLONG;
+    pthread_mutex_lock(env->meta_lock);
+    r = meta_write_log_id(env->meta, d->meta.id, id);
+    pthread_mutex_unlock(env->meta_lock);
+    if (r == 0)
+        r = write_log_open(dir, id, d->meta.flush_gen, DISK_LOG_SEGMENT_BYTES, disk_log_apply, d,
+                           &last_gen, &d->wlog);
+    if (r < 0) {
+        log_error("disk", "%s: cannot open its write log in %s: %s", d->meta.name, dir,
+                  strerror(-r));
+        return r;
+    }
+    d->wlog_append = env->durability == DISK_DURABILITY_LOCAL;
+    /* The log on this host is the truth about flushes the head lacks (a replica restored here
+     * may carry another host's mark). */
+    bool replayed = d->stats.log_replayed > 0;
+    pthread_mutex_lock(env->meta_lock);
+    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed);
+    pthread_mutex_unlock(env->meta_lock);
+    if (r < 0)
+        return r;
+    d->wlog_marked = replayed;
+    if (replayed) {
+        if (last_gen > d->flush_gen)
+            d->flush_gen = last_gen;
+        r = disk_freeze(d, NULL);
+        if (r < 0)
+            return r;
+        d->journal_gen = d->flush_gen;
+        log_info("disk", "%s: replayed %llu records of the write log, up to flush %llu",
+                 d->meta.name, (unsigned long long)d->stats.log_replayed,
+                 (unsigned long long)last_gen);
+    }
+    return 0;
 }
 
 /* ---- prefetch and extents -------------------------------------------------------------- */
@@ -725,6 +855,7 @@ static int disk_recover_pending(const struct meta_pending *p, void *opaque)
             f->layout.base = *p->base;
         }
         f->refs = 1;
+        f->pending_row = true;
         dc->frozen_kind = SLOT_FILE;
         dc->frozen = f;
         d->stats.dirty_bytes += d->meta.chunk_size;
@@ -840,6 +971,9 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
                  (unsigned long long)d->stats.pending_bytes);
     }
     disk_remove_orphans(d);
+    r = disk_log_recover(d);
+    if (r < 0)
+        goto fail;
     *out = d;
     return 0;
 
@@ -858,6 +992,8 @@ static gboolean disk_close_collect(gpointer key, gpointer value, gpointer opaque
         g_hash_table_add(files, dc->live);
     if (dc->frozen)
         g_hash_table_add(files, dc->frozen);
+    if (dc->spare)
+        g_hash_table_add(files, dc->spare);
     return FALSE;
 }
 
@@ -892,6 +1028,7 @@ void disk_close(struct disk *d)
     if (d->journal)
         g_array_free(d->journal, TRUE);
     chunk_map_free(d->head);
+    write_log_close(d->wlog);
     pthread_mutex_destroy(&d->journal_lock);
     pthread_mutex_destroy(&d->round_lock);
     pthread_mutex_destroy(&d->lock);

@@ -69,6 +69,7 @@ struct disk_stats {
     uint64_t pending_bytes; /* frozen: flushed, waiting for upload */
     uint64_t chunks;        /* chunks with data in the committed head */
     uint64_t flush_gen, committed_gen;
+    uint64_t log_replayed; /* write log records replayed at open */
 };
 
 /* The pool of disk_env.ahead_pool, and its end (after every disk is closed). */

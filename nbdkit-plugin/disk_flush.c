@@ -3,7 +3,12 @@
  * A flush freezes every live chunk at once (disk_freeze).  durability=local then makes the frozen
  * files durable and journals them (disk_journal); an upload round (disk_round) takes the frozen
  * set of the latest flush, uploads it and commits it as the disk's head in one SQLite
- * transaction.  durability=remote runs the round inside the flush. */
+ * transaction.  durability=remote runs the round inside the flush.
+ *
+ * durability=local with the write log (write_log.h, the default path): the freeze appends a
+ * FLUSH record and the flush is one fdatasync of the log; the frozen files are not synced and
+ * no pending rows are written.  The SQLite journal (disk_journal) is then used only for pending
+ * rows recovered from a server that predates the log. */
 #include "disk_internal.h"
 
 #include "hash.h"
@@ -17,16 +22,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
-struct disk_freeze {
+struct freeze_ctx {
     struct disk *d;
     uint64_t gen;
 };
 
 static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
 {
-    struct disk_freeze *fz = opaque;
+    struct freeze_ctx *fz = opaque;
     struct disk *d = fz->d;
     struct dirty_chunk *dc = value;
     struct journal_item item = {.idx = dc->idx, .gen = fz->gen, .kind = dc->live_kind};
@@ -42,7 +48,21 @@ static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
     dc->frozen_gen = fz->gen;
     dc->live_kind = SLOT_NONE;
     dc->live = NULL;
-    if (d->env->durability == DISK_DURABILITY_LOCAL) {
+    if (d->wlog_append && item.superseded && item.superseded->pending_row) {
+        /* A pending row (from before the log) names the superseded file until a commit
+         * deletes the row: keep the file until then (disk_round). */
+        item.kind = SLOT_NONE;
+        g_array_append_val(d->journal, item);
+    } else if (d->wlog_append) {
+        /* The log holds this flush's state; a superseded file only we hold becomes the spare.
+         * Never a whole one: an upload may have hard-linked it into the chunk cache, whose
+         * files must never change. */
+        if (item.superseded && item.superseded->refs == 1 && !dc->spare &&
+            !chunk_layout_whole(&item.superseded->layout, disk_chunk_blocks(d)))
+            dc->spare = item.superseded;
+        else
+            chunk_file_unref_locked(d, item.superseded);
+    } else if (d->env->durability == DISK_DURABILITY_LOCAL) {
         item.file = dc->frozen;
         if (item.file)
             item.file->refs++;
@@ -53,12 +73,11 @@ static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
     return FALSE;
 }
 
-/* Freezes every live chunk as the state of a new flush and returns the flush's generation
- * (or the latest one, if nothing was written since). */
-static uint64_t disk_freeze(struct disk *d)
+int disk_freeze(struct disk *d, uint64_t *gen_out)
 {
-    struct disk_freeze fz = {.d = d};
+    struct freeze_ctx fz = {.d = d};
     bool any = false;
+    int r = 0;
 
     pthread_rwlock_wrlock(&d->barrier);
     pthread_mutex_lock(&d->lock);
@@ -75,8 +94,20 @@ static uint64_t disk_freeze(struct disk *d)
     fz.gen = d->flush_gen;
     d->stats.flushes++;
     pthread_mutex_unlock(&d->lock);
+    /* The FLUSH record, still with every writer excluded (write_log.h, L1), but not under
+     * d->lock, which is never held across I/O. */
+    if (any && d->wlog_append) {
+        uint64_t pos;
+        r = write_log_mark(d->wlog, fz.gen, &pos);
+        pthread_mutex_lock(&d->lock);
+        if (r == 0)
+            d->wlog_last_pos = pos;
+        pthread_mutex_unlock(&d->lock);
+    }
     pthread_rwlock_unlock(&d->barrier);
-    return fz.gen;
+    if (gen_out)
+        *gen_out = fz.gen;
+    return r;
 }
 
 /* A batch of descriptors to fdatasync, shared by the threads that do it. */
@@ -256,6 +287,7 @@ struct round {
     size_t next;          /* the next item to take */
     bool failed;          /* an item failed: the round fails, so take no more */
     bool abandoned;       /* the server shuts down (disk_env.stopping): take no more */
+    bool background;      /* durability=local, after upload-delay: nobody waits for it */
 };
 
 static bool round_abandoning(const struct disk *d)
@@ -340,6 +372,23 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
     return r;
 }
 
+static void *round_worker(void *opaque);
+
+/* Lower priority for the threads of a background round: requests come first.  A round that
+ * takes longer because of it also covers more writes per chunk, so it uploads less per write.
+ * Only helper threads are lowered (they end with the round): taking the priority back would
+ * need CAP_SYS_NICE. */
+enum { ROUND_BACKGROUND_NICE = 10 };
+
+static void *round_helper(void *opaque)
+{
+    struct round *rd = opaque;
+
+    if (rd->background)
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), ROUND_BACKGROUND_NICE);
+    return round_worker(rd);
+}
+
 static void *round_worker(void *opaque)
 {
     struct round *rd = opaque;
@@ -411,17 +460,18 @@ static void disk_rebase_locked(struct disk *d, const struct round *rd)
 }
 
 /* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
- * round_lock. */
-static int disk_round(struct disk *d)
+ * round_lock.  background: nobody waits for this round (round_helper). */
+static int disk_round(struct disk *d, bool background)
 {
-    struct round rd = {.d = d};
+    struct round rd = {.d = d, .background = background};
     struct meta_page_list pages = {0};
     struct chunk_hash root;
     uint64_t gen;
     int r = 0;
 
-    if (d->env->durability == DISK_DURABILITY_LOCAL) {
-        /* Journal first, so that what we commit was recoverable locally all along. */
+    if (d->env->durability == DISK_DURABILITY_LOCAL && !d->wlog_append) {
+        /* Journal first, so that what we commit was recoverable locally all along (with the
+         * write log it was, from the flush on). */
         pthread_mutex_lock(&d->lock);
         gen = d->flush_gen;
         pthread_mutex_unlock(&d->lock);
@@ -459,12 +509,14 @@ static int disk_round(struct disk *d)
     unsigned workers = d->env->upload_parallel < rd.n ? d->env->upload_parallel : (unsigned)rd.n;
     pthread_t *threads = g_new0(pthread_t, workers > 0 ? workers : 1);
     unsigned started = 0;
-    for (unsigned i = 1; i < workers; i++) {
-        if (pthread_create(&threads[started], NULL, round_worker, &rd) != 0)
+    /* In the background every worker is a helper, so that all of them run at low priority. */
+    for (unsigned i = background ? 0 : 1; i < workers; i++) {
+        if (pthread_create(&threads[started], NULL, round_helper, &rd) != 0)
             break; /* fewer helpers: the work still gets done */
         started++;
     }
-    round_worker(&rd);
+    if (!background || started == 0)
+        round_worker(&rd);
     for (unsigned i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     g_free(threads);
@@ -507,6 +559,8 @@ static int disk_round(struct disk *d)
         r = -ETIMEDOUT;
     }
     /* ---- end of GC ---- */
+    if (r == 0)
+        write_log_test_kill("fold");
     /* Fencing (storage invariant 11): commit only while our lease is the latest generation.
      * A host that took the disk over restored the head as of its takeover; whatever we would
      * commit now must never be merged with its writes. */
@@ -567,10 +621,25 @@ static int disk_round(struct disk *d)
                                pages.pages->len);
         if (r == 0)
             r = meta_head_set(d->env->meta, d->meta.id, &root, gen);
+        /* Nothing flushed after this round: the log holds no flush the head lacks.  Decided
+         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded). */
+        bool clear_mark = false;
+        if (r == 0 && d->wlog) {
+            pthread_mutex_lock(&d->lock);
+            clear_mark = d->wlog_marked && d->flush_gen == gen;
+            pthread_mutex_unlock(&d->lock);
+            if (clear_mark)
+                r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
+        }
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
             meta_rollback(d->env->meta);
+        if (r == 0 && clear_mark) {
+            pthread_mutex_lock(&d->lock);
+            d->wlog_marked = false;
+            pthread_mutex_unlock(&d->lock);
+        }
         pthread_mutex_unlock(d->env->meta_lock);
     }
 
@@ -587,6 +656,16 @@ static int disk_round(struct disk *d)
     } else {
         disk_rebase_locked(d, &rd);
         d->committed_gen = gen;
+        /* The commit deleted the pending rows up to gen: their superseded files can go. */
+        for (guint i = 0; i < d->journal->len && d->wlog_append;) {
+            struct journal_item *ji = &g_array_index(d->journal, struct journal_item, i);
+            if (ji->gen <= gen && ji->kind == SLOT_NONE && !ji->file) {
+                chunk_file_unref_locked(d, ji->superseded);
+                g_array_remove_index(d->journal, i);
+            } else {
+                i++;
+            }
+        }
         d->meta.head_root = root;
         d->stats.rounds++;
         d->first_unuploaded = d->committed_gen >= d->flush_gen ? 0 : disk_now();
@@ -602,20 +681,57 @@ out_unref_locked:
         g_array_free(pages.pages, TRUE);
     }
     g_free(rd.items);
+    /* The log's segments up to this flush are in the store now (write_log.h, L3).  A failure
+     * to delete one only keeps it: replaying it again is harmless. */
+    if (r == 0 && d->wlog)
+        write_log_retire(d->wlog, gen);
+    return r;
+}
+
+/* Before the first flush after a commit returns: tell offline tools that the head is not the
+ * disk's state (write_logs.unuploaded).  Once per upload round, not per flush. */
+static int disk_log_mark_unuploaded(struct disk *d)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&d->lock);
+    bool marked = d->wlog_marked;
+    pthread_mutex_unlock(&d->lock);
+    if (marked)
+        return 0;
+    pthread_mutex_lock(d->env->meta_lock);
+    pthread_mutex_lock(&d->lock);
+    marked = d->wlog_marked;
+    pthread_mutex_unlock(&d->lock);
+    if (!marked)
+        r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, true);
+    if (r == 0) {
+        pthread_mutex_lock(&d->lock);
+        d->wlog_marked = true;
+        pthread_mutex_unlock(&d->lock);
+    }
+    pthread_mutex_unlock(d->env->meta_lock);
     return r;
 }
 
 int disk_flush(struct disk *d)
 {
-    uint64_t gen = disk_freeze(d);
-    int r;
+    uint64_t gen;
+    int r = disk_freeze(d, &gen);
 
     pthread_mutex_lock(&d->lock);
     bool failed = d->failed;
+    uint64_t pos = d->wlog_last_pos;
     pthread_mutex_unlock(&d->lock);
-    if (failed)
+    if (failed || r < 0)
         return -EIO;
 
+    /* One fdatasync covers this flush and every earlier one (the latest FLUSH record, which
+     * may be another flush's if nothing was written since: that one must be durable too). */
+    if (d->wlog_append) {
+        r = write_log_sync(d->wlog, pos);
+        return r < 0 ? r : disk_log_mark_unuploaded(d);
+    }
     if (d->env->durability == DISK_DURABILITY_LOCAL)
         return disk_journal(d, gen);
 
@@ -623,7 +739,7 @@ int disk_flush(struct disk *d)
     pthread_mutex_lock(&d->lock);
     bool done = d->committed_gen >= gen;
     pthread_mutex_unlock(&d->lock);
-    r = done ? 0 : disk_round(d);
+    r = done ? 0 : disk_round(d, false);
     pthread_mutex_unlock(&d->round_lock);
     return r;
 }
@@ -636,14 +752,14 @@ int disk_commit_now(struct disk *d, struct chunk_hash *root)
         *root = d->meta.head_root;
         return 0;
     }
-    disk_freeze(d);
+    r = disk_freeze(d, NULL);
     pthread_mutex_lock(&d->lock);
-    bool failed = d->failed;
+    bool failed = d->failed || r < 0;
     pthread_mutex_unlock(&d->lock);
     if (failed)
         return -EIO;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d);
+    r = disk_round(d, false);
     pthread_mutex_lock(&d->lock);
     if (r == 0 && d->committed_gen < d->flush_gen)
         r = -EAGAIN; /* cannot happen: the round took the latest flush under round_lock */
@@ -662,6 +778,8 @@ static gboolean disk_restore_collect(gpointer key, gpointer value, gpointer opaq
         g_ptr_array_add(files, dc->live);
     if (dc->frozen)
         g_ptr_array_add(files, dc->frozen);
+    if (dc->spare)
+        g_ptr_array_add(files, dc->spare);
     return FALSE;
 }
 
@@ -678,14 +796,26 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
     pthread_mutex_lock(&d->journal_lock);
     pthread_rwlock_wrlock(&d->barrier);
 
+    /* The restore is a flush generation of its own, so that the write log can tell whether it
+     * committed (write_log.h, L5). */
+    uint64_t gen = d->flush_gen + 1;
+    bool reset = false;
     pthread_mutex_lock(d->env->meta_lock);
     r = meta_map_load(d->env->meta, &version, &map);
+    if (r == 0 && d->wlog) {
+        r = write_log_reset(d->wlog, gen);
+        if (r < 0)
+            chunk_map_free(map);
+        reset = r == 0;
+    }
     if (r == 0) {
         r = meta_begin(d->env->meta);
         if (r == 0)
             r = meta_pending_clear(d->env->meta, d->meta.id);
         if (r == 0)
-            r = meta_head_set(d->env->meta, d->meta.id, root, d->flush_gen);
+            r = meta_head_set(d->env->meta, d->meta.id, root, gen);
+        if (r == 0 && d->wlog)
+            r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
@@ -694,6 +824,13 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
             chunk_map_free(map);
     }
     pthread_mutex_unlock(d->env->meta_lock);
+    if (reset && r < 0 && write_log_reset_undo(d->wlog) < 0) {
+        pthread_mutex_lock(&d->lock);
+        d->failed = true; /* the log cannot take more writes safely: flushes fail */
+        pthread_mutex_unlock(&d->lock);
+    }
+    if (reset && r == 0)
+        write_log_reset_done(d->wlog); /* failing, it keeps segments the RESET voids */
 
     if (r == 0) {
         GPtrArray *files = g_ptr_array_new();
@@ -713,7 +850,8 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
         chunk_map_free(d->head);
         d->head = map;
         d->meta.head_root = *root;
-        d->journal_gen = d->committed_gen = d->flush_gen;
+        d->flush_gen = d->journal_gen = d->committed_gen = gen;
+        d->wlog_marked = false;
         d->stats.pending_bytes = 0;
         d->first_unuploaded = 0;
         d->prefetched_to = 0;
@@ -739,7 +877,7 @@ int disk_upload_due(struct disk *d, double delay_s)
     if (!due)
         return 0;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d);
+    r = disk_round(d, d->env->durability == DISK_DURABILITY_LOCAL);
     pthread_mutex_unlock(&d->round_lock);
     if (r < 0) {
         /* Try again after another delay rather than in a tight loop. */

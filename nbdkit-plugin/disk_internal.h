@@ -20,6 +20,7 @@
 #include "chunk_layout.h"
 #include "disk.h"
 #include "file_reaper.h"
+#include "write_log.h"
 
 #include <glib.h>
 
@@ -41,6 +42,7 @@ struct chunk_file {
     int ahead_error;    /* the last early upload's failure (its own retries included), or 0 */
     struct chunk_hash ahead_hash;
     double ahead_time; /* when the object was stored (or found young) */
+    bool pending_row;  /* named by a pending row of the SQLite journal (recovered at open) */
 };
 
 enum slot_kind {
@@ -56,6 +58,11 @@ struct dirty_chunk {
     enum slot_kind frozen_kind;
     struct chunk_file *frozen;
     uint64_t frozen_gen;
+    /* With the write log: a superseded frozen file nobody else holds, kept (one reference) to
+     * be the chunk's next live file instead of creating one and unlinking this one, which
+     * dominated the cost of small random writes.  Its blocks outside the next layout are stale
+     * but never read: every reader goes through the layout (chunk_layout.h). */
+    struct chunk_file *spare;
 };
 
 /* A frozen chunk waiting for its fsync and journal row (durability=local). */
@@ -97,6 +104,15 @@ struct disk {
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
     struct disk_stats stats;
+    /* The write log (write_log.h), NULL for a checkpoint.  durability=local appends every write
+     * to it and a flush syncs it; with durability=remote it is only replayed at open (a log
+     * left by a durability=local run) and retired once that state is committed. */
+    struct write_log *wlog;
+    bool wlog_append;       /* durability=local: writes and flushes go through the log */
+    uint64_t wlog_last_pos; /* the latest FLUSH record's position, under d->lock */
+    /* Mirrors write_logs.unuploaded in SQLite (meta.h), under d->lock; changed only with
+     * env->meta_lock held too, so that a flush's mark and a commit's clearing are ordered. */
+    bool wlog_marked;
 };
 
 double disk_now(void);
@@ -120,6 +136,14 @@ bool disk_is_zero(const void *buf, size_t len);
  * into *h and uploaded, and cached from path when path names a file of exactly this content. */
 int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
                      bool *zero);
+/* A write log segment is closed at the first flush past this size. */
+#define DISK_LOG_SEGMENT_BYTES (UINT64_C(64) << 20)
+
+/* Freezes every live chunk as the state of a new flush (disk_flush.c) and gives its generation
+ * (or the latest one, if nothing was written since) in *gen if not NULL; with the write log,
+ * also appends the flush's FLUSH record.  0 or -errno (the FLUSH could not be appended). */
+int disk_freeze(struct disk *d, uint64_t *gen);
+
 /* Caller holds d->lock. */
 struct dirty_chunk *disk_dirty_get_locked(struct disk *d, uint64_t idx);
 

@@ -8,8 +8,11 @@
 
 #include "export_name.h"
 #include "log.h"
+#include "write_log.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -273,9 +276,19 @@ int plugin_open_pending_disks(struct plugin_state *s)
         struct meta_disk md;
         struct plugin_disk *pd;
         pthread_mutex_lock(&s->meta_lock);
+        /* Flushes made through the write log have no pending rows: the log's mark says so
+         * (set before such a flush returns, meta.h), if the log is here.  A database restored
+         * from another host's replica carries that host's mark, not its log. */
         int has = meta_disk_get(s->meta, name, &md) == 0 &&
                   meta_pending_list(s->meta, md.id, plugin_has_pending_row, NULL) == 1;
+        bool marked = !has && meta_write_log_unuploaded(s->meta, md.id) == 1;
         pthread_mutex_unlock(&s->meta_lock);
+        if (marked) {
+            char log_dir[PATH_MAX];
+            snprintf(log_dir, sizeof log_dir, "%s/log/%lld", s->config->cache_dir,
+                     (long long)md.id);
+            has = write_log_present(log_dir);
+        }
         if (!has)
             continue;
         pthread_mutex_lock(&s->registry_lock);

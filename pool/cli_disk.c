@@ -477,7 +477,9 @@ static int cli_disk_offline_head(struct meta *m, const char *name, struct meta_d
         cli_error("disk '%s': %s", name, g_strerror(-r));
         return CLI_EXIT_ERROR;
     }
-    if (meta_pending_list(m, d->id, cli_disk_has_pending, NULL) == 1) {
+    /* Pending rows, or the write log's mark (meta.h): flushes the head does not have yet. */
+    if (meta_pending_list(m, d->id, cli_disk_has_pending, NULL) == 1 ||
+        meta_write_log_unuploaded(m, d->id) == 1) {
         cli_error("disk '%s' has data flushed but not yet uploaded: start the storage server "
                   "(it uploads within upload-delay) and use --control",
                   name);
@@ -705,6 +707,8 @@ static int cli_disk_restore(struct cli_disk_options *o, int argc, char **argv)
         r = meta_begin(m);
     if (r == 0) {
         r = meta_pending_clear(m, d.id);
+        if (r == 0)
+            r = meta_write_log_forget(m, d.id); /* the write log's records are void with it */
         if (r == 0)
             r = meta_head_set(m, d.id, &c.root, d.flush_gen);
         if (r == 0)

@@ -51,6 +51,14 @@
  * region included.  durability=remote: the whole disk is checked exactly after a last write,
  * flush and restart with an empty cache.
  *
+ * `crash local file ROUNDS log-points`: the kills land at chosen points of the write log
+ * (nbdkit-plugin/write_log.h) rather than at random times: the server runs with
+ * WISP_TEST_LOG_KILL=POINT:N and kills itself the Nth time it reaches POINT, in turn "append"
+ * (a record written, not yet synced: between a log append and its fdatasync), "sync" (a
+ * flush's fdatasync done, before the flush returns: between the fdatasync and the fold) and
+ * "fold" (an upload round's chunks stored, before its commit: during the fold of the log into
+ * the store).  A server that does not reach its point within 5 s is killed as usual.
+ *
  * The seed is printed; WISP_TEST_SEED=N repeats a run's choices (not its timing).
  * WISP_TEST_CRASH_ROUNDS overrides the number of rounds. */
 #include "fixture.h"
@@ -98,6 +106,8 @@ static struct op_record *ops;
 static uint32_t ops_len, ops_cap;
 
 static const char *mode, *store_kind;
+static bool log_points;     /* kill at write log points (above) */
+static unsigned self_kills; /* rounds whose server reached its point */
 static char store_url[1200], cache_dir[600], meta_dir[600], model_path[600], log_path[600];
 
 /* ---- block content --------------------------------------------------------------------------- */
@@ -637,6 +647,11 @@ int main(int argc, char **argv)
     mode = argv[1];
     store_kind = argv[2];
     rounds = argc > 3 ? (unsigned)atoi(argv[3]) : 20;
+    log_points = argc > 4 && strcmp(argv[4], "log-points") == 0;
+    if (log_points && strcmp(mode, "local") != 0) {
+        fprintf(stderr, "log-points needs durability=local\n");
+        return 2;
+    }
     if (getenv("WISP_TEST_CRASH_ROUNDS"))
         rounds = (unsigned)atoi(getenv("WISP_TEST_CRASH_ROUNDS"));
     fx_need_env("WISP_TEST_PLUGIN");
@@ -689,11 +704,27 @@ int main(int argc, char **argv)
         unsigned kill_ms = (unsigned)fx_rand_range(&rng, 10, 500);
         uint64_t writer_seed = fx_rand_next(&rng);
         double t_round = fx_now();
+        static const char *const points[] = {"append", "sync", "fold"};
+        static const unsigned point_max[] = {400, 25, 3};
+        const char *point = points[round % 3];
+        char kill_spec[64] = "";
 
-        fx_log("round %u: %u connections, a flush every 2..%u requests per connection, "
-               "upload-delay=%s, kill -9 after %u ms",
-               round, nconn, flush_every, delay, kill_ms);
+        if (log_points) {
+            if (strcmp(point, "fold") == 0)
+                delay = "0"; /* rounds follow the flushes at once */
+            snprintf(kill_spec, sizeof kill_spec, "%s:%u", point,
+                     (unsigned)fx_rand_range(&rng, 1, point_max[round % 3]));
+            setenv("WISP_TEST_LOG_KILL", kill_spec, 1);
+            fx_log("round %u: %u connections, a flush every 2..%u requests per connection, "
+                   "upload-delay=%s, the server kills itself at %s",
+                   round, nconn, flush_every, delay, kill_spec);
+        } else {
+            fx_log("round %u: %u connections, a flush every 2..%u requests per connection, "
+                   "upload-delay=%s, kill -9 after %u ms",
+                   round, nconn, flush_every, delay, kill_ms);
+        }
         server_start(&s, delay);
+        unsetenv("WISP_TEST_LOG_KILL"); /* the restart below runs without it */
         /* The durable model at the start of the round: what the last check read back. */
         write_file_all(model_path, observed, (size_t)REGION_BLOCKS * sizeof(uint32_t));
 
@@ -713,8 +744,26 @@ int main(int argc, char **argv)
         FX_CHECK(poll(&pfd, 1, 30000) == 1 && read(ready[0], &c, 1) == 1,
                  "the writer did not connect");
         close(ready[0]);
-        fx_sleep(kill_ms / 1000.0);
-        fx_server_kill(&s);
+        if (log_points) {
+            int st = 0;
+            double until = fx_now() + 5;
+            bool died = false;
+            while (!(died = fx_exited(s.pid, &st)) && fx_now() < until)
+                fx_sleep(0.005);
+            if (died) {
+                FX_CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL,
+                         "the server ended with status 0x%x, not by its own SIGKILL", st);
+                s.pid = 0;
+                self_kills++;
+                fx_log("  the server killed itself at %s", kill_spec);
+            } else {
+                fx_log("  %s not reached in 5 s: killed from outside", kill_spec);
+                fx_server_kill(&s);
+            }
+        } else {
+            fx_sleep(kill_ms / 1000.0);
+            fx_server_kill(&s);
+        }
 
         int wst;
         double deadline = fx_now() + 30;
@@ -747,6 +796,12 @@ int main(int argc, char **argv)
                " hold the durable write, %" PRIu64 " a newer one, %" PRIu64 " zeros",
                round, fx_now() - t_round, n, cs.blocks, cs.durable, cs.newer, cs.zero);
     }
+
+    /* Most points are reached (the rest had fewer flushes or records than N): the rounds did
+     * test what they were meant to. */
+    if (log_points)
+        FX_CHECK(self_kills * 2 >= rounds, "only %u of %u rounds reached their kill point",
+                 self_kills, rounds);
 
     /* The last check: everything flushed is in the store within upload-delay (local), or at
      * once (remote); with an empty cache the disk reads back exactly. */

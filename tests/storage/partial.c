@@ -11,7 +11,10 @@
  *      a long upload delay) builds on it;
  *   4. durability=local: kill -9 after the flush, restart: the journal's block bitmaps and bases
  *      bring back every flushed byte;
- *   5. after the upload, a restart with an empty cache reads the merged chunks from the store. */
+ *   5. after the upload, a restart with an empty cache reads the merged chunks from the store;
+ *   6. durability=local: small writes to one chunk, each followed by a flush, reuse the chunk's
+ *      superseded file (its spare, nbdkit-plugin/disk_internal.h) rather than making a new file
+ *      each flush and unlinking the old one: the dirty directory shows at most two names. */
 #include "server.h"
 
 #include <dirent.h>
@@ -52,6 +55,27 @@ static uint64_t dirty_allocated(struct ws_server *s)
         g_dir_close(disks);
     g_free(top);
     return total;
+}
+
+/* Adds the names of the files in the cache's dirty directories to names. */
+static void dirty_names(struct ws_server *s, GHashTable *names)
+{
+    char *top = g_strdup_printf("%s/dirty", s->cache);
+    GDir *disks = g_dir_open(top, 0, NULL);
+    const char *disk, *name;
+
+    while (disks && (disk = g_dir_read_name(disks))) {
+        char *dir = g_build_filename(top, disk, NULL);
+        GDir *files = g_dir_open(dir, 0, NULL);
+        while (files && (name = g_dir_read_name(files)))
+            g_hash_table_add(names, g_strdup(name));
+        if (files)
+            g_dir_close(files);
+        g_free(dir);
+    }
+    if (disks)
+        g_dir_close(disks);
+    g_free(top);
 }
 
 static int64_t fetches(struct ws_server *s)
@@ -124,6 +148,37 @@ static void run(const char *durability)
 
     /* 4. A crash after the flush: the journal has it. */
     if (local) {
+        ws_server_kill9(s);
+        ws_server_start(s);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
+        ws_server_stop(s);
+        ws_server_set(s, "upload-delay", "0");
+        ws_server_start(s);
+        ws_wait_uploaded(s, "p", 30);
+    }
+
+    /* 6. Flush after flush into one chunk: two files take turns (local: no upload meanwhile). */
+    if (local) {
+        ws_server_stop(s);
+        ws_server_set(s, "upload-delay", "600");
+        ws_server_start(s);
+        h = ws_connect(s, "p");
+        GHashTable *names = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        for (int i = 0; i < 8; i++) {
+            ws_write_random(h, shadow, 6 * CHUNK + (uint64_t)(i % 4) * 4 * KiB, 4 * KiB, ws_rand());
+            WS_NBD(nbd_flush(h, 0));
+            if (i >= 2)
+                dirty_names(s, names);
+        }
+        ws_log("8 flushes of one chunk: %u file names in the dirty directory after the second",
+               g_hash_table_size(names));
+        WS_CHECK(g_hash_table_size(names) <= 2,
+                 "%u files were made for one chunk over 6 flushes: superseded files are not "
+                 "reused",
+                 g_hash_table_size(names));
+        g_hash_table_destroy(names);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
+        ws_disconnect(h);
         ws_server_kill9(s);
         ws_server_start(s);
         ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
