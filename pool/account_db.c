@@ -155,6 +155,25 @@ static bool account_db_run(account_db *db, sqlite3_stmt *st, GError **error)
     return false;
 }
 
+/* Steps st once: 1 and the row through fill (when out is not NULL), 0 for no row, -1 with
+ * error.  Finalizes st. */
+typedef void (*account_db_row_fn)(sqlite3_stmt *st, void *out);
+static int account_db_get_one(account_db *db, sqlite3_stmt *st, account_db_row_fn fill, void *out,
+                              GError **error)
+{
+    int r = sqlite3_step(st), found = 0;
+    if (r == SQLITE_ROW) {
+        if (out)
+            fill(st, out);
+        found = 1;
+    } else if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
 bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error)
 {
     ACCOUNT_DB_LOCK(db);
@@ -166,8 +185,9 @@ bool account_db_sprite_add(account_db *db, const char *name, const char *disk, G
         error);
 }
 
-static void account_db_row_to_sprite(sqlite3_stmt *st, struct account_sprite *out)
+static void account_db_row_to_sprite(sqlite3_stmt *st, void *row)
 {
+    struct account_sprite *out = row;
     g_strlcpy(out->name, (const char *)sqlite3_column_text(st, 0), sizeof out->name);
     g_strlcpy(out->disk, (const char *)sqlite3_column_text(st, 1), sizeof out->disk);
     out->created = sqlite3_column_int64(st, 2);
@@ -181,17 +201,7 @@ int account_db_sprite_get(account_db *db, const char *name, struct account_sprit
         db, error, "SELECT name, disk, created FROM sprites WHERE name = ?", name, NULL);
     if (!st)
         return -1;
-    int r = sqlite3_step(st), found = 0;
-    if (r == SQLITE_ROW) {
-        if (out)
-            account_db_row_to_sprite(st, out);
-        found = 1;
-    } else if (r != SQLITE_DONE) {
-        account_db_set_error(db, error, "read");
-        found = -1;
-    }
-    sqlite3_finalize(st);
-    return found;
+    return account_db_get_one(db, st, account_db_row_to_sprite, out, error);
 }
 
 GPtrArray *account_db_sprite_list(account_db *db, GError **error)
@@ -369,8 +379,9 @@ static bool account_db_cold_init(account_db *db, GError **error)
     return true;
 }
 
-static void account_db_row_to_cold(sqlite3_stmt *st, struct account_cold *out)
+static void account_db_row_to_cold(sqlite3_stmt *st, void *row)
 {
+    struct account_cold *out = row;
     const char *manifest = (const char *)sqlite3_column_text(st, 2);
     const char *pending = (const char *)sqlite3_column_text(st, 3);
     memset(out, 0, sizeof *out);
@@ -384,26 +395,18 @@ static void account_db_row_to_cold(sqlite3_stmt *st, struct account_cold *out)
 int account_db_cold_get(account_db *db, const char *sprite, struct account_cold *out,
                         GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error, "SELECT sprite, state, manifest, pending, seq FROM cold_sleep WHERE sprite = ?",
         sprite, NULL);
     if (!st)
         return -1;
-    int r = sqlite3_step(st), found = 0;
-    if (r == SQLITE_ROW) {
-        if (out)
-            account_db_row_to_cold(st, out);
-        found = 1;
-    } else if (r != SQLITE_DONE) {
-        account_db_set_error(db, error, "read");
-        found = -1;
-    }
-    sqlite3_finalize(st);
-    return found;
+    return account_db_get_one(db, st, account_db_row_to_cold, out, error);
 }
 
 GPtrArray *account_db_cold_list(account_db *db, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     sqlite3_stmt *st = account_db_prepare(
         db, error,
         "SELECT c.sprite, c.state, c.manifest, c.pending, c.seq FROM cold_sleep c"
@@ -430,6 +433,7 @@ GPtrArray *account_db_cold_list(account_db *db, GError **error)
 bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, const char *pending,
                            GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     g_autofree char *seq_text = g_strdup_printf("%u", seq);
     return account_db_run(
@@ -446,6 +450,7 @@ bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, con
 /* Sets the state; "cold" also makes `pending` the manifest (when pending is set). */
 bool account_db_cold_set(account_db *db, const char *sprite, const char *state, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     const char *sql =
         strcmp(state, "cold") == 0
@@ -458,6 +463,7 @@ bool account_db_cold_set(account_db *db, const char *sprite, const char *state, 
 /* The row stays, with its seq: a later sleep of this name never reuses a manifest key. */
 bool account_db_cold_forget(account_db *db, const char *sprite, GError **error)
 {
+    ACCOUNT_DB_LOCK(db);
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
     return account_db_run(
         db,

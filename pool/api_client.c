@@ -2,7 +2,10 @@
 #include "api_client.h"
 
 #include <curl/curl.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static size_t api_client_collect(char *data, size_t size, size_t n, void *opaque)
 {
@@ -10,9 +13,46 @@ static size_t api_client_collect(char *data, size_t size, size_t n, void *opaque
     return size * n;
 }
 
+/* The progress line of a call that waits (api_client_call_progress). */
+struct api_client_progress {
+    const char *label;
+    gint64 start_us, last_us;
+    bool shown;
+    double after_s;
+};
+
+static int api_client_show_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow,
+                                    curl_off_t ultotal, curl_off_t ulnow)
+{
+    struct api_client_progress *p = opaque;
+    gint64 now = g_get_monotonic_time();
+    double waited = (double)(now - p->start_us) / 1e6;
+
+    /* curl calls this about once a second, and more often while bytes move. */
+    if (waited >= p->after_s && now - p->last_us >= 100000) {
+        fprintf(stderr, "\r\033[K%s... %.1f s", p->label, waited);
+        fflush(stderr);
+        p->last_us = now;
+        p->shown = true;
+    }
+    return 0;
+}
+
 long api_client_call(const char *socket_path, const char *token, const char *method,
                      const char *path, const char *body, JsonNode **answer, char **why)
 {
+    return api_client_call_progress(socket_path, token, method, path, body, NULL, answer, why);
+}
+
+long api_client_call_progress(const char *socket_path, const char *token, const char *method,
+                              const char *path, const char *body, const char *label,
+                              JsonNode **answer, char **why)
+{
+    struct api_client_progress progress = {label, g_get_monotonic_time(), 0, false,
+                                           API_CLIENT_PROGRESS_AFTER_S};
+    const char *after = g_getenv("WISP_PROGRESS_AFTER_S"); /* tests: show it at once */
+    if (after && *after)
+        progress.after_s = g_ascii_strtod(after, NULL);
     g_autofree char *url = g_strdup_printf("http://wispd%s", path);
     g_autofree char *auth = token ? g_strdup_printf("Authorization: Bearer %s", token) : NULL;
     GString *text = g_string_new(NULL);
@@ -40,7 +80,16 @@ long api_client_call(const char *socket_path, const char *token, const char *met
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
     }
+    if (label && isatty(STDERR_FILENO)) {
+        curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, api_client_show_progress);
+        curl_easy_setopt(c, CURLOPT_XFERINFODATA, &progress);
+        curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    }
     CURLcode r = curl_easy_perform(c);
+    if (progress.shown) {
+        fprintf(stderr, "\r\033[K");
+        fflush(stderr);
+    }
     if (r != CURLE_OK) {
         *why = g_strdup_printf("cannot reach wispd at %s: %s (is wispd running? pass --socket "
                                "or set WISP_SOCKET)",

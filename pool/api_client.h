@@ -10,5 +10,13 @@
  * (g_free it) when wispd could not be reached or did not answer JSON. */
 long api_client_call(const char *socket_path, const char *token, const char *method,
                      const char *path, const char *body, JsonNode **answer, char **why);
+/* The same, showing "LABEL... N.N s" on stderr while it waits, when stderr is a terminal and
+ * the call takes more than API_CLIENT_PROGRESS_AFTER_S (a claim, a cold wake, a checkpoint);
+ * the line is cleared before it returns.  label NULL: none.  $WISP_PROGRESS_AFTER_S sets
+ * another delay (tests: 0). */
+#define API_CLIENT_PROGRESS_AFTER_S 0.3
+long api_client_call_progress(const char *socket_path, const char *token, const char *method,
+                              const char *path, const char *body, const char *label,
+                              JsonNode **answer, char **why);
 
 #endif

@@ -20,6 +20,7 @@
  * file never calls the service while holding st->mu. */
 #include "api_exec_ws.h"
 
+#include "api_server.h"
 #include "log.h"
 
 #include <errno.h>
@@ -80,47 +81,6 @@ struct ws_stream {
 };
 
 /* ---- small helpers ------------------------------------------------------------------------- */
-
-static void ws_http_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void ws_http_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    g_autofree char *text = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "error");
-    json_builder_add_string_value(b, text);
-    json_builder_set_member_name(b, "status");
-    json_builder_add_int_value(b, status);
-    json_builder_end_object(b);
-    g_autoptr(JsonNode) n = json_builder_get_root(b);
-    char *body = json_to_string(n, FALSE);
-    soup_server_message_set_status(msg, status, NULL);
-    soup_server_message_set_response(msg, "application/json", SOUP_MEMORY_TAKE, body, strlen(body));
-}
-
-static guint ws_status_of(const GError *err)
-{
-    if (err->domain == SPRITE_SERVICE_ERROR) {
-        switch ((enum sprite_service_error_code)err->code) {
-        case SPRITE_SERVICE_ERROR_INVALID:
-            return SOUP_STATUS_BAD_REQUEST;
-        case SPRITE_SERVICE_ERROR_NOT_FOUND:
-            return SOUP_STATUS_NOT_FOUND;
-        case SPRITE_SERVICE_ERROR_EXISTS:
-        case SPRITE_SERVICE_ERROR_CONFLICT:
-            return SOUP_STATUS_CONFLICT;
-        case SPRITE_SERVICE_ERROR_SHUTDOWN:
-            return SOUP_STATUS_SERVICE_UNAVAILABLE;
-        case SPRITE_SERVICE_ERROR_FAILED:
-            break;
-        }
-    }
-    return SOUP_STATUS_INTERNAL_SERVER_ERROR;
-}
 
 /* A message for the client: channel byte, then payload. */
 static GBytes *ws_frame(guint8 channel, const void *data, size_t len)
@@ -635,12 +595,12 @@ static void ws_open_done(GObject *source, GAsyncResult *res, gpointer data)
     st->opening = false;
     st->ss_pending = g_task_propagate_pointer(G_TASK(res), &err);
     if (!st->ss_pending) {
-        guint status = ws_status_of(err);
+        guint status = api_status_of(err);
         if (status >= 500)
             log_warn(WS_LOG, "%s: %s", st->label, err->message);
         if (msg) {
             g_signal_handlers_disconnect_by_data(msg, st);
-            ws_http_error(msg, status, "%s", err->message);
+            api_error(msg, status, "%s", err->message);
             soup_server_message_unpause(msg);
             g_clear_object(&st->msg);
         }
@@ -717,22 +677,22 @@ static bool ws_parse_query(struct ws_stream *st, SoupServerMessage *msg)
             } else if (!strcmp(k, "cols")) {
                 ok = ws_parse_size(v, &st->cols);
             } else {
-                ws_http_error(msg, SOUP_STATUS_BAD_REQUEST, "unknown parameter '%s'", k);
+                api_error(msg, SOUP_STATUS_BAD_REQUEST, "unknown parameter '%s'", k);
                 return false;
             }
             if (!ok) {
-                ws_http_error(msg, SOUP_STATUS_BAD_REQUEST, "bad value for '%s'", k);
+                api_error(msg, SOUP_STATUS_BAD_REQUEST, "bad value for '%s'", k);
                 return false;
             }
         }
         if (err) {
-            ws_http_error(msg, SOUP_STATUS_BAD_REQUEST, "malformed query: %s", err->message);
+            api_error(msg, SOUP_STATUS_BAD_REQUEST, "malformed query: %s", err->message);
             g_clear_error(&err);
             return false;
         }
     }
     if (argv->len == 0 || !*(char *)argv->pdata[0]) {
-        ws_http_error(msg, SOUP_STATUS_BAD_REQUEST, "'argv' must name a program");
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "'argv' must name a program");
         return false;
     }
     g_ptr_array_add(argv, NULL);
@@ -756,7 +716,7 @@ void api_exec_ws_route(api_exec_ws *ws, SoupServerMessage *msg, const char *acco
     GError *err = NULL;
 
     if (!soup_websocket_server_check_handshake(msg, NULL, NULL, NULL, &err)) {
-        ws_http_error(msg, SOUP_STATUS_BAD_REQUEST, "WebSocket handshake: %s", err->message);
+        api_error(msg, SOUP_STATUS_BAD_REQUEST, "WebSocket handshake: %s", err->message);
         g_clear_error(&err);
         return;
     }

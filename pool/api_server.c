@@ -25,7 +25,7 @@ struct api_server {
     char *image;
 };
 
-static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
+void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
 {
     gsize len = 0;
     char *text = json_to_string(body, FALSE);
@@ -39,9 +39,7 @@ static void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
                                  "close");
 }
 
-static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
+void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -56,7 +54,7 @@ static void api_error(SoupServerMessage *msg, guint status, const char *fmt, ...
     json_node_unref(n);
 }
 
-static guint api_status_of(const GError *err)
+guint api_status_of(const GError *err)
 {
     if (err->domain != SPRITE_SERVICE_ERROR)
         return SOUP_STATUS_INTERNAL_SERVER_ERROR;

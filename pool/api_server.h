@@ -10,6 +10,7 @@
 #include "sprite_service.h"
 
 #include <glib.h>
+#include <json-glib/json-glib.h>
 #include <stdbool.h>
 
 /* Pending connections the API socket queues before it refuses more. */
@@ -34,5 +35,15 @@ void api_server_set_pool(api_server *api, vm_pool *pool, const char *image);
 void api_server_set_tokens(api_server *api, GHashTable *tokens);
 /* Stops listening and closes connections; the socket file is removed.  NULL is allowed. */
 void api_server_stop(api_server *api);
+
+/* Answers shared by the routes here and the streaming exec's (api_exec_ws.c). */
+struct _SoupServerMessage;
+/* status with body as JSON, and Connection: close (see api_respond in api_server.c). */
+void api_respond(struct _SoupServerMessage *msg, guint status, JsonNode *body);
+/* status with {"error": the message, "status": status}. */
+void api_error(struct _SoupServerMessage *msg, guint status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The HTTP status of a sprite service error (SPRITE_SERVICE_ERROR codes; else 500). */
+guint api_status_of(const GError *err);
 
 #endif

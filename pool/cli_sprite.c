@@ -21,7 +21,8 @@
 struct cli_sprite_opts {
     char *socket, *token;
     gboolean json, with_stdin, tty;
-    gboolean cold; /* wisp sleep --cold: the same as `wisp sleep NAME cold` */
+    gboolean cold;  /* wisp sleep --cold: the same as `wisp sleep NAME cold` */
+    char *progress; /* "VERB NAME", shown while a call that changes something waits */
 };
 
 /* Parses `wisp VERB [options] ARGS...`; argv[0] is VERB.  Leaves the positional arguments in
@@ -76,6 +77,7 @@ static void cli_sprite_opts_clear(struct cli_sprite_opts *o)
 {
     g_free(o->socket);
     g_free(o->token);
+    g_free(o->progress);
 }
 
 static void cli_sprite_print_json(JsonNode *n)
@@ -90,7 +92,10 @@ static JsonNode *cli_sprite_call(const struct cli_sprite_opts *o, const char *me
 {
     JsonNode *answer = NULL;
     g_autofree char *why = NULL;
-    long status = api_client_call(o->socket, o->token, method, path, body, &answer, &why);
+    /* Reads answer at once; a create, checkpoint, restore, sleep or wake may take seconds. */
+    const char *label = strcmp(method, "GET") != 0 ? o->progress : NULL;
+    long status =
+        api_client_call_progress(o->socket, o->token, method, path, body, label, &answer, &why);
 
     if (status < 0) {
         cli_error("%s", why);
@@ -337,6 +342,10 @@ int cli_sprite_main(int argc, char **argv)
             cli_error("usage: wisp sleep --cold NAME (no mode after NAME)");
             status = CLI_EXIT_USAGE;
         }
+    }
+    if (status == CLI_EXIT_OK) {
+        g_autofree char *args = g_strjoinv(" ", argv); /* argv is NULL-terminated */
+        o.progress = g_strdup_printf("%s %.60s", v->name, args);
     }
     if (status == CLI_EXIT_OK) {
         if (argc < v->min_args || (v->max_args >= 0 && argc > v->max_args)) {

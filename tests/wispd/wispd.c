@@ -183,6 +183,23 @@ int main(void)
     g_autofree char *cli_out = wfx_cli("exec", "left-running", NULL, 3, "-i", "--", "sh", "-c",
                                        "read x; echo got $x; exit 3", NULL);
     FX_CHECK(strcmp(cli_out, "got from-stdin\n") == 0, "wisp exec printed '%s'", cli_out);
+    /* On a terminal, a call that waits shows its progress on stderr (script(1) gives it one). */
+    {
+        g_autofree char *cmd = g_strdup_printf(
+            "WISP_SOCKET='%s' WISP_PROGRESS_AFTER_S=0 '%s' checkpoint create left-running",
+            w.socket, fx_need_env("WISP_TEST_CLI"));
+        const char *argv[] = {"script", "-qec", cmd, "/dev/null", NULL};
+        g_autofree char *out = NULL;
+        int st = -1;
+        FX_CHECK(g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, &out,
+                              NULL, &st, NULL) &&
+                     WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                 "wisp checkpoint create on a terminal: 0x%x: %s", st, out ? out : "");
+        FX_CHECK(strstr(out, "checkpoint create left-running... ") && strstr(out, " s\r\033[K"),
+                 "no progress line on the terminal: '%s'", out);
+        g_autofree char *shown = g_strescape(out, NULL);
+        fx_log("progress on a terminal: %s", shown);
+    }
     g_autofree char *cli_list = wfx_cli("list", NULL, WFX_TOKEN_B, 0, NULL);
     FX_CHECK(strcmp(cli_list, "") == 0, "wisp list as B printed '%s'", cli_list);
     g_autofree char *cli_list_a = wfx_cli("list", NULL, NULL, 0, NULL);
