@@ -115,6 +115,30 @@ static bool wispd_import_base(struct wispd *d, GError **error)
  * of that user: the state and run directories become root:GROUP 0750 (the other directories in
  * the state directory stay 0700), and the socket itself is given to the group after every
  * nbdkit start (storage_server.h). */
+/* The first directory above dir (exclusive) that uid/gid cannot search, or NULL (g_free it).
+ * Permission bits only: an ACL that would allow it is not looked at. */
+static char *wispd_unsearchable_parent(const char *dir, uid_t uid, gid_t gid)
+{
+    char *p = g_path_get_dirname(dir);
+    for (;;) {
+        struct stat st;
+        if (stat(p, &st) < 0)
+            return p;
+        bool ok = st.st_uid == uid   ? (st.st_mode & S_IXUSR) != 0
+                  : st.st_gid == gid ? (st.st_mode & S_IXGRP) != 0
+                                     : (st.st_mode & S_IXOTH) != 0;
+        if (!ok)
+            return p;
+        if (strcmp(p, "/") == 0 || strcmp(p, ".") == 0) {
+            g_free(p);
+            return NULL;
+        }
+        char *up = g_path_get_dirname(p);
+        g_free(p);
+        p = up;
+    }
+}
+
 static bool wispd_choose_qemu_user(struct wispd *d, GError **error)
 {
     uid_t uid;
@@ -124,6 +148,15 @@ static bool wispd_choose_qemu_user(struct wispd *d, GError **error)
     if (!vm_runas_resolve(d->cfg.qemu_user, &uid, &gid, &why)) {
         log_info(WISPD_LOG, "QEMU runs as uid %d, not as '%s': %s", (int)getuid(), d->cfg.qemu_user,
                  why);
+        return true;
+    }
+    /* The state directory's own mode is set below; its parents are the host's business. */
+    g_autofree char *closed = wispd_unsearchable_parent(d->cfg.state_dir, uid, gid);
+    if (closed) {
+        log_warn(WISPD_LOG,
+                 "QEMU runs as uid %d, not as '%s': it could not reach the storage server's "
+                 "socket, since it cannot search %s",
+                 (int)getuid(), d->cfg.qemu_user, closed);
         return true;
     }
     const char *dirs[] = {d->cfg.state_dir, d->run_dir};
