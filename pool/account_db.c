@@ -174,6 +174,28 @@ static int account_db_get_one(account_db *db, sqlite3_stmt *st, account_db_row_f
     return found;
 }
 
+/* Steps st to the end: every row, in a g_new0'ed struct of `size` bytes filled by fill, goes
+ * into the array (freed with g_free: rows own no pointers).  NULL with error on a read error.
+ * Finalizes st. */
+static GPtrArray *account_db_get_all(account_db *db, sqlite3_stmt *st, size_t size,
+                                     account_db_row_fn fill, GError **error)
+{
+    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        void *row = g_malloc0(size);
+        fill(st, row);
+        g_ptr_array_add(a, row);
+    }
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        account_db_set_error(db, error, "read");
+        g_ptr_array_unref(a);
+        return NULL;
+    }
+    return a;
+}
+
 bool account_db_sprite_add(account_db *db, const char *name, const char *disk, GError **error)
 {
     ACCOUNT_DB_LOCK(db);
@@ -211,20 +233,8 @@ GPtrArray *account_db_sprite_list(account_db *db, GError **error)
         db, error, "SELECT name, disk, created FROM sprites ORDER BY name", NULL);
     if (!st)
         return NULL;
-    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        struct account_sprite *s = g_new0(struct account_sprite, 1);
-        account_db_row_to_sprite(st, s);
-        g_ptr_array_add(a, s);
-    }
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE) {
-        account_db_set_error(db, error, "read");
-        g_ptr_array_unref(a);
-        return NULL;
-    }
-    return a;
+    return account_db_get_all(db, st, sizeof(struct account_sprite), account_db_row_to_sprite,
+                              error);
 }
 
 bool account_db_sprite_delete(account_db *db, const char *name, GError **error)
@@ -298,6 +308,13 @@ int account_db_checkpoint_delete(account_db *db, const char *sprite, const char 
     return sqlite3_changes(db->db) > 0 ? 1 : 0;
 }
 
+static void account_db_row_to_checkpoint(sqlite3_stmt *st, void *row)
+{
+    struct account_checkpoint *c = row;
+    g_strlcpy(c->id, (const char *)sqlite3_column_text(st, 0), sizeof c->id);
+    c->created = sqlite3_column_int64(st, 1);
+}
+
 GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError **error)
 {
     ACCOUNT_DB_LOCK(db);
@@ -306,21 +323,8 @@ GPtrArray *account_db_checkpoint_list(account_db *db, const char *sprite, GError
         NULL);
     if (!st)
         return NULL;
-    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        struct account_checkpoint *c = g_new0(struct account_checkpoint, 1);
-        g_strlcpy(c->id, (const char *)sqlite3_column_text(st, 0), sizeof c->id);
-        c->created = sqlite3_column_int64(st, 1);
-        g_ptr_array_add(a, c);
-    }
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE) {
-        account_db_set_error(db, error, "read");
-        g_ptr_array_unref(a);
-        return NULL;
-    }
-    return a;
+    return account_db_get_all(db, st, sizeof(struct account_checkpoint),
+                              account_db_row_to_checkpoint, error);
 }
 
 void account_db_audit(account_db *db, const char *action, const char *sprite, bool ok,
@@ -414,20 +418,7 @@ GPtrArray *account_db_cold_list(account_db *db, GError **error)
         NULL);
     if (!st)
         return NULL;
-    GPtrArray *a = g_ptr_array_new_with_free_func(g_free);
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        struct account_cold *c = g_new0(struct account_cold, 1);
-        account_db_row_to_cold(st, c);
-        g_ptr_array_add(a, c);
-    }
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE) {
-        account_db_set_error(db, error, "read");
-        g_ptr_array_unref(a);
-        return NULL;
-    }
-    return a;
+    return account_db_get_all(db, st, sizeof(struct account_cold), account_db_row_to_cold, error);
 }
 
 bool account_db_cold_begin(account_db *db, const char *sprite, unsigned seq, const char *pending,

@@ -56,8 +56,8 @@ static GHashTable *shadow_chunk_hashes(const uint8_t *shadow, uint64_t size, uin
     g_assert(chunk == sizeof zero);
     for (uint64_t off = 0; off < size; off += chunk)
         if (memcmp(shadow + off, zero, chunk) != 0)
-            g_hash_table_add(set, g_compute_checksum_for_data(G_CHECKSUM_SHA256, shadow + off,
-                                                              chunk));
+            g_hash_table_add(set,
+                             g_compute_checksum_for_data(G_CHECKSUM_SHA256, shadow + off, chunk));
     return set;
 }
 
