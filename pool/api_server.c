@@ -425,6 +425,21 @@ static bool api_on_tcp(SoupServerMessage *msg)
     return local && G_IS_INET_SOCKET_ADDRESS(local);
 }
 
+/* The caller's account, from its bearer token (required on TCP; the unix socket's callers are
+ * "default" without one).  NULL after answering 401. */
+static const char *api_account_or_401(api_server *api, SoupServerMessage *msg,
+                                      SoupMessageHeaders *h, bool tcp)
+{
+    const char *authorization = soup_message_headers_get_one(h, "Authorization");
+    const char *account = api_auth_account_on(api->tokens, authorization, tcp);
+
+    if (!account)
+        api_error(msg, SOUP_STATUS_UNAUTHORIZED, "%s",
+                  authorization ? "unknown bearer token"
+                                : "a bearer token is required on TCP (Authorization: Bearer ...)");
+    return account;
+}
+
 #define API_POOL_SIZE_MAX 64
 
 static JsonNode *api_pools_json(api_server *api)
@@ -541,16 +556,11 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     api_server *api = opaque;
     const char *method = soup_server_message_get_method(msg);
     SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
-    const char *authorization = soup_message_headers_get_one(h, "Authorization");
     bool tcp = api_on_tcp(msg);
-    const char *account = api_auth_account_on(api->tokens, authorization, tcp);
+    const char *account = api_account_or_401(api, msg, h, tcp);
 
-    if (!account) {
-        api_error(msg, SOUP_STATUS_UNAUTHORIZED, "%s",
-                  authorization ? "unknown bearer token"
-                                : "a bearer token is required on TCP (Authorization: Bearer ...)");
+    if (!account)
         return;
-    }
     g_auto(GStrv) seg = g_strsplit(path, "/", -1);
     guint n = g_strv_length(seg);
     if (n >= 3 && n <= 4 && !seg[0][0] && strcmp(seg[1], "v1") == 0 &&
@@ -627,16 +637,56 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     api_job_start(j);
 }
 
-/* Before the body is read: a declared length over the limit is refused without reading it. */
+/* A refused request's body is still read (libsoup reads a body whether or not the answer is
+ * set, unless the client sent "Expect: 100-continue"), but never kept; past this much the
+ * connection is closed instead, so that nobody keeps wispd reading a body without end.  A
+ * client sending up to this much without the Expect header still gets its answer. */
+#define API_REFUSED_BODY_DRAIN (8 * API_BODY_MAX)
+
+static void api_refused_body_chunk(SoupServerMessage *msg, GBytes *chunk, gpointer opaque)
+{
+    goffset *seen = opaque;
+
+    *seen += (goffset)g_bytes_get_size(chunk);
+    if (*seen <= API_REFUSED_BODY_DRAIN)
+        return;
+    g_signal_handlers_disconnect_by_func(msg, api_refused_body_chunk, opaque);
+    GIOStream *conn = soup_server_message_steal_connection(msg);
+    if (conn) {
+        g_io_stream_close(conn, NULL, NULL);
+        g_object_unref(conn);
+    }
+}
+
+static void api_refuse_body(SoupServerMessage *msg)
+{
+    soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
+    goffset *seen = g_new0(goffset, 1);
+    g_object_set_data_full(G_OBJECT(msg), "wisp-refused-body-bytes", seen, g_free);
+    g_signal_connect(msg, "got-chunk", G_CALLBACK(api_refused_body_chunk), seen);
+}
+
+/* Before the body is read, whatever would refuse the request refuses it, so that nobody makes
+ * wispd keep a body it will not use: no account (401), a body of no declared length (411:
+ * libsoup would keep a chunked body to its end, however long, before the handler could see
+ * it), or a declared length over the limit (413).  An answer set here skips the handler. */
 static void api_early(SoupServer *server, SoupServerMessage *msg, const char *path,
                       GHashTable *query, gpointer opaque)
 {
+    api_server *api = opaque;
     SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
-    goffset len = soup_message_headers_get_content_length(h);
 
-    if (len > API_BODY_MAX)
+    if (!api_account_or_401(api, msg, h, api_on_tcp(msg)))
+        api_refuse_body(msg);
+    else if (soup_message_headers_get_encoding(h) == SOUP_ENCODING_CHUNKED) {
+        api_error(msg, SOUP_STATUS_LENGTH_REQUIRED,
+                  "send the body with a Content-Length (chunked request bodies are refused)");
+        api_refuse_body(msg);
+    } else if (soup_message_headers_get_content_length(h) > API_BODY_MAX) {
         api_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "the body is over %d bytes",
                   API_BODY_MAX);
+        api_refuse_body(msg);
+    }
 }
 
 api_server *api_server_start(const char *socket_path, sprite_service *svc, GHashTable *tokens,

@@ -3,7 +3,8 @@
  *   tcp     wispd with listen-tcp on 127.0.0.1: without a token 401 (no implicit account on
  *           TCP), an unknown token 401, alice's token reaches alice's sprites (create, list,
  *           exec), bob's token gets 404 for alice's sprite; the unix socket keeps its implicit
- *           account "default"
+ *           account "default"; a chunked body of 64 MiB is refused (401 without a token,
+ *           411 with one) before wispd has read half of it
  *   pools   GET /v1/pools has one pool per image with size, warm, refilling and claims (a
  *           create counts as a claim); PUT /v1/pools/default {"size":2} over the unix socket
  *           grows the warm members to 2 and {"size":1} shrinks them back to 1 (polled); bad
@@ -93,6 +94,60 @@ static void tp_tcp_free(long want, const char *method, const char *path, const c
     json_object_unref(tp_tcp(want, method, path, token, body));
 }
 
+/* A chunked POST whose body would be 64 MiB: wispd must answer `want` from the headers alone,
+ * so the client is stopped long before it has sent the body (without that, libsoup would read
+ * all of it into memory, token or not). */
+#define TP_CHUNKED_BODY (64u << 20)
+
+static size_t tp_chunked_source(char *buf, size_t size, size_t n, void *opaque)
+{
+    size_t *sent = opaque, len = MIN(size * n, (size_t)TP_CHUNKED_BODY - *sent);
+    memset(buf, '{', len);
+    *sent += len;
+    return len;
+}
+
+static void tp_chunked_refused(long want, const char *token)
+{
+    CURL *c = curl_easy_init();
+    GString *answer = g_string_new(NULL);
+    struct curl_slist *headers = NULL;
+    g_autofree char *url = g_strdup_printf("%s/v1/sprites", tp_base);
+    size_t sent = 0;
+    long status = 0;
+
+    FX_CHECK(c, "curl_easy_init");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, tp_chunked_source);
+    curl_easy_setopt(c, CURLOPT_READDATA, &sent);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tp_collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, answer);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 180L);
+    /* No "Expect: 100-continue": the body follows the headers at once, as a hostile client's
+     * would. */
+    headers = curl_slist_append(headers, "Transfer-Encoding: chunked");
+    headers = curl_slist_append(headers, "Expect:");
+    if (token) {
+        g_autofree char *auth = g_strdup_printf("Authorization: Bearer %s", token);
+        headers = curl_slist_append(headers, auth);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    CURLcode r = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(c);
+    fx_log("chunked POST%s: %s, status %ld after %zu of %u bytes: %.200s", token ? " (token)" : "",
+           curl_easy_strerror(r), status, sent, TP_CHUNKED_BODY, answer->str);
+    /* curl may see the answer, or only the connection wispd closed behind it. */
+    FX_CHECK(status == want || (status == 0 && r != CURLE_OK),
+             "chunked POST%s: status %ld (%s), expected %ld", token ? " (token)" : "", status,
+             curl_easy_strerror(r), want);
+    FX_CHECK(sent < TP_CHUNKED_BODY / 2,
+             "wispd read %zu bytes of a chunked body before refusing it", sent);
+    g_string_free(answer, TRUE);
+}
+
 /* The one pool's member `member` (GET /v1/pools on the unix socket), checking the shape. */
 static gint64 tp_pool(const char *member)
 {
@@ -144,6 +199,8 @@ int main(void)
     tp_tcp_free(401, "GET", "/v1/sprites", NULL, NULL);
     tp_tcp_free(401, "GET", "/v1/sprites", "not-a-token-of-anybody-here", NULL);
     tp_tcp_free(401, "POST", "/v1/sprites", NULL, "{\"name\":\"nope\"}");
+    tp_chunked_refused(401, NULL);
+    tp_chunked_refused(411, WFX_TOKEN_A);
     tp_tcp_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"over-tcp\"}");
     JsonObject *list = tp_tcp(200, "GET", "/v1/sprites", WFX_TOKEN_A, NULL);
     JsonArray *sprites = json_object_get_array_member(list, "sprites");
