@@ -550,6 +550,20 @@ static void api_route_pools(api_server *api, SoupServerMessage *msg, const char 
     g_object_unref(task);
 }
 
+/* Whether /v1/sprites/NAME[/SUB[/ID[/LAST]]] (n segments after the split) is a route at all,
+ * whatever the method: a wrong method on one is 405, not 404. */
+static bool api_sprite_route_exists(guint n, const char *sub, const char *last)
+{
+    if (n == 4)
+        return true;
+    if (n == 5)
+        return strcmp(sub, "exec") == 0 || strcmp(sub, "sleep") == 0 || strcmp(sub, "wake") == 0 ||
+               strcmp(sub, "checkpoints") == 0;
+    if (n == 6 || n == 7)
+        return strcmp(sub, "checkpoints") == 0 && (n == 6 || strcmp(last, "restore") == 0);
+    return false;
+}
+
 static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *path,
                        GHashTable *query, gpointer opaque)
 {
@@ -625,6 +639,9 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
             return;
         }
         verb = API_CHECKPOINT_DELETE;
+    } else if (api_sprite_route_exists(n, sub, n > 6 ? seg[6] : NULL)) {
+        api_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "%s is not allowed on %s", method, path);
+        return;
     } else {
         api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s %s", method, path);
         return;

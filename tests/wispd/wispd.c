@@ -147,6 +147,10 @@ int main(void)
     wfx_expect_free(400, "GET", "/v1/sprites/x..y", WFX_TOKEN_A, NULL);
     wfx_expect_free(404, "GET", "/v1/sprites/a/b", WFX_TOKEN_A, NULL);
     wfx_expect_free(405, "PUT", "/v1/sprites", WFX_TOKEN_A, "{}");
+    wfx_expect_free(405, "PUT", "/v1/sprites/demo", WFX_TOKEN_A, "{}");
+    wfx_expect_free(405, "GET", "/v1/sprites/demo/wake", WFX_TOKEN_A, NULL);
+    wfx_expect_free(405, "GET", "/v1/sprites/demo/checkpoints/ck1/restore", WFX_TOKEN_A, NULL);
+    wfx_expect_free(404, "GET", "/v1/sprites/demo/nope", WFX_TOKEN_A, NULL);
     {
         size_t big = 2u << 20;
         char *body = g_malloc(big);
