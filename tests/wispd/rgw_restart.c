@@ -19,9 +19,12 @@
  *              process, the file and the RAM data unchanged.
  *   wake       r sleeps again, its local copy is removed (the wake must read the store), and
  *              radosgw is stopped.  An exec fails at once with a 500 naming the store request,
- *              r stays asleep/cold with no QEMU, wispd answers.  An exec that begins while
- *              radosgw is down and races its start either wakes r or fails the same way; once
- *              radosgw is back an exec wakes r with its processes, file and RAM data.
+ *              r stays asleep/cold with no QEMU, wispd answers.  radosgw starts; an exec begins
+ *              to wake r, and radosgw is stopped once the wake's first chunk GET shows in its
+ *              log: the exec answers 500 naming the GET, r stays asleep/cold with no QEMU, and
+ *              what the wake fetched has no manifest (it is never taken for a local copy).
+ *              radosgw starts again 2 s later; an exec wakes r from the store with its
+ *              processes, file and RAM data.
  *   end        SIGTERM: wispd cold-sleeps r into radosgw and exits 0, and no process of its
  *              state directory is left. */
 #include "sleep_helpers.h"
@@ -162,17 +165,19 @@ static void rr_expect_cold(const char *state)
     FX_CHECK(n <= 1, "%u QEMUs with r asleep (the pool has one member)", n);
 }
 
-/* radosgw's log (it logs every request) from offset on has a chunk upload of this test. */
-static bool rr_rgw_saw_chunk_put(goffset offset)
+/* radosgw's log (it logs every request) from offset on has a request "METHOD PREFIX/what..."
+ * of this test. */
+static bool rr_rgw_saw_request(goffset offset, const char *method, const char *what)
 {
     g_autofree char *path = g_strdup_printf("%s/log/client.rgw.a.log", rr_dir);
+    g_autofree char *needle = g_strdup_printf("\"%s /wisp-test/wispd-rgw-restart/%s", method, what);
     char line[4096];
     bool seen = false;
     FILE *f = fopen(path, "r");
     FX_CHECK(f, "open %s", path);
     FX_CHECK(fseeko(f, offset, SEEK_SET) == 0, "seek %s", path);
     while (!seen && fgets(line, sizeof line, f))
-        seen = strstr(line, "\"PUT /wisp-test/wispd-rgw-restart/vm/chunks/") != NULL;
+        seen = strstr(line, needle) != NULL;
     fclose(f);
     return seen;
 }
@@ -183,6 +188,23 @@ static goffset rr_rgw_log_size(void)
     struct stat st;
     FX_CHECK(stat(path, &st) == 0, "stat %s", path);
     return st.st_size;
+}
+
+/* How many lines of wispd's log have the first part of text, then (after "%*s ", when text
+ * has it) its second part further on in the line. */
+static guint rr_log_count(const char *log, const char *text)
+{
+    g_autofree char *s = NULL;
+    g_auto(GStrv) parts = g_strsplit(text, "%*s ", 2);
+    guint n = 0;
+    FX_CHECK(g_file_get_contents(log, &s, NULL, NULL), "read %s", log);
+    g_auto(GStrv) lines = g_strsplit(s, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        const char *hit = strstr(*l, parts[0]);
+        if (hit && (!parts[1] || strstr(hit, parts[1])))
+            n++;
+    }
+    return n;
 }
 
 /* The first line of wispd's log that has text (g_free it), or NULL. */
@@ -279,7 +301,8 @@ int main(void)
     double t0 = fx_now();
     pid_t curl = rr_post_async(&w, "/v1/sprites/r/sleep", "{\"mode\":\"cold\"}", sleep_log);
     /* The sleep's first chunk PUT: the RAM is being stored (about 80 MiB new, 3 s here). */
-    while (!rr_log_has(w.log, "alice/r: cold sleep (asked)") || !rr_rgw_saw_chunk_put(rgw_log_at)) {
+    while (!rr_log_has(w.log, "alice/r: cold sleep (asked)") ||
+           !rr_rgw_saw_request(rgw_log_at, "PUT", "vm/chunks/")) {
         FX_CHECK(fx_now() - t0 < 60, "the cold sleep never began to upload (see %s)", w.log);
         fx_sleep(0.05);
     }
@@ -305,7 +328,7 @@ int main(void)
     rr_expect_intact(pid, md5_file, md5_shm); /* the exec wakes it */
     fx_log("woken by exec and checked in %.1f s", fx_now() - t0);
 
-    /* ---- wake: radosgw away when the wake needs it ---- */
+    /* ---- wake: radosgw away when the wake needs it, then away in the middle of it ---- */
     wfx_expect_free(200, "POST", "/v1/sprites/r/sleep", WFX_TOKEN_A, "{\"mode\":\"cold\"}");
     g_autofree char *local = g_strdup_printf("%s/sleep/s_alice_r", state);
     fx_rm_rf(local);
@@ -321,24 +344,39 @@ int main(void)
     rr_expect_cold(state);
     rr_healthy();
 
-    /* An exec racing radosgw's start: it wakes r, or fails as above; r is never half-woken. */
-    g_autofree char *race_log = g_strdup_printf("%s/curl-race.log", fx_tmpdir());
-    curl = rr_post_async(&w, "/v1/sprites/r/exec", exec_true, race_log);
-    fx_sleep(1);
     rr_rgw_start();
-    g_autofree char *race = NULL;
-    status = rr_post_wait(curl, race_log, &race);
-    fx_log("an exec racing radosgw's start answered %ld", status);
-    if (status == 200) {
-        g_autofree char *s = sh_state("r", WFX_TOKEN_A);
-        FX_CHECK(strcmp(s, "running/") == 0, "the exec answered 200 but r is %s", s);
-    } else {
-        FX_CHECK(status == 500 && strstr(race, "GET "), "the racing exec answered %ld: %s", status,
-                 race);
-        rr_expect_cold(state);
+
+    /* radosgw restarts while the wake fetches the RAM from it (about 130 MiB, 3.5 s here). */
+    g_autofree char *wake_log = g_strdup_printf("%s/curl-wake.log", fx_tmpdir());
+    rgw_log_at = rr_rgw_log_size();
+    t0 = fx_now();
+    curl = rr_post_async(&w, "/v1/sprites/r/exec", exec_true, wake_log);
+    while (!rr_rgw_saw_request(rgw_log_at, "GET", "vm/chunks/")) {
+        FX_CHECK(fx_now() - t0 < 60, "the wake never began to fetch (see %s)", w.log);
+        fx_sleep(0.05);
     }
+    fx_log("the wake fetches %.1f s after it began: stopping radosgw", fx_now() - t0);
+    rr_rgw_stop();
+    g_autofree char *cut = NULL;
+    status = rr_post_wait(curl, wake_log, &cut);
+    fx_log("an exec whose wake lost radosgw answered %ld after %.1f s", status, fx_now() - t0);
+    FX_CHECK(status == 500 && strstr(cut, "wake") && strstr(cut, "GET "),
+             "the exec whose wake lost radosgw answered %ld: %s", status, cut);
+    rr_expect_cold(state);
+    /* What the wake fetched is no local copy: without its manifest it is never woken from. */
+    g_autofree char *local_manifest = g_strdup_printf("%s/manifest.json", local);
+    FX_CHECK(!sh_exists(local_manifest), "a cut wake left %s", local_manifest);
+    rr_healthy();
+    fx_sleep(2);
+    rr_rgw_start();
+
+    /* radosgw is back: an exec wakes r, from the store, with everything it had. */
     rr_expect_intact(pid, md5_file, md5_shm);
-    FX_CHECK(rr_log_has(w.log, "from the store"), "no wake from the store (see %s)", w.log);
+    /* Two wakes in all: the first from the local copy, this one from the store. */
+    guint wakes = rr_log_count(w.log, "alice/r: awake, cold: ");
+    guint from_store = rr_log_count(w.log, "alice/r: awake, cold: %*s from the store (");
+    FX_CHECK(wakes == 2 && from_store == 1, "%u wakes, %u from the store (see %s)", wakes,
+             from_store, w.log);
     rr_healthy();
 
     /* ---- end: SIGTERM sleeps r into radosgw; nothing of wispd is left ---- */
