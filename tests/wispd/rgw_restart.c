@@ -29,6 +29,7 @@
  *              state directory is left. */
 #include "sleep_helpers.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,10 +71,39 @@ static void rr_fixture_stop_at_exit(void)
     }
 }
 
-/* A timeout's SIGTERM from meson: exit, so that the handlers above stop the daemons (which
- * outlive the test otherwise: they are daemons, not our children). */
+/* SIGKILL to the daemons named by the fixture's pid files; async-signal-safe.  Memstore keeps
+ * nothing worth a clean stop. */
+static void rr_kill_daemons(void)
+{
+    static const char *const names[] = {"/rgw.pid", "/osd.pid", "/mon.pid"};
+    char path[sizeof rr_dir + 16], buf[32];
+
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        size_t dl = strlen(rr_dir), nl = strlen(names[i]);
+        memcpy(path, rr_dir, dl);
+        memcpy(path + dl, names[i], nl + 1);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof buf);
+        close(fd);
+        pid_t pid = 0;
+        for (ssize_t j = 0; j < n && buf[j] >= '0' && buf[j] <= '9'; j++)
+            pid = pid * 10 + (buf[j] - '0');
+        if (pid > 1)
+            kill(pid, SIGKILL);
+    }
+}
+
+/* meson's timeout: SIGTERM to the process group, SIGKILL 0.5 s later, too soon for
+ * rgw-fixture stop.  The daemons (not our children: they would outlive the test) are killed
+ * at once; then exit runs the other handlers (wfx_kill_leftovers kills wispd's processes). */
 static void rr_on_signal(int sig)
 {
+    if (rr_dir[0] && getpid() == rr_main_pid) {
+        rr_kill_daemons();
+        rr_dir[0] = '\0';
+    }
     exit(128 + sig);
 }
 
