@@ -4,13 +4,13 @@
  * The radosgw process itself stops and starts again (tests/s3/rgw-fixture stop-rgw and
  * start-rgw; the mon and the OSD, so the objects, stay), not a proxy in front of it.  The
  * fixture that scripts/check starts is shared by the S3 tests running beside this one, so this
- * test starts its own, private fixture in its directory (memstore: about 0.2 GiB of RAM here)
- * and stops it on every exit.  It skips (77) when radosgw is not available: no
+ * test starts its own, private fixture in its directory (memstore: its daemons peak at about 0.75
+ * GiB here) and stops it on every exit.  It skips (77) when radosgw is not available: no
  * WISP_TEST_S3_ENDPOINT (as every S3 test: the runner has no radosgw for us) or no radosgw
  * program.
  *
  *   sleep      wispd on the private radosgw; sprite r with a counter process, a file written
- *              and synced, and 64 MiB of random data in /dev/shm (guest RAM only, and enough
+ *              and synced, and 32 MiB of random data in /dev/shm (guest RAM only, and enough
  *              new memory that storing it takes a while).  A cold sleep begins, and radosgw is
  *              stopped at once, kept down 3 s, and started again.  The sleep must complete
  *              (asleep/cold, 200): its store step failed while radosgw was away, and a later
@@ -321,7 +321,7 @@ int main(void)
     long pid = sh_counter_alive("r", WFX_TOKEN_A, 0);
     g_autofree char *md5_file = sh_file_write("r", WFX_TOKEN_A, "r.bin");
     g_autofree char *md5_shm = wfx_sh("r", WFX_TOKEN_A,
-                                      "head -c 67108864 /dev/urandom > /dev/shm/ballast && md5sum "
+                                      "head -c 33554432 /dev/urandom > /dev/shm/ballast && md5sum "
                                       "/dev/shm/ballast | cut -d' ' -f1",
                                       0);
 
@@ -330,7 +330,7 @@ int main(void)
     goffset rgw_log_at = rr_rgw_log_size();
     double t0 = fx_now();
     pid_t curl = rr_post_async(&w, "/v1/sprites/r/sleep", "{\"mode\":\"cold\"}", sleep_log);
-    /* The sleep's first chunk PUT: the RAM is being stored (about 80 MiB new, 3 s here). */
+    /* The sleep's first chunk PUT: the RAM is being stored (about 47 MiB new, 2-5 s here). */
     while (!rr_log_has(w.log, "alice/r: cold sleep (asked)") ||
            !rr_rgw_saw_request(rgw_log_at, "PUT", "vm/chunks/")) {
         FX_CHECK(fx_now() - t0 < 60, "the cold sleep never began to upload (see %s)", w.log);
@@ -376,7 +376,7 @@ int main(void)
 
     rr_rgw_start();
 
-    /* radosgw restarts while the wake fetches the RAM from it (about 130 MiB, 3.5 s here). */
+    /* radosgw restarts while the wake fetches the RAM from it (about 100 MiB, 1.5-5 s here). */
     g_autofree char *wake_log = g_strdup_printf("%s/curl-wake.log", fx_tmpdir());
     rgw_log_at = rr_rgw_log_size();
     t0 = fx_now();
