@@ -4,15 +4,16 @@
  * The radosgw process itself stops and starts again (tests/s3/rgw-fixture stop-rgw and
  * start-rgw; the mon and the OSD, so the objects, stay), not a proxy in front of it.  The
  * fixture that scripts/check starts is shared by the S3 tests running beside this one, so this
- * test starts its own, private fixture in its directory (memstore: its daemons peak at about 0.75
- * GiB here) and stops it on every exit.  It skips (77) when radosgw is not available: no
+ * test starts its own, private fixture in its directory (memstore: its daemons peak at about
+ * 0.75 GiB here) and stops it on every exit.  It skips (77) when radosgw is not available: no
  * WISP_TEST_S3_ENDPOINT (as every S3 test: the runner has no radosgw for us) or no radosgw
  * program.
  *
  *   sleep      wispd on the private radosgw; sprite r with a counter process, a file written
  *              and synced, and 32 MiB of random data in /dev/shm (guest RAM only, and enough
- *              new memory that storing it takes a while).  A cold sleep begins, and radosgw is
- *              stopped at once, kept down 3 s, and started again.  The sleep must complete
+ *              new memory that storing it takes seconds).  A cold sleep begins; once its first
+ *              chunk PUT shows in radosgw's log (it logs every request), radosgw is stopped,
+ *              kept down 3 s, and started again.  The sleep must complete
  *              (asleep/cold, 200): its store step failed while radosgw was away, and a later
  *              attempt stored it (the log says so), within cold-store-wait.  wispd answers
  *              GET /v1/sprites throughout; r's QEMU is gone.  An exec wakes r: the same counter
