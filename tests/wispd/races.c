@@ -11,6 +11,7 @@
  *     delete 200, and then the sprite is gone: GET is 404, the storage server has no disk for
  *     it, and after a restart of wispd it has not come back (before the fix the delete saw no
  *     disk yet, the create then failed and left its disk, which reconcile adopted at start).
+ *   - create: two at once of one name; one answers 201, the other 409.
  * WISP_TEST_RACES sets the rounds of each (5 by default). */
 #include "wispd_fixture.h"
 
@@ -48,6 +49,15 @@ static gpointer race_other(gpointer opaque)
     else
         r->other_status = wfx_try("POST", exec_path, WFX_TOKEN_A, "{\"argv\":[\"true\"]}");
     r->other_s = fx_now() - r->t0;
+    return NULL;
+}
+
+/* The same create as race_round's, from another thread. */
+static gpointer race_create(gpointer opaque)
+{
+    struct race *r = opaque;
+    g_autofree char *body = g_strdup_printf("{\"name\":\"%s\"}", r->name);
+    r->create_status = wfx_try("POST", "/v1/sprites", WFX_TOKEN_A, body);
     return NULL;
 }
 
@@ -131,6 +141,25 @@ int main(void)
         wfx_expect_free(404, "GET", path, WFX_TOKEN_A, NULL);
         FX_CHECK(!race_disk_exists(&w, r.name), "%s: deleted, but its disk is still there", r.name);
     }
+    /* Two creates of one name: the second waits for the first's lock or sees its row, and is
+     * 409 either way (the path where it waited is the new one). */
+    for (int i = 0; i < rounds; i++) {
+        struct race r = {.delete = false};
+        snprintf(r.name, sizeof r.name, "c%d", i);
+        r.t0 = fx_now();
+        GThread *t = g_thread_new("race-create", race_create, &r);
+        g_autofree char *body = g_strdup_printf("{\"name\":\"%s\"}", r.name);
+        long mine = wfx_try("POST", "/v1/sprites", WFX_TOKEN_A, body);
+        g_thread_join(t);
+        fx_log("%s: creates answered %ld and %ld", r.name, mine, r.create_status);
+        FX_CHECK((mine == 201 && r.create_status == 409) || (mine == 409 && r.create_status == 201),
+                 "%s: two creates answered %ld and %ld", r.name, mine, r.create_status);
+        g_autofree char *path = g_strdup_printf("/v1/sprites/%s", r.name);
+        wfx_expect_free(200, "DELETE", path, WFX_TOKEN_A, NULL);
+    }
+    left = race_qemus_settle(&w, 1);
+    FX_CHECK(left <= 1, "%u QEMUs left after the double creates", left);
+
     /* A restart's reconcile adopts any disk without a row: none may bring a sprite back. */
     wfx_stop(&w, 120);
     wfx_start(&w, &img, state, NULL, NULL);
