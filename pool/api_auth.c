@@ -41,8 +41,19 @@ GHashTable *api_auth_load(const char *path, GError **error)
                 g_ptr_array_add(words, f[j]);
         bool ok = words->len == 2 && sprite_service_account_valid(words->pdata[0]) &&
                   strlen(words->pdata[1]) >= 16;
+        /* A token names one account: listed twice, it would open the account of whichever
+         * line came last, so a copy-paste slip would grant another account's sprites. */
+        const char *first = ok ? g_hash_table_lookup(tokens, words->pdata[1]) : NULL;
+        if (first) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                        "%s:%u: this token (of account '%s') is already listed, for account '%s': "
+                        "each token must be listed once",
+                        path, i + 1, (const char *)words->pdata[0], first);
+            g_ptr_array_free(words, TRUE);
+            goto fail;
+        }
         if (ok)
-            g_hash_table_replace(tokens, g_strdup(words->pdata[1]), g_strdup(words->pdata[0]));
+            g_hash_table_insert(tokens, g_strdup(words->pdata[1]), g_strdup(words->pdata[0]));
         g_ptr_array_free(words, TRUE);
         if (!ok) {
             g_set_error(error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,

@@ -3,7 +3,9 @@
  * Locking: svc->mu guards the tables (accounts, live sprites), the busy count and each live
  * sprite's state and refs; it is held only for lookups, never across a claim, a QMP call, a
  * control-socket call or an exec.  A live sprite's op lock serialises the verbs on it (the VM
- * layer wants one thread at a time per sprite) and is held across them. */
+ * layer wants one thread at a time per sprite) and is held across them.  Create and delete
+ * write the sprite's row with it held (create takes it before the row exists), and a verb reads
+ * the row again once it holds it: a verb acts only on a whole sprite (svc_lock_live_row). */
 #include "sprite_service.h"
 
 #include "account_db.h"
@@ -400,6 +402,43 @@ static void svc_touch(sprite_service *svc, struct live_sprite *l)
 static bool svc_streams_end(sprite_service *svc, struct live_sprite *l, const char *why,
                             GError **error);
 
+/* Drops a live record from the table: later lookups make a new one, and those who hold it see
+ * it gone (svc_lock_live).  Only the record in the table under its key goes. */
+static void svc_forget_live(sprite_service *svc, struct live_sprite *l)
+{
+    g_mutex_lock(&svc->mu);
+    l->gone = true;
+    if (g_hash_table_lookup(svc->live, l->key) == l)
+        g_hash_table_remove(svc->live, l->key);
+    g_mutex_unlock(&svc->mu);
+}
+
+/* svc_lock_live, then the row read again under the op lock: svc_get_live read it before, and
+ * a delete that finished in between (it holds op) leaves a record it never saw.  Such a record
+ * is dropped, so that the deleted sprite is NOT_FOUND and nothing of it stays in svc->live.
+ * Invariant kept here: a verb runs only on a sprite whose row exists while it holds op (create
+ * and delete write the row under op). */
+static bool svc_lock_live_row(sprite_service *svc, account_db *db, struct live_sprite *l,
+                              GError **error)
+{
+    GError *err = NULL;
+
+    if (!svc_lock_live(svc, l, error))
+        return false;
+    int found = account_db_sprite_get(db, l->name, NULL, &err);
+    if (found > 0)
+        return true;
+    if (found < 0) {
+        svc_wrap(error, err, "account database");
+    } else {
+        if (!l->vm) /* a record with a VM is never stale: delete drops it with the VM */
+            svc_forget_live(svc, l);
+        svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", l->name);
+    }
+    svc_unlock_put(svc, l);
+    return false;
+}
+
 /* A verb on one sprite, called inside svc_enter with the sprite's op lock held. */
 typedef JsonNode *(*svc_verb_fn)(sprite_service *svc, account_db *db, struct live_sprite *l,
                                  const void *arg, GError **error);
@@ -414,7 +453,7 @@ static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const c
     if (!db)
         return NULL;
     struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (l && svc_lock_live(svc, l, error)) {
+    if (l && svc_lock_live_row(svc, db, l, error)) {
         svc_touch(svc, l);
         result = verb(svc, db, l, arg, error);
         svc_touch(svc, l); /* a long exec was activity until its end */
@@ -470,6 +509,12 @@ static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GE
     struct sprite_claim_times t = {0};
     GError *err = NULL;
 
+    /* One VM per disk: a second would mount the same ext4 read-write beside the first. */
+    if (l->vm) {
+        log_error(SVC_LOG, "%s: claim while it has a VM (a bug); refused", l->key);
+        return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "claim: '%s' already has a VM",
+                        l->name);
+    }
     l->vm = sprite_claim(svc->pool, &req, &t, &err);
     if (!l->vm && svc_take_expired_lease(svc, l, &err))
         l->vm = sprite_claim(svc->pool, &req, &t, &err);
@@ -571,6 +616,43 @@ static enum live_state svc_peek_state(sprite_service *svc, const char *account, 
     return s;
 }
 
+/* The live record of a sprite about to be created, made if missing, referenced and locked
+ * (op held).  Create takes it before it writes the row, so that every other verb, which finds
+ * the sprite through its row, waits for the create to end (svc_lock_live) instead of claiming a
+ * VM for a disk still being cloned, or deleting it halfway. */
+static struct live_sprite *svc_lock_new_live(sprite_service *svc, const char *account,
+                                             const char *name, const char *disk, GError **error)
+{
+    g_autofree char *key = g_strdup_printf("%s/%s", account, name);
+
+    for (;;) {
+        g_mutex_lock(&svc->mu);
+        struct live_sprite *l = g_hash_table_lookup(svc->live, key);
+        if (!l) {
+            l = g_new0(struct live_sprite, 1);
+            g_mutex_init(&l->op);
+            l->key = g_strdup(key);
+            l->name = g_strdup(name);
+            l->disk = g_strdup(disk);
+            l->account = g_strdup(account);
+            l->last_active_us = g_get_monotonic_time();
+            l->state = LIVE_STOPPED;
+            g_hash_table_insert(svc->live, l->key, l);
+        }
+        l->refs++;
+        g_mutex_unlock(&svc->mu);
+        GError *err = NULL;
+        if (svc_lock_live(svc, l, &err))
+            return l;
+        /* Dropped while we waited (a create that failed, a delete): take a fresh one. */
+        if (!g_error_matches(err, SPRITE_SERVICE_ERROR, SPRITE_SERVICE_ERROR_NOT_FOUND)) {
+            g_propagate_error(error, err);
+            return NULL;
+        }
+        g_clear_error(&err);
+    }
+}
+
 JsonNode *sprite_service_create(sprite_service *svc, const char *account, const char *name,
                                 GError **error)
 {
@@ -578,6 +660,7 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
     JsonNode *result = NULL;
     GError *err = NULL;
     g_autofree char *disk = NULL;
+    struct live_sprite *l = NULL;
     double t0 = (double)g_get_monotonic_time() / 1000, claim_ms = 0;
 
     if (!db)
@@ -588,14 +671,31 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
         goto out;
     }
     disk = svc_disk_name(account, name);
-    /* The row reserves the name: a second create of it fails here, at once. */
+    /* A sprite that exists fails here, at once, without waiting for its lock. */
+    int found = account_db_sprite_get(db, name, NULL, &err);
+    if (found != 0) {
+        if (found > 0)
+            svc_fail(error, SPRITE_SERVICE_ERROR_EXISTS, "a sprite named '%s' exists", name);
+        else
+            svc_wrap(error, g_steal_pointer(&err), "account database");
+        goto out;
+    }
+    /* From here to the end the sprite's op lock is held: the row, the clone and the claim are
+     * one step for every other verb (svc_lock_new_live). */
+    l = svc_lock_new_live(svc, account, name, disk, error);
+    if (!l)
+        goto out;
+    /* The row reserves the name: a create that waited for ours fails here. */
     if (!account_db_sprite_add(db, name, disk, &err)) {
         if (g_error_matches(err, G_IO_ERROR, G_IO_ERROR_EXISTS))
             svc_fail(error, SPRITE_SERVICE_ERROR_EXISTS, "a sprite named '%s' exists", name);
         else
             svc_wrap(error, g_steal_pointer(&err), "account database");
         g_clear_error(&err);
-        goto out;
+        /* The record stays only if it is that sprite's (it has a VM or a row). */
+        if (!l->vm && account_db_sprite_get(db, name, NULL, NULL) == 0)
+            svc_forget_live(svc, l);
+        goto unlock;
     }
     JsonObject *req = json_object_new();
     json_object_set_string_member(req, "source", svc->base_disk);
@@ -610,35 +710,27 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
             answer = svc_control(svc, "disk-clone", req, &err);
     }
     json_object_unref(req);
+    bool claimed = false;
     if (!answer) {
-        GError *e2 = NULL;
-        if (!account_db_sprite_delete(db, name, &e2))
-            g_clear_error(&e2);
         svc_wrap(error, err, "disk clone");
-        account_db_audit(db, "create", name, false, (*error)->message);
-        goto out;
-    }
-    json_object_unref(answer);
-    struct live_sprite *l = svc_get_live(svc, db, account, name, error);
-    if (!l)
-        goto out;
-    if (!svc_lock_live(svc, l, error))
-        goto out;
-    svc_cold_forget(svc, db, l); /* left by an earlier sprite of this name, if any */
-    bool claimed = svc_claim(svc, l, &claim_ms, error);
-    if (!claimed) {
-        /* No half-made sprite: the disk and the record go. */
-        GError *e2 = NULL;
-        if (!svc_disk_op(svc, "disk-delete", disk, NULL, NULL, &e2)) {
-            log_warn(SVC_LOG, "%s: %s", l->key, e2->message);
-            g_clear_error(&e2);
+    } else {
+        json_object_unref(answer);
+        svc_cold_forget(svc, db, l); /* left by an earlier sprite of this name, if any */
+        claimed = svc_claim(svc, l, &claim_ms, error);
+        if (!claimed) {
+            /* No half-made sprite: the disk and the record go. */
+            GError *e2 = NULL;
+            if (!svc_disk_op(svc, "disk-delete", disk, NULL, NULL, &e2)) {
+                log_warn(SVC_LOG, "%s: %s", l->key, e2->message);
+                g_clear_error(&e2);
+            }
         }
+    }
+    if (!claimed) {
+        GError *e2 = NULL;
         if (!account_db_sprite_delete(db, name, &e2))
             g_clear_error(&e2);
-        g_mutex_lock(&svc->mu);
-        l->gone = true;
-        g_hash_table_remove(svc->live, l->key);
-        g_mutex_unlock(&svc->mu);
+        svc_forget_live(svc, l);
         account_db_audit(db, "create", name, false, (*error)->message);
     } else {
         result = svc_sprite_json(name, disk, g_get_real_time() / G_USEC_PER_SEC, LIVE_RUNNING);
@@ -647,6 +739,7 @@ JsonNode *sprite_service_create(sprite_service *svc, const char *account, const 
         json_object_set_double_member(o, "create_ms", (double)g_get_monotonic_time() / 1000 - t0);
         account_db_audit(db, "create", name, true, NULL);
     }
+unlock:
     svc_unlock_put(svc, l);
 out:
     svc_leave(svc);
@@ -879,6 +972,70 @@ JsonNode *sprite_service_exec(sprite_service *svc, const char *account, const ch
     return svc_on_sprite(svc, account, name, svc_exec_verb, req, error);
 }
 
+/* Thaws the guest's filesystem after a checkpoint (op held); NULL, or why it stays frozen.  A
+ * guest that cannot be thawed is useless (every write would block), so its VM is stopped: the
+ * disk has every write (the freeze flushed them), and the next call claims a fresh VM. */
+static char *svc_thaw(sprite_service *svc, struct live_sprite *l)
+{
+    GError *err = NULL;
+
+    for (int attempt = 0; attempt < 3; attempt++) {
+        g_clear_error(&err);
+        if (agent_client_thaw(l->vm->agent, 60000, &err))
+            return NULL;
+        log_warn(SVC_LOG, "%s: thaw (attempt %d): %s", l->key, attempt + 1, err->message);
+    }
+    char *why = g_strdup_printf("thaw: %s; the sprite was stopped (its disk has every write)",
+                                err->message);
+    g_clear_error(&err);
+    if (!svc_streams_end(svc, l, "the sprite's filesystem could not be thawed", &err)) {
+        log_warn(SVC_LOG, "%s: %s", l->key, err->message);
+        g_clear_error(&err);
+    }
+    if (!sprite_destroy(l->vm, false, NULL, NULL, &err)) {
+        log_warn(SVC_LOG, "%s: %s", l->key, err->message);
+        g_clear_error(&err);
+    }
+    l->vm = NULL;
+    svc_set_state(svc, l, LIVE_STOPPED);
+    log_error(SVC_LOG, "%s: %s", l->key, why);
+    return why;
+}
+
+/* Makes storage checkpoint *id of the sprite's disk.  An id the storage server already has is a
+ * checkpoint whose row a failed call never wrote (its thaw or its row failed, or wispd died):
+ * it is adopted (given its row, as sprite_reconcile.c does at start-up) and the next id is
+ * tried, so that one such checkpoint does not fail every later one. */
+static bool svc_checkpoint_make(sprite_service *svc, account_db *db, struct live_sprite *l,
+                                char **id, GError **error)
+{
+    for (int attempt = 0;; attempt++) {
+        GError *err = NULL;
+        if (svc_disk_op(svc, "disk-checkpoint", l->disk, "checkpoint", *id, &err))
+            return true;
+        if (attempt >= 16 || !g_error_matches(err, G_IO_ERROR, G_IO_ERROR_EXISTS)) {
+            g_propagate_error(error, err);
+            return false;
+        }
+        g_clear_error(&err);
+        int recorded = account_db_checkpoint_exists(db, l->name, *id, &err);
+        if (recorded == 0 && account_db_checkpoint_add(db, l->name, *id, &err)) {
+            log_warn(SVC_LOG, "%s: checkpoint %s existed without a row; kept", l->key, *id);
+            account_db_audit(db, "checkpoint", l->name, true, "adopted: it had no row");
+        }
+        char *next = err ? NULL : account_db_checkpoint_next_id(db, l->name, &err);
+        if (!next || strcmp(next, *id) == 0) {
+            g_free(next);
+            if (!err)
+                g_set_error(&err, G_IO_ERROR, G_IO_ERROR_EXISTS, "checkpoint %s exists", *id);
+            g_propagate_error(error, err);
+            return false;
+        }
+        g_free(*id);
+        *id = next;
+    }
+}
+
 static JsonNode *svc_checkpoint_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
                                        const void *unused, GError **error)
 {
@@ -904,15 +1061,16 @@ static JsonNode *svc_checkpoint_locked(sprite_service *svc, account_db *db, stru
         }
         frozen = true;
     }
-    bool ok = svc_disk_op(svc, "disk-checkpoint", l->disk, "checkpoint", id, &err);
-    if (frozen && !agent_client_thaw(l->vm->agent, 60000, err ? NULL : &err) && ok) {
-        ok = false;
-    }
+    bool ok = svc_checkpoint_make(svc, db, l, &id, &err);
+    /* Whatever the checkpoint did, the guest is thawed (or stopped) before anything else. */
+    g_autofree char *thaw_error = frozen ? svc_thaw(svc, l) : NULL;
     if (!ok) {
         svc_wrap(error, err, "checkpoint");
         account_db_audit(db, "checkpoint", name, false, (*error)->message);
         return NULL;
     }
+    /* The storage checkpoint exists: its row is written even when the thaw failed (it was made
+     * frozen, so it is consistent).  Should the row fail, the next checkpoint adopts it. */
     if (!account_db_checkpoint_add(db, name, id, &err)) {
         svc_wrap(error, err, "account database");
         return NULL;
@@ -922,6 +1080,8 @@ static JsonNode *svc_checkpoint_locked(sprite_service *svc, account_db *db, stru
     json_object_set_string_member(o, "id", id);
     json_object_set_int_member(o, "created", g_get_real_time() / G_USEC_PER_SEC);
     json_object_set_double_member(o, "ms", (double)g_get_monotonic_time() / 1000 - t0);
+    if (thaw_error)
+        json_object_set_string_member(o, "thaw_error", thaw_error);
     JsonNode *result = json_node_new(JSON_NODE_OBJECT);
     json_node_take_object(result, o);
     return result;
