@@ -11,20 +11,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* alice's checkpoint ids of sprite "ck", space-separated (g_free it). */
-static char *cd_ids(void)
-{
-    JsonObject *o = wfx_expect(200, "GET", "/v1/sprites/ck/checkpoints", WFX_TOKEN_A, NULL);
-    JsonArray *a = json_object_get_array_member(o, "checkpoints");
-    GString *s = g_string_new(NULL);
-    for (guint i = 0; a && i < json_array_get_length(a); i++)
-        g_string_append_printf(
-            s, "%s%s", i ? " " : "",
-            json_object_get_string_member(json_array_get_object_element(a, i), "id"));
-    json_object_unref(o);
-    return g_string_free(s, FALSE);
-}
-
 int main(void)
 {
     struct vmf_image img;
@@ -42,13 +28,13 @@ int main(void)
     g_free(wfx_sh("ck", WFX_TOKEN_A, "echo two > /root/v && sync", 0));
     g_autofree char *made = wfx_cli("checkpoint", "create", WFX_TOKEN_A, 0, "ck", NULL);
     FX_CHECK(strcmp(made, "ck2\n") == 0, "wisp checkpoint create printed '%s'", made);
-    g_autofree char *before = cd_ids();
+    g_autofree char *before = wfx_checkpoint_ids("ck", WFX_TOKEN_A);
     FX_CHECK(strcmp(before, "ck1 ck2") == 0, "checkpoints before: '%s'", before);
 
     /* Another account: not found, and nothing deleted. */
     wfx_expect_free(404, "DELETE", "/v1/sprites/ck/checkpoints/ck1", WFX_TOKEN_B, NULL);
     g_free(wfx_cli("checkpoint", "delete", WFX_TOKEN_B, 1, "ck", "ck1", NULL));
-    g_autofree char *still = cd_ids();
+    g_autofree char *still = wfx_checkpoint_ids("ck", WFX_TOKEN_A);
     FX_CHECK(strcmp(still, "ck1 ck2") == 0, "bob's delete changed the list: '%s'", still);
     wfx_expect_free(400, "DELETE", "/v1/sprites/ck/checkpoints/a..b", WFX_TOKEN_A, NULL);
 
@@ -58,7 +44,7 @@ int main(void)
     FX_CHECK(json_object_get_boolean_member_with_default(del, "deleted", FALSE),
              "the answer does not say deleted");
     json_object_unref(del);
-    g_autofree char *after = cd_ids();
+    g_autofree char *after = wfx_checkpoint_ids("ck", WFX_TOKEN_A);
     FX_CHECK(strcmp(after, "ck2") == 0, "checkpoints after the delete: '%s'", after);
     g_autofree char *disk_ckpts =
         wfx_cli("disk", "checkpoints", NULL, 0, "s_alice_ck", "--control", ctl, NULL);

@@ -13,20 +13,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* alice's checkpoint ids of sprite "web", space-separated (g_free it). */
-static char *co_ids(void)
-{
-    JsonObject *o = wfx_expect(200, "GET", "/v1/sprites/web/checkpoints", WFX_TOKEN_A, NULL);
-    JsonArray *a = json_object_get_array_member(o, "checkpoints");
-    GString *s = g_string_new(NULL);
-    for (guint i = 0; a && i < json_array_get_length(a); i++)
-        g_string_append_printf(
-            s, "%s%s", i ? " " : "",
-            json_object_get_string_member(json_array_get_object_element(a, i), "id"));
-    json_object_unref(o);
-    return g_string_free(s, FALSE);
-}
-
 int main(void)
 {
     struct vmf_image img;
@@ -58,7 +44,7 @@ int main(void)
     FX_CHECK(!json_object_has_member(c3, "thaw_error"), "thaw_error: %s",
              json_object_get_string_member(c3, "thaw_error"));
     json_object_unref(c3);
-    g_autofree char *ids = co_ids();
+    g_autofree char *ids = wfx_checkpoint_ids("web", WFX_TOKEN_A);
     FX_CHECK(strcmp(ids, "ck1 ck2 ck3") == 0, "checkpoints: '%s'", ids);
     /* And the one after that is an ordinary one. */
     JsonObject *c4 = wfx_expect(201, "POST", "/v1/sprites/web/checkpoints", WFX_TOKEN_A, NULL);

@@ -278,6 +278,20 @@ char *wfx_sh(const char *sprite, const char *token, const char *script, int want
     return out;
 }
 
+char *wfx_checkpoint_ids(const char *sprite, const char *token)
+{
+    g_autofree char *path = g_strdup_printf("/v1/sprites/%s/checkpoints", sprite);
+    JsonObject *o = wfx_expect(200, "GET", path, token, NULL);
+    JsonArray *a = json_object_get_array_member(o, "checkpoints");
+    GString *s = g_string_new(NULL);
+    for (guint i = 0; a && i < json_array_get_length(a); i++)
+        g_string_append_printf(
+            s, "%s%s", i ? " " : "",
+            json_object_get_string_member(json_array_get_object_element(a, i), "id"));
+    json_object_unref(o);
+    return g_string_free(s, FALSE);
+}
+
 char *wfx_state(const char *sprite, const char *token)
 {
     g_autofree char *path = g_strdup_printf("/v1/sprites/%s", sprite);

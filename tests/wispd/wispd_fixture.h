@@ -58,6 +58,8 @@ void wfx_expect_free(long want, const char *method, const char *path, const char
 char *wfx_sh(const char *sprite, const char *token, const char *script, int want_exit);
 /* A sprite's "state" member (g_free it). */
 char *wfx_state(const char *sprite, const char *token);
+/* A sprite's checkpoint ids, oldest first, space-separated (g_free it). */
+char *wfx_checkpoint_ids(const char *sprite, const char *token);
 
 /* Runs `wisp VERB [NAME] ARGS...` against the current wispd with stdin "from-stdin\n"; checks
  * its exit code and returns its stdout (g_free it).  token: WISP_TOKEN, or NULL for none. */
