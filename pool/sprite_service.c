@@ -533,12 +533,12 @@ static bool svc_reap_dead_vm(sprite_service *svc, struct live_sprite *l, GError 
 {
     if (!l->vm || vm_is_running(l->vm->vm))
         return true;
+    if (!svc_streams_end(svc, l, "the sprite's VM exited", error))
+        return false;
     int status = l->vm->vm->exit_status;
     log_warn(SVC_LOG, "%s: QEMU exited unasked (%s %d): stopped, disk kept", l->key,
              WIFSIGNALED(status) ? "signal" : "status",
              WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-    if (!svc_streams_end(svc, l, "the sprite's VM exited", error))
-        return false;
     sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU is reaped: frees the rest */
     l->vm = NULL;
     l->woken = false;
