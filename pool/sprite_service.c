@@ -1141,6 +1141,8 @@ static JsonNode *svc_wake_locked(sprite_service *svc, account_db *db, struct liv
     JsonNode *result = NULL;
 
     (void)unused;
+    if (!svc_reap_dead_vm(svc, l, error)) /* a dead QEMU is not awake: it is claimed again */
+        return NULL;
     if (l->vm && l->vm->state == SPRITE_VM_RUNNING) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is awake", name);
     } else if (svc_ensure_running(svc, l, error)) {

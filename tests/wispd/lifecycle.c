@@ -7,7 +7,8 @@
  *                (each was a warning and an audit row, every second), GET says stopped, and
  *                `wisp exec NAME -- true` exits 0 on a new claim with a file written and synced
  *                before the kill intact; killed again and exec'd at once (the exec's own path,
- *                not the policy's), the exec claims again too
+ *                not the policy's), the exec claims again too; killed a third time, a wake is
+ *                200 (a new claim), not 409 "awake"
  *   stdin        a buffered exec of `sleep 30` with 400 KiB of stdin (more than the guest's
  *                credit, so the stdin thread waits for credit) and timeout_s 1: the answer is a
  *                clean 500, and wispd still answers (the thread used the freed session: in the
@@ -94,6 +95,27 @@ static pid_t lc_stream_open(const struct wispd_fx *w, const char *name, const ch
     }
 }
 
+/* Kills the QEMU of the one sprite this wispd runs (SIGKILL), once the pool refilled after its
+ * claim, and waits until it is a zombie (dead, not yet reaped by wispd). */
+static void lc_kill_claimed(const struct wispd_fx *w)
+{
+    pid_t qemu = 0;
+    double until = fx_now() + 120;
+    while (!qemu) {
+        /* The sprite's QEMU was the pool member before the claim: the refill is newer. */
+        GArray *a = wfx_processes("qemu-system", w->state);
+        if (a->len == 2)
+            qemu = MIN(g_array_index(a, pid_t, 0), g_array_index(a, pid_t, 1));
+        g_array_unref(a);
+        FX_CHECK(qemu || fx_now() < until, "the pool never refilled");
+        if (!qemu)
+            fx_sleep(0.2);
+    }
+    FX_CHECK(kill(qemu, SIGKILL) == 0, "kill %d", (int)qemu);
+    while (lc_running(qemu))
+        fx_sleep(0.01);
+}
+
 static void lc_check_dead_qemu(const struct wispd_fx *w)
 {
     pid_t qemu = lc_pool_member(w);
@@ -121,26 +143,17 @@ static void lc_check_dead_qemu(const struct wispd_fx *w)
     FX_CHECK(strcmp(md5, md5_after) == 0, "d1.bin changed over the QEMU's death");
 
     /* Killed again and exec'd at once: the exec finds it dead before the idle policy does. */
-    qemu = 0;
-    double until = fx_now() + 120;
-    while (!qemu) {
-        /* d1's QEMU is the one the pool member was before the claim: the refill is newer. */
-        GArray *a = wfx_processes("qemu-system", w->state);
-        if (a->len == 2)
-            qemu = MIN(g_array_index(a, pid_t, 0), g_array_index(a, pid_t, 1));
-        g_array_unref(a);
-        FX_CHECK(qemu || fx_now() < until, "the pool never refilled");
-        if (!qemu)
-            fx_sleep(0.2);
-    }
-    FX_CHECK(kill(qemu, SIGKILL) == 0, "kill %d", (int)qemu);
-    while (lc_running(qemu))
-        fx_sleep(0.01);
+    lc_kill_claimed(w);
     g_free(wfx_cli("exec", "d1", WFX_TOKEN_A, 0, "--", "true", NULL));
     FX_CHECK(lc_log_count(w->log, "alice/d1: QEMU exited unasked") == 2,
              "the second death was not noticed (see %s)", w->log);
+    /* And a wake: a dead QEMU is not awake (it was 409 "awake", or 500 from warm-asleep). */
+    lc_kill_claimed(w);
+    wfx_expect_free(200, "POST", "/v1/sprites/d1/wake", WFX_TOKEN_A, NULL);
+    FX_CHECK(lc_log_count(w->log, "alice/d1: QEMU exited unasked") == 3,
+             "the third death was not noticed (see %s)", w->log);
     g_autofree char *md5_again = sh_file_md5("d1", WFX_TOKEN_A, "d1.bin");
-    FX_CHECK(strcmp(md5, md5_again) == 0, "d1.bin changed over the second death");
+    FX_CHECK(strcmp(md5, md5_again) == 0, "d1.bin changed over the second and third deaths");
     wfx_expect_free(200, "DELETE", "/v1/sprites/d1", WFX_TOKEN_A, NULL);
 }
 
