@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <gio/gio.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define SVC_LOG "wispd"
 
@@ -530,6 +531,7 @@ static bool svc_claim(sprite_service *svc, struct live_sprite *l, double *ms, GE
     }
     if (ms)
         *ms = t.total_ms;
+    l->woken = false; /* a pool member's RAM is private: its cold sleep is sleep_cold_private */
     log_info(SVC_LOG, "%s: claimed in %.1f ms (attach %.1f)", l->key, t.total_ms, t.attach_ms);
     svc_set_state(svc, l, LIVE_RUNNING);
     return true;
@@ -568,11 +570,35 @@ static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk, c
 
 static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GError **error);
 
-/* Makes the VM run: claims one when stopped, wakes it when asleep (op held). */
+/* A QEMU that exited without being asked (OOM kill, guest poweroff, crash) leaves a VM record
+ * that answers nothing: its open streams end, the record goes and the sprite is stopped, which
+ * it is (its disk is durable in the storage server); the next verb claims again.  Returns
+ * false only when a stream would not end (op held). */
+static bool svc_reap_dead_vm(sprite_service *svc, struct live_sprite *l, GError **error)
+{
+    if (!l->vm || vm_is_running(l->vm->vm))
+        return true;
+    if (!svc_streams_end(svc, l, "the sprite's VM exited", error))
+        return false;
+    int status = l->vm->vm->exit_status;
+    log_warn(SVC_LOG, "%s: QEMU exited unasked (%s %d): stopped, disk kept", l->key,
+             WIFSIGNALED(status) ? "signal" : "status",
+             WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU is reaped: frees the rest */
+    l->vm = NULL;
+    l->woken = false;
+    svc_set_state(svc, l, LIVE_STOPPED);
+    return true;
+}
+
+/* Makes the VM run: claims one when stopped (or when its QEMU died), wakes it when asleep (op
+ * held). */
 static bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error)
 {
     GError *err = NULL;
 
+    if (!svc_reap_dead_vm(svc, l, error))
+        return false;
     if (!l->vm && l->state == LIVE_COLD)
         return svc_cold_wake_locked(svc, l, error);
     if (!l->vm)
@@ -941,9 +967,12 @@ static JsonNode *svc_exec_locked(struct live_sprite *l, const struct sprite_exec
         agent_exec_wait(e, 5000, &kind, &code, &err); /* err says if it failed */
     if (err && g_error_matches(err, AGENT_ERROR, AGENT_ERROR_TIMEOUT))
         agent_exec_signal(e, 9, NULL); /* the command outlived its timeout: it goes */
-    agent_exec_free(e);
+    /* The feeder uses the session until it returns, so it is joined before the free.  It may
+     * wait for stdin credit: the exit (the kill above, or the end the read saw), a closed
+     * agent or its own deadline (the exec's timeout) wakes it. */
     if (feeder_thread)
-        g_thread_join(feeder_thread); /* ends once the session is freed */
+        g_thread_join(feeder_thread);
+    agent_exec_free(e);
     if (err) {
         svc_wrap(error, err, "exec");
         return NULL;
@@ -1272,6 +1301,8 @@ static JsonNode *svc_wake_locked(sprite_service *svc, account_db *db, struct liv
     JsonNode *result = NULL;
 
     (void)unused;
+    if (!svc_reap_dead_vm(svc, l, error)) /* a dead QEMU is not awake: it is claimed again */
+        return NULL;
     if (l->vm && l->vm->state == SPRITE_VM_RUNNING) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is awake", name);
     } else if (svc_ensure_running(svc, l, error)) {
@@ -1440,6 +1471,15 @@ static JsonNode *svc_sleep_cold_verb(sprite_service *svc, account_db *db, struct
                                      const void *unused, GError **error)
 {
     (void)unused;
+    /* As warm sleep: an open stream holds the sprite awake (SIGTERM's sleep ends them first). */
+    g_mutex_lock(&svc->mu);
+    unsigned holds = l->holds;
+    g_mutex_unlock(&svc->mu);
+    if (holds > 0) {
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT,
+                 "sprite '%s' has %u open exec stream(s); it sleeps once they end", l->name, holds);
+        return NULL;
+    }
     if (!svc_cold_sleep_locked(svc, db, l, "asked", error))
         return NULL;
     JsonNode *n = svc_ok_node(l->name, "asleep");
@@ -1642,6 +1682,11 @@ bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const c
     GError *err = NULL;
     if (!idle) {
         svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is active again", name);
+    } else if (!svc_reap_dead_vm(svc, l, error)) {
+        /* a stream did not end (none is open when idle) */
+    } else if (!l->vm) {
+        /* Its QEMU died: stopped now, so the policy lets it be (one log line, no audit row). */
+        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is stopped", name);
     } else if (cold) {
         ok = svc_cold_sleep_locked(svc, db, l, why, error);
     } else if (!l->vm || l->vm->state != SPRITE_VM_RUNNING) {
