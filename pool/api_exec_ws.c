@@ -38,7 +38,11 @@ struct api_exec_ws {
     sprite_service *svc;
     GMainContext *ctx;
     GList *streams; /* main loop only */
+    bool stopping;  /* api_exec_ws_free has begun: no new stream, and opens end at once */
 };
+
+/* How long api_exec_ws_free waits for opens under way (a claim waits up to 60 s for a VM). */
+#define WS_OPEN_DRAIN_S 70
 
 struct ws_stream {
     api_exec_ws *owner;
@@ -610,6 +614,15 @@ static void ws_open_done(GObject *source, GAsyncResult *res, gpointer data)
         ws_maybe_free(st);
         return;
     }
+    if (st->owner->stopping && !st->client_gone) {
+        /* wispd stops: the process goes at once, and the client hears why. */
+        g_signal_handlers_disconnect_by_data(msg, st);
+        api_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "wispd is shutting down");
+        soup_server_message_unpause(msg);
+        g_clear_object(&st->msg);
+        st->conn_gone = st->client_gone = true;
+        st->cancelled = true; /* no thread runs yet */
+    }
     if (st->client_gone) {
         ws_start_threads(st); /* cancelled: the pump kills the process and closes */
         return;
@@ -715,6 +728,10 @@ void api_exec_ws_route(api_exec_ws *ws, SoupServerMessage *msg, const char *acco
 {
     GError *err = NULL;
 
+    if (ws->stopping) {
+        api_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "wispd is shutting down");
+        return;
+    }
     if (!soup_websocket_server_check_handshake(msg, NULL, NULL, NULL, &err)) {
         api_error(msg, SOUP_STATUS_BAD_REQUEST, "WebSocket handshake: %s", err->message);
         g_clear_error(&err);
@@ -755,13 +772,48 @@ api_exec_ws *api_exec_ws_new(sprite_service *svc)
     return ws;
 }
 
+static bool ws_any_opening(api_exec_ws *ws)
+{
+    for (GList *i = ws->streams; i; i = i->next)
+        if (((struct ws_stream *)i->data)->opening)
+            return true;
+    return false;
+}
+
+static gboolean ws_drain_tick(gpointer data)
+{
+    (void)data;
+    return G_SOURCE_CONTINUE; /* only wakes the iteration below, to look at the clock */
+}
+
+/* The main loop has stopped, but an open under way ends in ws_open_done, in this context:
+ * run it until every open has ended (bounded), so that each such stream is cancelled and
+ * closed like the others, rather than holding the service (its busy count) to the end. */
+static void ws_drain_opening(api_exec_ws *ws)
+{
+    if (!ws_any_opening(ws))
+        return;
+    gint64 until = g_get_monotonic_time() + WS_OPEN_DRAIN_S * G_USEC_PER_SEC;
+    GSource *tick = g_timeout_source_new_seconds(1);
+    g_source_set_callback(tick, ws_drain_tick, NULL, NULL);
+    g_source_attach(tick, ws->ctx);
+    log_info(WS_LOG, "waiting for the streams being opened to end");
+    while (ws_any_opening(ws) && g_get_monotonic_time() < until)
+        g_main_context_iteration(ws->ctx, TRUE);
+    g_source_destroy(tick);
+    g_source_unref(tick);
+}
+
 void api_exec_ws_free(api_exec_ws *ws)
 {
     if (!ws)
         return;
+    ws->stopping = true;
+    ws_drain_opening(ws);
     /* Ends every stream whose threads run, and waits for them: their service streams must be
-     * closed before the service goes.  Streams still opening (a worker in the service) cannot
-     * be reached: then this object is left behind on purpose, as the service does. */
+     * closed before the service goes.  A stream still opening after the drain (a worker stuck
+     * in the service) cannot be reached: then this object is left behind on purpose, as the
+     * service does. */
     bool opening = false;
     for (GList *i = ws->streams; i; i = i->next) {
         struct ws_stream *st = i->data;

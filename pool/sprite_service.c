@@ -1447,6 +1447,7 @@ static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GEr
         return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: sprite '%s' has no cold sleep",
                         l->name);
     svc_cold_record(db, l->key, "waking");
+    log_info(SVC_LOG, "%s: waking from %s", l->key, row.manifest);
     struct sprite *s = sprite_cold_wake(&svc->cold, l->disk, l->name, row.manifest, &res, &err);
     if (!s) {
         svc_cold_record(db, l->key, "cold"); /* the manifest is untouched: try again later */
@@ -1588,6 +1589,15 @@ static GPtrArray *svc_live_with_vm(sprite_service *svc)
         }
     }
     return a;
+}
+
+void sprite_service_refuse_calls(sprite_service *svc)
+{
+    if (!svc)
+        return;
+    g_mutex_lock(&svc->mu);
+    svc->stopping = true;
+    g_mutex_unlock(&svc->mu);
 }
 
 void sprite_service_sleep_all_cold(sprite_service *svc)

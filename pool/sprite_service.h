@@ -115,6 +115,9 @@ JsonNode *sprite_service_sleep_mode(sprite_service *svc, const char *account, co
  * sprite that has a VM, one by one.  One that fails is left to sprite_service_free (its VM is
  * destroyed, its disk kept: "stopped" at the next start).  Call before sprite_service_free. */
 void sprite_service_sleep_all_cold(sprite_service *svc);
+/* From now on every new call is refused (SPRITE_SERVICE_ERROR_SHUTDOWN); calls and streams
+ * already in go on.  The first step of a shutdown, before the API's last requests drain. */
+void sprite_service_refuse_calls(sprite_service *svc);
 
 /* ---- for the idle policy (idle_policy.h) ---- */
 struct sprite_service_idle_entry {

@@ -511,6 +511,9 @@ static void wispd_commit_disks(struct wispd *d)
 
 static void wispd_stop(struct wispd *d)
 {
+    /* First no new call, so that what drains in api_server_stop (streams being opened) is all
+     * there is; then the API goes. */
+    sprite_service_refuse_calls(d->svc);
     api_server_stop(d->api);
     idle_policy_free(d->idle);
     /* Nothing lost: every sprite with a VM goes to cold sleep (docs/operations.md). */
