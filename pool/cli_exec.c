@@ -1,6 +1,6 @@
 /* cli_exec.c: `wisp exec` and `wisp console`, streaming, on wispd's WebSocket exec
- * (api_exec_ws.h, docs/api.md "Streaming exec"), with the small WebSocket client of
- * ws_client.h over the unix socket (not libsoup: see there why).
+ * (api_exec_ws.h, docs/api.md "Streaming exec"), with libsoup 3's client over the unix
+ * socket.
  *
  * stdin goes to the process when it is not a terminal (a pipe or a file: `echo x | wisp exec
  * NAME -- cat`), or with -i, or with -t; otherwise the process reads /dev/null, as a command
@@ -15,14 +15,15 @@
  *
  * The exit message is the stream's last: once it is here, this process closes its end and
  * returns the code at once, without waiting for wispd's close (a round trip, and wispd's own
- * teardown of the stream, that the caller has no use for). */
+ * teardown of the stream, that the caller has no use for).  wispd sends it only once its
+ * hold on the sprite is given back (docs/api.md), so a request right after finds it free. */
 #include "cli_exec.h"
 #include "cli.h"
-#include "ws_client.h"
 
 #include <errno.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
+#include <libsoup/soup.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -38,9 +39,9 @@ enum { CH_STDIN = 0, CH_STDOUT = 1, CH_STDERR = 2, CH_CONTROL = 3, CH_EXIT = 4 }
 
 struct cli_exec {
     GMainLoop *loop;
-    ws_client *ws;
-    guint ws_watch;
-    bool opened; /* the 101 arrived */
+    SoupSession *session;
+    SoupMessage *msg;
+    SoupWebsocketConnection *conn; /* NULL until the 101 */
     const char *name;
     bool tty, send_stdin;
     gint64 in_credit; /* stdin bytes wispd still takes */
@@ -97,14 +98,16 @@ static bool cli_exec_winsize(guint16 *rows, guint16 *cols)
 
 static void cli_exec_send(struct cli_exec *x, guint8 channel, const void *data, size_t len)
 {
-    if (!x->ws || !ws_client_is_open(x->ws))
+    if (!x->conn || soup_websocket_connection_get_state(x->conn) != SOUP_WEBSOCKET_STATE_OPEN)
         return;
-    g_autofree guint8 *p = g_malloc(len + 1);
+    guint8 *p = g_malloc(len + 1);
     p[0] = channel;
     if (len)
         memcpy(p + 1, data, len);
-    /* A failed write is a connection gone: the next read tells, and ends the loop. */
-    ws_client_send(x->ws, p, len + 1, NULL);
+    /* A failed write is a connection gone: libsoup then emits "closed", which ends the loop. */
+    GBytes *b = g_bytes_new_take(p, len + 1);
+    soup_websocket_connection_send_message(x->conn, SOUP_WEBSOCKET_DATA_BINARY, b);
+    g_bytes_unref(b);
 }
 
 static void cli_exec_control(struct cli_exec *x, const char *fmt, ...)
@@ -189,11 +192,14 @@ static void cli_exec_on_exit_frame(struct cli_exec *x, const char *text, size_t 
         x->error = g_strdup(json_object_get_string_member_with_default(o, "error", "failed"));
 }
 
-static void cli_exec_on_message(void *data, uint8_t type, const uint8_t *p, size_t len)
+static void cli_exec_on_message(SoupWebsocketConnection *conn, gint type, GBytes *message,
+                                gpointer data)
 {
     struct cli_exec *x = data;
+    gsize len;
+    const guint8 *p = g_bytes_get_data(message, &len);
 
-    if (type != WS_OP_BINARY || len < 1)
+    if (type != SOUP_WEBSOCKET_DATA_BINARY || len < 1)
         return;
     switch (p[0]) {
     case CH_STDOUT:
@@ -203,7 +209,7 @@ static void cli_exec_on_message(void *data, uint8_t type, const uint8_t *p, size
                                 len - 1)) {
             /* Nobody reads us any more (a closed pipe): the remote process goes too. */
             x->output_broken = true;
-            ws_client_close(x->ws, WS_CLOSE_NORMAL);
+            soup_websocket_connection_close(conn, SOUP_WEBSOCKET_CLOSE_NORMAL, "output closed");
             g_main_loop_quit(x->loop);
             return;
         }
@@ -224,12 +230,21 @@ static void cli_exec_on_message(void *data, uint8_t type, const uint8_t *p, size
     case CH_EXIT:
         /* The last message: done, whatever wispd still does to close. */
         cli_exec_on_exit_frame(x, (const char *)p + 1, len - 1);
-        ws_client_close(x->ws, WS_CLOSE_NORMAL);
+        soup_websocket_connection_close(conn, SOUP_WEBSOCKET_CLOSE_NORMAL, NULL);
         g_main_loop_quit(x->loop);
         break;
     default:
         break;
     }
+}
+
+/* wispd's close, or the connection lost, before the exit message. */
+static void cli_exec_on_closed(SoupWebsocketConnection *conn, gpointer data)
+{
+    struct cli_exec *x = data;
+
+    (void)conn;
+    g_main_loop_quit(x->loop);
 }
 
 /* ---- signals ------------------------------------------------------------------------------- */
@@ -250,8 +265,8 @@ static void cli_exec_forward_signal(struct cli_exec *x, int signo)
         /* A second ^C: give up at once (closing makes wispd kill the process). */
         x->error = g_strdup("interrupted");
         x->exit_code = -1;
-        if (x->ws)
-            ws_client_close(x->ws, WS_CLOSE_GOING_AWAY);
+        if (x->conn)
+            soup_websocket_connection_close(x->conn, SOUP_WEBSOCKET_CLOSE_GOING_AWAY, NULL);
         g_main_loop_quit(x->loop);
         return;
     }
@@ -276,75 +291,56 @@ static gboolean cli_exec_on_sighup(gpointer data)
 
 /* ---- connecting ---------------------------------------------------------------------------- */
 
-/* wispd answered the upgrade with an error: its words, or ours for the usual ones. */
-static void cli_exec_refused(struct cli_exec *x)
+/* wispd answered the upgrade with an error: ours for the usual ones, else the status.
+ * libsoup does not read the body of a refused upgrade (where wispd's message is), so the
+ * text points at --json, whose plain request shows it. */
+static void cli_exec_refused(struct cli_exec *x, guint status)
 {
-    guint status = ws_client_http_status(x->ws);
-    const char *body = ws_client_http_body(x->ws);
-    g_autoptr(JsonParser) p = json_parser_new();
-    JsonNode *root;
-    const char *why = NULL;
-
-    if (json_parser_load_from_data(p, body, -1, NULL) && (root = json_parser_get_root(p)) &&
-        JSON_NODE_HOLDS_OBJECT(root))
-        why = json_object_get_string_member_with_default(json_node_get_object(root), "error", NULL);
-    if (status == 404)
+    if (status == SOUP_STATUS_NOT_FOUND)
         x->error =
             g_strdup_printf("no sprite named '%s' ('wisp list' shows your sprites)", x->name);
-    else if (status == 401)
+    else if (status == SOUP_STATUS_UNAUTHORIZED)
         x->error = g_strdup("unknown bearer token (check --token or WISP_TOKEN)");
-    else if (status == 503)
+    else if (status == SOUP_STATUS_SERVICE_UNAVAILABLE)
         x->error = g_strdup("wispd is stopping; try again once it runs");
     else
-        x->error = g_strdup_printf("wispd refused the exec: HTTP %u: %s", status,
-                                   why ? why : "(no message)");
+        x->error = g_strdup_printf("wispd refused the exec: HTTP %u %s (wisp exec --json shows "
+                                   "wispd's message)",
+                                   status, soup_message_get_reason_phrase(x->msg));
 }
 
-/* The 101 arrived: the stream is open. */
-static void cli_exec_opened(struct cli_exec *x)
+static void cli_exec_on_connected(GObject *source, GAsyncResult *res, gpointer data)
 {
-    x->opened = true;
+    struct cli_exec *x = data;
+    GError *err = NULL;
+
+    x->conn = soup_session_websocket_connect_finish(SOUP_SESSION(source), res, &err);
+    if (!x->conn) {
+        guint status = soup_message_get_status(x->msg);
+        if (status >= 400)
+            cli_exec_refused(x, status);
+        else if (status > 0)
+            x->error = g_strdup_printf("wispd did not open the exec stream: HTTP %u %s: %s", status,
+                                       soup_message_get_reason_phrase(x->msg), err->message);
+        else
+            x->error = g_strdup_printf("cannot reach wispd: %s (is it running? see --socket)",
+                                       err->message);
+        g_clear_error(&err);
+        g_main_loop_quit(x->loop);
+        return;
+    }
+    soup_websocket_connection_set_max_incoming_payload_size(x->conn, CLI_EXEC_CHUNK + 1);
+    g_signal_connect(x->conn, "message", G_CALLBACK(cli_exec_on_message), x);
+    g_signal_connect(x->conn, "closed", G_CALLBACK(cli_exec_on_closed), x);
     if (x->tty && isatty(STDIN_FILENO) && !cli_exec_make_raw())
         cli_error("cannot put the terminal in raw mode: %s", g_strerror(errno));
     cli_exec_watch_stdin(x);
 }
 
-static void cli_exec_on_ws_message(void *data, uint8_t type, const uint8_t *p, size_t len)
-{
-    struct cli_exec *x = data;
-
-    /* The 101 and the first messages may come in one read. */
-    if (!x->opened)
-        cli_exec_opened(x);
-    cli_exec_on_message(x, type, p, len);
-}
-
-static gboolean cli_exec_on_socket(gint fd, GIOCondition cond, gpointer data)
-{
-    struct cli_exec *x = data;
-    GError *err = NULL;
-
-    (void)fd;
-    (void)cond;
-    enum ws_client_event ev = ws_client_read(x->ws, cli_exec_on_ws_message, x, &err);
-    if (ev == WS_CLIENT_AGAIN && !x->opened && ws_client_is_open(x->ws))
-        cli_exec_opened(x);
-    if (ev == WS_CLIENT_AGAIN)
-        return G_SOURCE_CONTINUE;
-    if (ev == WS_CLIENT_REFUSED && !x->error)
-        cli_exec_refused(x);
-    else if (ev == WS_CLIENT_ERROR && !x->error)
-        x->error = g_strdup(err->message);
-    g_clear_error(&err);
-    x->ws_watch = 0;
-    g_main_loop_quit(x->loop);
-    return G_SOURCE_REMOVE;
-}
-
 /* The request's URL: /v1/sprites/NAME/exec?argv=...&... (every value escaped). */
 static char *cli_exec_url(const char *name, char **cmd, bool tty, bool with_stdin)
 {
-    GString *u = g_string_new("/v1/sprites/");
+    GString *u = g_string_new("http://wispd/v1/sprites/");
     g_autofree char *n = g_uri_escape_string(name, NULL, FALSE);
     guint16 rows, cols;
 
@@ -370,18 +366,24 @@ int cli_exec_stream(const char *socket_path, const char *token, const char *name
                     bool tty, bool force_stdin)
 {
     struct cli_exec x = {.name = name, .tty = tty, .exit_code = -1, .in_credit = CLI_EXEC_WINDOW};
-    GError *err = NULL;
     int status;
 
     x.send_stdin = force_stdin || tty || !isatty(STDIN_FILENO);
-    g_autofree char *target = cli_exec_url(name, cmd, tty, x.send_stdin);
-    x.ws = ws_client_connect(socket_path, target, token, &err);
-    if (!x.ws) {
-        cli_error("cannot reach wispd: %s (is it running? see --socket)", err->message);
-        g_error_free(err);
-        return CLI_EXIT_ERROR;
+    g_autofree char *url = cli_exec_url(name, cmd, tty, x.send_stdin);
+    GSocketAddress *addr = g_unix_socket_address_new(socket_path);
+    x.session = soup_session_new_with_options("remote-connectable", addr, NULL);
+    g_object_unref(addr);
+    x.msg = soup_message_new("GET", url);
+    if (!x.msg) {
+        cli_error("cannot make a request for sprite '%s'", name);
+        g_object_unref(x.session);
+        return CLI_EXIT_USAGE;
     }
-    ws_client_set_max_payload(x.ws, CLI_EXEC_CHUNK + 1);
+    if (token) {
+        g_autofree char *auth = g_strdup_printf("Bearer %s", token);
+        soup_message_headers_replace(soup_message_get_request_headers(x.msg), "Authorization",
+                                     auth);
+    }
     signal(SIGPIPE, SIG_IGN); /* a closed stdout is a failed write, handled */
     x.loop = g_main_loop_new(NULL, FALSE);
     guint sources[4] = {
@@ -390,8 +392,8 @@ int cli_exec_stream(const char *socket_path, const char *token, const char *name
         g_unix_signal_add(SIGHUP, cli_exec_on_sighup, &x),
         tty ? g_unix_signal_add(SIGWINCH, cli_exec_on_winch, &x) : 0,
     };
-    x.ws_watch =
-        g_unix_fd_add(ws_client_fd(x.ws), G_IO_IN | G_IO_HUP | G_IO_ERR, cli_exec_on_socket, &x);
+    soup_session_websocket_connect_async(x.session, x.msg, NULL, NULL, G_PRIORITY_DEFAULT, NULL,
+                                         cli_exec_on_connected, &x);
     g_main_loop_run(x.loop);
     cli_exec_restore_tty();
 
@@ -408,9 +410,14 @@ int cli_exec_stream(const char *socket_path, const char *token, const char *name
             g_source_remove(sources[i]);
     if (x.stdin_watch)
         g_source_remove(x.stdin_watch);
-    if (x.ws_watch)
-        g_source_remove(x.ws_watch);
-    ws_client_free(x.ws);
+    /* After the exit message the close frame is queued, and may still be unsent: dropping
+     * the connection ends it either way, which wispd takes as the same end (docs/api.md). */
+    if (x.conn) {
+        g_signal_handlers_disconnect_by_data(x.conn, &x);
+        g_object_unref(x.conn);
+    }
+    g_object_unref(x.msg);
+    g_object_unref(x.session);
     g_main_loop_unref(x.loop);
     g_free(x.error);
     return status;

@@ -1,11 +1,12 @@
 /* wisp_main.c: the wisp executable's entry point.
  *
- * `wisp exec` and `wisp console` run here, in a process that loads GLib and json-glib only.
- * Every other verb, and exec's less common forms (--json, --help, a usage error), runs in the
- * verbs module wisp-cli-verbs.so (wisp.c and the cli_*.c files: libcurl, libnbd, SQLite,
- * OpenSSL, libsoup), which is loaded with dlopen(3) only then.  Why: the dynamic loading of
- * those libraries was most of `wisp exec NAME true` on an awake sprite, the figure issue 7
- * asks to keep under 20 ms (docs/benchmarks.md, "exec round trip").
+ * `wisp exec` and `wisp console` run here, in a process that loads GLib, json-glib and libsoup
+ * (exec's WebSocket client) only.  Every other verb, and exec's less common forms (--json,
+ * --help, a usage error), runs in the verbs module wisp-cli-verbs.so (wisp.c and the cli_*.c
+ * files: libcurl, libnbd, OpenSSL, the wisp meta and store code), which is loaded with
+ * dlopen(3) only then.  Why: the dynamic loading of those libraries was most of
+ * `wisp exec NAME true` on an awake sprite, the figure issue 7 asks to keep under 20 ms
+ * (docs/benchmarks.md, "exec round trip"); libsoup alone costs a few ms of it.
  *
  * The module is found through this executable's RUNPATH: the build directory in a build,
  * LIBDIR/wisp once installed (pool/meson.build). */

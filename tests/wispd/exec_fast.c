@@ -1,6 +1,6 @@
-/* exec_fast.c: `wisp exec` on its own WebSocket client (pool/ws_client.c), which returns as
- * soon as wispd's exit message is there (pool/cli_exec.c), against a real wispd, nbdkit and
- * QEMU (TCG).
+/* exec_fast.c: `wisp exec` from the slim wisp executable (pool/wisp_main.c, libsoup's
+ * WebSocket client), which returns as soon as wispd's exit message is there (pool/cli_exec.c),
+ * against a real wispd, nbdkit and QEMU (TCG).
  *
  *   sleep after exec   20 times `wisp exec NAME true`, then at once (from this process) a
  *                      sleep: every one answers 200.  An open exec stream makes a sleep fail
@@ -12,9 +12,12 @@
  *                      byte; stdout and stderr stay apart; exit code 3 and a SIGTERM (143)
  *                      come back as the CLI's exit code
  *   stdin              the CLI's stdin (a file) reaches the process
- *   refused            an empty program name: wispd's 400 and its words reach the user
- *                      ("wispd refused the exec: HTTP 400: 'argv' must name a program"); an
- *                      unknown sprite is 404's message; both exit 1
+ *   refused            an empty program name: wispd's 400 reaches the user with its status
+ *                      and reason, pointing at --json ("wispd refused the exec: HTTP 400 Bad
+ *                      Request (wisp exec --json shows wispd's message)"; libsoup does not
+ *                      read a refused upgrade's body), and --json does show wispd's words
+ *                      ("'argv' must name a program"); an unknown sprite is 404's message;
+ *                      all exit 1
  *   stop               SIGTERM: wispd exits 0 */
 #include "wispd_fixture.h"
 
@@ -107,9 +110,15 @@ int main(void)
 
     /* ---- refused upgrades ---- */
     code = ef_cli(w.socket, NULL, &out, &err, "exec", "fast", "--", "", NULL);
-    FX_CHECK(code == 1 && strstr(err, "wispd refused the exec: HTTP 400: 'argv' must name a "
-                                      "program"),
+    FX_CHECK(code == 1 && strstr(err, "wispd refused the exec: HTTP 400 Bad Request (wisp exec "
+                                      "--json shows wispd's message)"),
              "an empty program name: %d '%s'", code, err);
+    g_clear_pointer(&out, g_free);
+    g_clear_pointer(&err, g_free);
+    code = ef_cli(w.socket, NULL, &out, &err, "exec", "--json", "fast", "--", "", NULL);
+    FX_CHECK(code == 1 && (strstr(out, "'argv' must name a program") ||
+                           strstr(err, "'argv' must name a program")),
+             "an empty program name with --json: %d '%s' '%s'", code, out, err);
     g_clear_pointer(&out, g_free);
     g_clear_pointer(&err, g_free);
     code = ef_cli(w.socket, NULL, &out, &err, "exec", "nosuch", "true", NULL);
