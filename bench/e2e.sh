@@ -8,7 +8,10 @@
 # Figures (every one a wall-clock time around a `wisp` process, so the CLI's own start counts):
 #   create      `wisp create` then `wisp exec NAME -- echo ready`, to that output, with the pool
 #               refilled first (N runs)
-#   exec        `wisp exec NAME true` on an awake sprite, 20 runs (target < 20 ms)
+#   exec        `wisp exec NAME true` on an awake sprite, 20 runs (target < 20 ms); and its
+#               parts, 20 runs each: the CLI alone (`wisp exec` on a socket that is not there:
+#               its start, its failed connect, its exit) and wispd's own time for the exec in
+#               the guest (`wisp exec --json NAME true`'s "ms": EXEC sent to EXIT received)
 #   warm wake   `wisp sleep NAME`, then `wisp exec NAME true` (the wake on first request)
 #   cold wake   `wisp sleep --cold NAME`, then `wisp exec NAME true`; reported as missing when
 #               this wispd refuses cold sleep
@@ -68,6 +71,12 @@ cmd_e2e() {
     say "wisp exec $s true, 20 runs"
     e2e_wisp exec "$s" true
     for ((i = 0; i < 20; i++)); do e2e_time "$t/exec.ms" e2e_wisp exec "$s" true; done
+    say "its parts: the CLI alone, wispd's exec in the guest (20 runs each)"
+    for ((i = 0; i < 20; i++)); do
+        e2e_time "$t/exec-cli.ms" e2e_cli_alone "$s"
+        "$E2E_WISP" exec --json "$s" true 2>>"$WORK/wisp.log" |
+            sed -n 's/.*"ms" *: *\([0-9.]*\).*/\1/p' >>"$t/exec-guest.ms"
+    done
 
     say "warm wake on first request ($runs runs)"
     for ((i = 0; i < runs; i++)); do
@@ -133,6 +142,12 @@ cmd_e2e() {
 e2e_wisp() {
     printf '$ wisp %s\n' "$*" >>"$WORK/wisp.log"
     "$E2E_WISP" "$@" >>"$WORK/wisp.log" 2>&1 || { tail -n 5 "$WORK/wisp.log" >&2; die "wisp $* failed"; }
+}
+
+# e2e_cli_alone NAME: `wisp exec NAME true` on a socket that is not there, which fails at its
+# connect: the CLI's own start and exit.
+e2e_cli_alone() {
+    "$E2E_WISP" exec --socket "$WORK/no-such-wispd.sock" "$1" true >/dev/null 2>&1 || true
 }
 
 # e2e_time FILE CMD...: runs CMD, appends its wall-clock milliseconds to FILE.
@@ -306,6 +321,8 @@ e2e_report() {
     e2e_row "\`wisp create\` alone (the same runs)" "$t/create.ms"
     e2e_row "wispd's claim in those creates (its log: a pool member taken, the disk cloned and attached)" "$t/create-claim.ms"
     e2e_row "**\`wisp exec NAME true\`** on an awake sprite (target < 20 ms)" "$t/exec.ms"
+    e2e_row "its part: the CLI alone (\`wisp exec\` on a socket that is not there)" "$t/exec-cli.ms"
+    e2e_row "its part: wispd's exec in the guest, TCG (\`exec --json\`'s \"ms\")" "$t/exec-guest.ms"
     e2e_row "\`wisp sleep NAME\` (warm)" "$t/warm-sleep.ms"
     e2e_row "**wake from warm sleep on first request** (\`wisp exec NAME true\`)" "$t/warm-wake.ms"
     if [[ -z $COLD_WHY ]]; then

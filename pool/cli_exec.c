@@ -11,7 +11,12 @@
  * -t: the process gets a pty in the guest, sized like this terminal (and resized with it,
  * SIGWINCH); this terminal is put in raw mode, and put back on every way out: the exit frame,
  * a closed connection, a failed write, SIGTERM, SIGHUP, or an error.  SIGINT, SIGTERM and
- * SIGHUP are passed on to the remote process (a second SIGINT gives up at once). */
+ * SIGHUP are passed on to the remote process (a second SIGINT gives up at once).
+ *
+ * The exit message is the stream's last: once it is here, this process closes its end and
+ * returns the code at once, without waiting for wispd's close (a round trip, and wispd's own
+ * teardown of the stream, that the caller has no use for).  wispd sends it only once its
+ * hold on the sprite is given back (docs/api.md), so a request right after finds it free. */
 #include "cli_exec.h"
 #include "cli.h"
 
@@ -36,7 +41,7 @@ struct cli_exec {
     GMainLoop *loop;
     SoupSession *session;
     SoupMessage *msg;
-    SoupWebsocketConnection *conn;
+    SoupWebsocketConnection *conn; /* NULL until the 101 */
     const char *name;
     bool tty, send_stdin;
     gint64 in_credit; /* stdin bytes wispd still takes */
@@ -99,6 +104,7 @@ static void cli_exec_send(struct cli_exec *x, guint8 channel, const void *data, 
     p[0] = channel;
     if (len)
         memcpy(p + 1, data, len);
+    /* A failed write is a connection gone: libsoup then emits "closed", which ends the loop. */
     GBytes *b = g_bytes_new_take(p, len + 1);
     soup_websocket_connection_send_message(x->conn, SOUP_WEBSOCKET_DATA_BINARY, b);
     g_bytes_unref(b);
@@ -204,6 +210,7 @@ static void cli_exec_on_message(SoupWebsocketConnection *conn, gint type, GBytes
             /* Nobody reads us any more (a closed pipe): the remote process goes too. */
             x->output_broken = true;
             soup_websocket_connection_close(conn, SOUP_WEBSOCKET_CLOSE_NORMAL, "output closed");
+            g_main_loop_quit(x->loop);
             return;
         }
         cli_exec_control(x, "{\"ack\":%" G_GSIZE_FORMAT "}", len - 1);
@@ -221,13 +228,17 @@ static void cli_exec_on_message(SoupWebsocketConnection *conn, gint type, GBytes
         break;
     }
     case CH_EXIT:
+        /* The last message: done, whatever wispd still does to close. */
         cli_exec_on_exit_frame(x, (const char *)p + 1, len - 1);
+        soup_websocket_connection_close(conn, SOUP_WEBSOCKET_CLOSE_NORMAL, NULL);
+        g_main_loop_quit(x->loop);
         break;
     default:
         break;
     }
 }
 
+/* wispd's close, or the connection lost, before the exit message. */
 static void cli_exec_on_closed(SoupWebsocketConnection *conn, gpointer data)
 {
     struct cli_exec *x = data;
@@ -280,6 +291,24 @@ static gboolean cli_exec_on_sighup(gpointer data)
 
 /* ---- connecting ---------------------------------------------------------------------------- */
 
+/* wispd answered the upgrade with an error: ours for the usual ones, else the status.
+ * libsoup does not read the body of a refused upgrade (where wispd's message is), so the
+ * text points at --json, whose plain request shows it. */
+static void cli_exec_refused(struct cli_exec *x, guint status)
+{
+    if (status == SOUP_STATUS_NOT_FOUND)
+        x->error =
+            g_strdup_printf("no sprite named '%s' ('wisp list' shows your sprites)", x->name);
+    else if (status == SOUP_STATUS_UNAUTHORIZED)
+        x->error = g_strdup("unknown bearer token (check --token or WISP_TOKEN)");
+    else if (status == SOUP_STATUS_SERVICE_UNAVAILABLE)
+        x->error = g_strdup("wispd is stopping; try again once it runs");
+    else
+        x->error = g_strdup_printf("wispd refused the exec: HTTP %u %s (wisp exec --json shows "
+                                   "wispd's message)",
+                                   status, soup_message_get_reason_phrase(x->msg));
+}
+
 static void cli_exec_on_connected(GObject *source, GAsyncResult *res, gpointer data)
 {
     struct cli_exec *x = data;
@@ -288,17 +317,11 @@ static void cli_exec_on_connected(GObject *source, GAsyncResult *res, gpointer d
     x->conn = soup_session_websocket_connect_finish(SOUP_SESSION(source), res, &err);
     if (!x->conn) {
         guint status = soup_message_get_status(x->msg);
-        if (status == SOUP_STATUS_NOT_FOUND)
-            x->error =
-                g_strdup_printf("no sprite named '%s' ('wisp list' shows your sprites)", x->name);
-        else if (status == SOUP_STATUS_UNAUTHORIZED)
-            x->error = g_strdup("unknown bearer token (check --token or WISP_TOKEN)");
-        else if (status == SOUP_STATUS_SERVICE_UNAVAILABLE)
-            x->error = g_strdup("wispd is stopping; try again once it runs");
-        else if (status >= 400)
-            x->error = g_strdup_printf("wispd refused the exec: HTTP %u %s (wisp exec --json "
-                                       "shows its message)",
-                                       status, soup_message_get_reason_phrase(x->msg));
+        if (status >= 400)
+            cli_exec_refused(x, status);
+        else if (status > 0)
+            x->error = g_strdup_printf("wispd did not open the exec stream: HTTP %u %s: %s", status,
+                                       soup_message_get_reason_phrase(x->msg), err->message);
         else
             x->error = g_strdup_printf("cannot reach wispd: %s (is it running? see --socket)",
                                        err->message);
@@ -387,6 +410,8 @@ int cli_exec_stream(const char *socket_path, const char *token, const char *name
             g_source_remove(sources[i]);
     if (x.stdin_watch)
         g_source_remove(x.stdin_watch);
+    /* After the exit message the close frame is queued, and may still be unsent: dropping
+     * the connection ends it either way, which wispd takes as the same end (docs/api.md). */
     if (x.conn) {
         g_signal_handlers_disconnect_by_data(x.conn, &x);
         g_object_unref(x.conn);

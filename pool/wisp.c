@@ -1,5 +1,7 @@
 /* wisp: the operator and user CLI.  One table maps each verb group to its entry point; each
- * group lives in its own cli_<group>.c file. */
+ * group lives in its own cli_<group>.c file.  This is the verbs module's entry point
+ * (wisp-cli-verbs.so), which the wisp executable (wisp_main.c) loads for every verb but the
+ * common forms of exec and console. */
 #include "cli.h"
 #include "log.h"
 
@@ -30,17 +32,6 @@ static const struct cli_command cli_commands[] = {
     {"disk", cli_disk_main, "create, list, delete disks and show their statistics"},
     {"store", cli_store_main, "check and use an object store: ls, put, get, rm, stat"},
 };
-
-void cli_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("wisp: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 int cli_parse_options(const char *group, const char *verb, const char *args, const char *summary,
                       const GOptionEntry *entries, int *argc, char ***argv)
@@ -91,7 +82,9 @@ static void cli_log_sink(enum wisp_log_level level, const char *module, const ch
         fprintf(stderr, "wisp: %s: %s: %s\n", wisp_log_level_to_string(level), module, msg);
 }
 
-int main(int argc, char **argv)
+/* The whole CLI, as main() was before the split; wisp_main.c calls it through dlsym. */
+int wisp_cli_main(int argc, char **argv);
+int wisp_cli_main(int argc, char **argv)
 {
     cli_show_library_logs = getenv("WISP_LOG_LEVEL") || getenv("WISP_DEBUG");
     wisp_log_set_sink(cli_log_sink);

@@ -498,51 +498,59 @@ static void spawn_exec(const struct spawn_spec *sp)
     _exit(e == ENOENT ? 127 : 126);
 }
 
+/* The helper's work: joins the container's namespaces, then forks the process as
+ * wisp-init's child (CLONE_PARENT), which execs.  It runs in wisp-init's memory (CLONE_VM,
+ * below), so it writes its result straight into h and touches nothing else of wisp-init's:
+ * setns changes only the calling task's namespaces, and the process it forks gets a copy of
+ * the memory as a fork would. */
+struct spawn_helper {
+    const struct container *ct;
+    const struct spawn_spec *sp;
+    int32_t result; /* the process's pid, or -errno */
+};
+
+static int spawn_helper_run(void *opaque)
+{
+    struct spawn_helper *h = opaque;
+    int32_t result = 0;
+
+    for (int i = 0; i < CONTAINER_NS_COUNT && result == 0; i++)
+        if (setns(h->ct->ns_fds[i], 0) < 0)
+            result = -errno;
+    if (result == 0) {
+        long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+        if (pid == 0)
+            spawn_exec(h->sp);
+        result = pid < 0 ? -errno : (int32_t)pid;
+    }
+    h->result = result;
+    return 0;
+}
+
+/* The helper's stack: wisp-init spawns one process at a time (one thread, and CLONE_VFORK
+ * suspends it until the helper is gone), so one stack serves every spawn.  The forked process
+ * runs spawn_exec on its own copy of it. */
+static uint8_t spawn_helper_stack[64 * 1024] __attribute__((aligned(16)));
+
 pid_t container_spawn(struct container *ct, const struct spawn_spec *sp)
 {
     if (!ct->attached)
         return -ENODEV;
     if (ct->init_pid <= 0)
         return -ESRCH; /* the container init died, and its namespaces with it */
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) < 0)
+    /* A helper process, because setns(CLONE_NEWPID) changes only where the caller's children
+     * go and wisp-init's own namespaces must stay.  Made with CLONE_VM | CLONE_VFORK rather than
+     * a fork: it shares wisp-init's memory (no copy of its page tables) and wisp-init waits
+     * until it has exited.  Under TCG a fork costs about 2 ms, a fifth of an exec's round trip
+     * (docs/benchmarks.md, "exec round trip"). */
+    struct spawn_helper h = {.ct = ct, .sp = sp, .result = -EIO};
+    pid_t helper = clone(spawn_helper_run, spawn_helper_stack + sizeof spawn_helper_stack,
+                         CLONE_VM | CLONE_VFORK | SIGCHLD, &h);
+    if (helper < 0)
         return -errno;
-    pid_t helper = fork();
-    if (helper < 0) {
-        int e = -errno;
-        close(pfd[0]);
-        close(pfd[1]);
-        return e;
-    }
-    if (helper == 0) {
-        /* The helper: joins the namespaces, then forks the process as wisp-init's child. */
-        int32_t result = 0;
-        close(pfd[0]);
-        for (int i = 0; i < CONTAINER_NS_COUNT && result == 0; i++)
-            if (setns(ct->ns_fds[i], 0) < 0)
-                result = -errno;
-        if (result == 0) {
-            long pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
-            if (pid == 0)
-                spawn_exec(sp);
-            result = pid < 0 ? -errno : (int32_t)pid;
-        }
-        if (write(pfd[1], &result, sizeof result) != (ssize_t)sizeof result)
-            _exit(2);
-        _exit(0);
-    }
-    close(pfd[1]);
-    int32_t result = -EIO;
-    ssize_t n;
-    do
-        n = read(pfd[0], &result, sizeof result);
-    while (n < 0 && errno == EINTR);
-    close(pfd[0]);
-    if (n != (ssize_t)sizeof result)
-        result = -EIO;
     while (waitpid(helper, NULL, 0) < 0 && errno == EINTR)
         ;
-    return result;
+    return h.result;
 }
 
 int container_open_pty(struct container *ct, int *master, int *slave)
