@@ -43,6 +43,8 @@ struct api_exec_ws {
 
 /* How long api_exec_ws_free waits for opens under way (a claim waits up to 60 s for a VM). */
 #define WS_OPEN_DRAIN_S 70
+/* ... and then how long for their answers to be written. */
+#define WS_ANSWER_DRAIN_MS 200
 
 struct ws_stream {
     api_exec_ws *owner;
@@ -802,6 +804,12 @@ static void ws_drain_opening(api_exec_ws *ws)
         g_main_context_iteration(ws->ctx, TRUE);
     g_source_destroy(tick);
     g_source_unref(tick);
+    /* The answers just given (503) go out from sources of their own (an unpause is an idle
+     * source, a write may wait for the socket): dispatch what is ready for a little longer. */
+    until = g_get_monotonic_time() + WS_ANSWER_DRAIN_MS * 1000;
+    while (g_get_monotonic_time() < until)
+        if (!g_main_context_iteration(ws->ctx, FALSE))
+            g_usleep(1000);
 }
 
 void api_exec_ws_free(api_exec_ws *ws)

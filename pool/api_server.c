@@ -23,6 +23,7 @@ struct api_server {
     api_exec_ws *ws; /* streaming execs (api_exec_ws.h) */
     vm_pool *pool;   /* the warm pool of `image`, for /v1/pools; NULL: none */
     char *image;
+    bool stopping; /* api_server_stop has begun: every new request is 503 */
 };
 
 void api_respond(SoupServerMessage *msg, guint status, JsonNode *body)
@@ -550,18 +551,21 @@ static void api_route_pools(api_server *api, SoupServerMessage *msg, const char 
     g_object_unref(task);
 }
 
-/* Whether /v1/sprites/NAME[/SUB[/ID[/LAST]]] (n segments after the split) is a route at all,
- * whatever the method: a wrong method on one is 405, not 404. */
-static bool api_sprite_route_exists(guint n, const char *sub, const char *last)
+/* The methods of /v1/sprites/NAME[/SUB[/ID[/LAST]]] (n segments after the split), for 405's
+ * Allow header; NULL when there is no such route, whatever the method (404). */
+static const char *api_sprite_route_methods(guint n, const char *sub, const char *last)
 {
     if (n == 4)
-        return true;
-    if (n == 5)
-        return strcmp(sub, "exec") == 0 || strcmp(sub, "sleep") == 0 || strcmp(sub, "wake") == 0 ||
-               strcmp(sub, "checkpoints") == 0;
-    if (n == 6 || n == 7)
-        return strcmp(sub, "checkpoints") == 0 && (n == 6 || strcmp(last, "restore") == 0);
-    return false;
+        return "GET, DELETE";
+    if (n == 5 && (strcmp(sub, "exec") == 0 || strcmp(sub, "checkpoints") == 0))
+        return "GET, POST";
+    if (n == 5 && (strcmp(sub, "sleep") == 0 || strcmp(sub, "wake") == 0))
+        return "POST";
+    if (n == 6 && strcmp(sub, "checkpoints") == 0)
+        return "DELETE";
+    if (n == 7 && strcmp(sub, "checkpoints") == 0 && strcmp(last, "restore") == 0)
+        return "POST";
+    return NULL;
 }
 
 static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *path,
@@ -607,6 +611,7 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
     const char *sub = n > 4 ? seg[4] : NULL;
     enum api_verb verb;
     guint ok = SOUP_STATUS_OK;
+    const char *allow;
     if (n == 4 && get)
         verb = API_GET;
     else if (n == 4 && del)
@@ -639,8 +644,16 @@ static void api_handle(SoupServer *server, SoupServerMessage *msg, const char *p
             return;
         }
         verb = API_CHECKPOINT_DELETE;
-    } else if (api_sprite_route_exists(n, sub, n > 6 ? seg[6] : NULL)) {
-        api_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "%s is not allowed on %s", method, path);
+    } else if (n == 5 && get && strcmp(sub, "exec") == 0) {
+        api_error(msg, SOUP_STATUS_BAD_REQUEST,
+                  "GET %s is a streaming exec: it needs a WebSocket handshake (Upgrade: "
+                  "websocket); POST runs a buffered one",
+                  path);
+        return;
+    } else if ((allow = api_sprite_route_methods(n, sub, n > 6 ? seg[6] : NULL))) {
+        soup_message_headers_replace(soup_server_message_get_response_headers(msg), "Allow", allow);
+        api_error(msg, SOUP_STATUS_METHOD_NOT_ALLOWED, "%s is not allowed on %s (only %s)", method,
+                  path, allow);
         return;
     } else {
         api_error(msg, SOUP_STATUS_NOT_FOUND, "no such resource: %s %s", method, path);
@@ -675,35 +688,47 @@ static void api_refused_body_chunk(SoupServerMessage *msg, GBytes *chunk, gpoint
     }
 }
 
-static void api_refuse_body(SoupServerMessage *msg)
+/* A request answered from its headers (by api_early, or by libsoup itself: a malformed or
+ * absolute-URI request line is 400 before any handler runs) never has its body kept.  This
+ * runs after both, on every request. */
+static void api_refuse_answered_body(SoupServerMessage *msg, gpointer opaque)
 {
+    (void)opaque;
+    if (soup_server_message_get_status(msg) == 0)
+        return;
     soup_message_body_set_accumulate(soup_server_message_get_request_body(msg), FALSE);
     goffset *seen = g_new0(goffset, 1);
     g_object_set_data_full(G_OBJECT(msg), "wisp-refused-body-bytes", seen, g_free);
     g_signal_connect(msg, "got-chunk", G_CALLBACK(api_refused_body_chunk), seen);
 }
 
+static void api_request_started(SoupServer *server, SoupServerMessage *msg, gpointer opaque)
+{
+    (void)server;
+    g_signal_connect(msg, "got-headers", G_CALLBACK(api_refuse_answered_body), opaque);
+}
+
 /* Before the body is read, whatever would refuse the request refuses it, so that nobody makes
- * wispd keep a body it will not use: no account (401), a body of no declared length (411:
- * libsoup would keep a chunked body to its end, however long, before the handler could see
- * it), or a declared length over the limit (413).  An answer set here skips the handler. */
+ * wispd keep a body it will not use (api_refuse_answered_body): wispd stopping (503), no
+ * account (401), a body of no declared length (411: libsoup would keep a chunked body to its
+ * end, however long, before the handler could see it), or a declared length over the limit
+ * (413).  An answer set here skips the handler. */
 static void api_early(SoupServer *server, SoupServerMessage *msg, const char *path,
                       GHashTable *query, gpointer opaque)
 {
     api_server *api = opaque;
     SoupMessageHeaders *h = soup_server_message_get_request_headers(msg);
 
-    if (!api_account_or_401(api, msg, h, api_on_tcp(msg)))
-        api_refuse_body(msg);
-    else if (soup_message_headers_get_encoding(h) == SOUP_ENCODING_CHUNKED) {
+    if (api->stopping)
+        api_error(msg, SOUP_STATUS_SERVICE_UNAVAILABLE, "wispd is shutting down");
+    else if (!api_account_or_401(api, msg, h, api_on_tcp(msg)))
+        return;
+    else if (soup_message_headers_get_encoding(h) == SOUP_ENCODING_CHUNKED)
         api_error(msg, SOUP_STATUS_LENGTH_REQUIRED,
                   "send the body with a Content-Length (chunked request bodies are refused)");
-        api_refuse_body(msg);
-    } else if (soup_message_headers_get_content_length(h) > API_BODY_MAX) {
+    else if (soup_message_headers_get_content_length(h) > API_BODY_MAX)
         api_error(msg, SOUP_STATUS_REQUEST_ENTITY_TOO_LARGE, "the body is over %d bytes",
                   API_BODY_MAX);
-        api_refuse_body(msg);
-    }
 }
 
 api_server *api_server_start(const char *socket_path, sprite_service *svc, GHashTable *tokens,
@@ -718,6 +743,7 @@ api_server *api_server_start(const char *socket_path, sprite_service *svc, GHash
     api->socket_path = g_strdup(socket_path);
     api->ws = api_exec_ws_new(svc);
     api->server = soup_server_new("server-header", "wispd", NULL);
+    g_signal_connect(api->server, "request-started", G_CALLBACK(api_request_started), api);
     soup_server_add_early_handler(api->server, NULL, api_early, api, NULL);
     soup_server_add_handler(api->server, NULL, api_handle, api, NULL);
     if (unlink(socket_path) < 0 && errno != ENOENT) {
@@ -809,6 +835,7 @@ void api_server_stop(api_server *api)
 {
     if (!api)
         return;
+    api->stopping = true;      /* api_exec_ws_free runs the main context: requests may still come */
     api_exec_ws_free(api->ws); /* kills the streams' processes: before the service goes */
     if (api->server) {
         soup_server_disconnect(api->server);

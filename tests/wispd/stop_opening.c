@@ -7,9 +7,10 @@
  *
  * Here sprite r sleeps cold and its local copy is removed, so that a wake reads the store;
  * `wisp exec r -- sleep 1000` starts that wake, and SIGTERM comes as soon as wispd's log says
- * it is waking.  wispd must exit 0 within 60 s, having waited for the open ("waiting for the
- * streams being opened to end"), the CLI must end non-zero, and after a restart r is there
- * and an exec finds its file. */
+ * it is waking, and a pool resize right after it is refused (503).  wispd must exit 0 within
+ * 60 s, having waited for the open ("waiting for the streams being opened to end"), the CLI
+ * must end non-zero saying that wispd stops, and after a restart r is there and an exec finds
+ * its file. */
 #include "sleep_helpers.h"
 
 #include <signal.h>
@@ -49,13 +50,31 @@ int main(void)
         FX_CHECK(fx_now() < until, "no wake of r began (see %s and %s)", w.log, cli_log);
         fx_sleep(0.005);
     }
-    double stop_s = wfx_stop(&w, 60);
-    fx_log("SIGTERM during the open: wispd stopped in %.1f s", stop_s);
+    /* While wispd drains that open, it still listens: a new request is 503 (or finds the
+     * socket gone), never served. */
+    double t0 = fx_now();
+    FX_CHECK(kill(w.pid, SIGTERM) == 0, "SIGTERM wispd");
+    until = fx_now() + 30;
+    while (!so_log_has(w.log, "wispd: stopping")) {
+        FX_CHECK(fx_now() < until, "wispd did not begin to stop (see %s)", w.log);
+        fx_sleep(0.005);
+    }
+    long resize = wfx_try("PUT", "/v1/pools/default", NULL, "{\"size\":3}");
+    FX_CHECK(resize == 503 || resize == -1, "a pool resize after SIGTERM: %ld", resize);
+    /* One SIGTERM only: a second, once the loop has stopped, is the default action. */
+    int st = fx_reap(w.pid, 0, 60);
+    w.pid = 0;
+    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+             "wispd did not exit 0 within 60 s: 0x%x (see %s)", st, w.log);
+    fx_log("SIGTERM during the open: wispd stopped in %.1f s (a resize then: %ld)", fx_now() - t0,
+           resize);
     FX_CHECK(so_log_has(w.log, "waiting for the streams being opened to end"),
              "wispd did not wait for the open under way (see %s)", w.log);
     int status = fx_reap(cli, 0, 30);
     FX_CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
              "the CLI ended with status 0x%x over a refused exec (see %s)", status, cli_log);
+    FX_CHECK(so_log_has(cli_log, "wispd is stopping"),
+             "the CLI was not told that wispd stops (see %s)", cli_log);
 
     wfx_start(&w, &img, state, NULL, NULL);
     g_autofree char *again = sh_file_md5("r", WFX_TOKEN_A, "kept");

@@ -4,7 +4,8 @@
  *           TCP), an unknown token 401, alice's token reaches alice's sprites (create, list,
  *           exec), bob's token gets 404 for alice's sprite; the unix socket keeps its implicit
  *           account "default"; a chunked body of 64 MiB is refused (401 without a token,
- *           411 with one) before wispd has read half of it
+ *           411 with one, 400 from libsoup for a request line with an https:// URI) before
+ *           wispd has read half of it
  *   pools   GET /v1/pools has one pool per image with size, warm, refilling and claims (a
  *           create counts as a claim); PUT /v1/pools/default {"size":2} over the unix socket
  *           grows the warm members to 2 and {"size":1} shrinks them back to 1 (polled); bad
@@ -107,7 +108,9 @@ static size_t tp_chunked_source(char *buf, size_t size, size_t n, void *opaque)
     return len;
 }
 
-static void tp_chunked_refused(long want, const char *token)
+/* target: the request line's target, or NULL for the path (an absolute URI of another scheme
+ * is refused by libsoup itself, before wispd's handlers: its body must not be kept either). */
+static void tp_chunked_refused(long want, const char *token, const char *target)
 {
     CURL *c = curl_easy_init();
     GString *answer = g_string_new(NULL);
@@ -118,6 +121,8 @@ static void tp_chunked_refused(long want, const char *token)
 
     FX_CHECK(c, "curl_easy_init");
     curl_easy_setopt(c, CURLOPT_URL, url);
+    if (target)
+        curl_easy_setopt(c, CURLOPT_REQUEST_TARGET, target);
     curl_easy_setopt(c, CURLOPT_POST, 1L);
     curl_easy_setopt(c, CURLOPT_READFUNCTION, tp_chunked_source);
     curl_easy_setopt(c, CURLOPT_READDATA, &sent);
@@ -199,8 +204,9 @@ int main(void)
     tp_tcp_free(401, "GET", "/v1/sprites", NULL, NULL);
     tp_tcp_free(401, "GET", "/v1/sprites", "not-a-token-of-anybody-here", NULL);
     tp_tcp_free(401, "POST", "/v1/sprites", NULL, "{\"name\":\"nope\"}");
-    tp_chunked_refused(401, NULL);
-    tp_chunked_refused(411, WFX_TOKEN_A);
+    tp_chunked_refused(401, NULL, NULL);
+    tp_chunked_refused(411, WFX_TOKEN_A, NULL);
+    tp_chunked_refused(400, NULL, "https://localhost/v1/sprites");
     tp_tcp_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"over-tcp\"}");
     JsonObject *list = tp_tcp(200, "GET", "/v1/sprites", WFX_TOKEN_A, NULL);
     JsonArray *sprites = json_object_get_array_member(list, "sprites");

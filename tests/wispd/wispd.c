@@ -151,6 +151,7 @@ int main(void)
     wfx_expect_free(405, "GET", "/v1/sprites/demo/wake", WFX_TOKEN_A, NULL);
     wfx_expect_free(405, "GET", "/v1/sprites/demo/checkpoints/ck1/restore", WFX_TOKEN_A, NULL);
     wfx_expect_free(404, "GET", "/v1/sprites/demo/nope", WFX_TOKEN_A, NULL);
+    wfx_expect_free(400, "GET", "/v1/sprites/demo/exec", WFX_TOKEN_A, NULL); /* no handshake */
     {
         size_t big = 2u << 20;
         char *body = g_malloc(big);
