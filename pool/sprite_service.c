@@ -7,6 +7,7 @@
  * write the sprite's row with it held (create takes it before the row exists), and a verb reads
  * the row again once it holds it: a verb acts only on a whole sprite (svc_lock_live_row). */
 #include "sprite_service.h"
+#include "sprite_service_internal.h"
 
 #include "account_db.h"
 #include "account_store.h"
@@ -20,16 +21,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#define SVC_LOG "wispd"
-
 G_DEFINE_QUARK(sprite - service - error - quark, sprite_service_error)
-
-enum live_state {
-    LIVE_STOPPED,
-    LIVE_RUNNING,
-    LIVE_ASLEEP,
-    LIVE_COLD, /* cold sleep: no VM; the account DB's cold_sleep row says what to wake from */
-};
 
 static const char *live_state_to_string(enum live_state s)
 {
@@ -45,50 +37,7 @@ static const char *live_state_to_string(enum live_state s)
     return "?";
 }
 
-/* A sprite someone has touched since wispd started. */
-struct live_sprite {
-    GMutex op; /* held across a verb */
-    char *key; /* ACCOUNT/NAME */
-    char *name, *disk;
-    struct sprite *vm;     /* NULL: stopped; under op */
-    enum live_state state; /* under svc->mu (a copy for readers without op) */
-    unsigned refs;         /* under svc->mu */
-    bool gone;             /* deleted; under svc->mu */
-    /* The idle policy's view (idle_policy.h), under svc->mu: */
-    char *account;
-    gint64 last_active_us; /* monotonic time of the last call that acted on it */
-    bool woken;            /* vm came from a cold wake (share=on RAM), not the pool; under op */
-    /* Open exec streams (sprite_service_stream_open): each holds the sprite awake (holds > 0
-     * counts as activity), so nothing may sleep, restore or delete its VM while holds > 0
-     * without ending them first (svc_streams_end).  Both under svc->mu. */
-    unsigned holds;
-    GSList *streams; /* struct sprite_stream * */
-};
-
-struct sprite_service {
-    char *accounts_dir, *nbd_socket, *control_socket, *base_disk;
-    vm_pool *pool;
-    struct store *store; /* replicas of the account databases; NULL: none */
-    double replicate_interval_s;
-    GMutex mu;
-    GCond idle;
-    GHashTable *accounts; /* name -> account_db * */
-    GHashTable *live;     /* ACCOUNT/NAME -> struct live_sprite * */
-    unsigned busy;
-    bool stopping;
-    /* Cold sleep (sprite_cold.h); cold_store NULL: none configured, cold sleep refused. */
-    struct store *cold_store;
-    struct sprite_cold_config cold;
-    char *sleep_root, *run_root;
-    char *template_manifest_key; /* cold.template_manifest_key's copy */
-};
-
-static void svc_cold_recover_all(sprite_service *svc);
-static void svc_cold_forget(sprite_service *svc, account_db *db, struct live_sprite *l);
-
-static bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
+bool svc_fail(GError **error, enum sprite_service_error_code code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -99,7 +48,7 @@ static bool svc_fail(GError **error, enum sprite_service_error_code code, const 
 }
 
 /* Wraps a lower layer's error as FAILED with a prefix. */
-static void svc_wrap(GError **error, GError *cause, const char *what)
+void svc_wrap(GError **error, GError *cause, const char *what)
 {
     g_set_error(error, SPRITE_SERVICE_ERROR, SPRITE_SERVICE_ERROR_FAILED, "%s: %s", what,
                 cause ? cause->message : "failed");
@@ -246,7 +195,7 @@ static bool svc_replicate(sprite_service *svc, account_db *db, const char *accou
 }
 
 /* Enters a call: refused while stopping.  Returns the account's database (opened on first use). */
-static account_db *svc_enter(sprite_service *svc, const char *account, GError **error)
+account_db *svc_enter(sprite_service *svc, const char *account, GError **error)
 {
     account_db *db = NULL;
 
@@ -286,7 +235,7 @@ static account_db *svc_enter(sprite_service *svc, const char *account, GError **
     return db;
 }
 
-static void svc_leave(sprite_service *svc)
+void svc_leave(sprite_service *svc)
 {
     g_mutex_lock(&svc->mu);
     svc->busy--;
@@ -314,8 +263,8 @@ static bool svc_cold_row_is_cold(account_db *db, const char *name)
 }
 
 /* The live record of a sprite that exists in db, referenced; NULL with NOT_FOUND. */
-static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, const char *account,
-                                        const char *name, GError **error)
+struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, const char *account,
+                                 const char *name, GError **error)
 {
     struct account_sprite rec;
     GError *err = NULL;
@@ -355,7 +304,6 @@ static struct live_sprite *svc_get_live(sprite_service *svc, account_db *db, con
 
 /* Locks a live sprite for a verb; NOT_FOUND if it was deleted meanwhile (then unreferenced). */
 static bool svc_lock_live(sprite_service *svc, struct live_sprite *l, GError **error);
-static void svc_put_live(sprite_service *svc, struct live_sprite *l);
 
 static bool svc_lock_live(sprite_service *svc, struct live_sprite *l, GError **error)
 {
@@ -370,7 +318,7 @@ static bool svc_lock_live(sprite_service *svc, struct live_sprite *l, GError **e
     return svc_fail(error, SPRITE_SERVICE_ERROR_NOT_FOUND, "no sprite named '%s'", l->name);
 }
 
-static void svc_set_state(sprite_service *svc, struct live_sprite *l, enum live_state s)
+void svc_set_state(sprite_service *svc, struct live_sprite *l, enum live_state s)
 {
     g_mutex_lock(&svc->mu);
     l->state = s;
@@ -384,7 +332,7 @@ static void svc_unlock_put(sprite_service *svc, struct live_sprite *l)
     svc_put_live(svc, l);
 }
 
-static void svc_put_live(sprite_service *svc, struct live_sprite *l)
+void svc_put_live(sprite_service *svc, struct live_sprite *l)
 {
     g_mutex_lock(&svc->mu);
     bool free_it = --l->refs == 0 && l->gone;
@@ -400,8 +348,6 @@ static void svc_touch(sprite_service *svc, struct live_sprite *l)
     l->last_active_us = g_get_monotonic_time();
     g_mutex_unlock(&svc->mu);
 }
-static bool svc_streams_end(sprite_service *svc, struct live_sprite *l, const char *why,
-                            GError **error);
 
 /* Drops a live record from the table: later lookups make a new one, and those who hold it see
  * it gone (svc_lock_live).  Only the record in the table under its key goes. */
@@ -441,12 +387,10 @@ static bool svc_lock_live_row(sprite_service *svc, account_db *db, struct live_s
 }
 
 /* A verb on one sprite, called inside svc_enter with the sprite's op lock held. */
-typedef JsonNode *(*svc_verb_fn)(sprite_service *svc, account_db *db, struct live_sprite *l,
-                                 const void *arg, GError **error);
 
 /* Enters, finds and locks the sprite, runs the verb, and undoes all that in reverse. */
-static JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const char *name,
-                               svc_verb_fn verb, const void *arg, GError **error)
+JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const char *name,
+                        svc_verb_fn verb, const void *arg, GError **error)
 {
     account_db *db = svc_enter(svc, account, error);
     JsonNode *result = NULL;
@@ -568,8 +512,6 @@ static bool svc_disk_op(sprite_service *svc, const char *op, const char *disk, c
     return answer != NULL;
 }
 
-static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GError **error);
-
 /* A QEMU that exited without being asked (OOM kill, guest poweroff, crash) leaves a VM record
  * that answers nothing: its open streams end, the record goes and the sprite is stopped, which
  * it is (its disk is durable in the storage server); the next verb claims again.  Returns
@@ -593,7 +535,7 @@ static bool svc_reap_dead_vm(sprite_service *svc, struct live_sprite *l, GError 
 
 /* Makes the VM run: claims one when stopped (or when its QEMU died), wakes it when asleep (op
  * held). */
-static bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error)
+bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error)
 {
     GError *err = NULL;
 
@@ -827,7 +769,7 @@ static bool svc_delete_disk_cb(const char *export_name, void *opaque, GError **e
     return svc_disk_op(opaque, "disk-delete", export_name, NULL, NULL, error);
 }
 
-static JsonNode *svc_ok_node(const char *name, const char *state)
+JsonNode *svc_ok_node(const char *name, const char *state)
 {
     JsonObject *o = json_object_new();
     json_object_set_string_member(o, "name", name);
@@ -1318,317 +1260,6 @@ JsonNode *sprite_service_wake(sprite_service *svc, const char *account, const ch
     return svc_on_sprite(svc, account, name, svc_wake_locked, NULL, error);
 }
 
-/* ---- cold sleep and wake -------------------------------------------------------------------
- *
- * A cold-asleep sprite has no VM: its memory and device state are in the store (and usually in
- * the local copy), its disk is as the guest left it, and the account DB's cold_sleep row names
- * the manifest (account_db.c has the states and what recovery makes of each).  Every change of
- * that row happens under the sprite's op lock, before and after the VM layer's step. */
-
-/* The account's database, opened by an earlier svc_enter (it stays open until the end). */
-static account_db *svc_account_db(sprite_service *svc, const char *account)
-{
-    g_mutex_lock(&svc->mu);
-    account_db *db = g_hash_table_lookup(svc->accounts, account);
-    g_mutex_unlock(&svc->mu);
-    return db;
-}
-
-static void svc_cold_record(account_db *db, const char *key, const char *state)
-{
-    GError *err = NULL;
-    if (!account_db_cold_set(db, strchr(key, '/') + 1, state, &err)) {
-        log_error(SVC_LOG, "%s: recording '%s': %s", key, state, err->message);
-        g_clear_error(&err);
-    }
-}
-
-/* The sprite's memory no longer matters (deleted, restored, created again): the row and the
- * local copy go.  The manifests and chunks in the store stay for the store's GC. */
-static void svc_cold_forget(sprite_service *svc, account_db *db, struct live_sprite *l)
-{
-    GError *err = NULL;
-    if (!account_db_cold_forget(db, l->name, &err)) {
-        log_warn(SVC_LOG, "%s: %s", l->key, err->message);
-        g_clear_error(&err);
-    }
-    if (svc->cold_store)
-        sprite_cold_remove_local(&svc->cold, l->disk);
-}
-
-/* Cold-sleeps a sprite that has a VM (op held).  why: for the log and the audit. */
-static bool svc_cold_sleep_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
-                                  const char *why, GError **error)
-{
-    struct account_cold row = {0};
-    struct cold_sleep_result res = {0};
-    GError *err = NULL;
-
-    if (!svc->cold_store)
-        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "cold sleep is not configured");
-    if (!l->vm)
-        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT, "sprite '%s' is %s", l->name,
-                        l->state == LIVE_COLD ? "asleep (cold)" : "stopped");
-    /* The guest syncs its filesystems first, through the agent: it must be running. */
-    if (l->vm->state == SPRITE_VM_WARM_ASLEEP && !sprite_wake_warm(l->vm, NULL, &err)) {
-        svc_wrap(error, err, "cold sleep: wake from warm");
-        return false;
-    }
-    svc_set_state(svc, l, LIVE_RUNNING);
-    if (account_db_cold_get(db, l->name, &row, &err) < 0) {
-        svc_wrap(error, err, "account database");
-        return false;
-    }
-    unsigned seq = row.seq + 1;
-    g_autofree char *key = sleep_manifest_key(l->disk, seq);
-    if (!account_db_cold_begin(db, l->name, seq, key, &err)) {
-        svc_wrap(error, err, "account database");
-        return false;
-    }
-    log_info(SVC_LOG, "%s: cold sleep (%s) to %s", l->key, why, key);
-    struct sprite *resumed = NULL;
-    bool ok = sprite_cold_sleep(&svc->cold, l->vm, l->woken, l->disk, key, row.manifest, &res,
-                                &resumed, &err);
-    if (ok) {
-        svc_cold_record(db, l->key, "cold");
-        sprite_destroy(l->vm, false, NULL, NULL, NULL); /* QEMU has exited: frees the rest */
-        l->vm = NULL;
-        l->woken = false;
-        svc_set_state(svc, l, LIVE_COLD);
-        g_autofree char *detail = g_strdup_printf(
-            "cold (%s): %.2f s, %.1f MiB new in the store, %s", why, res.total_s,
-            (double)(res.ram.uploaded_bytes + res.state.uploaded_bytes) / (1024.0 * 1024.0), key);
-        log_info(SVC_LOG, "%s: asleep, %s", l->key, detail);
-        account_db_audit(db, "sleep", l->name, true, detail);
-        return true;
-    }
-    /* The manifest was not written: the sleep never happened. */
-    svc_cold_record(db, l->key, "awake");
-    if (resumed) {
-        /* The store failed after QEMU exited: the sprite runs again from its local copy. */
-        sprite_destroy(l->vm, false, NULL, NULL, NULL);
-        l->vm = resumed;
-        l->woken = true;
-        svc_set_state(svc, l, LIVE_RUNNING);
-        log_warn(SVC_LOG, "%s: cold sleep failed, resumed from the local copy: %s", l->key,
-                 err->message);
-    } else if (vm_is_running(l->vm->vm)) {
-        svc_set_state(svc, l, LIVE_RUNNING);
-        log_warn(SVC_LOG, "%s: cold sleep failed, still running: %s", l->key, err->message);
-    } else {
-        sprite_destroy(l->vm, false, NULL, NULL, NULL);
-        l->vm = NULL;
-        l->woken = false;
-        svc_set_state(svc, l, LIVE_STOPPED);
-        log_error(SVC_LOG, "%s: cold sleep failed and QEMU is gone (stopped, disk kept): %s",
-                  l->key, err->message);
-    }
-    g_autofree char *what = g_strdup_printf("cold sleep (%s)", why);
-    svc_wrap(error, err, what);
-    account_db_audit(db, "sleep", l->name, false, (*error)->message);
-    return false;
-}
-
-static bool svc_cold_wake_locked(sprite_service *svc, struct live_sprite *l, GError **error)
-{
-    account_db *db = svc_account_db(svc, l->account);
-    struct account_cold row = {0};
-    struct wake_result res = {0};
-    GError *err = NULL;
-
-    if (!db || !svc->cold_store)
-        return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: no account database or store");
-    int found = account_db_cold_get(db, l->name, &row, &err);
-    if (found < 0) {
-        svc_wrap(error, err, "account database");
-        return false;
-    }
-    if (found == 0 || strcmp(row.state, "cold") != 0 || !row.manifest[0])
-        return svc_fail(error, SPRITE_SERVICE_ERROR_FAILED, "wake: sprite '%s' has no cold sleep",
-                        l->name);
-    svc_cold_record(db, l->key, "waking");
-    log_info(SVC_LOG, "%s: waking from %s", l->key, row.manifest);
-    struct sprite *s = sprite_cold_wake(&svc->cold, l->disk, l->name, row.manifest, &res, &err);
-    if (!s) {
-        svc_cold_record(db, l->key, "cold"); /* the manifest is untouched: try again later */
-        svc_wrap(error, err, "wake (cold)");
-        account_db_audit(db, "wake", l->name, false, (*error)->message);
-        return false;
-    }
-    svc_cold_record(db, l->key, "awake");
-    l->vm = s;
-    l->woken = true;
-    svc_set_state(svc, l, LIVE_RUNNING);
-    g_autofree char *detail =
-        g_strdup_printf("cold: %.2f s, from %s (%.1f MiB fetched)", res.total_s,
-                        res.from_store ? "the store" : "the local copy",
-                        (double)res.fetched_bytes / (1024.0 * 1024.0));
-    log_info(SVC_LOG, "%s: awake, %s", l->key, detail);
-    account_db_audit(db, "wake", l->name, true, detail);
-    return true;
-}
-
-static JsonNode *svc_sleep_cold_verb(sprite_service *svc, account_db *db, struct live_sprite *l,
-                                     const void *unused, GError **error)
-{
-    (void)unused;
-    /* As warm sleep: an open stream holds the sprite awake (SIGTERM's sleep ends them first). */
-    g_mutex_lock(&svc->mu);
-    unsigned holds = l->holds;
-    g_mutex_unlock(&svc->mu);
-    if (holds > 0) {
-        svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT,
-                 "sprite '%s' has %u open exec stream(s); it sleeps once they end", l->name, holds);
-        return NULL;
-    }
-    if (!svc_cold_sleep_locked(svc, db, l, "asked", error))
-        return NULL;
-    JsonNode *n = svc_ok_node(l->name, "asleep");
-    json_object_set_string_member(json_node_get_object(n), "mode", "cold");
-    return n;
-}
-
-JsonNode *sprite_service_sleep_mode(sprite_service *svc, const char *account, const char *name,
-                                    bool cold, GError **error)
-{
-    if (!cold)
-        return sprite_service_sleep(svc, account, name, error);
-    return svc_on_sprite(svc, account, name, svc_sleep_cold_verb, NULL, error);
-}
-
-/* Start-up: what each cold_sleep row that is not "awake" really is now (account_db.c). */
-static void svc_cold_recover_row(sprite_service *svc, account_db *db, const char *account,
-                                 const struct account_cold *c)
-{
-    g_autofree char *key = g_strdup_printf("%s/%s", account, c->sprite);
-    GError *err = NULL;
-    const char *now = "cold";
-
-    if (strcmp(c->state, "going-cold") == 0) {
-        int there = c->pending[0] ? sprite_cold_manifest_exists(&svc->cold, c->pending, &err) : 0;
-        if (there == 1) {
-            log_info(SVC_LOG, "%s: the cold sleep to %s completed before wispd stopped", key,
-                     c->pending);
-        } else {
-            /* Its QEMU is gone (killed with strays); the disk has every flush. */
-            log_warn(SVC_LOG, "%s: a cold sleep did not complete (%s): stopped, disk kept", key,
-                     err ? err->message : "no manifest");
-            now = "awake";
-        }
-    } else if (strcmp(c->state, "waking") == 0 || strcmp(c->state, "cold") == 0) {
-        int there = sprite_cold_manifest_exists(&svc->cold, c->manifest, &err);
-        if (there == 0) {
-            log_error(SVC_LOG, "%s: its manifest %s is not in the store: stopped, disk kept", key,
-                      c->manifest);
-            now = "awake";
-        } else if (there < 0) {
-            /* The store did not answer: the row stays cold, and a wake tries again. */
-            log_warn(SVC_LOG, "%s: %s", key, err->message);
-        }
-        if (strcmp(c->state, "waking") == 0)
-            log_info(SVC_LOG, "%s: a wake did not complete: asleep again", key);
-    }
-    g_clear_error(&err);
-    if (strcmp(now, c->state) != 0) {
-        svc_cold_record(db, key, now);
-        account_db_audit(db, "recover", c->sprite, true, now);
-    }
-    if (strcmp(now, "cold") != 0)
-        return;
-    struct live_sprite *l = svc_get_live(svc, db, account, c->sprite, &err);
-    if (!l) {
-        log_warn(SVC_LOG, "%s: %s", key, err->message);
-        g_clear_error(&err);
-        return;
-    }
-    svc_set_state(svc, l, LIVE_COLD);
-    svc_put_live(svc, l);
-}
-
-static void svc_cold_recover_all(sprite_service *svc)
-{
-    g_autoptr(GDir) dir = g_dir_open(svc->accounts_dir, 0, NULL);
-    const char *account;
-
-    while (dir && (account = g_dir_read_name(dir))) {
-        GError *err = NULL;
-        if (!sprite_service_account_valid(account))
-            continue;
-        /* svc_enter opens (and keeps) the account's database. */
-        account_db *db = svc_enter(svc, account, &err);
-        if (!db) {
-            log_warn(SVC_LOG, "account %s: %s", account, err->message);
-            g_clear_error(&err);
-            continue;
-        }
-        GPtrArray *rows = account_db_cold_list(db, &err);
-        for (guint i = 0; rows && i < rows->len; i++)
-            svc_cold_recover_row(svc, db, account, rows->pdata[i]);
-        if (!rows) {
-            log_warn(SVC_LOG, "account %s: %s", account, err->message);
-            g_clear_error(&err);
-        } else {
-            g_ptr_array_unref(rows);
-        }
-        svc_leave(svc);
-    }
-}
-
-/* Holds a reference on every live sprite that has a VM (svc->mu held). */
-static GPtrArray *svc_live_with_vm(sprite_service *svc)
-{
-    GPtrArray *a = g_ptr_array_new();
-    GHashTableIter it;
-    gpointer value;
-    g_hash_table_iter_init(&it, svc->live);
-    while (g_hash_table_iter_next(&it, NULL, &value)) {
-        struct live_sprite *l = value;
-        if (l->state == LIVE_RUNNING || l->state == LIVE_ASLEEP) {
-            l->refs++;
-            g_ptr_array_add(a, l);
-        }
-    }
-    return a;
-}
-
-void sprite_service_refuse_calls(sprite_service *svc)
-{
-    if (!svc)
-        return;
-    g_mutex_lock(&svc->mu);
-    svc->stopping = true;
-    g_mutex_unlock(&svc->mu);
-}
-
-void sprite_service_sleep_all_cold(sprite_service *svc)
-{
-    if (!svc)
-        return;
-    g_mutex_lock(&svc->mu);
-    svc->stopping = true;
-    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
-        ;
-    GPtrArray *todo = svc_live_with_vm(svc);
-    g_mutex_unlock(&svc->mu);
-    for (guint i = 0; i < todo->len; i++) {
-        struct live_sprite *l = todo->pdata[i];
-        account_db *db = svc_account_db(svc, l->account);
-        GError *err = NULL;
-        /* A call still running keeps its VM (sprite_service_free leaves it to the pool). */
-        if (g_mutex_trylock(&l->op)) {
-            if (db && l->vm && !svc_cold_sleep_locked(svc, db, l, "shutdown", &err)) {
-                log_error(SVC_LOG, "%s: %s; its VM is destroyed, the disk kept", l->key,
-                          err->message);
-                g_clear_error(&err);
-            }
-            g_mutex_unlock(&l->op);
-        }
-        svc_put_live(svc, l);
-    }
-    g_ptr_array_free(todo, TRUE);
-}
-
 /* ---- the idle policy's API (idle_policy.h) --------------------------------------------------- */
 
 GArray *sprite_service_idle_snapshot(sprite_service *svc)
@@ -1715,139 +1346,4 @@ bool sprite_service_idle_sleep(sprite_service *svc, const char *account, const c
 out:
     svc_leave(svc);
     return ok;
-}
-/* ---- exec streams: an exec that outlives the call (api_exec_ws.c) ------------------------- */
-
-/* Lifetime: made by sprite_service_stream_open, which leaves it holding one svc_enter (busy),
- * one reference on the live sprite and one of its holds; sprite_service_stream_close gives all
- * three back.  `ended` and the list link are under svc->mu; `exec` belongs to the stream's
- * user between open and close. */
-struct sprite_stream {
-    sprite_service *svc;
-    struct live_sprite *l;
-    agent_exec *exec;
-    char *ended; /* why the service ended it (delete, restore), or NULL; under svc->mu */
-    void (*on_end)(void *opaque);
-    void *opaque;
-};
-
-struct svc_stream_args {
-    const struct agent_exec_opts *opts;
-    struct sprite_stream *s;
-};
-
-static JsonNode *svc_stream_verb(sprite_service *svc, account_db *db, struct live_sprite *l,
-                                 const void *arg, GError **error)
-{
-    const struct svc_stream_args *a = arg;
-    GError *err = NULL;
-
-    (void)db;
-    if (!svc_ensure_running(svc, l, error))
-        return NULL;
-    agent_exec *e = agent_exec_start(l->vm->agent, a->opts, 60000, &err);
-    if (!e) {
-        g_set_error(error, SPRITE_SERVICE_ERROR,
-                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
-                        ? SPRITE_SERVICE_ERROR_INVALID
-                        : SPRITE_SERVICE_ERROR_FAILED,
-                    "exec: %s", err->message);
-        g_clear_error(&err);
-        return NULL;
-    }
-    a->s->exec = e;
-    a->s->l = l;
-    /* The stream keeps what svc_on_sprite gives back when this returns: one more call inside
-     * svc_enter (so that shutdown waits for it), one more reference, and a hold. */
-    g_mutex_lock(&svc->mu);
-    svc->busy++;
-    l->refs++;
-    l->holds++;
-    l->streams = g_slist_prepend(l->streams, a->s);
-    g_mutex_unlock(&svc->mu);
-    return json_node_new(JSON_NODE_NULL);
-}
-
-sprite_stream *sprite_service_stream_open(sprite_service *svc, const char *account,
-                                          const char *name, const struct agent_exec_opts *opts,
-                                          void (*on_end)(void *opaque), void *opaque,
-                                          GError **error)
-{
-    struct sprite_stream *s = g_new0(struct sprite_stream, 1);
-    struct svc_stream_args a = {opts, s};
-
-    s->svc = svc;
-    s->on_end = on_end;
-    s->opaque = opaque;
-    JsonNode *ok = svc_on_sprite(svc, account, name, svc_stream_verb, &a, error);
-    if (!ok) {
-        g_free(s);
-        return NULL;
-    }
-    json_node_unref(ok);
-    return s;
-}
-
-agent_exec *sprite_stream_exec(sprite_stream *s)
-{
-    return s->exec;
-}
-
-char *sprite_stream_ended(sprite_stream *s)
-{
-    g_mutex_lock(&s->svc->mu);
-    char *why = g_strdup(s->ended);
-    g_mutex_unlock(&s->svc->mu);
-    return why;
-}
-
-void sprite_service_stream_close(sprite_stream *s)
-{
-    sprite_service *svc;
-
-    if (!s)
-        return;
-    svc = s->svc;
-    agent_exec_free(s->exec);
-    g_mutex_lock(&svc->mu);
-    s->l->streams = g_slist_remove(s->l->streams, s);
-    s->l->holds--;
-    g_cond_broadcast(&svc->idle); /* svc_streams_end waits for holds to drop */
-    g_mutex_unlock(&svc->mu);
-    svc_put_live(svc, s->l);
-    svc_leave(svc);
-    g_free(s->ended);
-    g_free(s);
-}
-
-/* Ends the sprite's open streams before its VM goes (op held): each is told why (its user
- * kills the process and sends that as its error) and this waits, up to 60 s, for all to
- * close.  A stream that does not close in time fails the verb rather than leave it a VM
- * that is gone. */
-static bool svc_streams_end(sprite_service *svc, struct live_sprite *l, const char *why,
-                            GError **error)
-{
-    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-
-    g_mutex_lock(&svc->mu);
-    /* on_end only flags the stream (api_exec_ws.c never calls back in here), so it may run
-     * under svc->mu; that also keeps every listed stream alive while it runs. */
-    for (GSList *i = l->streams; i; i = i->next) {
-        struct sprite_stream *s = i->data;
-        if (!s->ended) {
-            s->ended = g_strdup(why);
-            if (s->on_end)
-                s->on_end(s->opaque);
-        }
-    }
-    if (l->holds > 0)
-        log_info(SVC_LOG, "%s: ending %u exec stream(s): %s", l->key, l->holds, why);
-    while (l->holds > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
-        ;
-    unsigned left = l->holds;
-    g_mutex_unlock(&svc->mu);
-    if (left > 0)
-        return svc_fail(error, SPRITE_SERVICE_ERROR_CONFLICT,
-                        "sprite '%s': %u exec stream(s) did not end in 60 s", l->name, left);
-    return true;
 }
