@@ -50,6 +50,24 @@ static bool lc_running(pid_t pid)
     return close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
 }
 
+/* Whether pid has died all the way, so that its parent's waitpid() takes it: gone, or a zombie
+ * whose threads have all exited.  (QEMU has several threads: its main thread shows 'Z' while
+ * the others are still exiting, and until they have, waitpid() answers "still running".) */
+static bool lc_reapable(pid_t pid)
+{
+    if (lc_running(pid))
+        return false;
+    g_autofree char *tasks = g_strdup_printf("/proc/%d/task", (int)pid);
+    GDir *dir = g_dir_open(tasks, 0, NULL);
+    if (!dir)
+        return true; /* gone (reaped) */
+    unsigned n = 0;
+    while (g_dir_read_name(dir))
+        n++;
+    g_dir_close(dir);
+    return n <= 1;
+}
+
 /* How many lines of the log contain text. */
 static unsigned lc_log_count(const char *log, const char *text)
 {
@@ -96,7 +114,7 @@ static pid_t lc_stream_open(const struct wispd_fx *w, const char *name, const ch
 }
 
 /* Kills the QEMU of the one sprite this wispd runs (SIGKILL), once the pool refilled after its
- * claim, and waits until it is a zombie (dead, not yet reaped by wispd). */
+ * claim, and waits until wispd can reap it (dead, with all its threads). */
 static void lc_kill_claimed(const struct wispd_fx *w)
 {
     pid_t qemu = 0;
@@ -112,7 +130,7 @@ static void lc_kill_claimed(const struct wispd_fx *w)
             fx_sleep(0.2);
     }
     FX_CHECK(kill(qemu, SIGKILL) == 0, "kill %d", (int)qemu);
-    while (lc_running(qemu))
+    while (!lc_reapable(qemu))
         fx_sleep(0.01);
 }
 
