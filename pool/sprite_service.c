@@ -132,15 +132,20 @@ static void live_sprite_free(struct live_sprite *l)
     g_free(l);
 }
 
+void svc_stop_calls_locked(sprite_service *svc)
+{
+    svc->stopping = true;
+    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
+    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
+        ;
+}
+
 void sprite_service_free(sprite_service *svc)
 {
     if (!svc)
         return;
     g_mutex_lock(&svc->mu);
-    svc->stopping = true;
-    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
-        ;
+    svc_stop_calls_locked(svc);
     if (svc->busy > 0)
         log_error(SVC_LOG, "%u calls still running after 60 s; destroying their VMs anyway",
                   svc->busy);
@@ -780,6 +785,25 @@ JsonNode *svc_ok_node(const char *name, const char *state)
     return n;
 }
 
+agent_exec *svc_exec_start(struct live_sprite *l, const struct agent_exec_opts *opts,
+                           int timeout_ms, GError **error)
+{
+    GError *err = NULL;
+    agent_exec *e = agent_exec_start(l->vm->agent, opts, timeout_ms, &err);
+
+    if (!e) {
+        /* wisp-init's own refusal is the caller's fault (no such program is exit 127, not
+         * this); anything else is ours. */
+        g_set_error(error, SPRITE_SERVICE_ERROR,
+                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
+                        ? SPRITE_SERVICE_ERROR_INVALID
+                        : SPRITE_SERVICE_ERROR_FAILED,
+                    "exec: %s", err->message);
+        g_clear_error(&err);
+    }
+    return e;
+}
+
 static JsonNode *svc_delete_locked(sprite_service *svc, account_db *db, struct live_sprite *l,
                                    const void *unused, GError **error)
 {
@@ -880,17 +904,9 @@ static JsonNode *svc_exec_locked(struct live_sprite *l, const struct sprite_exec
     g_autofree uint8_t *buf = g_malloc(65536);
     double t0 = (double)g_get_monotonic_time() / 1000;
 
-    agent_exec *e = agent_exec_start(l->vm->agent, &opts, timeout, &err);
-    if (!e) {
-        /* wisp-init's own refusal (no such program is exit 127, not this) */
-        g_set_error(error, SPRITE_SERVICE_ERROR,
-                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
-                        ? SPRITE_SERVICE_ERROR_INVALID
-                        : SPRITE_SERVICE_ERROR_FAILED,
-                    "exec: %s", err->message);
-        g_clear_error(&err);
+    agent_exec *e = svc_exec_start(l, &opts, timeout, error);
+    if (!e)
         return NULL;
-    }
     if (r->stdin_data) {
         feeder = (struct svc_feeder){e, r->stdin_data, r->stdin_len, timeout};
         feeder_thread = g_thread_new("wispd-stdin", svc_feed_stdin, &feeder);

@@ -296,10 +296,7 @@ void sprite_service_sleep_all_cold(sprite_service *svc)
     if (!svc)
         return;
     g_mutex_lock(&svc->mu);
-    svc->stopping = true;
-    gint64 until = g_get_monotonic_time() + 60 * G_USEC_PER_SEC;
-    while (svc->busy > 0 && g_cond_wait_until(&svc->idle, &svc->mu, until))
-        ;
+    svc_stop_calls_locked(svc);
     GPtrArray *todo = svc_live_with_vm(svc);
     g_mutex_unlock(&svc->mu);
     for (guint i = 0; i < todo->len; i++) {

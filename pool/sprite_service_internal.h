@@ -93,6 +93,11 @@ JsonNode *svc_on_sprite(sprite_service *svc, const char *account, const char *na
 bool svc_ensure_running(sprite_service *svc, struct live_sprite *l, GError **error);
 /* {"name": name, "state": state} */
 JsonNode *svc_ok_node(const char *name, const char *state);
+/* op held, the VM running: starts an exec in the guest; wisp-init's refusal is INVALID. */
+agent_exec *svc_exec_start(struct live_sprite *l, const struct agent_exec_opts *opts,
+                           int timeout_ms, GError **error);
+/* svc->mu held: refuses new calls, then waits up to 60 s for those running to leave. */
+void svc_stop_calls_locked(sprite_service *svc);
 
 /* ---- sprite_service_cold.c ---- */
 

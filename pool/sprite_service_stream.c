@@ -33,21 +33,13 @@ static JsonNode *svc_stream_verb(sprite_service *svc, account_db *db, struct liv
                                  const void *arg, GError **error)
 {
     const struct svc_stream_args *a = arg;
-    GError *err = NULL;
 
     (void)db;
     if (!svc_ensure_running(svc, l, error))
         return NULL;
-    agent_exec *e = agent_exec_start(l->vm->agent, a->opts, 60000, &err);
-    if (!e) {
-        g_set_error(error, SPRITE_SERVICE_ERROR,
-                    g_error_matches(err, AGENT_ERROR, AGENT_ERROR_REMOTE)
-                        ? SPRITE_SERVICE_ERROR_INVALID
-                        : SPRITE_SERVICE_ERROR_FAILED,
-                    "exec: %s", err->message);
-        g_clear_error(&err);
+    agent_exec *e = svc_exec_start(l, a->opts, 60000, error);
+    if (!e)
         return NULL;
-    }
     a->s->exec = e;
     a->s->l = l;
     /* The stream keeps what svc_on_sprite gives back when this returns: one more call inside
