@@ -169,6 +169,7 @@ static int cache_write_file(struct chunk_cache *c, const struct chunk_hash *h, c
     fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
         return -errno;
+    __atomic_fetch_add(&c->stats.copy_bytes, len, __ATOMIC_RELAXED);
     for (size_t left = len; left > 0;) {
         ssize_t n = write(fd, p, left);
         if (n < 0 && errno == EINTR)
@@ -406,12 +407,11 @@ void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, siz
 
 /* ---- upload ------------------------------------------------------------------------------- */
 
-int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
-                       size_t len, const char *path)
+int chunk_cache_put(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                    size_t len)
 {
-    char key[80], dest[PATH_MAX];
+    char key[80];
     struct store_stat sb;
-    struct cache_entry *e;
     int r;
 
     chunk_cache_store_key(h, key);
@@ -453,22 +453,29 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
                 __atomic_fetch_add(&c->stats.refreshes, 1, __ATOMIC_RELAXED);
         }
     }
-    if (r < 0)
-        return r;
+    return r;
+}
+
+void chunk_cache_keep(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                      size_t len, const char *path)
+{
+    char dest[PATH_MAX];
+    struct cache_entry *e;
+    int r;
 
     cache_path(c, h, dest, sizeof dest);
     pthread_mutex_lock(&c->lock);
     bool cached = g_hash_table_contains(c->entries, h);
     pthread_mutex_unlock(&c->lock);
     if (cached)
-        return 0;
+        return;
     /* Link or write the file outside the lock: readers must not wait for a 1 MiB write.  A
      * fetch of the same chunk meanwhile writes the same bytes, so either file will do. */
     r = path ? (link(path, dest) == 0 || errno == EEXIST ? 0 : -errno)
              : cache_write_file(c, h, data, len);
     if (r < 0) {
         log_warn("cache", "cannot add %s to the cache: %s", dest, strerror(-r));
-        return 0; /* the upload succeeded; the cache is only a copy */
+        return; /* the store has the chunk; the cache is only a copy */
     }
     pthread_mutex_lock(&c->lock);
     if (!g_hash_table_contains(c->entries, h)) {
@@ -479,7 +486,16 @@ int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const 
         cache_entry_filled_locked(c, e, len);
     }
     pthread_mutex_unlock(&c->lock);
-    return 0;
+}
+
+int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                       size_t len, const char *path)
+{
+    int r = chunk_cache_put(c, h, data, len);
+
+    if (r == 0)
+        chunk_cache_keep(c, h, data, len, path);
+    return r;
 }
 
 void chunk_cache_set_refresh_age(struct chunk_cache *c, double seconds)
@@ -511,6 +527,7 @@ void chunk_cache_get_stats(struct chunk_cache *c, struct chunk_cache_stats *out)
     out->fetch_bytes = __atomic_load_n(&c->stats.fetch_bytes, __ATOMIC_RELAXED);
     out->corrupt = __atomic_load_n(&c->stats.corrupt, __ATOMIC_RELAXED);
     out->refreshes = __atomic_load_n(&c->stats.refreshes, __ATOMIC_RELAXED);
+    out->copy_bytes = __atomic_load_n(&c->stats.copy_bytes, __ATOMIC_RELAXED);
 }
 
 /* ---- open / close --------------------------------------------------------------------------- */

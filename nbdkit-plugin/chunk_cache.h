@@ -28,6 +28,8 @@ struct chunk_cache_stats {
     uint64_t fetch_bytes;
     uint64_t corrupt;   /* cache files or fetched bodies that failed verification */
     uint64_t refreshes; /* dedup hits re-stored because they were old (GC, see upload) */
+    uint64_t copy_bytes; /* written into cache files: fetched chunks, and chunks kept from
+                          * memory because no file of theirs could be hard-linked */
     uint64_t evictions;
     uint64_t clean_bytes, dirty_bytes, max_bytes;
     uint64_t entries;
@@ -50,12 +52,20 @@ int chunk_cache_read(struct chunk_cache *c, const struct chunk_hash *h, size_t c
 void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, size_t chunk_len);
 
 /* Uploads a chunk to the store unless it is already there (content addressing makes an
- * existing object with that key the same bytes), then adds it to the cache by hard-linking
- * path, whose content it is, or by writing data when path is NULL.  data is the content,
- * already hashed to h.
+ * existing object with that key the same bytes).  data is the content, already hashed to h.
  * An object already there whose mtime is older than the refresh age is stored again, the same
  * bytes, so that it is young when a commit names it: a GC may be deleting it otherwise
  * (meta/chunk_gc.h, invariant (a)). */
+int chunk_cache_put(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                    size_t len);
+
+/* Adds chunk h, of len bytes, to the cache unless it is there: by hard-linking path, a file of
+ * exactly that content that nobody writes again, or else (path NULL) by writing data.  A
+ * failure only costs the cache a copy, so it is logged, not returned. */
+void chunk_cache_keep(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
+                      size_t len, const char *path);
+
+/* chunk_cache_put, then chunk_cache_keep once the store has it. */
 int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
                        size_t len, const char *path);
 

@@ -519,6 +519,7 @@ static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuil
     control_add_u64(b, "fetch_bytes", cs.fetch_bytes);
     control_add_u64(b, "corrupt", cs.corrupt);
     control_add_u64(b, "refreshes", cs.refreshes);
+    control_add_u64(b, "copy_bytes", cs.copy_bytes);
     control_add_u64(b, "evictions", cs.evictions);
     control_add_u64(b, "clean_bytes", cs.clean_bytes);
     control_add_u64(b, "dirty_bytes", cs.dirty_bytes);

@@ -59,9 +59,11 @@ static void disk_ahead_run(gpointer data, gpointer unused)
     }
     pthread_mutex_unlock(stripe);
 
-    /* Frozen, dropped or changed since: the upload round does it (if it still must). */
+    /* Frozen, dropped or changed since: the upload round does it (if it still must).  Not
+     * cached here: later writes may still change the live file, and a copy would cost a
+     * second write of every chunk; the round links the frozen file into the cache instead. */
     if (live && buf && r == 0)
-        r = disk_store_chunk(d, buf, NULL, &h, &zero);
+        r = disk_put_chunk(d, buf, &h, &zero);
     if (r < 0)
         log_debug("disk", "%s: chunk %llu: upload ahead failed (%s); the flush will upload it",
                   d->meta.name, (unsigned long long)t->idx, strerror(-r));

@@ -296,8 +296,7 @@ static bool round_abandoning(const struct disk *d)
            __atomic_load_n(d->env->stopping, __ATOMIC_ACQUIRE);
 }
 
-int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
-                     bool *zero)
+int disk_put_chunk(struct disk *d, const void *buf, struct chunk_hash *h, bool *zero)
 {
     const uint32_t cs = d->meta.chunk_size;
     int r;
@@ -306,7 +305,17 @@ int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct c
     if (*zero)
         return 0; /* all-zero chunks are never stored */
     r = hash_sha256(buf, cs, h->b);
-    return r < 0 ? r : chunk_cache_upload(d->env->cache, h, buf, cs, path);
+    return r < 0 ? r : chunk_cache_put(d->env->cache, h, buf, cs);
+}
+
+int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
+                     bool *zero)
+{
+    int r = disk_put_chunk(d, buf, h, zero);
+
+    if (r == 0 && !*zero)
+        chunk_cache_keep(d->env->cache, h, buf, d->meta.chunk_size, path);
+    return r;
 }
 
 static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
@@ -348,8 +357,15 @@ static int round_upload_item(struct disk *d, struct round_item *it, void *buf)
         }
     }
     pthread_mutex_unlock(&d->lock);
-    if (ahead)
+    if (ahead) {
+        /* The early upload left the cache alone: the file was live then.  Frozen now, at the
+         * content it hashed (f->seq is ahead_seq), and whole, it can be linked in as is. */
+        if (!it->zero && chunk_layout_whole(&it->layout, disk_chunk_blocks(d))) {
+            snprintf(path, sizeof path, "%s/%s", d->env->cache_dir, f->name);
+            chunk_cache_keep(d->env->cache, &it->hash, NULL, cs, path);
+        }
         return 0;
+    }
 
     /* Merge the written blocks with the base: what the chunk holds. */
     int fd = chunk_file_open(d, it->file, O_RDONLY);

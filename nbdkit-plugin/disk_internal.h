@@ -132,8 +132,11 @@ int disk_layout_read(struct disk *d, const struct chunk_layout *l, int fd, void 
 /* Blocks per chunk. */
 uint32_t disk_chunk_blocks(const struct disk *d);
 bool disk_is_zero(const void *buf, size_t len);
-/* Stores one chunk's content (disk_flush.c): nothing if it is all zeros (*zero), else hashed
- * into *h and uploaded, and cached from path when path names a file of exactly this content. */
+/* Uploads one chunk's content (disk_flush.c): nothing if it is all zeros (*zero), else hashed
+ * into *h and put in the store, not in the cache. */
+int disk_put_chunk(struct disk *d, const void *buf, struct chunk_hash *h, bool *zero);
+/* disk_put_chunk, then adds the chunk to the cache: from path when path names a file of exactly
+ * this content that nobody writes again, else by writing a copy of buf. */
 int disk_store_chunk(struct disk *d, const void *buf, const char *path, struct chunk_hash *h,
                      bool *zero);
 /* A write log segment is closed at the first flush past this size. */

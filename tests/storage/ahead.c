@@ -6,7 +6,9 @@
  *      (stats.uploads_ahead), and nothing is committed yet;
  *   2. one of them is then changed by a partial write, another rewritten whole with other
  *      bytes, another zeroed: the flush must upload the new content, not the early upload;
- *   3. after a restart with an empty cache, the store gives back exactly what was flushed. */
+ *   3. the flush put the early uploads in the cache by linking their files, not by copies
+ *      (cache.copy_bytes), and a restart on that cache reads them with no fetch;
+ *   4. after a restart with an empty cache, the store gives back exactly what was flushed. */
 #include "server.h"
 
 #include <glib.h>
@@ -58,7 +60,18 @@ int main(void)
     ws_compare(s, "a", shadow, 0, SIZE, CHUNK, 2);
     ws_disconnect(h);
 
-    /* 3. The store alone. */
+    /* 3. Every chunk came from a whole file: the cache got links, and no byte was copied. */
+    int64_t copied = stat_of(s, "cache.copy_bytes");
+    WS_CHECK(copied == 0, "%lld bytes were copied into the cache for chunks it could link",
+             (long long)copied);
+    ws_server_stop(s);
+    ws_server_start(s);
+    ws_compare(s, "a", shadow, 0, SIZE, CHUNK, 2);
+    WS_CHECK(stat_of(s, "cache.fetches") == 0,
+             "%lld chunks were fetched after a restart on the cache the flush filled",
+             (long long)stat_of(s, "cache.fetches"));
+
+    /* 4. The store alone. */
     ws_server_stop(s);
     ws_server_wipe_cache(s);
     ws_server_start(s);
