@@ -87,6 +87,8 @@ ROWS = [
      {"file": "randwrite_x32", "wisp": "randwrite_x32_local"}),
     (f"Random write, 4 KiB, QD 32, {X32} s, one flush per 32 writes exactly, remote durability (IOPS) ¶",
      {"wisp": "randwrite_x32_remote", "nbds3": "randwrite_x32"}),
+    ("… local durability with upload-delay=60, so no upload round during the writes (IOPS) ¶",
+     {"file": "randwrite_x32", "wisp": "randwrite_x32_local_d60"}),
 ]
 
 MARKS = {
