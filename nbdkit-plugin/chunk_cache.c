@@ -407,8 +407,7 @@ void chunk_cache_prefetch(struct chunk_cache *c, const struct chunk_hash *h, siz
 
 /* ---- upload ------------------------------------------------------------------------------- */
 
-int chunk_cache_put(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
-                    size_t len)
+int chunk_cache_put(struct chunk_cache *c, const struct chunk_hash *h, const void *data, size_t len)
 {
     char key[80];
     struct store_stat sb;

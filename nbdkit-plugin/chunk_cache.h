@@ -26,8 +26,8 @@ struct chunk_cache_stats {
     uint64_t hits, misses; /* reads served from a cache file / needing a fetch */
     uint64_t fetches;      /* GETs of chunks from the store */
     uint64_t fetch_bytes;
-    uint64_t corrupt;   /* cache files or fetched bodies that failed verification */
-    uint64_t refreshes; /* dedup hits re-stored because they were old (GC, see upload) */
+    uint64_t corrupt;    /* cache files or fetched bodies that failed verification */
+    uint64_t refreshes;  /* dedup hits re-stored because they were old (GC, see upload) */
     uint64_t copy_bytes; /* written into cache files: fetched chunks, and chunks kept from
                           * memory because no file of theirs could be hard-linked */
     uint64_t evictions;
