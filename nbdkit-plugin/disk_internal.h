@@ -36,6 +36,14 @@ struct chunk_file {
     unsigned refs;
     struct chunk_layout layout;
     uint64_t seq; /* writes into the file so far, counted under its stripe and d->lock */
+    /* Which file this one's content was copied from, for the spare's incremental refresh
+     * (disk_file_make), under d->lock.  serial: unique in the disk, never 0, new whenever the
+     * file is (re)made; made_from: the serial of the frozen file whose written blocks were
+     * copied in when this one was made, 0 if none; own: the blocks written into this file
+     * itself since then (a subset of layout.written).  So this file holds made_from's written
+     * blocks, as they were, overlaid with own. */
+    uint64_t serial, made_from;
+    struct chunk_layout own;
     /* Upload ahead of the flush (disk_ahead.c), under d->lock. */
     bool ahead_queued, ahead_running, ahead_done, ahead_zero;
     uint64_t ahead_seq; /* the seq whose content ahead_hash names */
@@ -103,6 +111,7 @@ struct disk {
     bool ahead_stopping;    /* closing: its queued tasks do nothing */
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
+    uint64_t next_serial;   /* the last chunk_file.serial given, under d->lock */
     struct disk_stats stats;
     /* The write log (write_log.h), NULL for a checkpoint.  durability=local appends every write
      * to it and a flush syncs it; with durability=remote it is only replayed at open (a log
