@@ -585,7 +585,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     const uint32_t cs = d->meta.chunk_size;
     struct chunk_file *live = NULL;
     struct chunk_layout layout;
-    uint32_t first, end;
+    uint32_t first = 0, end = 0;
     int fd = -1, r;
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
@@ -625,6 +625,17 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     if (r < 0) {
         log_error("disk", "%s: write chunk %llu: %s", d->meta.name, (unsigned long long)idx,
                   strerror(-r));
+        /* A write that failed part way may have changed blocks of the live file already (the
+         * head block, say, before the tail failed).  They count as its own, so that the file
+         * made from it after the next flush copies them (disk_file_make copies only `own`
+         * over its predecessor): else that file would hold the old bytes where this one has
+         * the new, and a read would change with no write.  Too many blocks in `own` only copy
+         * more. */
+        if (!made && live) {
+            pthread_mutex_lock(&d->lock);
+            chunk_layout_mark(&live->own, first, end);
+            pthread_mutex_unlock(&d->lock);
+        }
         chunk_file_unref(d, live);
         return r;
     }
