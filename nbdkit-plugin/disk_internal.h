@@ -66,10 +66,12 @@ struct dirty_chunk {
     enum slot_kind frozen_kind;
     struct chunk_file *frozen;
     uint64_t frozen_gen;
-    /* With the write log: a superseded frozen file nobody else holds, kept (one reference) to
-     * be the chunk's next live file instead of creating one and unlinking this one, which
-     * dominated the cost of small random writes.  Its blocks outside the next layout are stale
-     * but never read: every reader goes through the layout (chunk_layout.h). */
+    /* With the write log: a superseded frozen file, kept (one reference, the slot's) to be the
+     * chunk's next live file instead of creating one and unlinking this one, which dominated
+     * the cost of small random writes.  An upload round or a reader may still hold it too (a
+     * superseded file gains no new references): disk_file_make reuses it only once the spare's
+     * is the last one.  Its blocks outside the next layout are stale but never read: every
+     * reader goes through the layout (chunk_layout.h). */
     struct chunk_file *spare;
 };
 
