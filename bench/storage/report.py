@@ -281,10 +281,15 @@ def footnotes():
 SWEEP = [("64k", "64 KiB"), ("256k", "256 KiB"), ("1m", "1 MiB"), ("4m", "4 MiB")]
 SWEEP_COLS = [("seqwrite", "Seq write, durability=remote (MiB/s)"),
               ("seqread_cold", "Cold seq read (MiB/s)"),
+              ("seqread_warm", "Warm seq read (MiB/s)"),
+              ("randread_cold", "Cold rand read 4 KiB (IOPS)"),
               ("randread_warm", "Warm rand read 4 KiB (IOPS)"),
-              ("randwrite_local", "Rand write 4 KiB, fsync=32, local (IOPS)")]
+              ("randwrite_local", "Rand write 4 KiB, fsync=32, local (IOPS)"),
+              ("randwrite_x32_remote", "Rand write 4 KiB, a flush per 32, remote (IOPS)")]
 SWEEP_SHORT = {"seqwrite": "sequential write", "seqread_cold": "cold sequential read",
-               "randread_warm": "warm random read", "randwrite_local": "random write"}
+               "seqread_warm": "warm sequential read", "randread_cold": "cold random read",
+               "randread_warm": "warm random read", "randwrite_local": "random write (local)",
+               "randwrite_x32_remote": "random write (remote)"}
 
 
 def sweep_system(key):
@@ -367,7 +372,7 @@ def main():
         print("\n".join(table))
         if pick and pick[0]:
             print()
-            print("Score: the geometric mean, over the four workloads, of each figure as a "
+            print(f"Score: the geometric mean, over the {len(SWEEP_COLS)} workloads, of each figure as a "
                   "fraction of the best chunk size's figure.")
     if what in ("all", "rss"):
         print("\n".join(rss_table()))

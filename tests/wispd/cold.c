@@ -24,42 +24,6 @@
 
 #define IDLE_OFF "idle-warm = 0\nidle-cold = 0\nmemory-low-mib = 0\nmemory-psi = 0\n"
 
-/* Pids of the QEMU processes whose command line names dir. */
-static GArray *qemus_of(const char *dir)
-{
-    GArray *a = g_array_new(FALSE, FALSE, sizeof(pid_t));
-    GDir *d = g_dir_open("/proc", 0, NULL);
-    const char *name;
-    FX_CHECK(d, "open /proc");
-    while ((name = g_dir_read_name(d))) {
-        g_autofree char *file = g_strdup_printf("/proc/%s/cmdline", name);
-        g_autofree char *cmd = NULL;
-        gsize len = 0;
-        if (!g_ascii_isdigit(name[0]) || !g_file_get_contents(file, &cmd, &len, NULL))
-            continue;
-        for (gsize i = 0; i + 1 < len; i++)
-            if (cmd[i] == '\0')
-                cmd[i] = ' ';
-        if (strstr(cmd, "qemu-system") && strstr(cmd, dir)) {
-            pid_t p = (pid_t)atoi(name);
-            g_array_append_val(a, p);
-        }
-    }
-    g_dir_close(d);
-    return a;
-}
-
-/* Alive and not a zombie. */
-static bool pid_running(pid_t pid)
-{
-    g_autofree char *file = g_strdup_printf("/proc/%d/stat", (int)pid);
-    g_autofree char *stat = NULL;
-    if (!g_file_get_contents(file, &stat, NULL, NULL))
-        return false;
-    const char *close = strrchr(stat, ')');
-    return close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
-}
-
 static void sleep_cold(const char *sprite)
 {
     g_autofree char *path = g_strdup_printf("/v1/sprites/%s/sleep", sprite);
@@ -74,12 +38,6 @@ static void check_manifest(const char *state, const char *disk, unsigned seq)
     g_autofree char *p =
         g_strdup_printf("%s/store/vm/sprites/%s/manifest-%06u.json", state, disk, seq);
     FX_CHECK(sh_exists(p), "no manifest %s", p);
-}
-
-static bool log_has(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
 }
 
 int main(void)
@@ -115,7 +73,7 @@ int main(void)
     t0 = fx_now();
     g_free(wfx_sh("one", WFX_TOKEN_A, "true", 0)); /* wakes it */
     fx_log("FIGURE wispd_cold_wake_store_ms=%.0f (exec true included)", (fx_now() - t0) * 1000);
-    FX_CHECK(log_has(w.log, "alice/one: awake, cold") && log_has(w.log, "from the store"),
+    FX_CHECK(wfx_log_has(w.log, "alice/one: awake, cold") && wfx_log_has(w.log, "from the store"),
              "the wake did not come from the store (see %s)", w.log);
     sh_counter_alive("one", WFX_TOKEN_A, pid_one);
     g_autofree char *md5_one_after = sh_file_md5("one", WFX_TOKEN_A, "one.bin");
@@ -140,7 +98,7 @@ int main(void)
     fx_log("FIGURE wispd_sigterm_two_sprites_s=%.1f", took);
     check_manifest(state, "s_alice_one", 3);
     check_manifest(state, "s_alice_two", 1);
-    GArray *left = qemus_of(state);
+    GArray *left = wfx_processes("qemu-system", state);
     guint nleft = left->len;
     g_array_unref(left);
     FX_CHECK(nleft == 0, "%u QEMU processes of the stopped wispd are still running", nleft);
@@ -167,31 +125,19 @@ int main(void)
     /* ---- kill -9 during a cold sleep ---- */
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"three\"}");
     g_autofree char *md5_three = sh_file_write("three", WFX_TOKEN_A, "three.bin");
-    g_autofree char *auth = g_strdup("Authorization: Bearer " WFX_TOKEN_A);
     g_autofree char *curl_log = g_strdup_printf("%s/curl-sleep.log", fx_tmpdir());
-    const char *curl[] = {"curl",
-                          "-sS",
-                          "--unix-socket",
-                          w.socket,
-                          "-X",
-                          "POST",
-                          "-H",
-                          auth,
-                          "-d",
-                          "{\"mode\":\"cold\"}",
-                          "http://wispd/v1/sprites/three/sleep",
-                          NULL};
-    pid_t curl_pid = fx_spawn(curl, curl_log, NULL);
+    pid_t curl_pid =
+        wfx_post_async(WFX_TOKEN_A, "/v1/sprites/three/sleep", "{\"mode\":\"cold\"}", curl_log);
     t0 = fx_now();
-    while (!log_has(w.log, "alice/three: cold sleep (asked)")) {
+    while (!wfx_log_has(w.log, "alice/three: cold sleep (asked)")) {
         FX_CHECK(fx_now() - t0 < 60, "the cold sleep of three never began (see %s)", w.log);
         fx_sleep(0.05);
     }
     fx_sleep(0.3); /* into the migration to the RAM helper (1 s or more under TCG) */
-    GArray *before = qemus_of(state);
+    GArray *before = wfx_processes("qemu-system", state);
     wfx_kill(&w);
     fx_reap(curl_pid, SIGKILL, 10);
-    bool completed = log_has(w.log, "alice/three: asleep, cold");
+    bool completed = wfx_log_has(w.log, "alice/three: asleep, cold");
     fx_log("killed %s the sleep completed (%u QEMU processes of it were running)",
            completed ? "after" : "before", before->len);
 
@@ -199,9 +145,9 @@ int main(void)
     wfx_start(&w, &img, state, IDLE_OFF, NULL);
     for (guint i = 0; i < before->len; i++) {
         pid_t p = g_array_index(before, pid_t, i);
-        for (int t = 0; t < 50 && pid_running(p); t++)
+        for (int t = 0; t < 50 && wfx_pid_running(p); t++)
             fx_sleep(0.1);
-        FX_CHECK(!pid_running(p), "QEMU %d of the killed wispd still runs", (int)p);
+        FX_CHECK(!wfx_pid_running(p), "QEMU %d of the killed wispd still runs", (int)p);
     }
     g_array_unref(before);
     g_autofree char *st3 = sh_state("three", WFX_TOKEN_A);

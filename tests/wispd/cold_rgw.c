@@ -17,14 +17,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
-
-static bool log_has(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
-}
 
 int main(void)
 {
@@ -67,27 +60,11 @@ int main(void)
     g_autofree char *md5 = sh_file_write("r", WFX_TOKEN_A, "r.bin");
 
     /* The sleep, with radosgw away for 3 s in its middle. */
-    g_autofree char *auth = g_strdup("Authorization: Bearer " WFX_TOKEN_A);
     g_autofree char *curl_log = g_strdup_printf("%s/curl-sleep.log", fx_tmpdir());
-    const char *curl[] = {"curl",
-                          "-sS",
-                          "-o",
-                          "/dev/stderr",
-                          "-w",
-                          "HTTP %{http_code}\\n",
-                          "--unix-socket",
-                          w.socket,
-                          "-X",
-                          "POST",
-                          "-H",
-                          auth,
-                          "-d",
-                          "{\"mode\":\"cold\"}",
-                          "http://wispd/v1/sprites/r/sleep",
-                          NULL};
     double t0 = fx_now();
-    pid_t curl_pid = fx_spawn(curl, curl_log, NULL);
-    while (!log_has(w.log, "alice/r: cold sleep (asked)")) {
+    pid_t curl_pid =
+        wfx_post_async(WFX_TOKEN_A, "/v1/sprites/r/sleep", "{\"mode\":\"cold\"}", curl_log);
+    while (!wfx_log_has(w.log, "alice/r: cold sleep (asked)")) {
         FX_CHECK(fx_now() - t0 < 60, "the cold sleep never began (see %s)", w.log);
         fx_sleep(0.05);
     }
@@ -97,16 +74,14 @@ int main(void)
     fx_sleep(3);
     fx_proxy_start(&proxy, proxy.port, 1, NULL);
     fx_log("radosgw back");
-    int cst = fx_reap(curl_pid, 0, 600);
-    FX_CHECK(WIFEXITED(cst) && WEXITSTATUS(cst) == 0, "curl failed: see %s", curl_log);
     g_autofree char *answer = NULL;
-    FX_CHECK(g_file_get_contents(curl_log, &answer, NULL, NULL), "read %s", curl_log);
+    long status = wfx_post_wait(curl_pid, curl_log, &answer);
     fx_log("the sleep answered after %.1f s: %s", fx_now() - t0, answer);
     g_autofree char *s1 = sh_state("r", WFX_TOKEN_A);
-    if (strstr(answer, "HTTP 200"))
+    if (status == 200)
         FX_CHECK(strcmp(s1, "asleep/cold") == 0, "the sleep answered 200 but r is %s", s1);
     else
-        FX_CHECK(strstr(answer, "HTTP 500") && strcmp(s1, "running/") == 0,
+        FX_CHECK(status == 500 && strcmp(s1, "running/") == 0,
                  "a failed sleep left r %s (running expected): %s", s1, answer);
     sh_counter_alive("r", WFX_TOKEN_A, pid);
     g_autofree char *md5_1 = sh_file_md5("r", WFX_TOKEN_A, "r.bin");
@@ -122,7 +97,8 @@ int main(void)
     json_object_unref(failed);
     g_autofree char *s2 = sh_state("r", WFX_TOKEN_A);
     FX_CHECK(strcmp(s2, "running/") == 0, "a sleep that failed left r %s", s2);
-    FX_CHECK(log_has(w.log, "resumed from its local copy"), "r was not resumed (see %s)", w.log);
+    FX_CHECK(wfx_log_has(w.log, "resumed from its local copy"), "r was not resumed (see %s)",
+             w.log);
     sh_counter_alive("r", WFX_TOKEN_A, pid);
     g_autofree char *md5_r = sh_file_md5("r", WFX_TOKEN_A, "r.bin");
     FX_CHECK(strcmp(md5, md5_r) == 0, "r.bin changed over the failed sleep");
@@ -135,7 +111,7 @@ int main(void)
     t0 = fx_now();
     wfx_expect_free(200, "POST", "/v1/sprites/r/wake", WFX_TOKEN_A, NULL);
     fx_log("FIGURE wispd_cold_wake_rgw_ms=%.0f", (fx_now() - t0) * 1000);
-    FX_CHECK(log_has(w.log, "from the store"), "the wake did not come from the store");
+    FX_CHECK(wfx_log_has(w.log, "from the store"), "the wake did not come from the store");
     sh_counter_alive("r", WFX_TOKEN_A, pid);
     g_autofree char *md5_2 = sh_file_md5("r", WFX_TOKEN_A, "r.bin");
     FX_CHECK(strcmp(md5, md5_2) == 0, "r.bin changed over the wake from radosgw");

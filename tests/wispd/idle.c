@@ -41,12 +41,6 @@ static char *db_rows(const char *state, const char *sql)
     return g_string_free(out, FALSE);
 }
 
-static bool log_has(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
-}
-
 int main(void)
 {
     struct vmf_image img;
@@ -65,8 +59,8 @@ int main(void)
     g_autofree char *md5 = sh_file_write("idler", WFX_TOKEN_A, "idler.bin");
     sh_wait_state("idler", WFX_TOKEN_A, "asleep/warm", 60);
     sh_wait_state("idler", WFX_TOKEN_A, "asleep/cold", 180);
-    FX_CHECK(log_has(w.log, "alice/idler: asleep, warm (idle)") &&
-                 log_has(w.log, "alice/idler: asleep, cold (idle)"),
+    FX_CHECK(wfx_log_has(w.log, "alice/idler: asleep, warm (idle)") &&
+                 wfx_log_has(w.log, "alice/idler: asleep, cold (idle)"),
              "the log lacks the idle transitions (see %s)", w.log);
     /* The account's database: both transitions audited, and what a wake needs recorded. */
     g_autofree char *audit = db_rows(
@@ -103,14 +97,14 @@ int main(void)
              "write %s", w.conf);
     FX_CHECK(kill(w.pid, SIGHUP) == 0, "SIGHUP");
     t0 = fx_now();
-    while (!log_has(w.log, "idle-cold 600 s")) {
+    while (!wfx_log_has(w.log, "idle-cold 600 s")) {
         FX_CHECK(fx_now() - t0 < 30, "the SIGHUP did not reload the idle settings (see %s)", w.log);
         fx_sleep(0.1);
     }
     /* Awake under the new settings: only the pressure can make it cold now. */
     g_free(wfx_sh("idler", WFX_TOKEN_A, "true", 0));
     sh_wait_state("idler", WFX_TOKEN_A, "asleep/cold", 180);
-    FX_CHECK(log_has(w.log, "MemAvailable") && log_has(w.log, "cold (memory pressure)"),
+    FX_CHECK(wfx_log_has(w.log, "MemAvailable") && wfx_log_has(w.log, "cold (memory pressure)"),
              "the log does not name the memory pressure (see %s)", w.log);
     sh_counter_alive("idler", WFX_TOKEN_A, pid);
 

@@ -39,23 +39,12 @@ static void lc_cleanup(void)
     }
 }
 
-/* Alive and not a zombie (a QEMU that wispd has not reaped yet is one). */
-static bool lc_running(pid_t pid)
-{
-    g_autofree char *file = g_strdup_printf("/proc/%d/stat", (int)pid);
-    g_autofree char *stat = NULL;
-    if (!g_file_get_contents(file, &stat, NULL, NULL))
-        return false;
-    const char *close = strrchr(stat, ')');
-    return close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
-}
-
 /* Whether pid has died all the way, so that its parent's waitpid() takes it: gone, or a zombie
  * whose threads have all exited.  (QEMU has several threads: its main thread shows 'Z' while
  * the others are still exiting, and until they have, waitpid() answers "still running".) */
 static bool lc_reapable(pid_t pid)
 {
-    if (lc_running(pid))
+    if (wfx_pid_running(pid))
         return false;
     g_autofree char *tasks = g_strdup_printf("/proc/%d/task", (int)pid);
     GDir *dir = g_dir_open(tasks, 0, NULL);
@@ -66,18 +55,6 @@ static bool lc_reapable(pid_t pid)
         n++;
     g_dir_close(dir);
     return n <= 1;
-}
-
-/* How many lines of the log contain text. */
-static unsigned lc_log_count(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    unsigned n = 0;
-    if (!g_file_get_contents(log, &s, NULL, NULL))
-        return 0;
-    for (const char *p = s; (p = strstr(p, text)); p += strlen(text))
-        n++;
-    return n;
 }
 
 /* The one QEMU of this wispd, waiting for the pool to be left with exactly one (its member,
@@ -138,7 +115,7 @@ static void lc_check_dead_qemu(const struct wispd_fx *w)
 {
     pid_t qemu = lc_pool_member(w);
     wfx_expect_free(201, "POST", "/v1/sprites", WFX_TOKEN_A, "{\"name\":\"d1\"}");
-    FX_CHECK(lc_running(qemu), "the pool member %d is gone after the claim", (int)qemu);
+    FX_CHECK(wfx_pid_running(qemu), "the pool member %d is gone after the claim", (int)qemu);
     g_autofree char *md5 = sh_file_write("d1", WFX_TOKEN_A, "d1.bin");
 
     /* The stream holds the sprite awake, so it is running (not warm-asleep) when QEMU dies. */
@@ -150,8 +127,8 @@ static void lc_check_dead_qemu(const struct wispd_fx *w)
     sh_wait_state("d1", WFX_TOKEN_A, "stopped/", 30);
     fx_log("dead QEMU: stopped %.1f s after the stream ended", fx_now() - t0);
     fx_sleep(4); /* four more ticks of the idle policy */
-    unsigned noticed = lc_log_count(w->log, "alice/d1: QEMU exited unasked");
-    unsigned failed = lc_log_count(w->log, "alice/d1: warm sleep");
+    unsigned noticed = wfx_log_count(w->log, "alice/d1: QEMU exited unasked");
+    unsigned failed = wfx_log_count(w->log, "alice/d1: warm sleep");
     fx_log("dead QEMU: noticed %u time(s), %u failed warm sleep(s)", noticed, failed);
     FX_CHECK(noticed == 1 && failed == 0,
              "a dead QEMU: noticed %u time(s) and %u failed warm sleeps (see %s)", noticed, failed,
@@ -163,12 +140,12 @@ static void lc_check_dead_qemu(const struct wispd_fx *w)
     /* Killed again and exec'd at once: the exec finds it dead before the idle policy does. */
     lc_kill_claimed(w);
     g_free(wfx_cli("exec", "d1", WFX_TOKEN_A, 0, "--", "true", NULL));
-    FX_CHECK(lc_log_count(w->log, "alice/d1: QEMU exited unasked") == 2,
+    FX_CHECK(wfx_log_count(w->log, "alice/d1: QEMU exited unasked") == 2,
              "the second death was not noticed (see %s)", w->log);
     /* And a wake: a dead QEMU is not awake (it was 409 "awake", or 500 from warm-asleep). */
     lc_kill_claimed(w);
     wfx_expect_free(200, "POST", "/v1/sprites/d1/wake", WFX_TOKEN_A, NULL);
-    FX_CHECK(lc_log_count(w->log, "alice/d1: QEMU exited unasked") == 3,
+    FX_CHECK(wfx_log_count(w->log, "alice/d1: QEMU exited unasked") == 3,
              "the third death was not noticed (see %s)", w->log);
     g_autofree char *md5_again = sh_file_md5("d1", WFX_TOKEN_A, "d1.bin");
     FX_CHECK(strcmp(md5, md5_again) == 0, "d1.bin changed over the second and third deaths");

@@ -159,12 +159,6 @@ static void rr_rgw_start(void)
 
 /* ---- wispd ---------------------------------------------------------------------------------- */
 
-static bool rr_log_has(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
-}
-
 /* wispd still serves: GET /v1/sprites answers 200 and lists r. */
 static void rr_healthy(void)
 {
@@ -221,23 +215,6 @@ static goffset rr_rgw_log_size(void)
     return st.st_size;
 }
 
-/* How many lines of wispd's log have the first part of text, then (after "%*s ", when text
- * has it) its second part further on in the line. */
-static guint rr_log_count(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    g_auto(GStrv) parts = g_strsplit(text, "%*s ", 2);
-    guint n = 0;
-    FX_CHECK(g_file_get_contents(log, &s, NULL, NULL), "read %s", log);
-    g_auto(GStrv) lines = g_strsplit(s, "\n", -1);
-    for (char **l = lines; *l; l++) {
-        const char *hit = strstr(*l, parts[0]);
-        if (hit && (!parts[1] || strstr(hit, parts[1])))
-            n++;
-    }
-    return n;
-}
-
 /* The first line of wispd's log that has text (g_free it), or NULL. */
 static char *rr_log_line(const char *log, const char *text)
 {
@@ -259,42 +236,6 @@ static void rr_expect_intact(long pid, const char *md5_file, const char *md5_shm
     FX_CHECK(strcmp(f, md5_file) == 0, "/root/r.bin changed");
     g_autofree char *m = wfx_sh("r", WFX_TOKEN_A, "md5sum /dev/shm/ballast | cut -d' ' -f1", 0);
     FX_CHECK(strcmp(m, md5_shm) == 0, "/dev/shm/ballast (RAM only) changed");
-}
-
-/* POST path in the background with curl; its "HTTP CODE" line and body go to log. */
-static pid_t rr_post_async(const struct wispd_fx *w, const char *path, const char *body,
-                           const char *log)
-{
-    g_autofree char *auth = g_strdup("Authorization: Bearer " WFX_TOKEN_A);
-    g_autofree char *url = g_strdup_printf("http://wispd%s", path);
-    const char *argv[] = {"curl",
-                          "-sS",
-                          "-o",
-                          "/dev/stderr",
-                          "-w",
-                          "\nHTTP %{http_code}\\n",
-                          "--unix-socket",
-                          w->socket,
-                          "-X",
-                          "POST",
-                          "-H",
-                          auth,
-                          "-d",
-                          body,
-                          url,
-                          NULL};
-    return fx_spawn(argv, log, NULL);
-}
-
-/* Waits for rr_post_async's curl; returns the HTTP status, the answer in *answer. */
-static long rr_post_wait(pid_t pid, const char *log, char **answer)
-{
-    int st = fx_reap(pid, 0, 600);
-    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "curl failed: see %s", log);
-    FX_CHECK(g_file_get_contents(log, answer, NULL, NULL), "read %s", log);
-    const char *h = strstr(*answer, "HTTP ");
-    FX_CHECK(h, "no status in %s", log);
-    return strtol(h + 5, NULL, 10);
 }
 
 int main(void)
@@ -330,9 +271,10 @@ int main(void)
     g_autofree char *sleep_log = g_strdup_printf("%s/curl-sleep.log", fx_tmpdir());
     goffset rgw_log_at = rr_rgw_log_size();
     double t0 = fx_now();
-    pid_t curl = rr_post_async(&w, "/v1/sprites/r/sleep", "{\"mode\":\"cold\"}", sleep_log);
+    pid_t curl =
+        wfx_post_async(WFX_TOKEN_A, "/v1/sprites/r/sleep", "{\"mode\":\"cold\"}", sleep_log);
     /* The sleep's first chunk PUT: the RAM is being stored (about 47 MiB new, 2-5 s here). */
-    while (!rr_log_has(w.log, "alice/r: cold sleep (asked)") ||
+    while (!wfx_log_has(w.log, "alice/r: cold sleep (asked)") ||
            !rr_rgw_saw_request(rgw_log_at, "PUT", "vm/chunks/")) {
         FX_CHECK(fx_now() - t0 < 60, "the cold sleep never began to upload (see %s)", w.log);
         fx_sleep(0.05);
@@ -346,11 +288,11 @@ int main(void)
     }
     rr_rgw_start();
     g_autofree char *answer = NULL;
-    long status = rr_post_wait(curl, sleep_log, &answer);
+    long status = wfx_post_wait(curl, sleep_log, &answer);
     fx_log("FIGURE wispd_cold_sleep_over_rgw_restart_s=%.1f (%ld)", fx_now() - t0, status);
     FX_CHECK(status == 200, "the sleep over a radosgw restart answered %ld: %s", status, answer);
     g_autofree char *first_failure = rr_log_line(w.log, "QEMU is gone and the store step failed");
-    FX_CHECK(first_failure && rr_log_has(w.log, "stored on a later attempt"),
+    FX_CHECK(first_failure && wfx_log_has(w.log, "stored on a later attempt"),
              "the restart did not meet the sleep's store step (see %s)", w.log);
     fx_log("wispd: %s", first_failure);
     rr_expect_cold(state);
@@ -381,7 +323,7 @@ int main(void)
     g_autofree char *wake_log = g_strdup_printf("%s/curl-wake.log", fx_tmpdir());
     rgw_log_at = rr_rgw_log_size();
     t0 = fx_now();
-    curl = rr_post_async(&w, "/v1/sprites/r/exec", exec_true, wake_log);
+    curl = wfx_post_async(WFX_TOKEN_A, "/v1/sprites/r/exec", exec_true, wake_log);
     while (!rr_rgw_saw_request(rgw_log_at, "GET", "vm/chunks/")) {
         FX_CHECK(fx_now() - t0 < 60, "the wake never began to fetch (see %s)", w.log);
         fx_sleep(0.05);
@@ -389,7 +331,7 @@ int main(void)
     fx_log("the wake fetches %.1f s after it began: stopping radosgw", fx_now() - t0);
     rr_rgw_stop();
     g_autofree char *cut = NULL;
-    status = rr_post_wait(curl, wake_log, &cut);
+    status = wfx_post_wait(curl, wake_log, &cut);
     fx_log("an exec whose wake lost radosgw answered %ld after %.1f s", status, fx_now() - t0);
     FX_CHECK(status == 500 && strstr(cut, "wake") && strstr(cut, "GET "),
              "the exec whose wake lost radosgw answered %ld: %s", status, cut);
@@ -404,8 +346,8 @@ int main(void)
     /* radosgw is back: an exec wakes r, from the store, with everything it had. */
     rr_expect_intact(pid, md5_file, md5_shm);
     /* Two wakes in all: the first from the local copy, this one from the store. */
-    guint wakes = rr_log_count(w.log, "alice/r: awake, cold: ");
-    guint from_store = rr_log_count(w.log, "alice/r: awake, cold: %*s from the store (");
+    guint wakes = wfx_log_count(w.log, "alice/r: awake, cold: ");
+    guint from_store = wfx_log_count(w.log, "alice/r: awake, cold: %*s from the store (");
     FX_CHECK(wakes == 2 && from_store == 1, "%u wakes, %u from the store (see %s)", wakes,
              from_store, w.log);
     rr_healthy();

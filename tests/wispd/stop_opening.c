@@ -18,12 +18,6 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static bool so_log_has(const char *log, const char *text)
-{
-    g_autofree char *s = NULL;
-    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
-}
-
 int main(void)
 {
     struct vmf_image img;
@@ -46,7 +40,7 @@ int main(void)
     g_autofree char *cli_log = g_strdup_printf("%s/cli.log", fx_tmpdir());
     pid_t cli = fx_spawn(argv, cli_log, env);
     double until = fx_now() + 60;
-    while (!so_log_has(w.log, "alice/r: waking from")) {
+    while (!wfx_log_has(w.log, "alice/r: waking from")) {
         FX_CHECK(fx_now() < until, "no wake of r began (see %s and %s)", w.log, cli_log);
         fx_sleep(0.005);
     }
@@ -55,7 +49,7 @@ int main(void)
     double t0 = fx_now();
     FX_CHECK(kill(w.pid, SIGTERM) == 0, "SIGTERM wispd");
     until = fx_now() + 30;
-    while (!so_log_has(w.log, "wispd: stopping")) {
+    while (!wfx_log_has(w.log, "wispd: stopping")) {
         FX_CHECK(fx_now() < until, "wispd did not begin to stop (see %s)", w.log);
         fx_sleep(0.005);
     }
@@ -68,12 +62,12 @@ int main(void)
              "wispd did not exit 0 within 60 s: 0x%x (see %s)", st, w.log);
     fx_log("SIGTERM during the open: wispd stopped in %.1f s (a resize then: %ld)", fx_now() - t0,
            resize);
-    FX_CHECK(so_log_has(w.log, "waiting for the streams being opened to end"),
+    FX_CHECK(wfx_log_has(w.log, "waiting for the streams being opened to end"),
              "wispd did not wait for the open under way (see %s)", w.log);
     int status = fx_reap(cli, 0, 30);
     FX_CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
              "the CLI ended with status 0x%x over a refused exec (see %s)", status, cli_log);
-    FX_CHECK(so_log_has(cli_log, "wispd is stopping"),
+    FX_CHECK(wfx_log_has(cli_log, "wispd is stopping"),
              "the CLI was not told that wispd stops (see %s)", cli_log);
 
     wfx_start(&w, &img, state, NULL, NULL);

@@ -38,55 +38,11 @@ static unsigned tp_free_port(void)
     return ntohs(a.sin_port);
 }
 
-static size_t tp_collect(char *data, size_t size, size_t n, void *opaque)
-{
-    g_string_append_len(opaque, data, (gssize)(size * n));
-    return size * n;
-}
-
 /* One request over TCP that must answer `want` with a JSON object (json_object_unref it). */
 static JsonObject *tp_tcp(long want, const char *method, const char *path, const char *token,
                           const char *body)
 {
-    CURL *c = curl_easy_init();
-    GString *answer = g_string_new(NULL);
-    struct curl_slist *headers = NULL;
-    g_autofree char *url = g_strdup_printf("%s%s", tp_base, path);
-    long status = 0;
-
-    FX_CHECK(c, "curl_easy_init");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, tp_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, answer);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 180L);
-    headers = curl_slist_append(headers, "Content-Type: application/json");
-    if (token) {
-        g_autofree char *auth = g_strdup_printf("Authorization: Bearer %s", token);
-        headers = curl_slist_append(headers, auth);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    CURLcode r = curl_easy_perform(c);
-    FX_CHECK(r == CURLE_OK, "%s %s: %s", method, url, curl_easy_strerror(r));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(headers);
-    curl_easy_cleanup(c);
-    fx_log("tcp %s %s%s -> %ld: %.300s", method, path, token ? " (token)" : "", status,
-           answer->str);
-    FX_CHECK(status == want, "tcp %s %s: %ld, expected %ld: %s", method, path, status, want,
-             answer->str);
-    JsonParser *p = json_parser_new();
-    FX_CHECK(json_parser_load_from_data(p, answer->str, (gssize)answer->len, NULL) &&
-                 JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)),
-             "tcp %s %s: not a JSON object: '%s'", method, path, answer->str);
-    JsonObject *o = json_object_ref(json_node_get_object(json_parser_get_root(p)));
-    g_object_unref(p);
-    g_string_free(answer, TRUE);
-    if (want >= 400)
-        FX_CHECK(json_object_has_member(o, "error"), "tcp %s %s: no 'error'", method, path);
-    return o;
+    return wfx_expect_at(tp_base, want, method, path, token, body);
 }
 
 static void tp_tcp_free(long want, const char *method, const char *path, const char *token,
@@ -106,6 +62,12 @@ static size_t tp_chunked_source(char *buf, size_t size, size_t n, void *opaque)
     memset(buf, '{', len);
     *sent += len;
     return len;
+}
+
+static size_t tp_collect(char *data, size_t size, size_t n, void *opaque)
+{
+    g_string_append_len(opaque, data, (gssize)(size * n));
+    return size * n;
 }
 
 /* target: the request line's target, or NULL for the path (an absolute URI of another scheme

@@ -26,13 +26,6 @@ static void td_write(const char *path, const char *text)
     FX_CHECK(g_file_set_contents(path, text, -1, NULL) && chmod(path, 0600) == 0, "write %s", path);
 }
 
-/* Whether the file holds `text`. */
-static bool td_log_has(const char *path, const char *text)
-{
-    g_autofree char *log = NULL;
-    return g_file_get_contents(path, &log, NULL, NULL) && strstr(log, text);
-}
-
 int main(void)
 {
     struct vmf_image img;
@@ -79,7 +72,7 @@ int main(void)
     FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "wispd exited 0x%x with a token listed twice",
              st);
     g_autofree char *want = g_strdup_printf("%s%s", tokens, TD_MESSAGE);
-    FX_CHECK(td_log_has(log, want), "wispd's log does not say '%s'; see %s", want, log);
+    FX_CHECK(wfx_log_has(log, want), "wispd's log does not say '%s'; see %s", want, log);
     fx_log("start refused: %s", want);
 
     /* Reload: refused, the old tokens stay. */
@@ -88,9 +81,9 @@ int main(void)
     td_write(w.tokens, TD_DUP_TOKENS);
     FX_CHECK(kill(w.pid, SIGHUP) == 0, "SIGHUP");
     g_autofree char *want_reload = g_strdup_printf("%s%s", w.tokens, TD_MESSAGE);
-    for (t0 = fx_now(); !td_log_has(w.log, want_reload); fx_sleep(0.1))
+    for (t0 = fx_now(); !wfx_log_has(w.log, want_reload); fx_sleep(0.1))
         FX_CHECK(fx_now() - t0 < 30, "no reload error in %s", w.log);
-    FX_CHECK(td_log_has(w.log, "(the old tokens stay)"), "the reload error does not say so");
+    FX_CHECK(wfx_log_has(w.log, "(the old tokens stay)"), "the reload error does not say so");
     wfx_expect_free(200, "GET", "/v1/sprites/mine", WFX_TOKEN_A, NULL);
     wfx_expect_free(404, "GET", "/v1/sprites/mine", WFX_TOKEN_B, NULL);
 

@@ -135,16 +135,20 @@ static size_t wfx_collect(char *data, size_t size, size_t n, void *opaque)
     return size * n;
 }
 
-JsonObject *wfx_http(const char *method, const char *path, const char *token, const char *body,
-                     size_t body_len, long *status)
+/* One request: to base (a URL without the path), or over the unix socket of the current wispd
+ * when base is NULL.  The answer goes to `answer`; *status is the HTTP status, left alone when
+ * there was none (the returned code says why). */
+static CURLcode wfx_perform(const char *base, const char *method, const char *path,
+                            const char *token, const char *body, size_t body_len, GString *answer,
+                            long *status)
 {
     CURL *c = curl_easy_init();
-    GString *answer = g_string_new(NULL);
     struct curl_slist *headers = NULL;
-    g_autofree char *url = g_strdup_printf("http://wispd%s", path);
+    g_autofree char *url = g_strdup_printf("%s%s", base ? base : "http://wispd", path);
 
     FX_CHECK(c, "curl_easy_init");
-    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, wfx_socket);
+    if (!base)
+        curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, wfx_socket);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, wfx_collect);
@@ -162,50 +166,79 @@ JsonObject *wfx_http(const char *method, const char *path, const char *token, co
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
     }
     CURLcode r = curl_easy_perform(c);
-    FX_CHECK(r == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror(r));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    if (r == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
     curl_slist_free_all(headers);
     curl_easy_cleanup(c);
+    return r;
+}
+
+JsonObject *wfx_http_at(const char *base, const char *method, const char *path, const char *token,
+                        const char *body, size_t body_len, long *status)
+{
+    GString *answer = g_string_new(NULL);
+    CURLcode r = wfx_perform(base, method, path, token, body, body_len, answer, status);
+    FX_CHECK(r == CURLE_OK, "%s %s%s: %s", method, base ? base : "", path, curl_easy_strerror(r));
 
     JsonParser *p = json_parser_new();
     FX_CHECK(json_parser_load_from_data(p, answer->str, (gssize)answer->len, NULL) &&
                  JSON_NODE_HOLDS_OBJECT(json_parser_get_root(p)),
-             "%s %s (%ld): not a JSON object: '%s'", method, path, *status, answer->str);
+             "%s %s%s (%ld): not a JSON object: '%s'", method, base ? base : "", path, *status,
+             answer->str);
     JsonObject *o = json_object_ref(json_node_get_object(json_parser_get_root(p)));
     g_object_unref(p);
     g_string_free(answer, TRUE);
     return o;
 }
 
+JsonObject *wfx_http(const char *method, const char *path, const char *token, const char *body,
+                     size_t body_len, long *status)
+{
+    return wfx_http_at(NULL, method, path, token, body, body_len, status);
+}
+
 long wfx_try(const char *method, const char *path, const char *token, const char *body)
 {
-    CURL *c = curl_easy_init();
     GString *answer = g_string_new(NULL);
-    struct curl_slist *headers = NULL;
-    g_autofree char *url = g_strdup_printf("http://wispd%s", path);
-    long status = -1;
-
-    FX_CHECK(c, "curl_easy_init");
-    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, wfx_socket);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, wfx_collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, answer);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 180L);
-    headers = curl_slist_append(headers, "Expect:");
-    if (token) {
-        g_autofree char *auth = g_strdup_printf("Authorization: Bearer %s", token);
-        headers = curl_slist_append(headers, auth);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(headers);
-    curl_easy_cleanup(c);
+    long status = -1; /* stays so when wispd did not answer */
+    wfx_perform(NULL, method, path, token, body, body ? strlen(body) : 0, answer, &status);
     g_string_free(answer, TRUE);
     return status;
+}
+
+pid_t wfx_post_async(const char *token, const char *path, const char *body, const char *log)
+{
+    g_autofree char *auth = g_strdup_printf("Authorization: Bearer %s", token);
+    g_autofree char *url = g_strdup_printf("http://wispd%s", path);
+    /* The body to stderr and the status after it, so that both are in log. */
+    const char *argv[] = {"curl",
+                          "-sS",
+                          "-o",
+                          "/dev/stderr",
+                          "-w",
+                          "\nHTTP %{http_code}\\n",
+                          "--unix-socket",
+                          wfx_socket,
+                          "-X",
+                          "POST",
+                          "-H",
+                          auth,
+                          "-d",
+                          body,
+                          url,
+                          NULL};
+    return fx_spawn(argv, log, NULL);
+}
+
+long wfx_post_wait(pid_t pid, const char *log, char **answer)
+{
+    int st = fx_reap(pid, 0, 600);
+    FX_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "curl failed: see %s", log);
+    FX_CHECK(g_file_get_contents(log, answer, NULL, NULL), "read %s", log);
+    /* The last such line: curl's, after the body (which may say "HTTP " itself). */
+    const char *h = g_strrstr(*answer, "\nHTTP ");
+    FX_CHECK(h, "no status in %s", log);
+    return strtol(h + 6, NULL, 10);
 }
 
 JsonNode *wfx_disk_json(const struct wispd_fx *w, const char *verb, const char *arg)
@@ -231,23 +264,30 @@ JsonNode *wfx_disk_json(const struct wispd_fx *w, const char *verb, const char *
     return n;
 }
 
-JsonObject *wfx_expect(long want, const char *method, const char *path, const char *token,
-                       const char *body)
+JsonObject *wfx_expect_at(const char *base, long want, const char *method, const char *path,
+                          const char *token, const char *body)
 {
     long status = 0;
     double t0 = fx_now();
-    JsonObject *o = wfx_http(method, path, token, body, body ? strlen(body) : 0, &status);
+    JsonObject *o = wfx_http_at(base, method, path, token, body, body ? strlen(body) : 0, &status);
     JsonNode *n = json_node_new(JSON_NODE_OBJECT);
     json_node_set_object(n, o);
     g_autofree char *text = json_to_string(n, FALSE);
     json_node_unref(n);
-    fx_log("%s %s%s -> %ld in %.0f ms: %.300s", method, path, token ? " (token)" : "", status,
-           (fx_now() - t0) * 1000, text);
-    FX_CHECK(status == want, "%s %s: %ld, expected %ld: %s", method, path, status, want, text);
+    fx_log("%s %s%s%s -> %ld in %.0f ms: %.300s", method, base ? base : "", path,
+           token ? " (token)" : "", status, (fx_now() - t0) * 1000, text);
+    FX_CHECK(status == want, "%s %s%s: %ld, expected %ld: %s", method, base ? base : "", path,
+             status, want, text);
     if (want >= 400)
-        FX_CHECK(json_object_has_member(o, "error"), "%s %s: an error without 'error'", method,
-                 path);
+        FX_CHECK(json_object_has_member(o, "error"), "%s %s%s: an error without 'error'", method,
+                 base ? base : "", path);
     return o;
+}
+
+JsonObject *wfx_expect(long want, const char *method, const char *path, const char *token,
+                       const char *body)
+{
+    return wfx_expect_at(NULL, want, method, path, token, body);
 }
 
 void wfx_expect_free(long want, const char *method, const char *path, const char *token,
@@ -381,4 +421,36 @@ pid_t wfx_find_process(const char *prefix, const char *text)
     pid_t pid = pids->len ? g_array_index(pids, pid_t, 0) : 0;
     g_array_unref(pids);
     return pid;
+}
+
+bool wfx_pid_running(pid_t pid)
+{
+    g_autofree char *file = g_strdup_printf("/proc/%d/stat", (int)pid);
+    g_autofree char *stat = NULL;
+    if (!g_file_get_contents(file, &stat, NULL, NULL))
+        return false;
+    /* The state follows the command's name in parentheses, which may itself hold ") ". */
+    const char *close = strrchr(stat, ')');
+    return close && close[1] == ' ' && close[2] != 'Z' && close[2] != 'X';
+}
+
+bool wfx_log_has(const char *log, const char *text)
+{
+    g_autofree char *s = NULL;
+    return g_file_get_contents(log, &s, NULL, NULL) && strstr(s, text);
+}
+
+unsigned wfx_log_count(const char *log, const char *text)
+{
+    g_autofree char *s = NULL;
+    g_auto(GStrv) parts = g_strsplit(text, "%*s ", 2);
+    unsigned n = 0;
+    FX_CHECK(g_file_get_contents(log, &s, NULL, NULL), "read %s", log);
+    g_auto(GStrv) lines = g_strsplit(s, "\n", -1);
+    for (char **l = lines; *l; l++) {
+        const char *hit = strstr(*l, parts[0]);
+        if (hit && (!parts[1] || strstr(hit, parts[1])))
+            n++;
+    }
+    return n;
 }
