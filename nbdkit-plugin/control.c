@@ -504,6 +504,7 @@ static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuil
     control_add_u64(b, "upload_rounds", ds.rounds);
     control_add_u64(b, "upload_failures", ds.upload_failures);
     control_add_u64(b, "uploads_ahead", ds.uploads_ahead);
+    control_add_u64(b, "copy_bytes", ds.copy_bytes);
     control_add_u64(b, "dirty_bytes", ds.dirty_bytes);
     control_add_u64(b, "pending_bytes", ds.pending_bytes);
     control_add_u64(b, "chunks", ds.chunks);

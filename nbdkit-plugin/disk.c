@@ -359,13 +359,14 @@ static void disk_set_live_zero(struct disk *d, uint64_t idx)
     pthread_mutex_unlock(&d->lock);
 }
 
-/* Copies the written blocks of file `from` (layout l) into fd, leaving the rest as holes. */
+/* Copies the blocks of file `from` that l marks written into fd, leaving the rest alone. */
 static int disk_copy_written(struct disk *d, const struct chunk_file *from,
                              const struct chunk_layout *l, int fd)
 {
     const uint32_t n_blocks = disk_chunk_blocks(d);
     int src = chunk_file_open(d, from, O_RDONLY);
     int r = src < 0 ? src : 0;
+    uint64_t copied = 0;
 
     for (uint32_t b = 0; b < n_blocks && r == 0;) {
         uint32_t e = chunk_layout_run_end(l, b, n_blocks);
@@ -378,33 +379,51 @@ static int disk_copy_written(struct disk *d, const struct chunk_file *from,
                     r = -errno;
                 else if (k == 0)
                     break; /* a sparse tail: the rest reads as zeros in both */
-                else if (k > 0)
+                else if (k > 0) {
                     left -= (size_t)k;
+                    copied += (uint64_t)k;
+                }
             }
         }
         b = e;
     }
     if (src >= 0)
         close(src);
+    pthread_mutex_lock(&d->lock);
+    d->stats.copy_bytes += copied;
+    pthread_mutex_unlock(&d->lock);
     return r;
 }
 
 /* Makes a new file for chunk idx, holding what the chunk holds now without copying it: over a
  * committed chunk it is empty with that chunk as its base; over a frozen file (flushed, not yet
  * uploaded) it gets that file's written blocks and base.  A write of the whole chunk needs
- * none of that (whole).  Returns the file, one reference, and an fd open for writing. */
+ * none of that (whole).  Returns the file, one reference, and an fd open for writing.
+ *
+ * The spare's incremental refresh: a chunk written flush after flush alternates between two
+ * files, the frozen one and the spare (its predecessor).  When the frozen file was made from
+ * the spare (below->made_from is the spare's serial), the spare already holds every block the
+ * frozen file got from it, unchanged since (a frozen file, and then a spare, is never written),
+ * so only the blocks written into the frozen file itself (below->own) are copied.  Without
+ * that, each flush copied every block written to the chunk since its last upload: with uploads
+ * far apart, the copies grew with the square of the writes. */
 static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk_file **out,
                           int *fd_out)
 {
     struct chunk_file *below = NULL, *f = NULL;
-    struct chunk_layout below_layout;
+    struct chunk_layout below_layout, below_own;
     struct chunk_hash h;
     enum chunk_source src = SOURCE_ZERO;
+    uint64_t below_from = 0, spare_serial = 0;
     int fd = -1, r;
 
     if (!whole) {
         pthread_mutex_lock(&d->lock);
         src = disk_chunk_source_locked(d, idx, &below, &h, &below_layout);
+        if (src == SOURCE_FILE) {
+            below_own = below->own;
+            below_from = below->made_from;
+        }
         pthread_mutex_unlock(&d->lock);
     }
     /* The chunk's spare (disk_internal.h), if any, instead of a new file. */
@@ -413,6 +432,12 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
     f = dc ? dc->spare : NULL;
     if (dc)
         dc->spare = NULL;
+    if (f && f->refs > 1) {
+        chunk_file_unref_locked(d, f); /* still read by someone: not ours to write */
+        f = NULL;
+    }
+    if (f)
+        spare_serial = f->serial;
     pthread_mutex_unlock(&d->lock);
     if (f) {
         fd = chunk_file_open(d, f, O_RDWR);
@@ -427,13 +452,23 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
             f = NULL;
         }
     }
-    if (!f)
+    if (!f) {
+        spare_serial = 0;
         r = chunk_file_create(d, idx, &f, &fd);
+    }
+    if (r == 0) {
+        pthread_mutex_lock(&d->lock);
+        f->serial = ++d->next_serial;
+        f->made_from = src == SOURCE_FILE ? below->serial : 0;
+        memset(&f->own, 0, sizeof f->own);
+        pthread_mutex_unlock(&d->lock);
+    }
     if (r == 0 && src == SOURCE_HEAD) {
         f->layout.has_base = true;
         f->layout.base = h;
     } else if (r == 0 && src == SOURCE_FILE) {
-        r = disk_copy_written(d, below, &below_layout, fd);
+        bool incremental = spare_serial != 0 && below_from == spare_serial;
+        r = disk_copy_written(d, below, incremental ? &below_own : &below_layout, fd);
         f->layout = below_layout;
         if (r < 0)
             log_error("disk", "%s: chunk %llu: cannot copy %s: %s", d->meta.name,
@@ -550,7 +585,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     const uint32_t cs = d->meta.chunk_size;
     struct chunk_file *live = NULL;
     struct chunk_layout layout;
-    uint32_t first, end;
+    uint32_t first = 0, end = 0;
     int fd = -1, r;
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
@@ -590,12 +625,24 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     if (r < 0) {
         log_error("disk", "%s: write chunk %llu: %s", d->meta.name, (unsigned long long)idx,
                   strerror(-r));
+        /* A write that failed part way may have changed blocks of the live file already (the
+         * head block, say, before the tail failed).  They count as its own, so that the file
+         * made from it after the next flush copies them (disk_file_make copies only `own`
+         * over its predecessor): else that file would hold the old bytes where this one has
+         * the new, and a read would change with no write.  Too many blocks in `own` only copy
+         * more. */
+        if (!made && live) {
+            pthread_mutex_lock(&d->lock);
+            chunk_layout_mark(&live->own, first, end);
+            pthread_mutex_unlock(&d->lock);
+        }
         chunk_file_unref(d, live);
         return r;
     }
 
     pthread_mutex_lock(&d->lock);
     chunk_layout_mark(&live->layout, first, end);
+    chunk_layout_mark(&live->own, first, end);
     live->seq++;
     if (chunk_layout_whole(&live->layout, disk_chunk_blocks(d)))
         disk_ahead_queue_locked(d, idx, live);
@@ -856,6 +903,7 @@ static int disk_recover_pending(const struct meta_pending *p, void *opaque)
         }
         f->refs = 1;
         f->pending_row = true;
+        f->serial = ++d->next_serial;
         dc->frozen_kind = SLOT_FILE;
         dc->frozen = f;
         d->stats.dirty_bytes += d->meta.chunk_size;

@@ -70,6 +70,7 @@ struct disk_stats {
     uint64_t chunks;        /* chunks with data in the committed head */
     uint64_t flush_gen, committed_gen;
     uint64_t log_replayed; /* write log records replayed at open */
+    uint64_t copy_bytes;   /* copied from a frozen file into the chunk's next live file */
 };
 
 /* The pool of disk_env.ahead_pool, and its end (after every disk is closed). */

@@ -54,10 +54,12 @@ static gboolean disk_freeze_one(gpointer key, gpointer value, gpointer opaque)
         item.kind = SLOT_NONE;
         g_array_append_val(d->journal, item);
     } else if (d->wlog_append) {
-        /* The log holds this flush's state; a superseded file only we hold becomes the spare.
-         * Never a whole one: an upload may have hard-linked it into the chunk cache, whose
-         * files must never change. */
-        if (item.superseded && item.superseded->refs == 1 && !dc->spare &&
+        /* The log holds this flush's state; a superseded file becomes the spare, even while
+         * an upload round or a reader still holds it (disk_file_make reuses it only once the
+         * spare's is the last reference: a superseded file gains no new ones).  Never a whole
+         * one: an upload may have hard-linked it into the chunk cache, whose files must never
+         * change. */
+        if (item.superseded && !dc->spare &&
             !chunk_layout_whole(&item.superseded->layout, disk_chunk_blocks(d)))
             dc->spare = item.superseded;
         else

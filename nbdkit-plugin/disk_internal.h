@@ -36,6 +36,14 @@ struct chunk_file {
     unsigned refs;
     struct chunk_layout layout;
     uint64_t seq; /* writes into the file so far, counted under its stripe and d->lock */
+    /* Which file this one's content was copied from, for the spare's incremental refresh
+     * (disk_file_make), under d->lock.  serial: unique in the disk, never 0, new whenever the
+     * file is (re)made; made_from: the serial of the frozen file whose written blocks were
+     * copied in when this one was made, 0 if none; own: the blocks written into this file
+     * itself since then (a subset of layout.written).  So this file holds made_from's written
+     * blocks, as they were, overlaid with own. */
+    uint64_t serial, made_from;
+    struct chunk_layout own;
     /* Upload ahead of the flush (disk_ahead.c), under d->lock. */
     bool ahead_queued, ahead_running, ahead_done, ahead_zero;
     uint64_t ahead_seq; /* the seq whose content ahead_hash names */
@@ -58,10 +66,12 @@ struct dirty_chunk {
     enum slot_kind frozen_kind;
     struct chunk_file *frozen;
     uint64_t frozen_gen;
-    /* With the write log: a superseded frozen file nobody else holds, kept (one reference) to
-     * be the chunk's next live file instead of creating one and unlinking this one, which
-     * dominated the cost of small random writes.  Its blocks outside the next layout are stale
-     * but never read: every reader goes through the layout (chunk_layout.h). */
+    /* With the write log: a superseded frozen file, kept (one reference, the slot's) to be the
+     * chunk's next live file instead of creating one and unlinking this one, which dominated
+     * the cost of small random writes.  An upload round or a reader may still hold it too (a
+     * superseded file gains no new references): disk_file_make reuses it only once the spare's
+     * is the last one.  Its blocks outside the next layout are stale but never read: every
+     * reader goes through the layout (chunk_layout.h). */
     struct chunk_file *spare;
 };
 
@@ -103,6 +113,7 @@ struct disk {
     bool ahead_stopping;    /* closing: its queued tasks do nothing */
     uint64_t next_read;     /* end of the last read, for sequential read-ahead */
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
+    uint64_t next_serial;   /* the last chunk_file.serial given, under d->lock */
     struct disk_stats stats;
     /* The write log (write_log.h), NULL for a checkpoint.  durability=local appends every write
      * to it and a flush syncs it; with durability=remote it is only replayed at open (a log

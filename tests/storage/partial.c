@@ -14,7 +14,13 @@
  *   5. after the upload, a restart with an empty cache reads the merged chunks from the store;
  *   6. durability=local: small writes to one chunk, each followed by a flush, reuse the chunk's
  *      superseded file (its spare, nbdkit-plugin/disk_internal.h) rather than making a new file
- *      each flush and unlinking the old one: the dirty directory shows at most two names. */
+ *      each flush and unlinking the old one: the dirty directory shows at most two names;
+ *   7. durability=local, no upload meanwhile: a new block of one chunk written before each of
+ *      many flushes copies only each flush's own blocks into the reused file (stats.copy_bytes),
+ *      not every block written to the chunk so far, and the data still reads back right, also
+ *      after kill -9;
+ *   8. durability=local: a file superseded while an upload round still reads it is reused
+ *      once the round lets go of it, not unlinked and replaced by a new one. */
 #include "server.h"
 
 #include <dirent.h>
@@ -23,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define KiB   (UINT64_C(1) << 10)
 #define MiB   (UINT64_C(1) << 20)
@@ -76,6 +83,21 @@ static void dirty_names(struct ws_server *s, GHashTable *names)
     if (disks)
         g_dir_close(disks);
     g_free(top);
+}
+
+static int64_t stat_of(struct ws_server *s, const char *path);
+
+static int64_t copy_bytes(struct ws_server *s)
+{
+    return stat_of(s, "stats.copy_bytes");
+}
+
+static int64_t stat_of(struct ws_server *s, const char *path)
+{
+    JsonNode *st = ws_disk_stats(s, "p");
+    int64_t n = ws_json_int(st, path);
+    json_node_unref(st);
+    return n;
 }
 
 static int64_t fetches(struct ws_server *s)
@@ -185,6 +207,88 @@ static void run(const char *durability)
         ws_server_stop(s);
         ws_server_set(s, "upload-delay", "0");
         ws_server_start(s);
+        ws_wait_uploaded(s, "p", 30);
+    }
+
+    /* 7. Many flushes of one chunk, a new block each: copies grow with the blocks written. */
+    if (local) {
+        enum { FLUSHES = 48 };
+        ws_server_stop(s);
+        ws_server_set(s, "upload-delay", "600");
+        ws_server_start(s);
+        h = ws_connect(s, "p");
+        int64_t copies_before = copy_bytes(s);
+        for (int i = 0; i < FLUSHES; i++) {
+            ws_write_random(h, shadow, 7 * CHUNK + (uint64_t)i * 4 * KiB, 4 * KiB, ws_rand());
+            /* and one block written again, so the refreshed file must take the newer bytes */
+            ws_write_random(h, shadow, 7 * CHUNK + 100 * 4 * KiB, 4 * KiB, ws_rand());
+            WS_NBD(nbd_flush(h, 0));
+        }
+        int64_t copied = copy_bytes(s) - copies_before;
+        /* Each flush's own two blocks, copied once: 2 × FLUSHES blocks at most.  Copying the
+         * whole written set each time gives about FLUSHES² / 2 blocks. */
+        ws_log("%d flushes of one new block each into one chunk: %lld bytes copied between "
+               "chunk files",
+               FLUSHES, (long long)copied);
+        WS_CHECK(copied <= (int64_t)(2 * FLUSHES * 4 * KiB),
+                 "%lld bytes copied for %d flushes of two 4 KiB blocks: every flush copies all "
+                 "the blocks written to the chunk so far",
+                 (long long)copied, FLUSHES);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
+        ws_disconnect(h);
+        ws_server_kill9(s);
+        ws_server_start(s);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
+        ws_server_stop(s);
+        ws_server_set(s, "upload-delay", "0");
+        ws_server_start(s);
+        ws_wait_uploaded(s, "p", 30);
+    }
+
+    /* 8. A superseded file still read by a round (paused before its commit) becomes the spare
+     * all the same. */
+    if (local) {
+        ws_server_stop(s);
+        ws_server_set(s, "upload-delay", "0");
+        setenv("WISP_TEST_COMMIT_DELAY_MS", "2000", 1);
+        ws_server_start(s);
+        unsetenv("WISP_TEST_COMMIT_DELAY_MS");
+        h = ws_connect(s, "p");
+        GHashTable *names = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+        ws_write_random(h, shadow, 4 * CHUNK, 4 * KiB, ws_rand());
+        WS_NBD(nbd_flush(h, 0));
+        int64_t first = stat_of(s, "stats.flush_gen");
+        double t0 = ws_now();
+        while (ws_server_log_count(s, "WISP_TEST_COMMIT_DELAY_MS") < 1) {
+            WS_CHECK(ws_now() - t0 < 60, "no upload round paused before its commit");
+            usleep(20000);
+        }
+        dirty_names(s, names);
+        /* The round holds the flushed file: this write makes a new one, and the flush
+         * supersedes the held one. */
+        ws_write_random(h, shadow, 4 * CHUNK + 4 * KiB, 4 * KiB, ws_rand());
+        WS_NBD(nbd_flush(h, 0));
+        dirty_names(s, names);
+        while (stat_of(s, "stats.committed_gen") < first) {
+            WS_CHECK(ws_now() - t0 < 60, "flush %lld not committed after 60 s", (long long)first);
+            usleep(50000);
+        }
+        /* The round let go of it: the next file of the chunk is that one again. */
+        ws_write_random(h, shadow, 4 * CHUNK + 2 * 4 * KiB, 4 * KiB, ws_rand());
+        dirty_names(s, names);
+        ws_log("a chunk written over 3 flushes, the first file held by a round: %u file names",
+               g_hash_table_size(names));
+        WS_CHECK(g_hash_table_size(names) <= 2,
+                 "%u files were made for one chunk: a file superseded while a round held it was "
+                 "not reused",
+                 g_hash_table_size(names));
+        g_hash_table_destroy(names);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
+        WS_NBD(nbd_flush(h, 0));
+        ws_disconnect(h);
+        ws_server_kill9(s);
+        ws_server_start(s);
+        ws_compare(s, "p", shadow, 0, SIZE, CHUNK, 2);
         ws_wait_uploaded(s, "p", 30);
     }
 
