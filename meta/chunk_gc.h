@@ -33,7 +33,7 @@
  *   **       until after it.
  *
  * (a) is the upload round's (nbdkit-plugin/disk_flush.c): a chunk it uploads is young; a chunk
- *     it finds already in the store (a dedup hit) is re-uploaded by chunk_cache_upload when its
+ *     it finds already in the store (a dedup hit) is re-uploaded by chunk_cache_put when its
  *     mtime is older than the refresh age (grace / 2 by default); and the round refuses to
  *     commit when more than grace - refresh age passed since it started uploading.
  * (b) is for clone, checkpoint and restore, which copy a root.  A checkpoint's root stays

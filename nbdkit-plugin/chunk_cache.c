@@ -487,16 +487,6 @@ void chunk_cache_keep(struct chunk_cache *c, const struct chunk_hash *h, const v
     pthread_mutex_unlock(&c->lock);
 }
 
-int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
-                       size_t len, const char *path)
-{
-    int r = chunk_cache_put(c, h, data, len);
-
-    if (r == 0)
-        chunk_cache_keep(c, h, data, len, path);
-    return r;
-}
-
 void chunk_cache_set_refresh_age(struct chunk_cache *c, double seconds)
 {
     c->refresh_age = seconds; /* set before the disks open; read by the upload rounds */

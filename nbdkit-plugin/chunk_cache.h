@@ -65,11 +65,7 @@ int chunk_cache_put(struct chunk_cache *c, const struct chunk_hash *h, const voi
 void chunk_cache_keep(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
                       size_t len, const char *path);
 
-/* chunk_cache_put, then chunk_cache_keep once the store has it. */
-int chunk_cache_upload(struct chunk_cache *c, const struct chunk_hash *h, const void *data,
-                       size_t len, const char *path);
-
-/* Sets the refresh age of chunk_cache_upload in seconds (default 1800); with 0, every dedup
+/* Sets the refresh age of chunk_cache_put in seconds (default 1800); with 0, every dedup
  * hit on an object from an earlier second (store mtimes have whole seconds) is stored again. */
 void chunk_cache_set_refresh_age(struct chunk_cache *c, double seconds);
 
