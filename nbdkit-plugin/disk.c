@@ -731,6 +731,73 @@ static int disk_log_apply(const struct write_log_record *rec, void *opaque)
                             rec->n_blocks * CHUNK_BLOCK_SIZE);
 }
 
+struct shipped_install {
+    int fd;
+    uint64_t at, rows;
+};
+
+static int disk_log_install_row(const void *bytes, size_t len, uint64_t max_gen, void *opaque)
+{
+    struct shipped_install *in = opaque;
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pwrite(in->fd, (const char *)bytes + done, len - done, (off_t)in->at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        done += (size_t)n;
+        in->at += (uint64_t)n;
+    }
+    in->rows++;
+    return 0;
+}
+
+/* Rebuilds the log from the rows durability=remote shipped (meta.h) where they are the truth:
+ * - not where the log here is marked (a durability=local run sets the mark before it
+ *   acknowledges a flush the head lacks): that log holds every row's records and more;
+ * - where the log is missing (a new host, a lost cache), or unmarked: beyond the head and the
+ *   rows, it holds only flushes never acknowledged;
+ * - and with durability=remote, with no rows too: an unmarked log then holds nothing beyond
+ *   the head that was acknowledged, and what it holds may be a fenced writer's (a flush whose
+ *   lease check failed after its FLUSH record was written), which must never be committed.
+ * Caller holds env->meta_lock.  *installed: the log was replaced. */
+static int disk_log_install_shipped(struct disk *d, const char *dir, bool *installed)
+{
+    struct shipped_install in = {.fd = -1};
+    int any, marked, r;
+
+    *installed = false;
+    any = meta_write_log_shipped_any(d->env->meta, d->meta.id);
+    if (any < 0)
+        return any;
+    marked = meta_write_log_unuploaded(d->env->meta, d->meta.id);
+    if (marked < 0)
+        return marked;
+    bool present = write_log_present(dir);
+    if (marked && present)
+        return 0;
+    if (!any && !(d->env->durability == DISK_DURABILITY_REMOTE && present))
+        return 0;
+    r = write_log_install_begin(dir, &in.fd);
+    if (r == 0)
+        r = meta_write_log_shipped_each(d->env->meta, d->meta.id, disk_log_install_row, &in);
+    if (r < 0) {
+        if (in.fd >= 0)
+            close(in.fd);
+        return r;
+    }
+    r = write_log_install_commit(dir, in.fd);
+    if (r == 0) {
+        *installed = true;
+        if (in.rows > 0)
+            log_info("disk", "%s: rebuilt its write log from %llu shipped rows (%llu bytes)",
+                     d->meta.name, (unsigned long long)in.rows, (unsigned long long)in.at);
+    }
+    return r;
+}
+
 /* Opens the disk's write log and replays it over the head and pending chunks (write_log.h,
  * L3): the replayed writes become live chunks, frozen at once as a flush of their own, which
  * the next upload round commits.  Until then they stay in the log. */
@@ -740,6 +807,7 @@ static int disk_log_recover(struct disk *d)
     uint8_t id[META_WRITE_LOG_ID_LEN];
     char dir[PATH_MAX];
     uint64_t last_gen = 0;
+    bool installed = false;
     int r;
 
     if (snprintf(dir, sizeof dir, "%s/log/%lld", env->cache_dir, (long long)d->meta.id) >=
@@ -747,6 +815,8 @@ static int disk_log_recover(struct disk *d)
         return -ENAMETOOLONG;
     pthread_mutex_lock(env->meta_lock);
     r = meta_write_log_id(env->meta, d->meta.id, id);
+    if (r == 0)
+        r = disk_log_install_shipped(d, dir, &installed);
     pthread_mutex_unlock(env->meta_lock);
     if (r == 0)
         r = write_log_open(dir, id, d->meta.flush_gen, DISK_LOG_SEGMENT_BYTES, disk_log_apply, d,
@@ -756,7 +826,7 @@ static int disk_log_recover(struct disk *d)
                   strerror(-r));
         return r;
     }
-    d->wlog_append = env->durability == DISK_DURABILITY_LOCAL;
+    d->wlog_append = true;
     /* The log on this host is the truth about flushes the head lacks (a replica restored here
      * may carry another host's mark). */
     bool replayed = d->stats.log_replayed > 0;
@@ -766,6 +836,9 @@ static int disk_log_recover(struct disk *d)
     if (r < 0)
         return r;
     d->wlog_marked = replayed;
+    /* Replayed from this host's log, the state may hold flushes never shipped: shipping only
+     * what follows would leave the rows short of them (disk_flush.c). */
+    d->round_before_ship = replayed && !installed;
     if (replayed) {
         if (last_gen > d->flush_gen)
             d->flush_gen = last_gen;
@@ -953,6 +1026,7 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
     d->n_chunks = m->size / m->chunk_size;
     pthread_mutex_init(&d->journal_lock, NULL);
     pthread_mutex_init(&d->round_lock, NULL);
+    pthread_mutex_init(&d->ship_lock, NULL);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->progress, NULL);
     /* Writer preference, so that a flush is not starved by a stream of writes. */
@@ -1079,6 +1153,7 @@ void disk_close(struct disk *d)
     write_log_close(d->wlog);
     pthread_mutex_destroy(&d->journal_lock);
     pthread_mutex_destroy(&d->round_lock);
+    pthread_mutex_destroy(&d->ship_lock);
     pthread_mutex_destroy(&d->lock);
     pthread_cond_destroy(&d->progress);
     pthread_rwlock_destroy(&d->barrier);

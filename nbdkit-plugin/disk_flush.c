@@ -102,8 +102,10 @@ int disk_freeze(struct disk *d, uint64_t *gen_out)
         uint64_t pos;
         r = write_log_mark(d->wlog, fz.gen, &pos);
         pthread_mutex_lock(&d->lock);
-        if (r == 0)
+        if (r == 0) {
             d->wlog_last_pos = pos;
+            d->wlog_last_gen = fz.gen;
+        }
         pthread_mutex_unlock(&d->lock);
     }
     pthread_rwlock_unlock(&d->barrier);
@@ -479,6 +481,35 @@ static void disk_rebase_locked(struct disk *d, const struct round *rd)
 
 /* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
  * round_lock.  background: nobody waits for this round (round_helper). */
+/* Fencing (storage invariant 11): commit flush gen only while our lease is the latest
+ * generation.  A host that took the disk over restored the head as of its takeover; whatever we
+ * would commit now must never be merged with its writes. */
+static int disk_lease_check(struct disk *d, uint64_t gen)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&d->lock);
+    struct lease *lease = d->lease;
+    bool lease_required = d->lease_required;
+    pthread_mutex_unlock(&d->lock);
+    if (lease_required && !lease && d->env->lease_now &&
+        d->env->lease_now(d, d->env->lease_opaque) == 0) {
+        pthread_mutex_lock(&d->lock);
+        lease = d->lease;
+        pthread_mutex_unlock(&d->lock);
+    }
+    if (lease_required && !lease) {
+        log_error("disk",
+                  "%s: not committing flush %llu: this server has not got the disk's "
+                  "lease yet (the store was unreachable when it opened the disk)",
+                  d->meta.name, (unsigned long long)gen);
+        return -EIO;
+    }
+    if (lease && (r = lease_check(lease)) == -ESTALE)
+        disk_fence(d);
+    return r;
+}
+
 static int disk_round(struct disk *d, bool background)
 {
     struct round rd = {.d = d, .background = background};
@@ -504,6 +535,9 @@ static int disk_round(struct disk *d, bool background)
         pthread_mutex_unlock(&d->lock);
         return 0;
     }
+    /* Where flush gen ends in the log, if its FLUSH is there yet: shipping goes on from there
+     * once this round commits (else from where it was: more bytes, the same state). */
+    uint64_t gen_pos = d->wlog_last_gen == gen ? d->wlog_last_pos : 0;
     rd.items = g_new0(struct round_item, g_tree_nnodes(d->dirty));
     for (GTreeNode *node = g_tree_node_first(d->dirty); node; node = g_tree_node_next(node)) {
         struct dirty_chunk *dc = g_tree_node_value(node);
@@ -579,28 +613,8 @@ static int disk_round(struct disk *d, bool background)
     /* ---- end of GC ---- */
     if (r == 0)
         write_log_test_kill("fold");
-    /* Fencing (storage invariant 11): commit only while our lease is the latest generation.
-     * A host that took the disk over restored the head as of its takeover; whatever we would
-     * commit now must never be merged with its writes. */
-    pthread_mutex_lock(&d->lock);
-    struct lease *lease = d->lease;
-    bool lease_required = d->lease_required;
-    pthread_mutex_unlock(&d->lock);
-    if (r == 0 && lease_required && !lease && d->env->lease_now &&
-        d->env->lease_now(d, d->env->lease_opaque) == 0) {
-        pthread_mutex_lock(&d->lock);
-        lease = d->lease;
-        pthread_mutex_unlock(&d->lock);
-    }
-    if (r == 0 && lease_required && !lease) {
-        log_error("disk",
-                  "%s: not committing flush %llu: this server has not got the disk's "
-                  "lease yet (the store was unreachable when it opened the disk)",
-                  d->meta.name, (unsigned long long)gen);
-        r = -EIO;
-    }
-    if (r == 0 && lease && (r = lease_check(lease)) == -ESTALE)
-        disk_fence(d);
+    if (r == 0)
+        r = disk_lease_check(d, gen);
     if (r < 0) {
         log_error("disk", "%s: upload of flush %llu failed: %s", d->meta.name,
                   (unsigned long long)gen, strerror(-r));
@@ -639,6 +653,8 @@ static int disk_round(struct disk *d, bool background)
                                pages.pages->len);
         if (r == 0)
             r = meta_head_set(d->env->meta, d->meta.id, &root, gen);
+        if (r == 0) /* the head holds them now */
+            r = meta_write_log_shipped_drop(d->env->meta, d->meta.id, gen);
         /* Nothing flushed after this round: the log holds no flush the head lacks.  Decided
          * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded). */
         bool clear_mark = false;
@@ -674,6 +690,7 @@ static int disk_round(struct disk *d, bool background)
     } else {
         disk_rebase_locked(d, &rd);
         d->committed_gen = gen;
+        d->round_before_ship = false; /* what was replayed at open is in the head now */
         /* The commit deleted the pending rows up to gen: their superseded files can go. */
         for (guint i = 0; i < d->journal->len && d->wlog_append;) {
             struct journal_item *ji = &g_array_index(d->journal, struct journal_item, i);
@@ -699,10 +716,17 @@ out_unref_locked:
         g_array_free(pages.pages, TRUE);
     }
     g_free(rd.items);
-    /* The log's segments up to this flush are in the store now (write_log.h, L3).  A failure
-     * to delete one only keeps it: replaying it again is harmless. */
-    if (r == 0 && d->wlog)
+    if (r == 0 && d->wlog) {
+        pthread_mutex_lock(&d->ship_lock);
+        if (gen_pos > d->shipped_pos)
+            d->shipped_pos = gen_pos;
+        d->shipped_uncommitted = 0;
+        pthread_mutex_unlock(&d->ship_lock);
+        /* The log's segments up to this flush are in the store now (write_log.h, L3), and
+         * shipping never reads before gen_pos again.  A failure to delete one only keeps it:
+         * replaying it again is harmless. */
         write_log_retire(d->wlog, gen);
+    }
     return r;
 }
 
@@ -732,6 +756,86 @@ static int disk_log_mark_unuploaded(struct disk *d)
     return r;
 }
 
+/* ---- durability=remote: shipping the log ----------------------------------------------------
+ *
+ * A flush of a few small writes would upload a whole chunk for each chunk they touched: 256
+ * times the bytes written, for 4 KiB writes into 1 MiB chunks.  Instead, it may ship the log's
+ * bytes since the last shipment (its writes, as whole 4 KiB blocks) as one row of the metadata
+ * (meta_write_log_ship), which the flush's replication then puts in the store; upload rounds
+ * follow within upload-delay, as with durability=local, and drop the rows they cover.
+ *
+ * Invariant (the recovery argument, with write_log.h's L3): a disk's rows, in order, are the
+ * log's bytes without a gap from a record boundary at or before the end of the head's flush up
+ * to shipped_pos, and each row ends with a FLUSH record.  shipped_pos only grows: to a row's end
+ * when the row is committed, to a round's FLUSH when the round commits (dropping, in its
+ * transaction, the rows whose flushes it holds).  Records of flushes the head holds replay as
+ * no-ops (L3).  So the head plus the rows, replayed (disk.c, disk_log_install_shipped), is the
+ * state of the last flush shipped or committed: every acknowledged flush, on any host that
+ * restores the metadata.  A log replayed at open from this host's files may hold flushes never
+ * shipped; round_before_ship then keeps every flush from shipping until a round commits them. */
+
+#define DISK_SHIP_MAX_BYTES       (8u << 20)   /* a bigger flush uploads its chunks instead */
+#define DISK_SHIP_MAX_UNCOMMITTED (256u << 20) /* rows since the last commit, at most */
+
+/* Ships the log up to the FLUSH of gen ending at pos, if that is cheaper than uploading the
+ * chunks.  1: shipped (or a concurrent flush shipped past pos), 0: not shipped, the caller
+ * runs a round; or -errno. */
+static int disk_ship(struct disk *d, uint64_t gen, uint64_t pos)
+{
+    void *buf = NULL;
+    int r;
+
+    pthread_mutex_lock(&d->ship_lock);
+    uint64_t from = d->shipped_pos;
+    uint64_t len = pos > from ? pos - from : 0;
+    pthread_mutex_lock(&d->lock);
+    uint64_t pending = d->stats.pending_bytes;
+    pthread_mutex_unlock(&d->lock);
+    if (len == 0) {
+        r = 1;
+        goto out;
+    }
+    /* Worth it when the rows are a fraction of what a round would upload now. */
+    if (len > DISK_SHIP_MAX_BYTES || len * 4 > pending ||
+        d->shipped_uncommitted + len > DISK_SHIP_MAX_UNCOMMITTED) {
+        r = 0;
+        goto out;
+    }
+    buf = g_try_malloc(len);
+    if (!buf) {
+        r = 0;
+        goto out;
+    }
+    r = write_log_read(d->wlog, from, pos, buf);
+    if (r == -ENOENT) { /* a round retired those bytes and has not moved shipped_pos yet */
+        r = 0;
+        goto out;
+    }
+    if (r == 0)
+        r = disk_lease_check(d, gen);
+    if (r == 0) {
+        pthread_mutex_lock(d->env->meta_lock);
+        r = meta_write_log_ship(d->env->meta, d->meta.id, gen, buf, len);
+        pthread_mutex_unlock(d->env->meta_lock);
+    }
+    if (r < 0) {
+        log_error("disk", "%s: cannot ship flush %llu: %s", d->meta.name, (unsigned long long)gen,
+                  strerror(-r));
+        goto out;
+    }
+    d->shipped_pos = pos;
+    d->shipped_uncommitted += len;
+    pthread_mutex_lock(&d->lock);
+    d->stats.log_ships++;
+    d->stats.log_ship_bytes += len;
+    pthread_mutex_unlock(&d->lock);
+    r = 1;
+out:
+    pthread_mutex_unlock(&d->ship_lock);
+    g_free(buf);
+    return r;
+}
+
 int disk_flush(struct disk *d)
 {
     uint64_t gen;
@@ -739,23 +843,39 @@ int disk_flush(struct disk *d)
 
     pthread_mutex_lock(&d->lock);
     bool failed = d->failed;
-    uint64_t pos = d->wlog_last_pos;
+    uint64_t pos = d->wlog_last_pos, pos_gen = d->wlog_last_gen;
+    bool done = d->committed_gen >= gen, round_first = d->round_before_ship;
     pthread_mutex_unlock(&d->lock);
     if (failed || r < 0)
         return -EIO;
 
-    /* One fdatasync covers this flush and every earlier one (the latest FLUSH record, which
-     * may be another flush's if nothing was written since: that one must be durable too). */
-    if (d->wlog_append) {
-        r = write_log_sync(d->wlog, pos);
-        return r < 0 ? r : disk_log_mark_unuploaded(d);
-    }
-    if (d->env->durability == DISK_DURABILITY_LOCAL)
+    if (d->env->durability == DISK_DURABILITY_LOCAL) {
+        /* One fdatasync covers this flush and every earlier one (the latest FLUSH record,
+         * which may be another flush's if nothing was written since: that one must be durable
+         * too). */
+        if (d->wlog_append) {
+            r = write_log_sync(d->wlog, pos);
+            return r < 0 ? r : disk_log_mark_unuploaded(d);
+        }
         return disk_journal(d, gen);
+    }
+
+    /* durability=remote.  pos ends the FLUSH of pos_gen, the latest, which covers ours. */
+    if (done)
+        return 0;
+    if (d->wlog_append && !round_first && pos_gen >= gen) {
+        /* Synced too: a log this host replays (marked by a durability=local run) must hold
+         * every flush shipped since. */
+        r = write_log_sync(d->wlog, pos);
+        if (r == 0)
+            r = disk_ship(d, pos_gen, pos);
+        if (r != 0)
+            return r < 0 ? r : 0;
+    }
 
     pthread_mutex_lock(&d->round_lock);
     pthread_mutex_lock(&d->lock);
-    bool done = d->committed_gen >= gen;
+    done = d->committed_gen >= gen;
     pthread_mutex_unlock(&d->lock);
     r = done ? 0 : disk_round(d, false);
     pthread_mutex_unlock(&d->round_lock);
@@ -834,6 +954,8 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
             r = meta_head_set(d->env->meta, d->meta.id, root, gen);
         if (r == 0 && d->wlog)
             r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
+        if (r == 0) /* every row is of a flush before the restore's gen */
+            r = meta_write_log_shipped_drop(d->env->meta, d->meta.id, gen);
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
@@ -847,8 +969,14 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
         d->failed = true; /* the log cannot take more writes safely: flushes fail */
         pthread_mutex_unlock(&d->lock);
     }
-    if (reset && r == 0)
+    if (reset && r == 0) {
         write_log_reset_done(d->wlog); /* failing, it keeps segments the RESET voids */
+        /* Writers are excluded: everything in the log so far is voided or in the head. */
+        pthread_mutex_lock(&d->ship_lock);
+        d->shipped_pos = write_log_position(d->wlog);
+        d->shipped_uncommitted = 0;
+        pthread_mutex_unlock(&d->ship_lock);
+    }
 
     if (r == 0) {
         GPtrArray *files = g_ptr_array_new();
@@ -895,7 +1023,7 @@ int disk_upload_due(struct disk *d, double delay_s)
     if (!due)
         return 0;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d, d->env->durability == DISK_DURABILITY_LOCAL);
+    r = disk_round(d, true);
     pthread_mutex_unlock(&d->round_lock);
     if (r < 0) {
         /* Try again after another delay rather than in a tight loop. */

@@ -282,6 +282,9 @@ int plugin_open_pending_disks(struct plugin_state *s)
         int has = meta_disk_get(s->meta, name, &md) == 0 &&
                   meta_pending_list(s->meta, md.id, plugin_has_pending_row, NULL) == 1;
         bool marked = !has && meta_write_log_unuploaded(s->meta, md.id) == 1;
+        /* Shipped rows (durability=remote) are flushes the head lacks, wherever the log is. */
+        if (!has && !marked)
+            has = meta_write_log_shipped_any(s->meta, md.id) == 1;
         pthread_mutex_unlock(&s->meta_lock);
         if (marked) {
             char log_dir[PATH_MAX];

@@ -285,7 +285,7 @@ static int wisp_config_complete(void)
     "cache-size=SIZE      bound on the cache, dirty data included (default 10G)\n"                 \
     "chunk-size=SIZE      default chunk size of disks created here (default 1M)\n"                 \
     "durability=local|remote  when a flush returns (default local)\n"                              \
-    "upload-delay=SECONDS durability=local: upload within this delay (default 1)\n"                \
+    "upload-delay=SECONDS upload flushed data within this delay (default 1)\n"                     \
     "control=SOCK         unix socket for 'wisp disk' commands\n"                                  \
     "readonly=true        serve every export read-only\n"                                          \
     "credentials=FILE     AWS-style credentials file (default: AWS_* environment)\n"               \
@@ -355,8 +355,7 @@ static void *wisp_background(void *opaque)
     while (!__atomic_load_n(&state.stopping, __ATOMIC_ACQUIRE)) {
         usleep(100 * 1000);
         elapsed += 0.1;
-        if (cfg.durability == DISK_DURABILITY_LOCAL)
-            plugin_upload_due(&state, cfg.upload_delay);
+        plugin_upload_due(&state, cfg.upload_delay); /* remote: what flushes shipped */
         if (cfg.stats_interval > 0 && elapsed >= next_stats) {
             next_stats += cfg.stats_interval;
             plugin_log_stats(&state);
