@@ -41,6 +41,10 @@ struct disk_env {
     struct meta *meta;
     pthread_mutex_t *meta_lock; /* the meta connection is used by one thread at a time */
     enum disk_durability durability;
+    /* durability=remote: a flush of small writes may ship the write log through the metadata
+     * instead of uploading chunks (disk_flush.c).  Only where the metadata is replicated: the
+     * rows must be in the store when the flush returns. */
+    bool ship_log;
     unsigned upload_parallel;   /* chunks uploaded at once in a round */
     uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
     struct file_reaper *reaper; /* unlinks dropped chunk files; NULL: unlink in place */

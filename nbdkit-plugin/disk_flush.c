@@ -863,7 +863,7 @@ int disk_flush(struct disk *d)
     /* durability=remote.  pos ends the FLUSH of pos_gen, the latest, which covers ours. */
     if (done)
         return 0;
-    if (d->wlog_append && !round_first && pos_gen >= gen) {
+    if (d->env->ship_log && d->wlog_append && !round_first && pos_gen >= gen) {
         /* Synced too: a log this host replays (marked by a durability=local run) must hold
          * every flush shipped since. */
         r = write_log_sync(d->wlog, pos);

@@ -180,6 +180,33 @@ static void write_small(struct nbd_handle *h, uint8_t *shadow, uint64_t size, in
     }
 }
 
+/* Flushes of small writes never ship where key=value says not to: they upload. */
+static void check_not_shipped(const char *key, const char *value)
+{
+    const uint64_t size = 16 * MiB;
+    struct ws_server *s = server(NULL, "remote");
+    uint8_t *shadow = ws_shadow_new(size);
+
+    ws_server_set(s, "upload-delay", "3600");
+    ws_server_set(s, key, value);
+    ws_server_start(s);
+    ws_disk_create(s, "d", "16M", "1M");
+    struct nbd_handle *h = ws_connect(s, "d");
+    write_small(h, shadow, size, 8);
+    ws_disconnect(h);
+    JsonNode *st = ws_disk_stats(s, "d");
+    int64_t ships = ws_json_int(st, "stats.log_ships");
+    int64_t uploaded = ws_json_int(st, "stats.upload_bytes");
+    json_node_unref(st);
+    WS_CHECK(ships == 0 && uploaded > 0,
+             "%s=%s: %" PRId64 " flushes shipped, %" PRId64 " bytes uploaded", key, value, ships,
+             uploaded);
+    ws_log("%s=%s: flushes upload their chunks (%" PRId64 " bytes), none ships", key, value,
+           uploaded);
+    ws_server_stop(s);
+    ws_shadow_free(shadow, size);
+}
+
 static void run_shipped(void)
 {
     const uint64_t size = 64 * MiB;
@@ -232,6 +259,10 @@ static void run_shipped(void)
     ws_log("every acknowledged byte reads back on the new host");
     ws_server_stop(s2);
     ws_shadow_free(shadow, size);
+
+    /* Rows are only durable in the store through the metadata's replica. */
+    check_not_shipped("replicate-interval", "0");
+    check_not_shipped("ship-log", "false");
 }
 
 struct marker {
