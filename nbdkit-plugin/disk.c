@@ -828,14 +828,15 @@ static int disk_log_recover(struct disk *d)
     }
     d->wlog_append = true;
     /* The log on this host is the truth about flushes the head lacks (a replica restored here
-     * may carry another host's mark). */
+     * may carry another host's mark).  A log rebuilt from the rows holds nothing they lack: no
+     * mark, which would make the next open prefer this log to rows shipped after it. */
     bool replayed = d->stats.log_replayed > 0;
     pthread_mutex_lock(env->meta_lock);
-    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed);
+    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed && !installed);
     pthread_mutex_unlock(env->meta_lock);
     if (r < 0)
         return r;
-    d->wlog_marked = replayed;
+    d->wlog_marked = replayed && !installed;
     /* Replayed from this host's log, the state may hold flushes never shipped: shipping only
      * what follows would leave the rows short of them (disk_flush.c). */
     d->round_before_ship = replayed && !installed;

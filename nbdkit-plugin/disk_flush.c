@@ -291,12 +291,15 @@ struct round {
     size_t next;          /* the next item to take */
     bool failed;          /* an item failed: the round fails, so take no more */
     bool abandoned;       /* the server shuts down (disk_env.stopping): take no more */
-    bool background;      /* durability=local, after upload-delay: nobody waits for it */
+    bool background;      /* after upload-delay: nobody waits for it */
 };
 
-static bool round_abandoning(const struct disk *d)
+/* A round nobody waits for stops at shutdown: what it would commit stays in the log (and in
+ * shipped rows), uploaded at the next start.  So does a durability=local flush's. */
+static bool round_abandoning(const struct round *rd)
 {
-    return d->env->durability == DISK_DURABILITY_LOCAL && d->env->stopping &&
+    const struct disk *d = rd->d;
+    return (rd->background || d->env->durability == DISK_DURABILITY_LOCAL) && d->env->stopping &&
            __atomic_load_n(d->env->stopping, __ATOMIC_ACQUIRE);
 }
 
@@ -416,7 +419,7 @@ static void *round_worker(void *opaque)
     void *buf = g_try_malloc(d->meta.chunk_size);
 
     for (;;) {
-        bool abandon = round_abandoning(d);
+        bool abandon = round_abandoning(rd);
         pthread_mutex_lock(&rd->lock);
         if (abandon)
             rd->abandoned = true;
@@ -656,11 +659,15 @@ static int disk_round(struct disk *d, bool background)
         if (r == 0) /* the head holds them now */
             r = meta_write_log_shipped_drop(d->env->meta, d->meta.id, gen);
         /* Nothing flushed after this round: the log holds no flush the head lacks.  Decided
-         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded). */
+         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded).  With
+         * durability=remote the log never holds an acknowledged flush beyond the head and the
+         * rows: the mark (from a durability=local run's log replayed at open) goes with the
+         * round that commits what was replayed. */
         bool clear_mark = false;
         if (r == 0 && d->wlog) {
             pthread_mutex_lock(&d->lock);
-            clear_mark = d->wlog_marked && d->flush_gen == gen;
+            clear_mark = d->wlog_marked &&
+                         (d->flush_gen == gen || d->env->durability == DISK_DURABILITY_REMOTE);
             pthread_mutex_unlock(&d->lock);
             if (clear_mark)
                 r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
@@ -807,7 +814,10 @@ static int disk_ship(struct disk *d, uint64_t gen, uint64_t pos)
         goto out;
     }
     r = write_log_read(d->wlog, from, pos, buf);
-    if (r == -ENOENT) { /* a round retired those bytes and has not moved shipped_pos yet */
+    if (r < 0) { /* -ENOENT: a round retired those bytes and has not moved shipped_pos yet */
+        if (r != -ENOENT)
+            log_warn("disk", "%s: cannot read the log to ship flush %llu (%s): uploading instead",
+                     d->meta.name, (unsigned long long)gen, strerror(-r));
         r = 0;
         goto out;
     }

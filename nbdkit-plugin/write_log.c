@@ -733,10 +733,15 @@ int write_log_reset(struct write_log *l, uint64_t gen)
         pthread_mutex_unlock(&l->lock);
     }
     pthread_mutex_unlock(&l->sync_lock);
-    if (r == 0)
-        r = write_log_put(l, &rec, &pos);
+    if (r < 0)
+        return r;
+    r = write_log_put(l, &rec, &pos);
     if (r == 0)
         r = write_log_sync(l, pos);
+    /* A RESET left behind unsynced would void every later flush at a recovery (L5: the
+     * restore did not commit): take the segment away again. */
+    if (r < 0)
+        write_log_reset_undo(l);
     return r;
 }
 
@@ -764,6 +769,11 @@ int write_log_reset_undo(struct write_log *l)
     pthread_mutex_lock(&l->sync_lock);
     pthread_mutex_lock(&l->lock);
     struct segment *s = g_ptr_array_remove_index(l->segs, l->segs->len - 1);
+    /* Positions go back to where the segment began (writers are excluded), so that those of
+     * the segment before still match its file (write_log_read). */
+    l->pos -= s->size;
+    if (l->durable > l->pos)
+        l->durable = l->pos;
     pthread_mutex_unlock(&l->lock);
     r = segment_delete(l, s);
     if (r < 0) {

@@ -96,9 +96,10 @@ int write_log_sync(struct write_log *l, uint64_t pos);
  * flush at or before committed_gen. */
 int write_log_retire(struct write_log *l, uint64_t committed_gen);
 
-/* Restore (L5), with every writer excluded: begins a new segment holding RESET gen, durably.
- * Then, after the restore's commit, write_log_reset_done deletes the older segments; if the
- * commit failed, write_log_reset_undo removes the new one. */
+/* Restore (L5), with every writer excluded: begins a new segment holding RESET gen, durably
+ * (failing, it removes that segment again).  Then, after the restore's commit,
+ * write_log_reset_done deletes the older segments; if the commit failed, write_log_reset_undo
+ * removes the new one, and positions (write_log_position) go back to before it. */
 int write_log_reset(struct write_log *l, uint64_t gen);
 int write_log_reset_done(struct write_log *l);
 int write_log_reset_undo(struct write_log *l);

@@ -252,6 +252,11 @@ static void run_shipped(void)
     ws_server_start(s2);
     WS_CHECK(ws_server_log_count(s2, "restoring it from replica 'host'") == 1,
              "the new server did not restore the metadata (see %s)", s2->log);
+    /* It started although the lost host's lease still held the disk with rows to upload. */
+    WS_CHECK(ws_sanitizer_build() ||
+                 ws_server_log_count(s2, "shipped flushes wait for its lease") == 1,
+             "the new server did not wait for the lease of the disk with shipped rows (see %s)",
+             s2->log);
     take_over(s2);
     WS_CHECK(ws_server_log_count(s2, "rebuilt its write log from") == 1,
              "the new host did not rebuild the log from the shipped rows (see %s)", s2->log);

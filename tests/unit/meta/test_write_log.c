@@ -426,6 +426,36 @@ static void test_ship(void)
     wipe();
 }
 
+/* A restore whose commit failed leaves the positions as if the RESET had never been: bytes
+ * read across it are the log's records. */
+static void test_reset_undo_positions(void)
+{
+    struct model w = {0}, got = {0};
+    uint64_t last;
+    struct write_log *l = reopen(&got, 0, 1 << 20, &last);
+
+    put(l, &w, 1, 0, 0, 1, 0x51);
+    flush(l, 1);
+    uint64_t from = write_log_position(l);
+    CHECK(write_log_reset(l, 2) == 0, "reset");
+    CHECK(write_log_reset_undo(l) == 0, "undo");
+    CHECK(write_log_position(l) == from, "the undone RESET still counts in the positions");
+    put(l, &w, 2, 1, 0, 1, 0x52);
+    flush(l, 2);
+    uint64_t to = write_log_position(l);
+    uint8_t *bytes = g_malloc(to);
+    CHECK(write_log_read(l, 0, to, bytes) == 0, "read");
+    write_log_close(l);
+    install(bytes, to);
+    memset(&got, 0, sizeof got);
+    l = reopen(&got, 0, 1 << 20, &last);
+    CHECK(last == 2, "last %llu", (unsigned long long)last);
+    expect_same(&got, &w, "the log read across an undone restore");
+    write_log_close(l);
+    g_free(bytes);
+    wipe();
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -440,6 +470,7 @@ int main(void)
     test_reset();
     test_retire();
     test_ship();
+    test_reset_undo_positions();
     rmdir(dir);
     rmdir(base);
     g_free(base);
