@@ -486,14 +486,37 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
     return 0;
 }
 
+/* Whether a write of n bytes into one chunk goes into the write log.  durability=local: always,
+ * the log is what survives a crash.  durability=remote: the log is what a flush ships
+ * (disk_flush.c), worth it for small writes only; a write of a quarter chunk or more is not
+ * logged, which spares a sequential writer the log's copy and hash, and makes the flushes up
+ * to its generation upload chunks (unlogged_gen), which for such writes costs about what
+ * shipping would.  Except while the log holds a durability=local run's flushes (marked): a
+ * recovery then replays this log, which must hold every write.  Caller holds the barrier
+ * (shared), so flush_gen is stable. */
+static bool disk_log_this(struct disk *d, uint32_t n)
+{
+    if (!d->wlog_append)
+        return false;
+    if (d->env->durability == DISK_DURABILITY_LOCAL)
+        return true;
+    pthread_mutex_lock(&d->lock);
+    bool logged =
+        d->wlog_marked || d->round_before_ship || (d->env->ship_log && n < d->meta.chunk_size / 4);
+    if (!logged && d->unlogged_gen < d->flush_gen + 1)
+        d->unlogged_gen = d->flush_gen + 1;
+    pthread_mutex_unlock(&d->lock);
+    return logged;
+}
+
 /* Appends blocks [first, first + n) of chunk idx, as the chunk file now holds them (data, or a
  * hole if NULL), to the write log when writes go through it.  Caller holds the chunk's stripe
  * and the barrier (shared), so the record lands in the log in the order the file changed and
  * before any FLUSH that covers it (write_log.h, L1). */
-static int disk_log_blocks(struct disk *d, uint64_t idx, uint32_t first, uint32_t n,
+static int disk_log_blocks(struct disk *d, bool logged, uint64_t idx, uint32_t first, uint32_t n,
                            const void *data)
 {
-    if (!d->wlog_append)
+    if (!logged)
         return 0;
     struct write_log_record rec = {
         .kind = data ? WRITE_LOG_DATA : WRITE_LOG_HOLE,
@@ -508,8 +531,9 @@ static int disk_log_blocks(struct disk *d, uint64_t idx, uint32_t first, uint32_
 
 /* Writes len bytes (data, or zeros if NULL) at off within one block of a chunk file, keeping
  * the rest of the block: the block is written whole, so it can be marked written. */
-static int disk_block_update(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
-                             uint32_t block, uint32_t off, const void *data, uint32_t len)
+static int disk_block_update(struct disk *d, bool logged, uint64_t idx,
+                             const struct chunk_layout *l, int fd, uint32_t block, uint32_t off,
+                             const void *data, uint32_t len)
 {
     uint64_t at = (uint64_t)block * CHUNK_BLOCK_SIZE;
     char buf[CHUNK_BLOCK_SIZE];
@@ -522,7 +546,7 @@ static int disk_block_update(struct disk *d, uint64_t idx, const struct chunk_la
     else
         memset(buf + off, 0, len);
     r = disk_pwrite_all(fd, buf, CHUNK_BLOCK_SIZE, at);
-    return r < 0 ? r : disk_log_blocks(d, idx, block, 1, buf);
+    return r < 0 ? r : disk_log_blocks(d, logged, idx, block, 1, buf);
 }
 
 /* Writes whole blocks: data, or zeros as a hole. */
@@ -546,8 +570,8 @@ static int disk_blocks_write(int fd, const void *data, uint64_t len, uint64_t at
 /* Writes n bytes at in within a chunk file whose layout is l, a block at a time at the edges
  * (read-modify-write of 4 KiB, never of the chunk), and returns the blocks it covered in
  * [*first, *end). */
-static int disk_file_write(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
-                           uint64_t in, const void *data, uint32_t n, uint32_t *first,
+static int disk_file_write(struct disk *d, bool logged, uint64_t idx, const struct chunk_layout *l,
+                           int fd, uint64_t in, const void *data, uint32_t n, uint32_t *first,
                            uint32_t *end)
 {
     const uint32_t B = CHUNK_BLOCK_SIZE;
@@ -562,16 +586,17 @@ static int disk_file_write(struct disk *d, uint64_t idx, const struct chunk_layo
     *end = lb + 1;
     if (head) {
         uint32_t len = fb == lb ? n : B - head;
-        r = disk_block_update(d, idx, l, fd, fb, head, p, len);
+        r = disk_block_update(d, logged, idx, l, fd, fb, head, p, len);
     }
     if (r == 0 && tail && (lb != fb || !head))
-        r = disk_block_update(d, idx, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL, tail);
+        r = disk_block_update(d, logged, idx, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL,
+                              tail);
     if (r == 0 && mid_first < mid_end) {
         uint64_t at = (uint64_t)mid_first * B;
         const char *src = p ? p + (at - in) : NULL;
         r = disk_blocks_write(fd, src, (uint64_t)(mid_end - mid_first) * B, at);
         if (r == 0)
-            r = disk_log_blocks(d, idx, mid_first, mid_end - mid_first, src);
+            r = disk_log_blocks(d, logged, idx, mid_first, mid_end - mid_first, src);
     }
     return r;
 }
@@ -587,9 +612,10 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     struct chunk_layout layout;
     uint32_t first = 0, end = 0;
     int fd = -1, r;
+    bool logged = disk_log_this(d, n);
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
-        if (d->wlog_append) {
+        if (logged) {
             struct write_log_record rec = {
                 .kind = WRITE_LOG_ZERO_CHUNK, .gen = d->flush_gen + 1, .idx = idx};
             r = write_log_append(d->wlog, &rec);
@@ -619,7 +645,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
         made = r == 0;
     }
     if (r >= 0)
-        r = disk_file_write(d, idx, &layout, fd, in, data, n, &first, &end);
+        r = disk_file_write(d, logged, idx, &layout, fd, in, data, n, &first, &end);
     if (fd >= 0)
         close(fd);
     if (r < 0) {

@@ -854,7 +854,8 @@ int disk_flush(struct disk *d)
     pthread_mutex_lock(&d->lock);
     bool failed = d->failed;
     uint64_t pos = d->wlog_last_pos, pos_gen = d->wlog_last_gen;
-    bool done = d->committed_gen >= gen, round_first = d->round_before_ship;
+    bool done = d->committed_gen >= gen;
+    bool round_first = d->round_before_ship || d->unlogged_gen > d->committed_gen;
     pthread_mutex_unlock(&d->lock);
     if (failed || r < 0)
         return -EIO;

@@ -129,6 +129,9 @@ struct disk {
     /* durability=remote: the log replayed at open holds flushes that were never shipped; the
      * first flush must commit them by an upload round, never ship past them.  Under d->lock. */
     bool round_before_ship;
+    /* durability=remote: the latest generation holding a write not logged (disk.c,
+     * disk_log_this), under d->lock.  A flush ships only once a commit holds it. */
+    uint64_t unlogged_gen;
     uint64_t wlog_last_pos; /* the end of the latest FLUSH record, under d->lock */
     uint64_t wlog_last_gen; /* ... and its gen: set together, so that they always match */
     /* Mirrors write_logs.unuploaded in SQLite (meta.h), under d->lock; changed only with

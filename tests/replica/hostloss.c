@@ -244,6 +244,29 @@ static void run_shipped(void)
     h = ws_connect(s1, "d");
     write_small(h, shadow, size, 20);
 
+    /* A big write is not logged (disk.c, disk_log_this): the flush after it must upload
+     * chunks, never ship a log that lacks it; later flushes ship again. */
+    st = ws_disk_stats(s1, "d");
+    ships = ws_json_int(st, "stats.log_ships");
+    uploaded = ws_json_int(st, "stats.upload_bytes");
+    json_node_unref(st);
+    uint8_t *big = g_malloc(512 * KiB);
+    ws_fill_random(big, 512 * KiB, ws_rand());
+    WS_NBD(nbd_pwrite(h, big, 512 * KiB, 5 * MiB, 0));
+    memcpy(shadow + 5 * MiB, big, 512 * KiB);
+    g_free(big);
+    write_small(h, shadow, size, 1);
+    st = ws_disk_stats(s1, "d");
+    WS_CHECK(ws_json_int(st, "stats.log_ships") == ships &&
+                 ws_json_int(st, "stats.upload_bytes") > uploaded,
+             "the flush after a write that was not logged shipped the log");
+    json_node_unref(st);
+    write_small(h, shadow, size, 10);
+    st = ws_disk_stats(s1, "d");
+    WS_CHECK(ws_json_int(st, "stats.log_ships") > ships, "flushes no longer ship after a round");
+    json_node_unref(st);
+    ws_log("a flush after a big write uploaded; the flushes after it shipped again");
+
     /* Another host, from the store alone. */
     lose_host(s1);
     ws_disconnect(h);
