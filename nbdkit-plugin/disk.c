@@ -873,6 +873,7 @@ static int disk_log_recover(struct disk *d)
         if (r < 0)
             return r;
         d->journal_gen = d->flush_gen;
+        d->shipped_gen = d->flush_gen; /* acknowledged once: uploaded in the background */
         log_info("disk", "%s: replayed %llu records of the write log, up to flush %llu",
                  d->meta.name, (unsigned long long)d->stats.log_replayed,
                  (unsigned long long)last_gen);

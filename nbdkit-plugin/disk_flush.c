@@ -14,6 +14,7 @@
 #include "hash.h"
 #include "lease.h"
 #include "log.h"
+#include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -295,12 +296,24 @@ struct round {
 };
 
 /* A round nobody waits for stops at shutdown: what it would commit stays in the log (and in
- * shipped rows), uploaded at the next start.  So does a durability=local flush's. */
+ * shipped rows), uploaded at the next start.  So does a durability=local flush's.  A background
+ * round also gives way to a round a flush waits for, which takes everything it would have
+ * taken: with the store hanging, the flush would otherwise wait for both. */
 static bool round_abandoning(const struct round *rd)
 {
-    const struct disk *d = rd->d;
+    struct disk *d = rd->d;
+    if (rd->background && __atomic_load_n(&d->round_waiters, __ATOMIC_ACQUIRE) > 0)
+        return true;
     return (rd->background || d->env->durability == DISK_DURABILITY_LOCAL) && d->env->stopping &&
            __atomic_load_n(d->env->stopping, __ATOMIC_ACQUIRE);
+}
+
+/* round_lock for a round someone waits for: a background round in progress stops early. */
+static void disk_round_lock_foreground(struct disk *d)
+{
+    __atomic_add_fetch(&d->round_waiters, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_lock(&d->round_lock);
+    __atomic_sub_fetch(&d->round_waiters, 1, __ATOMIC_ACQ_REL);
 }
 
 int disk_put_chunk(struct disk *d, const void *buf, struct chunk_hash *h, bool *zero)
@@ -406,10 +419,17 @@ enum { ROUND_BACKGROUND_NICE = 10 };
 static void *round_helper(void *opaque)
 {
     struct round *rd = opaque;
+    void *ret;
 
-    if (rd->background)
+    if (rd->background) {
         (void)setpriority(PRIO_PROCESS, (id_t)gettid(), ROUND_BACKGROUND_NICE);
-    return round_worker(rd);
+        /* A store request in progress gives way too, not only the chunks not yet begun: with
+         * the store hanging, one lasts all its attempts (round_abandoning). */
+        store_set_thread_cancel(&rd->d->round_waiters);
+    }
+    ret = round_worker(rd);
+    store_set_thread_cancel(NULL);
+    return ret;
 }
 
 static void *round_worker(void *opaque)
@@ -428,6 +448,13 @@ static void *round_worker(void *opaque)
         if (i == rd->n)
             break;
         rd->items[i].result = buf ? round_upload_item(d, &rd->items[i], buf) : -ENOMEM;
+        if (rd->items[i].result == -ECANCELED && rd->background && round_abandoning(rd)) {
+            pthread_mutex_lock(&rd->lock); /* given way: the round commits nothing */
+            rd->abandoned = true;
+            pthread_mutex_unlock(&rd->lock);
+            rd->items[i].result = 0;
+            continue;
+        }
         if (rd->items[i].result < 0) {
             /* One failure fails the flush: with the store down, the rest would only make the
              * caller wait for their timeouts too. */
@@ -580,6 +607,13 @@ static int disk_round(struct disk *d, bool background)
     for (size_t i = 0; i < rd.n && r == 0; i++)
         if (rd.items[i].result < 0)
             r = rd.items[i].result;
+    if (r == 0 && rd.abandoned && !(d->env->stopping && *d->env->stopping)) {
+        log_info("disk", "%s: upload of flush %llu left to a flush after %zu of %zu chunks",
+                 d->meta.name, (unsigned long long)gen, rd.next, rd.n);
+        pthread_mutex_lock(&d->lock);
+        r = -ECANCELED;
+        goto out_unref_locked;
+    }
     if (r == 0 && rd.abandoned) {
         log_info("disk",
                  "%s: shutting down: upload of flush %llu abandoned after %zu of %zu chunks; "
@@ -838,6 +872,8 @@ static int disk_ship(struct disk *d, uint64_t gen, uint64_t pos)
     pthread_mutex_lock(&d->lock);
     d->stats.log_ships++;
     d->stats.log_ship_bytes += len;
+    if (gen > d->shipped_gen)
+        d->shipped_gen = gen;
     pthread_mutex_unlock(&d->lock);
     r = 1;
 out:
@@ -884,7 +920,7 @@ int disk_flush(struct disk *d)
             return r < 0 ? r : 0;
     }
 
-    pthread_mutex_lock(&d->round_lock);
+    disk_round_lock_foreground(d);
     pthread_mutex_lock(&d->lock);
     done = d->committed_gen >= gen;
     pthread_mutex_unlock(&d->lock);
@@ -907,7 +943,7 @@ int disk_commit_now(struct disk *d, struct chunk_hash *root)
     pthread_mutex_unlock(&d->lock);
     if (failed)
         return -EIO;
-    pthread_mutex_lock(&d->round_lock);
+    disk_round_lock_foreground(d);
     r = disk_round(d, false);
     pthread_mutex_lock(&d->lock);
     if (r == 0 && d->committed_gen < d->flush_gen)
@@ -1029,7 +1065,8 @@ int disk_upload_due(struct disk *d, double delay_s)
 
     pthread_mutex_lock(&d->lock);
     bool due = d->first_unuploaded > 0 && disk_now() - d->first_unuploaded >= delay_s &&
-               d->committed_gen < d->flush_gen && !d->failed;
+               d->committed_gen < d->flush_gen && !d->failed &&
+               (d->env->durability == DISK_DURABILITY_LOCAL || d->shipped_gen > d->committed_gen);
     pthread_mutex_unlock(&d->lock);
     if (!due)
         return 0;

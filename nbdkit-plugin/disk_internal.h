@@ -132,6 +132,13 @@ struct disk {
     /* durability=remote: the latest generation holding a write not logged (disk.c,
      * disk_log_this), under d->lock.  A flush ships only once a commit holds it. */
     uint64_t unlogged_gen;
+    /* durability=remote: the latest generation acknowledged without a commit (shipped, or
+     * replayed at open), under d->lock.  Only then is a round due in the background: a flush
+     * that failed leaves nothing acknowledged to upload. */
+    uint64_t shipped_gen;
+    /* Threads waiting for round_lock to run a round someone waits for (a flush, a checkpoint),
+     * atomic: a background round gives way to them (disk_flush.c, round_abandoning). */
+    unsigned round_waiters;
     uint64_t wlog_last_pos; /* the end of the latest FLUSH record, under d->lock */
     uint64_t wlog_last_gen; /* ... and its gen: set together, so that they always match */
     /* Mirrors write_logs.unuploaded in SQLite (meta.h), under d->lock; changed only with
