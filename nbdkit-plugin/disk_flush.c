@@ -1073,6 +1073,8 @@ int disk_upload_due(struct disk *d, double delay_s)
     pthread_mutex_lock(&d->round_lock);
     r = disk_round(d, true);
     pthread_mutex_unlock(&d->round_lock);
+    if (r == -ECANCELED)
+        return 0; /* given way to a flush's round, or shutting down: not a failure */
     if (r < 0) {
         /* Try again after another delay rather than in a tight loop. */
         pthread_mutex_lock(&d->lock);

@@ -4,6 +4,7 @@
 
 #include "log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -897,17 +898,20 @@ uint64_t write_log_bytes(struct write_log *l)
 
 bool write_log_present(const char *dir)
 {
-    GDir *d = g_dir_open(dir, 0, NULL);
-    const char *name;
+    /* opendir, not g_dir_open: GLib formats a translated message for a missing directory even
+     * with no GError to put it in, and gettext from a request thread upsets glibc's locale
+     * lock under a preloaded ASan runtime (docs/storage.md).  A new disk has no log yet. */
+    DIR *d = opendir(dir);
+    struct dirent *e;
     bool found = false;
 
-    while (d && !found && (name = g_dir_read_name(d))) {
+    while (d && !found && (e = readdir(d))) {
         char path[4200];
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        found = strlen(name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        found = strlen(e->d_name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
     }
     if (d)
-        g_dir_close(d);
+        closedir(d);
     return found;
 }
