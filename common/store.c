@@ -177,6 +177,23 @@ int store_put(struct store *st, const char *key, const void *data, size_t len)
     return r < 0 ? r : st->ops->put(st, key, data, len, NULL, false);
 }
 
+static __thread const unsigned *store_cancel_flag;
+
+void store_set_thread_cancel(const unsigned *flag)
+{
+    store_cancel_flag = flag;
+}
+
+bool store_thread_cancellable(void)
+{
+    return store_cancel_flag != NULL;
+}
+
+bool store_thread_cancelled(void)
+{
+    return store_cancel_flag && __atomic_load_n(store_cancel_flag, __ATOMIC_ACQUIRE) != 0;
+}
+
 /* Set by a backend's conditional put that found the same object already there. */
 static __thread bool store_put_existed;
 static __thread struct store_stat store_put_existing;

@@ -89,6 +89,12 @@ int store_head(struct store *st, const char *key, struct store_stat *out);
  * the object's age (nbdkit-plugin/chunk_cache.c, meta/chunk_gc.h). */
 bool store_put_found_existing(struct store_stat *out);
 
+/* Work nobody waits for, which must give way (a background upload round): once *flag is
+ * nonzero (read atomically), this thread's requests stop early with -ECANCELED, before an
+ * attempt or a retry and, with S3, within a transfer.  NULL: none (the default). */
+void store_set_thread_cancel(const unsigned *flag);
+bool store_thread_cancelled(void);
+
 /* Deletes the object.  Deleting a missing object succeeds, as in S3. */
 int store_delete(struct store *st, const char *key);
 

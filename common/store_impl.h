@@ -51,6 +51,10 @@ void store_note_existing(const struct store_stat *sb);
  * at once spread out. */
 void store_backoff_sleep(const struct store *st, unsigned attempt);
 
+/* Whether this thread's requests may be cancelled (store_set_thread_cancel): a backend then
+ * watches store_thread_cancelled() within its transfers. */
+bool store_thread_cancellable(void);
+
 static inline void store_count(uint64_t *counter, uint64_t n)
 {
     __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);

@@ -509,6 +509,14 @@ static bool s3_status_transient(long status)
     return status >= 500 || status == 408 || status == 429;
 }
 
+/* A transfer of a thread whose work must give way stops (store_set_thread_cancel). */
+static int s3_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    (void)opaque, (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return store_thread_cancelled() ? 1 : 0;
+}
+
 /* Runs one attempt on handle h. */
 static CURLcode s3_attempt(struct store *st, CURL *h, struct s3_request *rq, const char *url,
                            struct curl_slist *headers)
@@ -536,6 +544,10 @@ static CURLcode s3_attempt(struct store *st, CURL *h, struct s3_request *rq, con
     curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 256L * 1024);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, rq->curl_error);
     rq->curl_error[0] = '\0';
+    if (store_thread_cancellable()) { /* the callback costs a call per transfer step */
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, s3_progress);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    }
     if (strcmp(rq->method, "PUT") == 0) {
         curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)rq->body_len);
@@ -662,12 +674,17 @@ static int s3_perform(struct store *st, struct s3_request *rq)
         free(url);
         return store_fail(st, -ENOMEM, "%s: out of memory", rq->what);
     }
+    bool cancelled = false;
     for (attempt = 1; attempt <= st->opts.max_attempts; attempt++) {
         if (attempt > 1) {
             store_count(&st->stats.retries, 1);
             store_backoff_sleep(st, attempt - 1);
         }
+        if ((cancelled = store_thread_cancelled()))
+            break;
         c = s3_attempt(st, h, rq, url, headers);
+        if (c == CURLE_ABORTED_BY_CALLBACK && (cancelled = store_thread_cancelled()))
+            break;
         problem = NULL;
         if (c == CURLE_OK) {
             if (rq->body)
@@ -696,7 +713,9 @@ static int s3_perform(struct store *st, struct s3_request *rq)
     if (attempt > st->opts.max_attempts)
         attempt = st->opts.max_attempts;
 
-    if (c != CURLE_OK) {
+    if (cancelled) {
+        r = store_fail(st, -ECANCELED, "%s: given up for a request someone waits for", rq->what);
+    } else if (c != CURLE_OK) {
         int err = c == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : problem ? -EBADMSG : -EIO;
         r = store_fail(st, err, "%s at %s: %s%s%s (%u attempt%s)", rq->what, s3->url.endpoint,
                        rq->curl_error[0] ? rq->curl_error : curl_easy_strerror(c),

@@ -1260,9 +1260,122 @@ int meta_write_log_unuploaded(struct meta *m, int64_t disk_id)
 int meta_write_log_forget(struct meta *m, int64_t disk_id)
 {
     int r = meta_write_logs_exist(m);
-    return r <= 0
-               ? r
-               : meta_write_logs_exec(m, "DELETE FROM write_logs WHERE disk_id = ?1", disk_id, 0);
+    if (r > 0)
+        r = meta_write_logs_exec(m, "DELETE FROM write_logs WHERE disk_id = ?1", disk_id, 0);
+    if (r >= 0)
+        r = meta_write_log_shipped_drop(m, disk_id, UINT64_MAX);
+    return r;
+}
+
+/* Made on first use, like write_logs:
+ *   write_log_shipped (seq, disk_id, max_gen, bytes)
+ * seq orders a disk's rows (they are its log's bytes in order, with no gap or overlap: the
+ * server ships from where the last row or commit ended); max_gen is the gen of the FLUSH that
+ * ends bytes.  Stored as a signed integer: gens stay far below 2^63. */
+static int meta_write_log_shipped_table(struct meta *m)
+{
+    return meta_exec_sql(
+        m, "CREATE TABLE IF NOT EXISTS write_log_shipped ("
+           "  seq INTEGER PRIMARY KEY,"
+           "  disk_id INTEGER NOT NULL REFERENCES disks(id) ON DELETE CASCADE,"
+           "  max_gen INTEGER NOT NULL,"
+           "  bytes BLOB NOT NULL);"
+           "CREATE INDEX IF NOT EXISTS write_log_shipped_disk ON write_log_shipped (disk_id, seq)");
+}
+
+int meta_write_log_ship(struct meta *m, int64_t disk_id, uint64_t max_gen, const void *bytes,
+                        size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r = meta_write_log_shipped_table(m);
+
+    if (r < 0)
+        return r;
+    if (len > INT_MAX || max_gen > INT64_MAX)
+        return -EINVAL;
+    rc = sqlite3_prepare_v2(m->db,
+                            "INSERT INTO write_log_shipped (disk_id, max_gen, bytes) "
+                            "VALUES (?1, ?2, ?3)",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare shipped log insert");
+    sqlite3_bind_int64(st, 1, disk_id);
+    sqlite3_bind_int64(st, 2, (int64_t)max_gen);
+    sqlite3_bind_blob(st, 3, bytes, (int)len, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "insert shipped log");
+}
+
+/* 1 if the write_log_shipped table exists, 0 if not. */
+static int meta_write_log_shipped_exist(struct meta *m)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        m->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_log_shipped'",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "look for the write_log_shipped table");
+    rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look for the write_log_shipped table");
+}
+
+int meta_write_log_shipped_drop(struct meta *m, int64_t disk_id, uint64_t committed_gen)
+{
+    int r = meta_write_log_shipped_exist(m);
+    if (r <= 0)
+        return r;
+    return meta_write_logs_exec(
+        m, "DELETE FROM write_log_shipped WHERE disk_id = ?1 AND max_gen <= ?2", disk_id,
+        committed_gen > INT64_MAX ? INT64_MAX : (int64_t)committed_gen);
+}
+
+int meta_write_log_shipped_any(struct meta *m, int64_t disk_id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r = meta_write_log_shipped_exist(m);
+
+    if (r <= 0)
+        return r;
+    rc = sqlite3_prepare_v2(m->db, "SELECT 1 FROM write_log_shipped WHERE disk_id = ?1 LIMIT 1", -1,
+                            &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare shipped log lookup");
+    sqlite3_bind_int64(st, 1, disk_id);
+    rc = sqlite3_step(st);
+    r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look up shipped log");
+    sqlite3_finalize(st);
+    return r;
+}
+
+int meta_write_log_shipped_each(struct meta *m, int64_t disk_id,
+                                int (*fn)(const void *bytes, size_t len, uint64_t max_gen,
+                                          void *opaque),
+                                void *opaque)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r = meta_write_log_shipped_exist(m);
+
+    if (r <= 0)
+        return r;
+    r = 0;
+    rc = sqlite3_prepare_v2(m->db,
+                            "SELECT bytes, max_gen FROM write_log_shipped WHERE disk_id = ?1 "
+                            "ORDER BY seq",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return meta_fail(m, rc, "prepare shipped log select");
+    sqlite3_bind_int64(st, 1, disk_id);
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        r = fn(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+               (uint64_t)sqlite3_column_int64(st, 1), opaque);
+    if (r == 0 && rc != SQLITE_DONE)
+        r = meta_fail(m, rc, "read shipped log");
+    sqlite3_finalize(st);
+    return r;
 }
 
 /* ---- read snapshots and raw pages, for walks over every version (meta_refs.c) -------------- */

@@ -143,9 +143,30 @@ int meta_write_log_id(struct meta *m, int64_t disk_id, uint8_t out[META_WRITE_LO
  * tools must not take the head for the disk's state while it is set. */
 int meta_write_log_set_unuploaded(struct meta *m, int64_t disk_id, bool unuploaded);
 int meta_write_log_unuploaded(struct meta *m, int64_t disk_id);
-/* Forgets the disk's log id, which voids every record of its log (an offline restore: the log
- * holds writes made after the version restored).  Inside a transaction with the head change. */
+/* Forgets the disk's log id and its shipped rows, which voids every record of its log (an
+ * offline restore: the log holds writes made after the version restored).  Inside a transaction
+ * with the head change. */
 int meta_write_log_forget(struct meta *m, int64_t disk_id);
+
+/* durability=remote ships the write log through the metadata: each shipping flush stores the
+ * log's bytes since the last one (whole records, ending with its FLUSH) as one row, committed
+ * and replicated before the flush returns, so the replica holds every acknowledged flush the
+ * head lacks.  A commit of head gen G drops the rows whose flushes are all at or before G (in
+ * its transaction).  Rows are read back in order, to rebuild the log where it is missing
+ * (nbdkit-plugin/disk.c, disk_log_recover).  Deleted with the disk, and by
+ * meta_write_log_forget. */
+int meta_write_log_ship(struct meta *m, int64_t disk_id, uint64_t max_gen, const void *bytes,
+                        size_t len);
+int meta_write_log_shipped_drop(struct meta *m, int64_t disk_id, uint64_t committed_gen);
+/* 1 if the disk has shipped rows (flushes its head lacks: offline tools must not take the head
+ * for its state), 0 if not, or -errno. */
+int meta_write_log_shipped_any(struct meta *m, int64_t disk_id);
+/* Calls fn for each row of the disk, oldest first; fn's negative return stops and is returned.
+ * 0 if there are none. */
+int meta_write_log_shipped_each(struct meta *m, int64_t disk_id,
+                                int (*fn)(const void *bytes, size_t len, uint64_t max_gen,
+                                          void *opaque),
+                                void *opaque);
 
 /* ---- read snapshots and raw pages (for walks over every version: meta_refs.h) ---- */
 

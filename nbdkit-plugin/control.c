@@ -505,6 +505,8 @@ static void control_disk_stats(struct plugin_state *s, JsonObject *req, JsonBuil
     control_add_u64(b, "upload_failures", ds.upload_failures);
     control_add_u64(b, "uploads_ahead", ds.uploads_ahead);
     control_add_u64(b, "copy_bytes", ds.copy_bytes);
+    control_add_u64(b, "log_ships", ds.log_ships);
+    control_add_u64(b, "log_ship_bytes", ds.log_ship_bytes);
     control_add_u64(b, "dirty_bytes", ds.dirty_bytes);
     control_add_u64(b, "pending_bytes", ds.pending_bytes);
     control_add_u64(b, "chunks", ds.chunks);

@@ -486,14 +486,37 @@ static int disk_file_make(struct disk *d, uint64_t idx, bool whole, struct chunk
     return 0;
 }
 
+/* Whether a write of n bytes into one chunk goes into the write log.  durability=local: always,
+ * the log is what survives a crash.  durability=remote: the log is what a flush ships
+ * (disk_flush.c), worth it for small writes only; a write of a quarter chunk or more is not
+ * logged, which spares a sequential writer the log's copy and hash, and makes the flushes up
+ * to its generation upload chunks (unlogged_gen), which for such writes costs about what
+ * shipping would.  Except while the log holds a durability=local run's flushes (marked): a
+ * recovery then replays this log, which must hold every write.  Caller holds the barrier
+ * (shared), so flush_gen is stable. */
+static bool disk_log_this(struct disk *d, uint32_t n)
+{
+    if (!d->wlog_append)
+        return false;
+    if (d->env->durability == DISK_DURABILITY_LOCAL)
+        return true;
+    pthread_mutex_lock(&d->lock);
+    bool logged =
+        d->wlog_marked || d->round_before_ship || (d->env->ship_log && n < d->meta.chunk_size / 4);
+    if (!logged && d->unlogged_gen < d->flush_gen + 1)
+        d->unlogged_gen = d->flush_gen + 1;
+    pthread_mutex_unlock(&d->lock);
+    return logged;
+}
+
 /* Appends blocks [first, first + n) of chunk idx, as the chunk file now holds them (data, or a
  * hole if NULL), to the write log when writes go through it.  Caller holds the chunk's stripe
  * and the barrier (shared), so the record lands in the log in the order the file changed and
  * before any FLUSH that covers it (write_log.h, L1). */
-static int disk_log_blocks(struct disk *d, uint64_t idx, uint32_t first, uint32_t n,
+static int disk_log_blocks(struct disk *d, bool logged, uint64_t idx, uint32_t first, uint32_t n,
                            const void *data)
 {
-    if (!d->wlog_append)
+    if (!logged)
         return 0;
     struct write_log_record rec = {
         .kind = data ? WRITE_LOG_DATA : WRITE_LOG_HOLE,
@@ -508,8 +531,9 @@ static int disk_log_blocks(struct disk *d, uint64_t idx, uint32_t first, uint32_
 
 /* Writes len bytes (data, or zeros if NULL) at off within one block of a chunk file, keeping
  * the rest of the block: the block is written whole, so it can be marked written. */
-static int disk_block_update(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
-                             uint32_t block, uint32_t off, const void *data, uint32_t len)
+static int disk_block_update(struct disk *d, bool logged, uint64_t idx,
+                             const struct chunk_layout *l, int fd, uint32_t block, uint32_t off,
+                             const void *data, uint32_t len)
 {
     uint64_t at = (uint64_t)block * CHUNK_BLOCK_SIZE;
     char buf[CHUNK_BLOCK_SIZE];
@@ -522,7 +546,7 @@ static int disk_block_update(struct disk *d, uint64_t idx, const struct chunk_la
     else
         memset(buf + off, 0, len);
     r = disk_pwrite_all(fd, buf, CHUNK_BLOCK_SIZE, at);
-    return r < 0 ? r : disk_log_blocks(d, idx, block, 1, buf);
+    return r < 0 ? r : disk_log_blocks(d, logged, idx, block, 1, buf);
 }
 
 /* Writes whole blocks: data, or zeros as a hole. */
@@ -546,8 +570,8 @@ static int disk_blocks_write(int fd, const void *data, uint64_t len, uint64_t at
 /* Writes n bytes at in within a chunk file whose layout is l, a block at a time at the edges
  * (read-modify-write of 4 KiB, never of the chunk), and returns the blocks it covered in
  * [*first, *end). */
-static int disk_file_write(struct disk *d, uint64_t idx, const struct chunk_layout *l, int fd,
-                           uint64_t in, const void *data, uint32_t n, uint32_t *first,
+static int disk_file_write(struct disk *d, bool logged, uint64_t idx, const struct chunk_layout *l,
+                           int fd, uint64_t in, const void *data, uint32_t n, uint32_t *first,
                            uint32_t *end)
 {
     const uint32_t B = CHUNK_BLOCK_SIZE;
@@ -562,16 +586,17 @@ static int disk_file_write(struct disk *d, uint64_t idx, const struct chunk_layo
     *end = lb + 1;
     if (head) {
         uint32_t len = fb == lb ? n : B - head;
-        r = disk_block_update(d, idx, l, fd, fb, head, p, len);
+        r = disk_block_update(d, logged, idx, l, fd, fb, head, p, len);
     }
     if (r == 0 && tail && (lb != fb || !head))
-        r = disk_block_update(d, idx, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL, tail);
+        r = disk_block_update(d, logged, idx, l, fd, lb, 0, p ? p + ((uint64_t)lb * B - in) : NULL,
+                              tail);
     if (r == 0 && mid_first < mid_end) {
         uint64_t at = (uint64_t)mid_first * B;
         const char *src = p ? p + (at - in) : NULL;
         r = disk_blocks_write(fd, src, (uint64_t)(mid_end - mid_first) * B, at);
         if (r == 0)
-            r = disk_log_blocks(d, idx, mid_first, mid_end - mid_first, src);
+            r = disk_log_blocks(d, logged, idx, mid_first, mid_end - mid_first, src);
     }
     return r;
 }
@@ -587,9 +612,10 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
     struct chunk_layout layout;
     uint32_t first = 0, end = 0;
     int fd = -1, r;
+    bool logged = disk_log_this(d, n);
 
     if (n == cs && (!data || disk_is_zero(data, n))) {
-        if (d->wlog_append) {
+        if (logged) {
             struct write_log_record rec = {
                 .kind = WRITE_LOG_ZERO_CHUNK, .gen = d->flush_gen + 1, .idx = idx};
             r = write_log_append(d->wlog, &rec);
@@ -619,7 +645,7 @@ static int disk_write_chunk(struct disk *d, uint64_t idx, uint64_t in, const voi
         made = r == 0;
     }
     if (r >= 0)
-        r = disk_file_write(d, idx, &layout, fd, in, data, n, &first, &end);
+        r = disk_file_write(d, logged, idx, &layout, fd, in, data, n, &first, &end);
     if (fd >= 0)
         close(fd);
     if (r < 0) {
@@ -731,6 +757,73 @@ static int disk_log_apply(const struct write_log_record *rec, void *opaque)
                             rec->n_blocks * CHUNK_BLOCK_SIZE);
 }
 
+struct shipped_install {
+    int fd;
+    uint64_t at, rows;
+};
+
+static int disk_log_install_row(const void *bytes, size_t len, uint64_t max_gen, void *opaque)
+{
+    struct shipped_install *in = opaque;
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pwrite(in->fd, (const char *)bytes + done, len - done, (off_t)in->at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -errno : -EIO;
+        done += (size_t)n;
+        in->at += (uint64_t)n;
+    }
+    in->rows++;
+    return 0;
+}
+
+/* Rebuilds the log from the rows durability=remote shipped (meta.h) where they are the truth:
+ * - not where the log here is marked (a durability=local run sets the mark before it
+ *   acknowledges a flush the head lacks): that log holds every row's records and more;
+ * - where the log is missing (a new host, a lost cache), or unmarked: beyond the head and the
+ *   rows, it holds only flushes never acknowledged;
+ * - and with durability=remote, with no rows too: an unmarked log then holds nothing beyond
+ *   the head that was acknowledged, and what it holds may be a fenced writer's (a flush whose
+ *   lease check failed after its FLUSH record was written), which must never be committed.
+ * Caller holds env->meta_lock.  *installed: the log was replaced. */
+static int disk_log_install_shipped(struct disk *d, const char *dir, bool *installed)
+{
+    struct shipped_install in = {.fd = -1};
+    int any, marked, r;
+
+    *installed = false;
+    any = meta_write_log_shipped_any(d->env->meta, d->meta.id);
+    if (any < 0)
+        return any;
+    marked = meta_write_log_unuploaded(d->env->meta, d->meta.id);
+    if (marked < 0)
+        return marked;
+    bool present = write_log_present(dir);
+    if (marked && present)
+        return 0;
+    if (!any && !(d->env->durability == DISK_DURABILITY_REMOTE && present))
+        return 0;
+    r = write_log_install_begin(dir, &in.fd);
+    if (r == 0)
+        r = meta_write_log_shipped_each(d->env->meta, d->meta.id, disk_log_install_row, &in);
+    if (r < 0) {
+        if (in.fd >= 0)
+            close(in.fd);
+        return r;
+    }
+    r = write_log_install_commit(dir, in.fd);
+    if (r == 0) {
+        *installed = true;
+        if (in.rows > 0)
+            log_info("disk", "%s: rebuilt its write log from %llu shipped rows (%llu bytes)",
+                     d->meta.name, (unsigned long long)in.rows, (unsigned long long)in.at);
+    }
+    return r;
+}
+
 /* Opens the disk's write log and replays it over the head and pending chunks (write_log.h,
  * L3): the replayed writes become live chunks, frozen at once as a flush of their own, which
  * the next upload round commits.  Until then they stay in the log. */
@@ -740,6 +833,7 @@ static int disk_log_recover(struct disk *d)
     uint8_t id[META_WRITE_LOG_ID_LEN];
     char dir[PATH_MAX];
     uint64_t last_gen = 0;
+    bool installed = false;
     int r;
 
     if (snprintf(dir, sizeof dir, "%s/log/%lld", env->cache_dir, (long long)d->meta.id) >=
@@ -747,6 +841,8 @@ static int disk_log_recover(struct disk *d)
         return -ENAMETOOLONG;
     pthread_mutex_lock(env->meta_lock);
     r = meta_write_log_id(env->meta, d->meta.id, id);
+    if (r == 0)
+        r = disk_log_install_shipped(d, dir, &installed);
     pthread_mutex_unlock(env->meta_lock);
     if (r == 0)
         r = write_log_open(dir, id, d->meta.flush_gen, DISK_LOG_SEGMENT_BYTES, disk_log_apply, d,
@@ -756,16 +852,20 @@ static int disk_log_recover(struct disk *d)
                   strerror(-r));
         return r;
     }
-    d->wlog_append = env->durability == DISK_DURABILITY_LOCAL;
+    d->wlog_append = true;
     /* The log on this host is the truth about flushes the head lacks (a replica restored here
-     * may carry another host's mark). */
+     * may carry another host's mark).  A log rebuilt from the rows holds nothing they lack: no
+     * mark, which would make the next open prefer this log to rows shipped after it. */
     bool replayed = d->stats.log_replayed > 0;
     pthread_mutex_lock(env->meta_lock);
-    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed);
+    r = meta_write_log_set_unuploaded(env->meta, d->meta.id, replayed && !installed);
     pthread_mutex_unlock(env->meta_lock);
     if (r < 0)
         return r;
-    d->wlog_marked = replayed;
+    d->wlog_marked = replayed && !installed;
+    /* Replayed from this host's log, the state may hold flushes never shipped: shipping only
+     * what follows would leave the rows short of them (disk_flush.c). */
+    d->round_before_ship = replayed && !installed;
     if (replayed) {
         if (last_gen > d->flush_gen)
             d->flush_gen = last_gen;
@@ -773,6 +873,7 @@ static int disk_log_recover(struct disk *d)
         if (r < 0)
             return r;
         d->journal_gen = d->flush_gen;
+        d->shipped_gen = d->flush_gen; /* acknowledged once: uploaded in the background */
         log_info("disk", "%s: replayed %llu records of the write log, up to flush %llu",
                  d->meta.name, (unsigned long long)d->stats.log_replayed,
                  (unsigned long long)last_gen);
@@ -953,6 +1054,7 @@ int disk_open(struct disk_env *env, const struct meta_disk *m,
     d->n_chunks = m->size / m->chunk_size;
     pthread_mutex_init(&d->journal_lock, NULL);
     pthread_mutex_init(&d->round_lock, NULL);
+    pthread_mutex_init(&d->ship_lock, NULL);
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->progress, NULL);
     /* Writer preference, so that a flush is not starved by a stream of writes. */
@@ -1079,6 +1181,7 @@ void disk_close(struct disk *d)
     write_log_close(d->wlog);
     pthread_mutex_destroy(&d->journal_lock);
     pthread_mutex_destroy(&d->round_lock);
+    pthread_mutex_destroy(&d->ship_lock);
     pthread_mutex_destroy(&d->lock);
     pthread_cond_destroy(&d->progress);
     pthread_rwlock_destroy(&d->barrier);

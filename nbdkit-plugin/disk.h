@@ -41,6 +41,10 @@ struct disk_env {
     struct meta *meta;
     pthread_mutex_t *meta_lock; /* the meta connection is used by one thread at a time */
     enum disk_durability durability;
+    /* durability=remote: a flush of small writes may ship the write log through the metadata
+     * instead of uploading chunks (disk_flush.c).  Only where the metadata is replicated: the
+     * rows must be in the store when the flush returns. */
+    bool ship_log;
     unsigned upload_parallel;   /* chunks uploaded at once in a round */
     uint64_t readahead_bytes;   /* prefetched ahead of a sequential reader */
     struct file_reaper *reaper; /* unlinks dropped chunk files; NULL: unlink in place */
@@ -71,6 +75,7 @@ struct disk_stats {
     uint64_t flush_gen, committed_gen;
     uint64_t log_replayed; /* write log records replayed at open */
     uint64_t copy_bytes;   /* copied from a frozen file into the chunk's next live file */
+    uint64_t log_ships, log_ship_bytes; /* durability=remote: flushes shipped as log bytes */
 };
 
 /* The pool of disk_env.ahead_pool, and its end (after every disk is closed). */
@@ -122,8 +127,9 @@ int disk_commit_now(struct disk *d, struct chunk_hash *root);
  * journaled).  Requests after it see the new content. */
 int disk_restore(struct disk *d, const struct chunk_hash *root);
 
-/* durability=local: uploads the latest flush if it has waited at least delay_s.  Returns 0 if
- * nothing was due, 1 after a successful round, or a negative errno. */
+/* Uploads the latest flush (durability=local, or shipped as log by durability=remote) if it has
+ * waited at least delay_s.  Returns 0 if nothing was due, 1 after a successful round, or a
+ * negative errno. */
 int disk_upload_due(struct disk *d, double delay_s);
 
 void disk_get_stats(struct disk *d, struct disk_stats *out);

@@ -14,6 +14,7 @@
 #include "hash.h"
 #include "lease.h"
 #include "log.h"
+#include "store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -102,8 +103,10 @@ int disk_freeze(struct disk *d, uint64_t *gen_out)
         uint64_t pos;
         r = write_log_mark(d->wlog, fz.gen, &pos);
         pthread_mutex_lock(&d->lock);
-        if (r == 0)
+        if (r == 0) {
             d->wlog_last_pos = pos;
+            d->wlog_last_gen = fz.gen;
+        }
         pthread_mutex_unlock(&d->lock);
     }
     pthread_rwlock_unlock(&d->barrier);
@@ -289,13 +292,28 @@ struct round {
     size_t next;          /* the next item to take */
     bool failed;          /* an item failed: the round fails, so take no more */
     bool abandoned;       /* the server shuts down (disk_env.stopping): take no more */
-    bool background;      /* durability=local, after upload-delay: nobody waits for it */
+    bool background;      /* after upload-delay: nobody waits for it */
 };
 
-static bool round_abandoning(const struct disk *d)
+/* A round nobody waits for stops at shutdown: what it would commit stays in the log (and in
+ * shipped rows), uploaded at the next start.  So does a durability=local flush's.  A background
+ * round also gives way to a round a flush waits for, which takes everything it would have
+ * taken: with the store hanging, the flush would otherwise wait for both. */
+static bool round_abandoning(const struct round *rd)
 {
-    return d->env->durability == DISK_DURABILITY_LOCAL && d->env->stopping &&
+    struct disk *d = rd->d;
+    if (rd->background && __atomic_load_n(&d->round_waiters, __ATOMIC_ACQUIRE) > 0)
+        return true;
+    return (rd->background || d->env->durability == DISK_DURABILITY_LOCAL) && d->env->stopping &&
            __atomic_load_n(d->env->stopping, __ATOMIC_ACQUIRE);
+}
+
+/* round_lock for a round someone waits for: a background round in progress stops early. */
+static void disk_round_lock_foreground(struct disk *d)
+{
+    __atomic_add_fetch(&d->round_waiters, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_lock(&d->round_lock);
+    __atomic_sub_fetch(&d->round_waiters, 1, __ATOMIC_ACQ_REL);
 }
 
 int disk_put_chunk(struct disk *d, const void *buf, struct chunk_hash *h, bool *zero)
@@ -401,10 +419,17 @@ enum { ROUND_BACKGROUND_NICE = 10 };
 static void *round_helper(void *opaque)
 {
     struct round *rd = opaque;
+    void *ret;
 
-    if (rd->background)
+    if (rd->background) {
         (void)setpriority(PRIO_PROCESS, (id_t)gettid(), ROUND_BACKGROUND_NICE);
-    return round_worker(rd);
+        /* A store request in progress gives way too, not only the chunks not yet begun: with
+         * the store hanging, one lasts all its attempts (round_abandoning). */
+        store_set_thread_cancel(&rd->d->round_waiters);
+    }
+    ret = round_worker(rd);
+    store_set_thread_cancel(NULL);
+    return ret;
 }
 
 static void *round_worker(void *opaque)
@@ -414,7 +439,7 @@ static void *round_worker(void *opaque)
     void *buf = g_try_malloc(d->meta.chunk_size);
 
     for (;;) {
-        bool abandon = round_abandoning(d);
+        bool abandon = round_abandoning(rd);
         pthread_mutex_lock(&rd->lock);
         if (abandon)
             rd->abandoned = true;
@@ -423,6 +448,13 @@ static void *round_worker(void *opaque)
         if (i == rd->n)
             break;
         rd->items[i].result = buf ? round_upload_item(d, &rd->items[i], buf) : -ENOMEM;
+        if (rd->items[i].result == -ECANCELED && rd->background && round_abandoning(rd)) {
+            pthread_mutex_lock(&rd->lock); /* given way: the round commits nothing */
+            rd->abandoned = true;
+            pthread_mutex_unlock(&rd->lock);
+            rd->items[i].result = 0;
+            continue;
+        }
         if (rd->items[i].result < 0) {
             /* One failure fails the flush: with the store down, the rest would only make the
              * caller wait for their timeouts too. */
@@ -479,6 +511,35 @@ static void disk_rebase_locked(struct disk *d, const struct round *rd)
 
 /* Uploads the frozen set of the latest flush and commits it as the head.  Caller holds
  * round_lock.  background: nobody waits for this round (round_helper). */
+/* Fencing (storage invariant 11): commit flush gen only while our lease is the latest
+ * generation.  A host that took the disk over restored the head as of its takeover; whatever we
+ * would commit now must never be merged with its writes. */
+static int disk_lease_check(struct disk *d, uint64_t gen)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&d->lock);
+    struct lease *lease = d->lease;
+    bool lease_required = d->lease_required;
+    pthread_mutex_unlock(&d->lock);
+    if (lease_required && !lease && d->env->lease_now &&
+        d->env->lease_now(d, d->env->lease_opaque) == 0) {
+        pthread_mutex_lock(&d->lock);
+        lease = d->lease;
+        pthread_mutex_unlock(&d->lock);
+    }
+    if (lease_required && !lease) {
+        log_error("disk",
+                  "%s: not committing flush %llu: this server has not got the disk's "
+                  "lease yet (the store was unreachable when it opened the disk)",
+                  d->meta.name, (unsigned long long)gen);
+        return -EIO;
+    }
+    if (lease && (r = lease_check(lease)) == -ESTALE)
+        disk_fence(d);
+    return r;
+}
+
 static int disk_round(struct disk *d, bool background)
 {
     struct round rd = {.d = d, .background = background};
@@ -504,6 +565,9 @@ static int disk_round(struct disk *d, bool background)
         pthread_mutex_unlock(&d->lock);
         return 0;
     }
+    /* Where flush gen ends in the log, if its FLUSH is there yet: shipping goes on from there
+     * once this round commits (else from where it was: more bytes, the same state). */
+    uint64_t gen_pos = d->wlog_last_gen == gen ? d->wlog_last_pos : 0;
     rd.items = g_new0(struct round_item, g_tree_nnodes(d->dirty));
     for (GTreeNode *node = g_tree_node_first(d->dirty); node; node = g_tree_node_next(node)) {
         struct dirty_chunk *dc = g_tree_node_value(node);
@@ -543,6 +607,13 @@ static int disk_round(struct disk *d, bool background)
     for (size_t i = 0; i < rd.n && r == 0; i++)
         if (rd.items[i].result < 0)
             r = rd.items[i].result;
+    if (r == 0 && rd.abandoned && !(d->env->stopping && *d->env->stopping)) {
+        log_info("disk", "%s: upload of flush %llu left to a flush after %zu of %zu chunks",
+                 d->meta.name, (unsigned long long)gen, rd.next, rd.n);
+        pthread_mutex_lock(&d->lock);
+        r = -ECANCELED;
+        goto out_unref_locked;
+    }
     if (r == 0 && rd.abandoned) {
         log_info("disk",
                  "%s: shutting down: upload of flush %llu abandoned after %zu of %zu chunks; "
@@ -579,28 +650,8 @@ static int disk_round(struct disk *d, bool background)
     /* ---- end of GC ---- */
     if (r == 0)
         write_log_test_kill("fold");
-    /* Fencing (storage invariant 11): commit only while our lease is the latest generation.
-     * A host that took the disk over restored the head as of its takeover; whatever we would
-     * commit now must never be merged with its writes. */
-    pthread_mutex_lock(&d->lock);
-    struct lease *lease = d->lease;
-    bool lease_required = d->lease_required;
-    pthread_mutex_unlock(&d->lock);
-    if (r == 0 && lease_required && !lease && d->env->lease_now &&
-        d->env->lease_now(d, d->env->lease_opaque) == 0) {
-        pthread_mutex_lock(&d->lock);
-        lease = d->lease;
-        pthread_mutex_unlock(&d->lock);
-    }
-    if (r == 0 && lease_required && !lease) {
-        log_error("disk",
-                  "%s: not committing flush %llu: this server has not got the disk's "
-                  "lease yet (the store was unreachable when it opened the disk)",
-                  d->meta.name, (unsigned long long)gen);
-        r = -EIO;
-    }
-    if (r == 0 && lease && (r = lease_check(lease)) == -ESTALE)
-        disk_fence(d);
+    if (r == 0)
+        r = disk_lease_check(d, gen);
     if (r < 0) {
         log_error("disk", "%s: upload of flush %llu failed: %s", d->meta.name,
                   (unsigned long long)gen, strerror(-r));
@@ -639,12 +690,18 @@ static int disk_round(struct disk *d, bool background)
                                pages.pages->len);
         if (r == 0)
             r = meta_head_set(d->env->meta, d->meta.id, &root, gen);
+        if (r == 0) /* the head holds them now */
+            r = meta_write_log_shipped_drop(d->env->meta, d->meta.id, gen);
         /* Nothing flushed after this round: the log holds no flush the head lacks.  Decided
-         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded). */
+         * under meta_lock, which a flush's mark takes too (disk_log_mark_unuploaded).  With
+         * durability=remote the log never holds an acknowledged flush beyond the head and the
+         * rows: the mark (from a durability=local run's log replayed at open) goes with the
+         * round that commits what was replayed. */
         bool clear_mark = false;
         if (r == 0 && d->wlog) {
             pthread_mutex_lock(&d->lock);
-            clear_mark = d->wlog_marked && d->flush_gen == gen;
+            clear_mark = d->wlog_marked &&
+                         (d->flush_gen == gen || d->env->durability == DISK_DURABILITY_REMOTE);
             pthread_mutex_unlock(&d->lock);
             if (clear_mark)
                 r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
@@ -674,6 +731,7 @@ static int disk_round(struct disk *d, bool background)
     } else {
         disk_rebase_locked(d, &rd);
         d->committed_gen = gen;
+        d->round_before_ship = false; /* what was replayed at open is in the head now */
         /* The commit deleted the pending rows up to gen: their superseded files can go. */
         for (guint i = 0; i < d->journal->len && d->wlog_append;) {
             struct journal_item *ji = &g_array_index(d->journal, struct journal_item, i);
@@ -699,10 +757,17 @@ out_unref_locked:
         g_array_free(pages.pages, TRUE);
     }
     g_free(rd.items);
-    /* The log's segments up to this flush are in the store now (write_log.h, L3).  A failure
-     * to delete one only keeps it: replaying it again is harmless. */
-    if (r == 0 && d->wlog)
+    if (r == 0 && d->wlog) {
+        pthread_mutex_lock(&d->ship_lock);
+        if (gen_pos > d->shipped_pos)
+            d->shipped_pos = gen_pos;
+        d->shipped_uncommitted = 0;
+        pthread_mutex_unlock(&d->ship_lock);
+        /* The log's segments up to this flush are in the store now (write_log.h, L3), and
+         * shipping never reads before gen_pos again.  A failure to delete one only keeps it:
+         * replaying it again is harmless. */
         write_log_retire(d->wlog, gen);
+    }
     return r;
 }
 
@@ -732,6 +797,91 @@ static int disk_log_mark_unuploaded(struct disk *d)
     return r;
 }
 
+/* ---- durability=remote: shipping the log ----------------------------------------------------
+ *
+ * A flush of a few small writes would upload a whole chunk for each chunk they touched: 256
+ * times the bytes written, for 4 KiB writes into 1 MiB chunks.  Instead, it may ship the log's
+ * bytes since the last shipment (its writes, as whole 4 KiB blocks) as one row of the metadata
+ * (meta_write_log_ship), which the flush's replication then puts in the store; upload rounds
+ * follow within upload-delay, as with durability=local, and drop the rows they cover.
+ *
+ * Invariant (the recovery argument, with write_log.h's L3): a disk's rows, in order, are the
+ * log's bytes without a gap from a record boundary at or before the end of the head's flush up
+ * to shipped_pos, and each row ends with a FLUSH record.  shipped_pos only grows: to a row's end
+ * when the row is committed, to a round's FLUSH when the round commits (dropping, in its
+ * transaction, the rows whose flushes it holds).  Records of flushes the head holds replay as
+ * no-ops (L3).  So the head plus the rows, replayed (disk.c, disk_log_install_shipped), is the
+ * state of the last flush shipped or committed: every acknowledged flush, on any host that
+ * restores the metadata.  A log replayed at open from this host's files may hold flushes never
+ * shipped; round_before_ship then keeps every flush from shipping until a round commits them. */
+
+#define DISK_SHIP_MAX_BYTES       (8u << 20)   /* a bigger flush uploads its chunks instead */
+#define DISK_SHIP_MAX_UNCOMMITTED (256u << 20) /* rows since the last commit, at most */
+
+/* Ships the log up to the FLUSH of gen ending at pos, if that is cheaper than uploading the
+ * chunks.  1: shipped (or a concurrent flush shipped past pos), 0: not shipped, the caller
+ * runs a round; or -errno. */
+static int disk_ship(struct disk *d, uint64_t gen, uint64_t pos)
+{
+    void *buf = NULL;
+    int r;
+
+    pthread_mutex_lock(&d->ship_lock);
+    uint64_t from = d->shipped_pos;
+    uint64_t len = pos > from ? pos - from : 0;
+    pthread_mutex_lock(&d->lock);
+    uint64_t pending = d->stats.pending_bytes;
+    pthread_mutex_unlock(&d->lock);
+    if (len == 0) {
+        r = 1;
+        goto out;
+    }
+    /* Worth it when the rows are a fraction of what a round would upload now. */
+    if (len > DISK_SHIP_MAX_BYTES || len * 4 > pending ||
+        d->shipped_uncommitted + len > DISK_SHIP_MAX_UNCOMMITTED) {
+        r = 0;
+        goto out;
+    }
+    buf = g_try_malloc(len);
+    if (!buf) {
+        r = 0;
+        goto out;
+    }
+    r = write_log_read(d->wlog, from, pos, buf);
+    if (r < 0) { /* -ENOENT: a round retired those bytes and has not moved shipped_pos yet */
+        if (r != -ENOENT)
+            log_warn("disk", "%s: cannot read the log to ship flush %llu (%s): uploading instead",
+                     d->meta.name, (unsigned long long)gen, strerror(-r));
+        r = 0;
+        goto out;
+    }
+    if (r == 0)
+        r = disk_lease_check(d, gen);
+    if (r == 0) {
+        pthread_mutex_lock(d->env->meta_lock);
+        r = meta_write_log_ship(d->env->meta, d->meta.id, gen, buf, len);
+        pthread_mutex_unlock(d->env->meta_lock);
+    }
+    if (r < 0) {
+        log_error("disk", "%s: cannot ship flush %llu: %s", d->meta.name, (unsigned long long)gen,
+                  strerror(-r));
+        goto out;
+    }
+    d->shipped_pos = pos;
+    d->shipped_uncommitted += len;
+    pthread_mutex_lock(&d->lock);
+    d->stats.log_ships++;
+    d->stats.log_ship_bytes += len;
+    if (gen > d->shipped_gen)
+        d->shipped_gen = gen;
+    pthread_mutex_unlock(&d->lock);
+    r = 1;
+out:
+    pthread_mutex_unlock(&d->ship_lock);
+    g_free(buf);
+    return r;
+}
+
 int disk_flush(struct disk *d)
 {
     uint64_t gen;
@@ -739,23 +889,40 @@ int disk_flush(struct disk *d)
 
     pthread_mutex_lock(&d->lock);
     bool failed = d->failed;
-    uint64_t pos = d->wlog_last_pos;
+    uint64_t pos = d->wlog_last_pos, pos_gen = d->wlog_last_gen;
+    bool done = d->committed_gen >= gen;
+    bool round_first = d->round_before_ship || d->unlogged_gen > d->committed_gen;
     pthread_mutex_unlock(&d->lock);
     if (failed || r < 0)
         return -EIO;
 
-    /* One fdatasync covers this flush and every earlier one (the latest FLUSH record, which
-     * may be another flush's if nothing was written since: that one must be durable too). */
-    if (d->wlog_append) {
-        r = write_log_sync(d->wlog, pos);
-        return r < 0 ? r : disk_log_mark_unuploaded(d);
-    }
-    if (d->env->durability == DISK_DURABILITY_LOCAL)
+    if (d->env->durability == DISK_DURABILITY_LOCAL) {
+        /* One fdatasync covers this flush and every earlier one (the latest FLUSH record,
+         * which may be another flush's if nothing was written since: that one must be durable
+         * too). */
+        if (d->wlog_append) {
+            r = write_log_sync(d->wlog, pos);
+            return r < 0 ? r : disk_log_mark_unuploaded(d);
+        }
         return disk_journal(d, gen);
+    }
 
-    pthread_mutex_lock(&d->round_lock);
+    /* durability=remote.  pos ends the FLUSH of pos_gen, the latest, which covers ours. */
+    if (done)
+        return 0;
+    if (d->env->ship_log && d->wlog_append && !round_first && pos_gen >= gen) {
+        /* Synced too: a log this host replays (marked by a durability=local run) must hold
+         * every flush shipped since. */
+        r = write_log_sync(d->wlog, pos);
+        if (r == 0)
+            r = disk_ship(d, pos_gen, pos);
+        if (r != 0)
+            return r < 0 ? r : 0;
+    }
+
+    disk_round_lock_foreground(d);
     pthread_mutex_lock(&d->lock);
-    bool done = d->committed_gen >= gen;
+    done = d->committed_gen >= gen;
     pthread_mutex_unlock(&d->lock);
     r = done ? 0 : disk_round(d, false);
     pthread_mutex_unlock(&d->round_lock);
@@ -776,7 +943,7 @@ int disk_commit_now(struct disk *d, struct chunk_hash *root)
     pthread_mutex_unlock(&d->lock);
     if (failed)
         return -EIO;
-    pthread_mutex_lock(&d->round_lock);
+    disk_round_lock_foreground(d);
     r = disk_round(d, false);
     pthread_mutex_lock(&d->lock);
     if (r == 0 && d->committed_gen < d->flush_gen)
@@ -834,6 +1001,8 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
             r = meta_head_set(d->env->meta, d->meta.id, root, gen);
         if (r == 0 && d->wlog)
             r = meta_write_log_set_unuploaded(d->env->meta, d->meta.id, false);
+        if (r == 0) /* every row is of a flush before the restore's gen */
+            r = meta_write_log_shipped_drop(d->env->meta, d->meta.id, gen);
         if (r == 0)
             r = meta_commit(d->env->meta);
         else
@@ -847,8 +1016,14 @@ int disk_restore(struct disk *d, const struct chunk_hash *root)
         d->failed = true; /* the log cannot take more writes safely: flushes fail */
         pthread_mutex_unlock(&d->lock);
     }
-    if (reset && r == 0)
+    if (reset && r == 0) {
         write_log_reset_done(d->wlog); /* failing, it keeps segments the RESET voids */
+        /* Writers are excluded: everything in the log so far is voided or in the head. */
+        pthread_mutex_lock(&d->ship_lock);
+        d->shipped_pos = write_log_position(d->wlog);
+        d->shipped_uncommitted = 0;
+        pthread_mutex_unlock(&d->ship_lock);
+    }
 
     if (r == 0) {
         GPtrArray *files = g_ptr_array_new();
@@ -890,13 +1065,16 @@ int disk_upload_due(struct disk *d, double delay_s)
 
     pthread_mutex_lock(&d->lock);
     bool due = d->first_unuploaded > 0 && disk_now() - d->first_unuploaded >= delay_s &&
-               d->committed_gen < d->flush_gen && !d->failed;
+               d->committed_gen < d->flush_gen && !d->failed &&
+               (d->env->durability == DISK_DURABILITY_LOCAL || d->shipped_gen > d->committed_gen);
     pthread_mutex_unlock(&d->lock);
     if (!due)
         return 0;
     pthread_mutex_lock(&d->round_lock);
-    r = disk_round(d, d->env->durability == DISK_DURABILITY_LOCAL);
+    r = disk_round(d, true);
     pthread_mutex_unlock(&d->round_lock);
+    if (r == -ECANCELED)
+        return 0; /* given way to a flush's round, or shutting down: not a failure */
     if (r < 0) {
         /* Try again after another delay rather than in a tight loop. */
         pthread_mutex_lock(&d->lock);

@@ -91,6 +91,13 @@ struct disk {
 
     pthread_mutex_t journal_lock;
     pthread_mutex_t round_lock;
+    pthread_mutex_t ship_lock; /* durability=remote: serialises shipping, guards shipped_pos */
+    /* Every byte of the log before this position is in a shipped row or in the head; a flush
+     * ships from here (disk_flush.c, disk_ship). */
+    uint64_t shipped_pos;
+    /* Log bytes in shipped rows since the last commit, under ship_lock: past a bound, a flush
+     * runs an upload round instead, so that rows never pile up while rounds fail. */
+    uint64_t shipped_uncommitted;
     pthread_rwlock_t barrier;
     pthread_mutex_t stripes[DISK_STRIPES];
 
@@ -115,12 +122,25 @@ struct disk {
     uint64_t prefetched_to; /* chunk index read-ahead has reached */
     uint64_t next_serial;   /* the last chunk_file.serial given, under d->lock */
     struct disk_stats stats;
-    /* The write log (write_log.h), NULL for a checkpoint.  durability=local appends every write
-     * to it and a flush syncs it; with durability=remote it is only replayed at open (a log
-     * left by a durability=local run) and retired once that state is committed. */
+    /* The write log (write_log.h), NULL for a checkpoint.  Every write is appended to it and a
+     * flush syncs it; durability=remote then ships its new bytes or runs an upload round. */
     struct write_log *wlog;
-    bool wlog_append;       /* durability=local: writes and flushes go through the log */
-    uint64_t wlog_last_pos; /* the latest FLUSH record's position, under d->lock */
+    bool wlog_append; /* writes and flushes go through the log (not for a checkpoint) */
+    /* durability=remote: the log replayed at open holds flushes that were never shipped; the
+     * first flush must commit them by an upload round, never ship past them.  Under d->lock. */
+    bool round_before_ship;
+    /* durability=remote: the latest generation holding a write not logged (disk.c,
+     * disk_log_this), under d->lock.  A flush ships only once a commit holds it. */
+    uint64_t unlogged_gen;
+    /* durability=remote: the latest generation acknowledged without a commit (shipped, or
+     * replayed at open), under d->lock.  Only then is a round due in the background: a flush
+     * that failed leaves nothing acknowledged to upload. */
+    uint64_t shipped_gen;
+    /* Threads waiting for round_lock to run a round someone waits for (a flush, a checkpoint),
+     * atomic: a background round gives way to them (disk_flush.c, round_abandoning). */
+    unsigned round_waiters;
+    uint64_t wlog_last_pos; /* the end of the latest FLUSH record, under d->lock */
+    uint64_t wlog_last_gen; /* ... and its gen: set together, so that they always match */
     /* Mirrors write_logs.unuploaded in SQLite (meta.h), under d->lock; changed only with
      * env->meta_lock held too, so that a flush's mark and a commit's clearing are ordered. */
     bool wlog_marked;

@@ -282,6 +282,8 @@ int plugin_open_pending_disks(struct plugin_state *s)
         int has = meta_disk_get(s->meta, name, &md) == 0 &&
                   meta_pending_list(s->meta, md.id, plugin_has_pending_row, NULL) == 1;
         bool marked = !has && meta_write_log_unuploaded(s->meta, md.id) == 1;
+        /* Shipped rows (durability=remote) are flushes the head lacks, wherever the log is. */
+        bool shipped = !has && meta_write_log_shipped_any(s->meta, md.id) == 1;
         pthread_mutex_unlock(&s->meta_lock);
         if (marked) {
             char log_dir[PATH_MAX];
@@ -289,13 +291,20 @@ int plugin_open_pending_disks(struct plugin_state *s)
                      (long long)md.id);
             has = write_log_present(log_dir);
         }
-        if (!has)
+        if (!has && !shipped)
             continue;
         pthread_mutex_lock(&s->registry_lock);
         r = plugin_disk_open_locked(s, name, false, &pd);
         pthread_mutex_unlock(&s->registry_lock);
-        if (r < 0)
+        if (r == -EBUSY && !has) {
+            /* Rows restored from a replica, say on a new host while the lost one's lease
+             * lives: they are uploaded when a client opens the disk here. */
+            log_info("plugin", "disk %s: its shipped flushes wait for its lease (held elsewhere)",
+                     name);
+            r = 0;
+        } else if (r < 0) {
             log_error("plugin", "disk %s: cannot recover its pending data: %s", name, strerror(-r));
+        }
     }
     g_ptr_array_unref(names);
     return r;

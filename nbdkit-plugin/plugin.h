@@ -26,6 +26,7 @@ struct plugin_config {
     unsigned upload_parallel, store_connections;
     uint64_t readahead;
     bool readonly;
+    bool ship_log;        /* durability=remote: ship small flushes as log (disk_env.ship_log) */
     uint64_t gc_interval; /* seconds between periodic GCs; 0: none */
     uint64_t gc_grace;    /* seconds: the GC grace period, which uploads rely on */
     double gc_refresh_age;

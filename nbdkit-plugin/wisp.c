@@ -45,6 +45,7 @@ static struct plugin_config cfg = {
     .chunk_size = 1 << 20,
     .durability = DISK_DURABILITY_LOCAL,
     .upload_delay = 1.0,
+    .ship_log = true,
     .upload_parallel = 16,
     .store_connections = 32,
     .readahead = 8 << 20,
@@ -222,11 +223,16 @@ static int wisp_config(const char *key, const char *value)
         cfg.replica_name = strdup(value);
         if (!cfg.replica_name)
             return -1;
-    } else if (strcmp(key, "readonly") == 0) {
+    } else if (strcmp(key, "readonly") == 0 || strcmp(key, "ship-log") == 0) {
         int b = nbdkit_parse_bool(value);
-        if (b < 0)
+        if (b < 0) { /* nbdkit's own message does not name the parameter */
+            nbdkit_error("%s=%s: expected true or false", key, value);
             return -1;
-        cfg.readonly = b;
+        }
+        if (strcmp(key, "readonly") == 0)
+            cfg.readonly = b;
+        else
+            cfg.ship_log = b;
     } else {
         nbdkit_error("unknown parameter '%s' (see nbdkit wisp --help)", key);
         return -1;
@@ -285,7 +291,9 @@ static int wisp_config_complete(void)
     "cache-size=SIZE      bound on the cache, dirty data included (default 10G)\n"                 \
     "chunk-size=SIZE      default chunk size of disks created here (default 1M)\n"                 \
     "durability=local|remote  when a flush returns (default local)\n"                              \
-    "upload-delay=SECONDS durability=local: upload within this delay (default 1)\n"                \
+    "upload-delay=SECONDS upload flushed data within this delay (default 1)\n"                     \
+    "ship-log=BOOL        durability=remote: a flush of small writes ships them through the\n"     \
+    "                     replicated metadata, uploaded later (default true)\n"                    \
     "control=SOCK         unix socket for 'wisp disk' commands\n"                                  \
     "readonly=true        serve every export read-only\n"                                          \
     "credentials=FILE     AWS-style credentials file (default: AWS_* environment)\n"               \
@@ -308,7 +316,7 @@ static void wisp_dump_plugin(void)
     printf("wisp_durability_modes=local,remote\n");
     printf("wisp_params=store,cache,meta,cache-size,chunk-size,durability,upload-delay,control,"
            "readonly,credentials,upload-parallel,store-connections,store-timeout,readahead,"
-           "stats-interval,lease-ttl,gc-interval,gc-grace,replicate-interval,replica\n");
+           "stats-interval,lease-ttl,gc-interval,gc-grace,replicate-interval,replica,ship-log\n");
     printf("wisp_default_chunk_size=%u\n", cfg.chunk_size);
     printf("wisp_gc_interval=%llu\n", (unsigned long long)cfg.gc_interval);
     printf("wisp_gc_grace=%llu\n", (unsigned long long)cfg.gc_grace);
@@ -355,8 +363,7 @@ static void *wisp_background(void *opaque)
     while (!__atomic_load_n(&state.stopping, __ATOMIC_ACQUIRE)) {
         usleep(100 * 1000);
         elapsed += 0.1;
-        if (cfg.durability == DISK_DURABILITY_LOCAL)
-            plugin_upload_due(&state, cfg.upload_delay);
+        plugin_upload_due(&state, cfg.upload_delay); /* remote: what flushes shipped */
         if (cfg.stats_interval > 0 && elapsed >= next_stats) {
             next_stats += cfg.stats_interval;
             plugin_log_stats(&state);
@@ -469,6 +476,7 @@ static int wisp_after_fork(void)
         .meta = state.meta,
         .meta_lock = &state.meta_lock,
         .durability = cfg.durability,
+        .ship_log = cfg.ship_log && cfg.replicate_interval > 0,
         .upload_parallel = cfg.upload_parallel,
         .readahead_bytes = cfg.readahead,
         .reaper = state.reaper,

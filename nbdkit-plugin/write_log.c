@@ -4,6 +4,7 @@
 
 #include "log.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <glib.h>
@@ -27,6 +28,10 @@ struct segment {
     uint64_t size;    /* bytes appended (reserved) */
     uint64_t synced;  /* bytes known durable */
     uint64_t max_gen; /* the largest gen of its records */
+    /* Where its first byte is in the positions of this open (write_log_read); a segment
+     * recovered at open precedes them all, and has none. */
+    bool positioned;
+    uint64_t start_pos;
 };
 
 struct write_log {
@@ -518,6 +523,7 @@ int write_log_open(const char *dir, const uint8_t id[META_WRITE_LOG_ID_LEN], uin
     r = segment_create(l, l->next_seq++, &cur);
     if (r < 0)
         goto fail;
+    cur->positioned = true; /* at position 0 */
     g_ptr_array_add(l->segs, cur);
     *out = l;
     return 0;
@@ -629,6 +635,8 @@ int write_log_mark(struct write_log *l, uint64_t gen, uint64_t *pos)
         return 0; /* keep appending to the full one; try again at the next flush */
     pthread_mutex_lock(&l->lock);
     l->next_seq = seq + 1;
+    next->positioned = true;
+    next->start_pos = l->pos;
     g_ptr_array_add(l->segs, next);
     pthread_mutex_unlock(&l->lock);
     return 0;
@@ -720,14 +728,21 @@ int write_log_reset(struct write_log *l, uint64_t gen)
     if (r == 0) {
         pthread_mutex_lock(&l->lock);
         l->next_seq = seq + 1;
+        s->positioned = true;
+        s->start_pos = l->pos;
         g_ptr_array_add(l->segs, s);
         pthread_mutex_unlock(&l->lock);
     }
     pthread_mutex_unlock(&l->sync_lock);
-    if (r == 0)
-        r = write_log_put(l, &rec, &pos);
+    if (r < 0)
+        return r;
+    r = write_log_put(l, &rec, &pos);
     if (r == 0)
         r = write_log_sync(l, pos);
+    /* A RESET left behind unsynced would void every later flush at a recovery (L5: the
+     * restore did not commit): take the segment away again. */
+    if (r < 0)
+        write_log_reset_undo(l);
     return r;
 }
 
@@ -755,6 +770,11 @@ int write_log_reset_undo(struct write_log *l)
     pthread_mutex_lock(&l->sync_lock);
     pthread_mutex_lock(&l->lock);
     struct segment *s = g_ptr_array_remove_index(l->segs, l->segs->len - 1);
+    /* Positions go back to where the segment began (writers are excluded), so that those of
+     * the segment before still match its file (write_log_read). */
+    l->pos -= s->size;
+    if (l->durable > l->pos)
+        l->durable = l->pos;
     pthread_mutex_unlock(&l->lock);
     r = segment_delete(l, s);
     if (r < 0) {
@@ -765,6 +785,103 @@ int write_log_reset_undo(struct write_log *l)
         pthread_mutex_unlock(&l->lock);
     }
     pthread_mutex_unlock(&l->sync_lock);
+    return r;
+}
+
+/* ---- shipping (durability=remote) ----------------------------------------------------------- */
+
+int write_log_read(struct write_log *l, uint64_t from, uint64_t to, void *buf)
+{
+    int r = 0;
+
+    /* sync_lock: no segment is retired (closed and unlinked) while we read it. */
+    pthread_mutex_lock(&l->sync_lock);
+    for (uint64_t at = from; r == 0 && at < to;) {
+        int fd = -1;
+        uint64_t off = 0, n = 0;
+        pthread_mutex_lock(&l->lock);
+        for (guint i = 0; i < l->segs->len; i++) {
+            struct segment *s = g_ptr_array_index(l->segs, i);
+            if (s->positioned && s->start_pos <= at && at < s->start_pos + s->size) {
+                fd = s->fd;
+                off = at - s->start_pos;
+                n = MIN(to - at, s->size - off);
+                break;
+            }
+        }
+        pthread_mutex_unlock(&l->lock);
+        if (fd < 0) {
+            log_error("write-log", "%s: positions %llu to %llu are no longer in the log", l->dir,
+                      (unsigned long long)at, (unsigned long long)to);
+            r = -ENOENT;
+            break;
+        }
+        r = pread_full(fd, (char *)buf + (at - from), n, off);
+        if (r > 0)
+            r = -EIO; /* shorter than appended: cannot be */
+        at += n;
+    }
+    pthread_mutex_unlock(&l->sync_lock);
+    return r;
+}
+
+uint64_t write_log_position(struct write_log *l)
+{
+    pthread_mutex_lock(&l->lock);
+    uint64_t pos = l->pos;
+    pthread_mutex_unlock(&l->lock);
+    return pos;
+}
+
+int write_log_install_begin(const char *dir, int *fd_out)
+{
+    char path[4200];
+    GDir *d;
+    const char *name;
+    int r = 0;
+
+    if (g_mkdir_with_parents(dir, 0700) < 0)
+        return -errno;
+    /* Whatever is there goes: the caller knows the log it installs is the whole truth. */
+    d = g_dir_open(dir, 0, NULL);
+    while (d && r == 0 && (name = g_dir_read_name(d))) {
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (unlink(path) < 0 && errno != ENOENT)
+            r = -errno;
+    }
+    if (d)
+        g_dir_close(d);
+    if (r == 0) { /* durably gone before the new one is named: never both after a crash */
+        struct write_log l = {0};
+        snprintf(l.dir, sizeof l.dir, "%s", dir);
+        r = write_log_sync_dir(&l);
+    }
+    snprintf(path, sizeof path, "%s/.install", dir);
+    if (r == 0 && (*fd_out = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+        r = -errno;
+    if (r < 0)
+        log_error("write-log", "%s: cannot install a log: %s", dir, strerror(-r));
+    return r;
+}
+
+int write_log_install_commit(const char *dir, int fd)
+{
+    struct write_log l = {0};
+    char tmp[4200], path[4200];
+    int r = 0;
+
+    snprintf(l.dir, sizeof l.dir, "%s", dir);
+    snprintf(tmp, sizeof tmp, "%s/.install", dir);
+    segment_path(&l, 1, path, sizeof path);
+    if (fsync(fd) < 0 || rename(tmp, path) < 0)
+        r = -errno;
+    close(fd);
+    if (r == 0)
+        r = write_log_sync_dir(&l);
+    if (r < 0) {
+        log_error("write-log", "%s: cannot install a log: %s", dir, strerror(-r));
+        unlink(tmp);
+    }
     return r;
 }
 
@@ -781,17 +898,20 @@ uint64_t write_log_bytes(struct write_log *l)
 
 bool write_log_present(const char *dir)
 {
-    GDir *d = g_dir_open(dir, 0, NULL);
-    const char *name;
+    /* opendir, not g_dir_open: GLib formats a translated message for a missing directory even
+     * with no GError to put it in, and gettext from a request thread upsets glibc's locale
+     * lock under a preloaded ASan runtime (docs/storage.md).  A new disk has no log yet. */
+    DIR *d = opendir(dir);
+    struct dirent *e;
     bool found = false;
 
-    while (d && !found && (name = g_dir_read_name(d))) {
+    while (d && !found && (e = readdir(d))) {
         char path[4200];
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, name);
-        found = strlen(name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        found = strlen(e->d_name) == 16 && stat(path, &st) == 0 && st.st_size > 0;
     }
     if (d)
-        g_dir_close(d);
+        closedir(d);
     return found;
 }

@@ -1,4 +1,4 @@
-/* write_log.h: a disk's local write log (durability=local).
+/* write_log.h: a disk's local write log (durability=local; durability=remote ships it).
  *
  * Every write is appended to the log as records of whole 4 KiB blocks of one chunk (the blocks
  * exactly as the chunk file holds them after the write, edges merged), besides going into the
@@ -96,9 +96,10 @@ int write_log_sync(struct write_log *l, uint64_t pos);
  * flush at or before committed_gen. */
 int write_log_retire(struct write_log *l, uint64_t committed_gen);
 
-/* Restore (L5), with every writer excluded: begins a new segment holding RESET gen, durably.
- * Then, after the restore's commit, write_log_reset_done deletes the older segments; if the
- * commit failed, write_log_reset_undo removes the new one. */
+/* Restore (L5), with every writer excluded: begins a new segment holding RESET gen, durably
+ * (failing, it removes that segment again).  Then, after the restore's commit,
+ * write_log_reset_done deletes the older segments; if the commit failed, write_log_reset_undo
+ * removes the new one, and positions (write_log_position) go back to before it. */
 int write_log_reset(struct write_log *l, uint64_t gen);
 int write_log_reset_done(struct write_log *l);
 int write_log_reset_undo(struct write_log *l);
@@ -110,6 +111,18 @@ void write_log_test_kill(const char *point);
 
 /* Whether dir holds a segment with bytes in it: a log that may have flushes to replay. */
 bool write_log_present(const char *dir);
+
+/* durability=remote ships the log through the metadata (meta_write_log_ship).  Positions
+ * count the bytes appended since the log was opened (write_log_mark gives a FLUSH's);
+ * write_log_read copies [from, to), which must be appended and durable, and not yet in a
+ * retired segment (-ENOENT). */
+int write_log_read(struct write_log *l, uint64_t from, uint64_t to, void *buf);
+uint64_t write_log_position(struct write_log *l);
+/* Replaces whatever log dir holds by the bytes the caller writes to *fd_out (at offsets from
+ * 0), made durable and installed as the log's only segment by write_log_install_commit (which
+ * closes fd).  For a log rebuilt from shipped rows before write_log_open. */
+int write_log_install_begin(const char *dir, int *fd_out);
+int write_log_install_commit(const char *dir, int fd);
 
 /* Bytes in the log's segments now. */
 uint64_t write_log_bytes(struct write_log *l);

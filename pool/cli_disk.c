@@ -477,9 +477,10 @@ static int cli_disk_offline_head(struct meta *m, const char *name, struct meta_d
         cli_error("disk '%s': %s", name, g_strerror(-r));
         return CLI_EXIT_ERROR;
     }
-    /* Pending rows, or the write log's mark (meta.h): flushes the head does not have yet. */
+    /* Pending rows, the write log's mark or shipped rows (meta.h): flushes the head does not
+     * have yet. */
     if (meta_pending_list(m, d->id, cli_disk_has_pending, NULL) == 1 ||
-        meta_write_log_unuploaded(m, d->id) == 1) {
+        meta_write_log_unuploaded(m, d->id) == 1 || meta_write_log_shipped_any(m, d->id) == 1) {
         cli_error("disk '%s' has data flushed but not yet uploaded: start the storage server "
                   "(it uploads within upload-delay) and use --control",
                   name);

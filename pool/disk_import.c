@@ -63,9 +63,9 @@ static int disk_import_spawn(const struct disk_import_options *o, pid_t *pid, ch
     store = g_strdup_printf("store=%s", o->store_url);
     cache = g_strdup_printf("cache=%s", o->cache_dir);
     meta = g_strdup_printf("meta=%s", o->meta_dir);
-    /* -s: one connection on stdin/stdout, and nbdkit exits when it closes.  durability=remote:
-     * a flush returns once the data is in the store and committed.  No GC or statistics in a
-     * process that lives for one import. */
+    /* -s: one connection on stdin/stdout, and nbdkit exits when it closes.  durability=remote
+     * without shipping the log: a flush returns once the data is uploaded and committed to the
+     * head.  No GC or statistics in a process that lives for one import. */
     const char *argv[16];
     int n = 0;
     argv[n++] = "nbdkit";
@@ -76,6 +76,7 @@ static int disk_import_spawn(const struct disk_import_options *o, pid_t *pid, ch
     argv[n++] = cache;
     argv[n++] = meta;
     argv[n++] = "durability=remote";
+    argv[n++] = "ship-log=false";
     argv[n++] = "gc-interval=0";
     argv[n++] = "stats-interval=0";
     /* WISP_NBDKIT_PRELOAD (set by the tests of a sanitizer build, as for the servers their

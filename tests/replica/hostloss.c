@@ -7,6 +7,12 @@
  *                             server with empty ones on the same store must read back every
  *                             acknowledged byte and list every checkpoint made.  Also prints
  *                             the flush latency, which includes shipping the segment.
+ *   hostloss shipped file|s3  durability=remote with small writes and no upload round
+ *                             (upload-delay=3600): the flushes ship the write log through the
+ *                             metadata instead of uploading chunks.  The stats must show that
+ *                             (flushes shipped, no byte uploaded), and then every acknowledged
+ *                             byte must read back after a restart on the same directories,
+ *                             and again on a new host with empty ones.
  *   hostloss local file|s3    durability=local (upload-delay=1, replicate-interval=1): a
  *                             marker block is written and flushed every 20 ms, each in its own
  *                             chunk; kill -9 at a random moment; on the new host the markers
@@ -155,6 +161,138 @@ static void run_remote(void)
     g_free(buf);
 }
 
+/* Small writes at random 4 KiB blocks, a flush (or a FUA write) after every few. */
+static void write_small(struct nbd_handle *h, uint8_t *shadow, uint64_t size, int flushes)
+{
+    uint8_t buf[4 * KiB];
+
+    for (int round = 0; round < flushes; round++) {
+        int writes = 1 + (int)ws_rand_below(8);
+        for (int i = 0; i < writes; i++) {
+            uint64_t off = ws_rand_below(size / sizeof buf) * sizeof buf;
+            bool fua = i == writes - 1 && round % 4 == 3;
+            ws_fill_random(buf, sizeof buf, ws_rand());
+            WS_NBD(nbd_pwrite(h, buf, sizeof buf, off, fua ? LIBNBD_CMD_FLAG_FUA : 0));
+            memcpy(shadow + off, buf, sizeof buf);
+        }
+        if (round % 4 != 3)
+            WS_NBD(nbd_flush(h, 0));
+    }
+}
+
+/* Flushes of small writes never ship where key=value says not to: they upload. */
+static void check_not_shipped(const char *key, const char *value)
+{
+    const uint64_t size = 16 * MiB;
+    struct ws_server *s = server(NULL, "remote");
+    uint8_t *shadow = ws_shadow_new(size);
+
+    ws_server_set(s, "upload-delay", "3600");
+    ws_server_set(s, key, value);
+    ws_server_start(s);
+    ws_disk_create(s, "d", "16M", "1M");
+    struct nbd_handle *h = ws_connect(s, "d");
+    write_small(h, shadow, size, 8);
+    ws_disconnect(h);
+    JsonNode *st = ws_disk_stats(s, "d");
+    int64_t ships = ws_json_int(st, "stats.log_ships");
+    int64_t uploaded = ws_json_int(st, "stats.upload_bytes");
+    json_node_unref(st);
+    WS_CHECK(ships == 0 && uploaded > 0,
+             "%s=%s: %" PRId64 " flushes shipped, %" PRId64 " bytes uploaded", key, value, ships,
+             uploaded);
+    ws_log("%s=%s: flushes upload their chunks (%" PRId64 " bytes), none ships", key, value,
+           uploaded);
+    ws_server_stop(s);
+    ws_shadow_free(shadow, size);
+}
+
+static void run_shipped(void)
+{
+    const uint64_t size = 64 * MiB;
+    struct ws_server *s1 = server(NULL, "remote"), *s2;
+    uint8_t *shadow = ws_shadow_new(size);
+    struct nbd_handle *h;
+
+    ws_server_set(s1, "upload-delay", "3600");
+    ws_server_start(s1);
+    ws_disk_create(s1, "d", "64M", "1M");
+    h = ws_connect(s1, "d");
+    write_small(h, shadow, size, 40);
+    JsonNode *st = ws_disk_stats(s1, "d");
+    int64_t ships = ws_json_int(st, "stats.log_ships");
+    int64_t shipped = ws_json_int(st, "stats.log_ship_bytes");
+    int64_t uploaded = ws_json_int(st, "stats.upload_bytes");
+    json_node_unref(st);
+    ws_log("40 flushes of small writes: %" PRId64 " shipped as log (%" PRId64 " bytes), %" PRId64
+           " bytes uploaded",
+           ships, shipped, uploaded);
+    WS_CHECK(ships == 40 && uploaded == 0,
+             "expected every flush shipped and nothing uploaded: %" PRId64 " shipped, %" PRId64
+             " bytes uploaded",
+             ships, uploaded);
+
+    /* The same host: the rows replace what its own log holds beyond them. */
+    ws_server_kill9(s1);
+    ws_disconnect(h);
+    ws_server_start(s1);
+    WS_CHECK(ws_server_log_count(s1, "rebuilt its write log from") == 1,
+             "the restarted server did not rebuild the log from the shipped rows (see %s)",
+             s1->log);
+    ws_compare(s1, "d", shadow, 0, size, 64 * KiB, 4);
+    ws_log("every acknowledged byte reads back after kill -9 and a restart");
+    h = ws_connect(s1, "d");
+    write_small(h, shadow, size, 20);
+
+    /* A big write is not logged (disk.c, disk_log_this): the flush after it must upload
+     * chunks, never ship a log that lacks it; later flushes ship again. */
+    st = ws_disk_stats(s1, "d");
+    ships = ws_json_int(st, "stats.log_ships");
+    uploaded = ws_json_int(st, "stats.upload_bytes");
+    json_node_unref(st);
+    uint8_t *big = g_malloc(512 * KiB);
+    ws_fill_random(big, 512 * KiB, ws_rand());
+    WS_NBD(nbd_pwrite(h, big, 512 * KiB, 5 * MiB, 0));
+    memcpy(shadow + 5 * MiB, big, 512 * KiB);
+    g_free(big);
+    write_small(h, shadow, size, 1);
+    st = ws_disk_stats(s1, "d");
+    WS_CHECK(ws_json_int(st, "stats.log_ships") == ships &&
+                 ws_json_int(st, "stats.upload_bytes") > uploaded,
+             "the flush after a write that was not logged shipped the log");
+    json_node_unref(st);
+    write_small(h, shadow, size, 10);
+    st = ws_disk_stats(s1, "d");
+    WS_CHECK(ws_json_int(st, "stats.log_ships") > ships, "flushes no longer ship after a round");
+    json_node_unref(st);
+    ws_log("a flush after a big write uploaded; the flushes after it shipped again");
+
+    /* Another host, from the store alone. */
+    lose_host(s1);
+    ws_disconnect(h);
+    s2 = server(s1, "remote");
+    ws_server_set(s2, "upload-delay", "3600");
+    ws_server_start(s2);
+    WS_CHECK(ws_server_log_count(s2, "restoring it from replica 'host'") == 1,
+             "the new server did not restore the metadata (see %s)", s2->log);
+    /* It started although the lost host's lease still held the disk with rows to upload. */
+    WS_CHECK(ws_sanitizer_build() ||
+                 ws_server_log_count(s2, "shipped flushes wait for its lease") == 1,
+             "the new server did not wait for the lease of the disk with shipped rows (see %s)",
+             s2->log);
+    take_over(s2);
+    WS_CHECK(ws_server_log_count(s2, "rebuilt its write log from") == 1,
+             "the new host did not rebuild the log from the shipped rows (see %s)", s2->log);
+    ws_compare(s2, "d", shadow, 0, size, 64 * KiB, 4);
+    ws_log("every acknowledged byte reads back on the new host");
+    ws_server_stop(s2);
+    ws_shadow_free(shadow, size);
+
+    /* Rows are only durable in the store through the metadata's replica. */
+    check_not_shipped("replicate-interval", "0");
+    check_not_shipped("ship-log", "false");
+}
+
 struct marker {
     uint64_t magic, index, seed;
 };
@@ -234,9 +372,10 @@ static void run_local(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3 || (strcmp(argv[1], "remote") && strcmp(argv[1], "local")) ||
+    if (argc != 3 ||
+        (strcmp(argv[1], "remote") && strcmp(argv[1], "local") && strcmp(argv[1], "shipped")) ||
         (strcmp(argv[2], "file") && strcmp(argv[2], "s3"))) {
-        fprintf(stderr, "usage: hostloss remote|local file|s3\n");
+        fprintf(stderr, "usage: hostloss remote|shipped|local file|s3\n");
         return 2;
     }
     kind = strcmp(argv[2], "s3") == 0 ? WS_STORE_S3 : WS_STORE_FILE;
@@ -246,6 +385,8 @@ int main(int argc, char **argv)
         ws_skip("no radosgw: WISP_TEST_S3_ENDPOINT is not set (tests/s3/rgw-fixture)");
     if (strcmp(argv[1], "remote") == 0)
         run_remote();
+    else if (strcmp(argv[1], "shipped") == 0)
+        run_shipped();
     else
         run_local();
     g_free(name);

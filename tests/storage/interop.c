@@ -38,6 +38,7 @@ static const struct {
     {"durability", "remote"}, {"upload-delay", "2"},    {"readonly", "true"},
     {"credentials", "CREDS"}, {"upload-parallel", "4"}, {"store-connections", "4"},
     {"store-timeout", "10"},  {"readahead", "1M"},      {"stats-interval", "0"},
+    {"ship-log", "false"},
 };
 
 static bool contains(const char *haystack, const char *needle)
@@ -167,6 +168,8 @@ static void check_bad_parameters(void)
         {"store=ftp://x", "store", "store=ftp://x", cache, meta, NULL},
         {"cache-size=1M", "cache-size", store, cache, meta, "cache-size=1M"},
         {"upload-delay=-1", "upload-delay", store, cache, meta, "upload-delay=-1"},
+        {"readonly=perhaps", "readonly", store, cache, meta, "readonly=perhaps"},
+        {"ship-log=2", "ship-log", store, cache, meta, "ship-log=2"},
         {"an unknown parameter", "frobnicate", store, cache, meta, "frobnicate=1"},
     };
 

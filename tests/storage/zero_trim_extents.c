@@ -1,7 +1,7 @@
 /* zero_trim_extents: zero and trim, and what block status says about holes.
  *
- * On a 256 MiB disk with 64 KiB chunks (file store, durability=remote so that a flush is an
- * upload): write 32 MiB, flush (512 chunks in the head), then trim and zero whole chunks,
+ * On a 256 MiB disk with 64 KiB chunks (file store, durability=remote, waiting for the upload
+ * after a flush): write 32 MiB, flush (512 chunks in the head), then trim and zero whole chunks,
  * partial chunks and ranges spanning chunks, with and without NO_HOLE and FAST_ZERO, write a
  * chunk of explicit zeros, zero a chunk through two partial zeroes, and trim a few bytes of a
  * never-written chunk.  Checks:
@@ -312,8 +312,10 @@ static void small_disk(struct ws_server *s)
     WS_CHECK(x->len == 1 && g_array_index(x, struct extent, 0).hole, "REQ_ONE: one hole");
     g_array_free(x, TRUE);
 
-    /* Flush: the upload drops every all-zero chunk from the head. */
+    /* Flush, and the upload round after it (a flush of small changes ships the write log
+     * instead, disk_flush.c): the upload drops every all-zero chunk from the head. */
     WS_NBD(nbd_flush(h, 0));
+    ws_wait_uploaded(s, disk, 30);
     x = status_all(h, 0, SMALL_SIZE, &requests);
     print_extents("after the flush", x);
     uint64_t data_chunks = check_exact_extents(x, shadow, SMALL_SIZE, SMALL_CHUNK);
@@ -431,6 +433,7 @@ static void big_disk(struct ws_server *s)
     }
     g_array_free(x, TRUE);
     ws_disconnect(h);
+    ws_wait_uploaded(s, disk, 30); /* the flush may have shipped the log: wait for the round */
     WS_CHECK(head_chunks(s, disk) == 2, "two chunks written");
 
     t = qemu_img_convert(s, disk, qcow2);

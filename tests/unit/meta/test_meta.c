@@ -417,6 +417,67 @@ static void test_pending(struct meta *m)
     CHECK(meta_pending_put(m, d.id, rows, 1) == 0);
 }
 
+struct shipped_acc {
+    int n;
+    char bytes[4][8];
+    uint64_t gen[4];
+};
+
+static int shipped_fn(const void *bytes, size_t len, uint64_t max_gen, void *opaque)
+{
+    struct shipped_acc *a = opaque;
+    if (a->n >= 4 || len >= sizeof a->bytes[0])
+        return -E2BIG;
+    memcpy(a->bytes[a->n], bytes, len);
+    a->bytes[a->n][len] = '\0';
+    a->gen[a->n++] = max_gen;
+    return 0;
+}
+
+static int shipped_stop_fn(const void *bytes, size_t len, uint64_t max_gen, void *opaque)
+{
+    (void)bytes, (void)len, (void)max_gen, (void)opaque;
+    return -ECANCELED;
+}
+
+/* durability=remote's shipped log rows: kept in order, dropped by commits and by forget. */
+static void test_shipped_log(struct meta *m)
+{
+    struct meta_disk tiny, odd;
+    struct shipped_acc acc = {0};
+
+    REQUIRE(meta_disk_get(m, "tiny", &tiny) == 0);
+    REQUIRE(meta_disk_get(m, "odd", &odd) == 0);
+    /* Before the table exists: nothing, and no error. */
+    CHECK(meta_write_log_shipped_any(m, tiny.id) == 0);
+    CHECK(meta_write_log_shipped_each(m, tiny.id, shipped_fn, &acc) == 0 && acc.n == 0);
+    CHECK(meta_write_log_shipped_drop(m, tiny.id, 100) == 0);
+
+    CHECK(meta_write_log_ship(m, tiny.id, 5, "aaa", 3) == 0);
+    CHECK(meta_write_log_ship(m, odd.id, 6, "odd", 3) == 0);
+    CHECK(meta_write_log_ship(m, tiny.id, 7, "bb", 2) == 0);
+    CHECK(meta_write_log_ship(m, tiny.id, 9, "c", 1) == 0);
+    CHECK(meta_write_log_ship(m, 999999, 1, "x", 1) < 0); /* the foreign key */
+    CHECK(meta_write_log_shipped_any(m, tiny.id) == 1);
+    CHECK(meta_write_log_shipped_each(m, tiny.id, shipped_fn, &acc) == 0);
+    CHECK(acc.n == 3 && strcmp(acc.bytes[0], "aaa") == 0 && acc.gen[0] == 5 &&
+          strcmp(acc.bytes[1], "bb") == 0 && acc.gen[1] == 7 && strcmp(acc.bytes[2], "c") == 0 &&
+          acc.gen[2] == 9);
+    CHECK(meta_write_log_shipped_each(m, tiny.id, shipped_stop_fn, NULL) == -ECANCELED);
+
+    /* A commit at gen 7 holds the first two. */
+    CHECK(meta_write_log_shipped_drop(m, tiny.id, 7) == 0);
+    memset(&acc, 0, sizeof acc);
+    CHECK(meta_write_log_shipped_each(m, tiny.id, shipped_fn, &acc) == 0);
+    CHECK(acc.n == 1 && strcmp(acc.bytes[0], "c") == 0 && acc.gen[0] == 9);
+    /* Forgetting the log drops the rest; the other disk's row stays. */
+    CHECK(meta_write_log_forget(m, tiny.id) == 0);
+    CHECK(meta_write_log_shipped_any(m, tiny.id) == 0);
+    CHECK(meta_write_log_shipped_any(m, odd.id) == 1);
+    /* tiny gets one again, which its deletion (test_transactions) must take with it. */
+    CHECK(meta_write_log_ship(m, tiny.id, 11, "dd", 2) == 0);
+}
+
 static void test_transactions(struct meta *m)
 {
     struct meta_disk d;
@@ -454,8 +515,10 @@ static void test_reopen_and_delete(const char *dir)
     chunk_map_free(test_head_map);
     test_head_map = NULL;
     CHECK(meta_disk_get(m, "odd", &d) == 0);
+    CHECK(raw_sql(dir, "SELECT count(*) FROM write_log_shipped") == 1); /* odd's */
     CHECK(meta_disk_delete(m, "odd") == 0);
     CHECK(raw_sql(dir, "SELECT count(*) FROM pending") == 0);
+    CHECK(raw_sql(dir, "SELECT count(*) FROM write_log_shipped") == 0);
     CHECK(meta_disk_get(m, "odd", &d) == -ENOENT);
     CHECK(meta_disk_delete(m, "odd") == -ENOENT);
     /* Corrupt a stored page: loading says so. */
@@ -556,6 +619,7 @@ int main(void)
     test_disks(m);
     test_head(m);
     test_pending(m);
+    test_shipped_log(m);
     test_transactions(m);
     meta_close(m);
     test_reopen_and_delete(dir);

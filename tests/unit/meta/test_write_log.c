@@ -363,6 +363,99 @@ static void test_retire(void)
     wipe();
 }
 
+/* Installs bytes as the whole log (what a disk does with durability=remote's shipped rows). */
+static void install(const void *bytes, size_t len)
+{
+    int fd = -1;
+    CHECK(write_log_install_begin(dir, &fd) == 0 && fd >= 0, "install begin");
+    CHECK(pwrite(fd, bytes, len, 0) == (ssize_t)len, "install write");
+    CHECK(write_log_install_commit(dir, fd) == 0, "install commit");
+}
+
+/* durability=remote: the bytes between two flushes' positions, read back and installed where
+ * the log is gone, replay to the same state, across segments; retired bytes are refused. */
+static void test_ship(void)
+{
+    struct model w = {0}, got = {0}, head = {0};
+    uint64_t last, pos[7] = {0};
+    struct write_log *l = reopen(&got, 0, 1, &last); /* one segment per flush */
+
+    CHECK(write_log_position(l) == 0, "a new log starts at position 0");
+    for (uint64_t g = 1; g <= 6; g++) {
+        put(l, &w, g, g % CHUNKS, (uint32_t)g, 2, (int)(0xb0 + g));
+        flush(l, g);
+        pos[g] = write_log_position(l);
+        if (g == 4)
+            head = w;
+    }
+    uint8_t *all = g_malloc(pos[6]);
+    CHECK(write_log_read(l, 0, pos[6], all) == 0, "read every flush");
+    /* The same bytes, piece by piece (each piece in a segment of its own). */
+    uint8_t *piece = g_malloc(pos[6]);
+    for (int g = 1; g <= 6; g++) {
+        CHECK(write_log_read(l, pos[g - 1], pos[g], piece) == 0, "read flush %d", g);
+        CHECK(memcmp(piece, all + pos[g - 1], pos[g] - pos[g - 1]) == 0, "flush %d differs", g);
+    }
+    CHECK(write_log_retire(l, 4) == 0, "retire");
+    CHECK(write_log_read(l, pos[1], pos[2], piece) == -ENOENT, "a retired segment was read");
+    CHECK(write_log_read(l, pos[4], pos[6], piece) == 0, "read after retiring");
+    CHECK(memcmp(piece, all + pos[4], pos[6] - pos[4]) == 0, "the bytes after flush 4 changed");
+    write_log_close(l);
+
+    /* A new host: only the rows after the head's flush 4.  A stray segment must go. */
+    wipe();
+    char stray[600];
+    snprintf(stray, sizeof stray, "%s/00000000000000a0", dir);
+    CHECK(g_file_set_contents(stray, "junk", 4, NULL), "stray segment");
+    install(all + pos[4], pos[6] - pos[4]);
+    got = head;
+    got.applied = 0;
+    l = reopen(&got, 4, 1, &last);
+    CHECK(last == 6, "last %llu", (unsigned long long)last);
+    expect_same(&got, &w, "rows after flush 4 over a head at flush 4");
+    CHECK(got.applied == 2, "%u records replayed", got.applied);
+    write_log_close(l);
+    /* Every row, over an empty head. */
+    install(all, pos[6]);
+    memset(&got, 0, sizeof got);
+    l = reopen(&got, 0, 1, &last);
+    expect_same(&got, &w, "every row over an empty head");
+    write_log_close(l);
+    g_free(all);
+    g_free(piece);
+    wipe();
+}
+
+/* A restore whose commit failed leaves the positions as if the RESET had never been: bytes
+ * read across it are the log's records. */
+static void test_reset_undo_positions(void)
+{
+    struct model w = {0}, got = {0};
+    uint64_t last;
+    struct write_log *l = reopen(&got, 0, 1 << 20, &last);
+
+    put(l, &w, 1, 0, 0, 1, 0x51);
+    flush(l, 1);
+    uint64_t from = write_log_position(l);
+    CHECK(write_log_reset(l, 2) == 0, "reset");
+    CHECK(write_log_reset_undo(l) == 0, "undo");
+    CHECK(write_log_position(l) == from, "the undone RESET still counts in the positions");
+    put(l, &w, 2, 1, 0, 1, 0x52);
+    flush(l, 2);
+    uint64_t to = write_log_position(l);
+    uint8_t *bytes = g_malloc(to);
+    CHECK(write_log_read(l, 0, to, bytes) == 0, "read");
+    write_log_close(l);
+    install(bytes, to);
+    memset(&got, 0, sizeof got);
+    l = reopen(&got, 0, 1 << 20, &last);
+    CHECK(last == 2, "last %llu", (unsigned long long)last);
+    expect_same(&got, &w, "the log read across an undone restore");
+    write_log_close(l);
+    g_free(bytes);
+    wipe();
+}
+
 int main(void)
 {
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -376,6 +469,8 @@ int main(void)
     test_other_log();
     test_reset();
     test_retire();
+    test_ship();
+    test_reset_undo_positions();
     rmdir(dir);
     rmdir(base);
     g_free(base);
