@@ -1157,20 +1157,25 @@ static int meta_write_logs_table(struct meta *m)
                             "  unuploaded INTEGER NOT NULL DEFAULT 0)");
 }
 
-/* 1 if the write_logs table exists, 0 if not. */
-static int meta_write_logs_exist(struct meta *m)
+/* 1 if the table made on first use exists, 0 if not. */
+static int meta_table_exists(struct meta *m, const char *table)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(
-        m->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_logs'", -1, &st,
-        NULL);
+        m->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", -1, &st, NULL);
     if (rc != SQLITE_OK)
-        return meta_fail(m, rc, "look for the write_logs table");
+        return meta_fail(m, rc, "look for a table");
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
     rc = sqlite3_step(st);
     sqlite3_finalize(st);
     if (rc == SQLITE_ROW)
         return 1;
-    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look for the write_logs table");
+    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look for a table");
+}
+
+static int meta_write_logs_exist(struct meta *m)
+{
+    return meta_table_exists(m, "write_logs");
 }
 
 /* Runs sql with ?1 = disk_id (and ?2 = value); no rows. */
@@ -1307,20 +1312,9 @@ int meta_write_log_ship(struct meta *m, int64_t disk_id, uint64_t max_gen, const
     return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "insert shipped log");
 }
 
-/* 1 if the write_log_shipped table exists, 0 if not. */
 static int meta_write_log_shipped_exist(struct meta *m)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(
-        m->db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'write_log_shipped'",
-        -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return meta_fail(m, rc, "look for the write_log_shipped table");
-    rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc == SQLITE_ROW)
-        return 1;
-    return rc == SQLITE_DONE ? 0 : meta_fail(m, rc, "look for the write_log_shipped table");
+    return meta_table_exists(m, "write_log_shipped");
 }
 
 int meta_write_log_shipped_drop(struct meta *m, int64_t disk_id, uint64_t committed_gen)

@@ -177,6 +177,22 @@ static void test_replay_and_cut(void)
     wipe();
 }
 
+/* Reopens the log over head (at head_gen): the replay must give want, up to flush want_last,
+ * in want_applied records. */
+static void replay_over(const struct model *head, uint64_t head_gen, const struct model *want,
+                        uint64_t want_last, unsigned want_applied, const char *what)
+{
+    struct model got = *head;
+    uint64_t last;
+
+    got.applied = 0;
+    struct write_log *l = reopen(&got, head_gen, 1, &last);
+    CHECK(last == want_last, "%s: last flush %llu", what, (unsigned long long)last);
+    expect_same(&got, want, what);
+    CHECK(got.applied == want_applied, "%s: %u records replayed", what, got.applied);
+    write_log_close(l);
+}
+
 /* A torn last record: the FLUSH it would have ended is not there, the one before is. */
 static void test_torn_tail(void)
 {
@@ -346,13 +362,7 @@ static void test_retire(void)
     for (uint64_t g = 1; g <= 4; g++)
         for (uint32_t i = 0; i < 2; i++)
             memset(head.b[g % CHUNKS][g + i], (int)(0xa0 + g), BLK);
-    got = head;
-    got.applied = 0;
-    l = reopen(&got, 4, 1, &last);
-    CHECK(last == 6, "last %llu", (unsigned long long)last);
-    expect_same(&got, &w, "after retiring segments up to flush 4");
-    CHECK(got.applied == 2, "%u records replayed: the retired ones were kept", got.applied);
-    write_log_close(l);
+    replay_over(&head, 4, &w, 6, 2, "after retiring segments up to flush 4");
     /* Once the head holds flush 6, nothing is left to replay. */
     got = w;
     got.applied = 0;
@@ -408,13 +418,7 @@ static void test_ship(void)
     snprintf(stray, sizeof stray, "%s/00000000000000a0", dir);
     CHECK(g_file_set_contents(stray, "junk", 4, NULL), "stray segment");
     install(all + pos[4], pos[6] - pos[4]);
-    got = head;
-    got.applied = 0;
-    l = reopen(&got, 4, 1, &last);
-    CHECK(last == 6, "last %llu", (unsigned long long)last);
-    expect_same(&got, &w, "rows after flush 4 over a head at flush 4");
-    CHECK(got.applied == 2, "%u records replayed", got.applied);
-    write_log_close(l);
+    replay_over(&head, 4, &w, 6, 2, "rows after flush 4 over a head at flush 4");
     /* Every row, over an empty head. */
     install(all, pos[6]);
     memset(&got, 0, sizeof got);
