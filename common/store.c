@@ -25,13 +25,14 @@ int store_fail(struct store *st, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(store_error_message, sizeof store_error_message, fmt, ap);
     va_end(ap);
-    /* "Not found" and "exists" are answers callers expect and handle; the rest are failures
-     * an operator should see. */
-    if (err == -ENOENT || err == -EEXIST)
+    /* "Not found" and "exists" are answers callers expect and handle, and a cancelled request
+     * (store_set_thread_cancel) was given up on purpose; the rest are failures an operator
+     * should see. */
+    if (err == -ENOENT || err == -EEXIST || err == -ECANCELED)
         log_debug("store", "%s", store_error_message);
     else
         log_warn("store", "%s", store_error_message);
-    if (st)
+    if (st && err != -ECANCELED)
         store_count(&st->stats.failures, 1);
     return err;
 }
