@@ -8,6 +8,10 @@
  *   mixed        all six kinds at 10% each
  *   down         the store is a closed port: every call fails in time with a clear message;
  *                then a proxy starts on that port and the same handle works
+ *   cancel       a store that accepts connections and never answers: a GET whose thread's
+ *                cancel flag (store_set_thread_cancel) is raised 300 ms in returns -ECANCELED
+ *                within 2 s, not after its attempts; with the flag up before, a PUT makes no
+ *                request; with it down, the handle works against radosgw
  *
  * Each scenario runs, object by object (0, 1, 4 KiB and 1 MiB), PUT, whole GET, ranged GETs,
  * HEAD, LIST, conditional create (fresh key, then again with other bytes), DELETE, and GET of
@@ -39,6 +43,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -901,6 +906,80 @@ static void test_store_down(void)
              test_failures - before);
 }
 
+/* ---- a request given up through its thread's cancel flag ---- */
+
+static unsigned test_cancel_flag;
+
+static void *test_cancel_raise(void *unused)
+{
+    (void)unused;
+    test_sleep_ms(300);
+    __atomic_store_n(&test_cancel_flag, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+static void test_cancel(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    unsigned before = test_failures;
+    struct store_stats st0, st1;
+    struct timespec t0;
+    pthread_t raiser;
+    void *data = NULL;
+    size_t len = 0;
+
+    test_say("--- scenario cancel (a store that never answers)");
+    /* Listening, never accepting: connections complete (the backlog), requests never end. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 16) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &alen) < 0) {
+        test_fail("cancel: listening socket: %s", strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    struct store *st = test_open_proxied("cancel", ntohs(a.sin_port));
+    if (!st) {
+        close(fd);
+        return;
+    }
+    store_set_thread_cancel(&test_cancel_flag);
+    if (pthread_create(&raiser, NULL, test_cancel_raise, NULL) != 0) {
+        test_fail("cancel: pthread_create");
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int rc = store_get(st, "hangs", &data, &len);
+        long ms = test_ms_since(&t0);
+        pthread_join(raiser, NULL);
+        printf("  [cancel] GET on a hanging store: %s after %ld ms (each attempt may wait %d ms)\n",
+               strerror(-rc), ms, REQUEST_TIMEOUT_MS);
+        if (rc != -ECANCELED || ms > 2000)
+            test_fail("cancel: the GET returned %d after %ld ms, not -ECANCELED within 2 s", rc,
+                      ms);
+        free(data);
+    }
+    /* Raised before: no request at all. */
+    store_get_stats(st, &st0);
+    int rc = store_put(st, "never", "x", 1);
+    store_get_stats(st, &st1);
+    if (rc != -ECANCELED || st1.requests != st0.requests)
+        test_fail("cancel: a PUT with the flag up returned %d after %" PRIu64 " requests", rc,
+                  st1.requests - st0.requests);
+    store_close(st);
+    close(fd);
+    /* Down again: requests work (radosgw, directly). */
+    __atomic_store_n(&test_cancel_flag, 0, __ATOMIC_RELEASE);
+    rc = store_put(test_direct, "cancel-after", "y", 1);
+    if (rc < 0)
+        test_fail("cancel: a PUT with the flag down failed: %s", store_last_error());
+    store_set_thread_cancel(NULL);
+    if (rc == 0 && store_delete(test_direct, "cancel-after") < 0)
+        test_fail("cancel: delete: %s", store_last_error());
+    test_say("%s scenario cancel: %u failures", test_failures == before ? "ok" : "FAILED",
+             test_failures - before);
+}
+
 /* ---- main ---- */
 
 static bool test_selected(const char *name)
@@ -1001,6 +1080,8 @@ int main(int argc, char **argv)
             test_scenario(&scenarios[s]);
     if (test_selected("down"))
         test_store_down();
+    if (test_selected("cancel"))
+        test_cancel();
 
     test_cleanup();
     if (test_failures) {
