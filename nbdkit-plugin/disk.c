@@ -501,8 +501,7 @@ static bool disk_log_this(struct disk *d, uint32_t n)
     if (d->env->durability == DISK_DURABILITY_LOCAL)
         return true;
     pthread_mutex_lock(&d->lock);
-    bool logged =
-        d->wlog_marked || d->round_before_ship || (d->env->ship_log && n < d->meta.chunk_size / 4);
+    bool logged = d->wlog_marked || (d->env->ship_log && n < d->meta.chunk_size / 4);
     if (!logged && d->unlogged_gen < d->flush_gen + 1)
         d->unlogged_gen = d->flush_gen + 1;
     pthread_mutex_unlock(&d->lock);
@@ -765,17 +764,11 @@ struct shipped_install {
 static int disk_log_install_row(const void *bytes, size_t len, uint64_t max_gen, void *opaque)
 {
     struct shipped_install *in = opaque;
-    size_t done = 0;
+    int r = disk_pwrite_all(in->fd, bytes, len, in->at);
 
-    while (done < len) {
-        ssize_t n = pwrite(in->fd, (const char *)bytes + done, len - done, (off_t)in->at);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        done += (size_t)n;
-        in->at += (uint64_t)n;
-    }
+    if (r < 0)
+        return r;
+    in->at += len;
     in->rows++;
     return 0;
 }
@@ -862,10 +855,10 @@ static int disk_log_recover(struct disk *d)
     pthread_mutex_unlock(env->meta_lock);
     if (r < 0)
         return r;
+    /* Replayed from this host's log, the state may hold flushes never shipped: while the mark
+     * stands, flushes upload rather than ship (disk_flush.c), and with durability=remote the
+     * first round that commits clears it. */
     d->wlog_marked = replayed && !installed;
-    /* Replayed from this host's log, the state may hold flushes never shipped: shipping only
-     * what follows would leave the rows short of them (disk_flush.c). */
-    d->round_before_ship = replayed && !installed;
     if (replayed) {
         if (last_gen > d->flush_gen)
             d->flush_gen = last_gen;

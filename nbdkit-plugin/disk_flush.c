@@ -731,7 +731,6 @@ static int disk_round(struct disk *d, bool background)
     } else {
         disk_rebase_locked(d, &rd);
         d->committed_gen = gen;
-        d->round_before_ship = false; /* what was replayed at open is in the head now */
         /* The commit deleted the pending rows up to gen: their superseded files can go. */
         for (guint i = 0; i < d->journal->len && d->wlog_append;) {
             struct journal_item *ji = &g_array_index(d->journal, struct journal_item, i);
@@ -813,7 +812,8 @@ static int disk_log_mark_unuploaded(struct disk *d)
  * no-ops (L3).  So the head plus the rows, replayed (disk.c, disk_log_install_shipped), is the
  * state of the last flush shipped or committed: every acknowledged flush, on any host that
  * restores the metadata.  A log replayed at open from this host's files may hold flushes never
- * shipped; round_before_ship then keeps every flush from shipping until a round commits them. */
+ * shipped; while its mark stands (wlog_marked), every flush uploads instead of shipping, and the
+ * first round that commits clears the mark. */
 
 #define DISK_SHIP_MAX_BYTES       (8u << 20)   /* a bigger flush uploads its chunks instead */
 #define DISK_SHIP_MAX_UNCOMMITTED (256u << 20) /* rows since the last commit, at most */
@@ -891,7 +891,7 @@ int disk_flush(struct disk *d)
     bool failed = d->failed;
     uint64_t pos = d->wlog_last_pos, pos_gen = d->wlog_last_gen;
     bool done = d->committed_gen >= gen;
-    bool round_first = d->round_before_ship || d->unlogged_gen > d->committed_gen;
+    bool round_first = d->wlog_marked || d->unlogged_gen > d->committed_gen;
     pthread_mutex_unlock(&d->lock);
     if (failed || r < 0)
         return -EIO;

@@ -126,9 +126,6 @@ struct disk {
      * flush syncs it; durability=remote then ships its new bytes or runs an upload round. */
     struct write_log *wlog;
     bool wlog_append; /* writes and flushes go through the log (not for a checkpoint) */
-    /* durability=remote: the log replayed at open holds flushes that were never shipped; the
-     * first flush must commit them by an upload round, never ship past them.  Under d->lock. */
-    bool round_before_ship;
     /* durability=remote: the latest generation holding a write not logged (disk.c,
      * disk_log_this), under d->lock.  A flush ships only once a commit holds it. */
     uint64_t unlogged_gen;
